@@ -1,0 +1,242 @@
+"""One encrypted, pipelined connection from a client to an allq server.
+
+:class:`ServerConnection` answers the server's challenge, waits for its welcome,
+then sends requests tagged with ids and matches replies to a ``{id: Deferred}``
+map, so any number of requests may be in flight on one connection. Each request
+Deferred times out on the injected clock; when the connection is lost every
+pending Deferred fails with :class:`ConnectionLost`. Errors the server reports
+come back as the matching :class:`AllQError` subclass.
+
+Used by the REST client's server pool, by the integration tests and by the
+benchmarks (:func:`connect` is the whole public entry point for a script).
+"""
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.basic import LineOnlyReceiver
+from twisted.python.failure import Failure
+
+from allq.errors import (
+    AllQError,
+    ConnectionLost,
+    ProtocolError,
+    Timeout,
+    error_for_code,
+)
+from allq.wire.crypto import FrameError, HandshakeError, Session, client_hello, parse_challenge_line
+from allq.wire.keys import ClientKeys
+from allq.wire.messages import dumps, encode_request, loads, max_line_length
+
+DEFAULT_REQUEST_TIMEOUT = 10.0
+_ERROR_PREFIX = b"ERROR "
+
+
+class ServerConnection(LineOnlyReceiver):
+    """The client end of one connection.
+
+    :param keys: the client's keys (and the server's public key).
+    :param clock: for request timeouts.
+    :param request_timeout: seconds a request may wait for its reply.
+    :ivar ready: fires with this connection once the server's welcome arrived, or
+        fails with the handshake error.
+    :ivar welcome: the server's welcome (``server_id``, ``version``, limits).
+    """
+
+    delimiter = b"\n"
+    _log = Logger()
+
+    def __init__(
+        self,
+        keys: ClientKeys,
+        clock: IReactorTime,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        max_job_size: int = 16 * 1024 * 1024,
+    ) -> None:
+        self._keys = keys
+        self._clock = clock
+        self._timeout = request_timeout
+        self.MAX_LENGTH = max_line_length(max_job_size)
+        self._session: Session | None = None
+        self._pending: dict[int, Deferred] = {}
+        self._next_id = 1
+        self.welcome: Mapping[str, Any] = {}
+        self.ready: Deferred = Deferred()
+        self.closed = False
+
+    @property
+    def server_id(self) -> str:
+        """The id the server announced in its welcome."""
+        return self.welcome["server_id"]
+
+    @property
+    def pending(self) -> int:
+        """How many requests wait for a reply."""
+        return len(self._pending)
+
+    # -- requests --------------------------------------------------------------
+
+    def request(self, action: str, params: Mapping[str, Any] | None = None) -> Deferred:
+        """Send one request.
+
+        :returns: a Deferred firing with the result object, or failing with the
+            :class:`AllQError` the server reported, :class:`Timeout` or
+            :class:`ConnectionLost`.
+        """
+        request_id = self._allocate_id()
+        return self._send(request_id, encode_request(request_id, action, params or {}))
+
+    def batch(self, requests: Sequence[tuple[str, Mapping[str, Any]]]) -> Deferred:
+        """Send several requests in one frame.
+
+        :returns: a Deferred firing with a list holding, per request, its result
+            object or its :class:`AllQError` (errors are values here, so one bad
+            request does not hide the others' results).
+        """
+        first = self._allocate_id(len(requests))
+        frame = [
+            encode_request(first + offset, action, params)
+            for offset, (action, params) in enumerate(requests)
+        ]
+        return self._send(first, frame)
+
+    def close(self) -> None:
+        """Close the connection; pending requests fail with ConnectionLost."""
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _allocate_id(self, count: int = 1) -> int:
+        request_id = self._next_id
+        self._next_id += count
+        return request_id
+
+    def _send(self, key: int, frame: object) -> Deferred:
+        if self._session is None or self.closed:
+            raise ConnectionLost("not connected")
+
+        def cancel(d: Deferred) -> None:
+            self._pending.pop(key, None)
+
+        d = Deferred(cancel)
+        self._pending[key] = d
+        self.sendLine(self._session.seal(dumps(frame)))
+        d.addTimeout(self._timeout, self._clock, onTimeoutCancel=self._timed_out)
+        return d
+
+    def _timed_out(self, result, timeout):
+        if isinstance(result, Failure) and result.check(CancelledError):
+            raise Timeout(f"no reply within {timeout:g} s; the outcome is unknown")
+        return result
+
+    # -- receiving -------------------------------------------------------------
+
+    def lineReceived(self, line: bytes) -> None:
+        if line.startswith(_ERROR_PREFIX):
+            self._server_refused(line)
+            return
+        try:
+            if self._session is None:
+                self._answer_challenge(line)
+                return
+            message = loads(self._session.open(line))
+        except (HandshakeError, FrameError, AllQError) as e:
+            self._abort(ProtocolError(f"bad frame from server: {e}"))
+            return
+        if not self.welcome:
+            self._welcomed(message)
+        elif isinstance(message, list):
+            self._resolve(message[0].get("id") if message else None, message, batch=True)
+        elif isinstance(message, dict):
+            self._resolve(message.get("id"), message, batch=False)
+
+    def _answer_challenge(self, line: bytes) -> None:
+        hello, self._session = client_hello(self._keys, parse_challenge_line(line))
+        self.sendLine(hello)
+
+    def _welcomed(self, message: object) -> None:
+        if not (isinstance(message, dict) and isinstance(message.get("welcome"), dict)):
+            self._abort(ProtocolError("the server sent no welcome"))
+            return
+        self.welcome = message["welcome"]
+        self.ready.callback(self)
+
+    def _resolve(self, key: object, message: object, batch: bool) -> None:
+        d = self._pending.pop(key, None)
+        if d is None:
+            if isinstance(message, dict) and "error" in message:
+                # An error about a frame the server could not read: it names no request.
+                self._log.warn("server reported: {error}", error=message["error"])
+            return
+        if batch:
+            d.callback([_outcome(reply) for reply in message])
+            return
+        outcome = _outcome(message)
+        if isinstance(outcome, AllQError):
+            d.errback(outcome)
+        else:
+            d.callback(outcome)
+
+    def _server_refused(self, line: bytes) -> None:
+        _, _, rest = line.decode("utf-8", "replace").partition(" ")
+        code, _, message = rest.partition(" ")
+        self._abort(ConnectionLost(f"server refused: {code}: {message}"))
+
+    def _abort(self, error: AllQError) -> None:
+        self._fail_all(error)
+        self.close()
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self.closed = True
+        self._fail_all(ConnectionLost("connection to the server was lost"))
+
+    def _fail_all(self, error: AllQError) -> None:
+        if not self.ready.called:
+            self.ready.errback(error)
+        pending, self._pending = self._pending, {}
+        for d in pending.values():
+            d.errback(error)
+
+
+def _outcome(reply: object) -> dict | AllQError:
+    if not isinstance(reply, dict):
+        return ProtocolError("malformed reply")
+    if "error" in reply:
+        error = reply["error"]
+        return error_for_code(str(error.get("code")), str(error.get("message", "")))
+    return reply.get("result", {})
+
+
+class ServerConnectionFactory(Factory):
+    """Builds one :class:`ServerConnection` per ``connect``."""
+
+    noisy = False
+
+    def __init__(self, keys: ClientKeys, clock: IReactorTime, request_timeout: float) -> None:
+        self._keys = keys
+        self._clock = clock
+        self._request_timeout = request_timeout
+
+    def buildProtocol(self, addr) -> ServerConnection:
+        return ServerConnection(self._keys, self._clock, self._request_timeout)
+
+
+def connect(
+    reactor,
+    endpoint: IStreamClientEndpoint | str,
+    keys: ClientKeys,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+) -> Deferred:
+    """Open a connection and complete the handshake.
+
+    :param endpoint: an endpoint, or a client endpoint string (``tcp:host=..:port=..``).
+    :returns: a Deferred firing with a ready :class:`ServerConnection`.
+    """
+    if isinstance(endpoint, str):
+        endpoint = clientFromString(reactor, endpoint)
+    factory = ServerConnectionFactory(keys, reactor, request_timeout)
+    return endpoint.connect(factory).addCallback(lambda connection: connection.ready)

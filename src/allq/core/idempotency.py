@@ -1,0 +1,45 @@
+"""Memory of recent idempotency keys, so a retried put creates no duplicate.
+
+A client that times out waiting for a put's reply cannot know whether the job
+was stored; it retries with the same key and gets the first job's id back. Keys
+are remembered for ``window`` seconds and at most ``capacity`` of them, oldest
+dropped first. Pure: time is an argument.
+"""
+
+from collections import OrderedDict
+
+DEFAULT_WINDOW = 600.0
+DEFAULT_CAPACITY = 200_000
+
+
+class IdempotencyKeys:
+    """Recently seen idempotency keys and the job id each produced."""
+
+    def __init__(self, window: float = DEFAULT_WINDOW, capacity: int = DEFAULT_CAPACITY) -> None:
+        self._window = window
+        self._capacity = capacity
+        self._seen: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def lookup(self, key: str, now: float) -> int | None:
+        """The job id first stored under ``key``, if it is still remembered."""
+        self._prune(now)
+        entry = self._seen.get(key)
+        return None if entry is None else entry[1]
+
+    def remember(self, key: str, job_id: int, now: float) -> None:
+        """Record that ``key`` produced ``job_id`` at ``now``."""
+        self._seen[key] = (now + self._window, job_id)
+        self._seen.move_to_end(key)
+        while len(self._seen) > self._capacity:
+            self._seen.popitem(last=False)
+
+    def _prune(self, now: float) -> None:
+        seen = self._seen
+        while seen:
+            key, (expires, _) = next(iter(seen.items()))
+            if expires > now:
+                break
+            del seen[key]

@@ -1,0 +1,113 @@
+"""The error vocabulary shared by every layer.
+
+One hierarchy, each class with a wire ``code`` and, for the REST facade, an
+``http_status``. The core raises these; the server maps them to wire error
+replies in exactly one place; the client turns a wire code back into the same
+class with :func:`error_for_code`. Standard library only.
+"""
+
+
+class AllQError(Exception):
+    """Base of every error that has a meaning for a caller.
+
+    :param message: a short human-readable explanation, safe to show to clients.
+    """
+
+    code = "error"
+    http_status = 500
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or self.code)
+        self.message = message or self.code
+
+
+class BadRequest(AllQError):
+    """The request is malformed or a value is out of range."""
+
+    code = "bad_request"
+    http_status = 400
+
+
+class UnknownAction(BadRequest):
+    """The request names an action this server does not have."""
+
+    code = "unknown_action"
+
+
+class TooLarge(BadRequest):
+    """A job body or frame exceeds a configured size limit."""
+
+    code = "too_large"
+    http_status = 413
+
+
+class NotFound(AllQError):
+    """No job with that id exists on this server."""
+
+    code = "not_found"
+    http_status = 404
+
+
+class WrongState(AllQError):
+    """The job exists but is not in a state the operation applies to."""
+
+    code = "wrong_state"
+    http_status = 409
+
+
+class Unavailable(AllQError):
+    """A transient failure: no server could be reached or it went away."""
+
+    code = "unavailable"
+    http_status = 503
+
+
+class ConnectionLost(Unavailable):
+    """The connection carrying a request closed before the reply arrived."""
+
+    code = "connection_lost"
+
+
+class Timeout(Unavailable):
+    """No reply arrived in time; the outcome of the request is unknown."""
+
+    code = "timeout"
+    http_status = 504
+
+
+class ProtocolError(AllQError):
+    """A frame could not be decoded into a known, well-typed request."""
+
+    code = "protocol_error"
+    http_status = 502
+
+
+_BY_CODE = {
+    cls.code: cls
+    for cls in (
+        AllQError,
+        BadRequest,
+        UnknownAction,
+        TooLarge,
+        NotFound,
+        WrongState,
+        Unavailable,
+        ConnectionLost,
+        Timeout,
+        ProtocolError,
+    )
+}
+
+
+def error_for_code(code: str, message: str) -> AllQError:
+    """Rebuild the exception a peer reported by wire code.
+
+    :param code: the wire code from an error reply.
+    :param message: the message that came with it.
+    :returns: an instance of the matching class, or of :class:`AllQError` for a
+        code this version does not know.
+    """
+    error = _BY_CODE.get(code, AllQError)(message)
+    if error.code != code:
+        error.code = code
+    return error

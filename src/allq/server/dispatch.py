@@ -1,0 +1,164 @@
+"""Requests in, core calls, replies out: the one place wire meets queue.
+
+:class:`Dispatcher` turns a decoded JSON request into one :class:`Queue` call
+and the result (or the :class:`AllQError` it raised) into a reply object. It is
+also the one place that maps exceptions to wire error codes. It knows nothing
+of sockets or encryption; the protocol feeds it plaintext JSON values.
+"""
+
+import re
+from collections.abc import Callable
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from allq import __version__
+from allq.core.idempotency import IdempotencyKeys
+from allq.core.job import Job
+from allq.core.queue import Queue
+from allq.errors import AllQError, BadRequest, NotFound
+from allq.wire.messages import decode_request, error_reply, request_id_of, result_reply
+
+_JOB_ID = re.compile(r"(?:([A-Za-z0-9_-]{1,64}),)?([0-9]{1,20})")
+
+
+class Dispatcher:
+    """Applies requests to a queue.
+
+    :param queue: the server's queue core.
+    :param clock: where ``now`` comes from.
+    :param server_id: a callable giving this server's id (known once it listens).
+    :param idempotency: memory of recent put idempotency keys.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        queue: Queue,
+        clock: IReactorTime,
+        server_id: Callable[[], str],
+        idempotency: IdempotencyKeys | None = None,
+    ) -> None:
+        self._queue = queue
+        self._clock = clock
+        self._server_id = server_id
+        self._idempotency = idempotency if idempotency is not None else IdempotencyKeys()
+
+    def handle(self, obj: object) -> dict:
+        """Apply one request (a decoded JSON value) and return its reply object."""
+        self._queue.action_count += 1
+        try:
+            request = decode_request(obj)
+            handler = getattr(self, "_do_" + request.action)
+            return result_reply(request.id, handler(self._clock.seconds(), **request.params))
+        except AllQError as error:
+            return error_reply(request_id_of(obj), error)
+
+    def handle_frame(self, obj: object) -> object:
+        """Apply a frame's content: one request, or a list of them (a batch)."""
+        if isinstance(obj, list):
+            return [self.handle(item) for item in obj]
+        return self.handle(obj)
+
+    # -- job ids ---------------------------------------------------------------
+
+    def job_ref(self, job: Job) -> str:
+        """The id callers see: ``"<server_id>,<number>"``."""
+        return f"{self._server_id()},{job.id}"
+
+    def _number(self, job_id: str) -> int:
+        match = _JOB_ID.fullmatch(job_id)
+        if match is None:
+            raise BadRequest("job_id must look like <server_id>,<number>")
+        server_id, number = match.groups()
+        if server_id is not None and server_id != self._server_id():
+            raise NotFound(f"job {job_id[:90]} belongs to server {server_id}, not this one")
+        return int(number)
+
+    def _job_dict(self, job: Job) -> dict:
+        return {
+            "job_id": self.job_ref(job),
+            "tube": job.tube,
+            "body": job.body,
+            "priority": job.priority,
+            "ttl": job.ttl,
+            "expireds": job.expireds,
+            "releases": job.releases,
+        }
+
+    # -- actions (one per wire action; keyword names are the wire params) ------
+
+    def _do_put(self, now, *, tube, body, priority, ttl, delay, expired_limit, idempotency_key):
+        if idempotency_key is not None:
+            earlier = self._idempotency.lookup(idempotency_key, now)
+            if earlier is not None:
+                return {"job_id": f"{self._server_id()},{earlier}"}
+        job = self._queue.put(
+            tube, body, now=now, priority=priority, ttl=ttl, delay=delay,
+            expired_limit=expired_limit,
+        )
+        if idempotency_key is not None:
+            self._idempotency.remember(idempotency_key, job.id, now)
+        return {"job_id": self.job_ref(job)}
+
+    def _do_get(self, now, *, tube, count, delete):
+        jobs = self._queue.get(tube, now=now, count=count, delete=delete)
+        return {"jobs": [self._job_dict(job) for job in jobs]}
+
+    def _job_action(name: str):  # noqa: N805 - builds methods at class creation
+        def action(self, now, *, job_id, **params):
+            job = getattr(self._queue, name)(self._number(job_id), now=now, **params)
+            return {"job_id": self.job_ref(job)}
+
+        action.__name__ = "_do_" + name
+        return action
+
+    _do_done = _job_action("done")
+    _do_delete = _job_action("delete")
+    _do_bury = _job_action("bury")
+    _do_touch = _job_action("touch")
+    _do_kick = _job_action("kick")
+    _do_release = _job_action("release")
+    del _job_action
+
+    def _do_kick_tube(self, now, *, tube, count):
+        jobs = self._queue.kick_tube(tube, now=now, count=count)
+        return {"job_ids": [self.job_ref(job) for job in jobs]}
+
+    def _do_peek(self, now, *, tube, buried, offset):
+        job = self._queue.peek(tube, buried=buried, offset=offset)
+        return {"job": None if job is None else self._job_dict(job)}
+
+    def _do_clear(self, now, *, tube, state):
+        return {"cleared": self._queue.clear(tube, state=state)}
+
+    def _do_stats(self, now):
+        totals = self._queue.global_stats(now)
+        return {
+            "server_id": self._server_id(),
+            "version": __version__,
+            "global": {
+                "action_count": totals.action_count,
+                "job_put": totals.job_put,
+                "job_get": totals.job_get,
+                "uptime": round(totals.uptime, 3),
+                "jobs": len(self._queue),
+            },
+            "tubes": [
+                {
+                    "tube": t.tube,
+                    "ready": t.ready,
+                    "reserved": t.reserved,
+                    "delayed": t.delayed,
+                    "buried": t.buried,
+                    "parents": t.parents,
+                    "tps": round(t.tps, 2),
+                    "avg": round(t.avg, 2),
+                }
+                for t in self._queue.tube_stats(now)
+            ],
+        }
+
+    def _do_ping(self, now):
+        return {"server_id": self._server_id()}

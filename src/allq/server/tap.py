@@ -1,0 +1,176 @@
+"""``twistd allq-server``: options and service assembly. Wiring only.
+
+:func:`makeService` builds the queue core, the deadline timer and the listening
+endpoint under one :class:`MultiService`. Keys are loaded here, at start-up;
+without any, the server refuses to start and prints a freshly generated set and
+how to use it (AllQueue's ``CONFIG_ONLY=true`` prints it and exits 0).
+"""
+
+import base64
+import hashlib
+import os
+import re
+import socket
+
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.logger import Logger
+from twisted.python import usage
+from zope.interface import implementer
+
+from allq import __version__
+from allq.config import positive_float, positive_int, resolve
+from allq.core.queue import DEFAULT_EXPIRED_LIMIT, DEFAULT_MAX_JOB_SIZE, DEFAULT_TTL, Queue, QueueConfig
+from allq.server.dispatch import Dispatcher
+from allq.server.protocol import ServerFactory
+from allq.server.timer import DeadlineTimer
+from allq.wire.crypto import Authenticator
+from allq.wire.keys import KeyConfigError, MissingKeys, load_server_keys, suggested_setup_text
+from allq.wire.messages import max_line_length
+
+_log = Logger()
+SERVER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class Options(usage.Options):
+    """Options of ``twistd allq-server``; each also has an environment variable."""
+
+    environ = os.environ  # tests replace this
+
+    optParameters = [
+        ["listen", None, None,
+         "Twisted endpoint to listen on [default: tcp:5555; env SERVER_PORT sets the port, "
+         "ALLQ_LISTEN the endpoint]"],
+        ["keys", None, None,
+         "directory holding server.key and authorized_keys (made by `allq keys generate`) "
+         "[env ALLQ_KEYS_DIR]"],
+        ["authorized-keys", None, None,
+         "file of client public keys to accept, one per line [env ALLQ_AUTHORIZED_KEYS_FILE]"],
+        ["expiry-limit", None, None,
+         f"ttl expiries after which a job is buried [default: {DEFAULT_EXPIRED_LIMIT}; "
+         "env ALLQ_EXPIRY_LIMIT]"],
+        ["max-job-size", None, None,
+         f"largest job body in bytes [default: {DEFAULT_MAX_JOB_SIZE}; env ALLQ_MAX_JOB_SIZE]"],
+        ["max-line-length", None, None,
+         "longest encrypted line accepted [default: enough for --max-job-size; "
+         "env ALLQ_MAX_LINE_LENGTH]"],
+        ["default-ttl", None, None,
+         f"ttl in seconds of jobs put without one [default: {DEFAULT_TTL:.0f}; env DEFAULT_TTL]"],
+        ["server-id", None, None,
+         "this server's id, the prefix of its job ids [default: derived from host name and "
+         "port; env ALLQ_SERVER_ID]"],
+    ]
+
+    def postOptions(self) -> None:
+        env = self.environ
+        listen = resolve(self, "listen", env, "ALLQ_LISTEN")
+        if listen is None:
+            listen = f"tcp:{positive_int('listen', env.get('SERVER_PORT') or 5555)}"
+        self["listen"] = listen
+        self["keys"] = resolve(self, "keys", env, "ALLQ_KEYS_DIR")
+        self["authorized-keys"] = resolve(self, "authorized-keys", env, "ALLQ_AUTHORIZED_KEYS_FILE")
+        self["expiry-limit"] = positive_int(
+            "expiry-limit", resolve(self, "expiry-limit", env, "ALLQ_EXPIRY_LIMIT") or DEFAULT_EXPIRED_LIMIT)
+        self["max-job-size"] = positive_int(
+            "max-job-size", resolve(self, "max-job-size", env, "ALLQ_MAX_JOB_SIZE") or DEFAULT_MAX_JOB_SIZE)
+        line = resolve(self, "max-line-length", env, "ALLQ_MAX_LINE_LENGTH")
+        self["max-line-length"] = (
+            max_line_length(self["max-job-size"]) if line is None
+            else positive_int("max-line-length", line, minimum=1024)
+        )
+        self["default-ttl"] = positive_float(
+            "default-ttl", resolve(self, "default-ttl", env, "DEFAULT_TTL") or DEFAULT_TTL)
+        server_id = resolve(self, "server-id", env, "ALLQ_SERVER_ID")
+        if server_id is not None and not SERVER_ID.fullmatch(server_id):
+            raise usage.UsageError(
+                "--server-id must be 1-64 characters of letters, digits, '_' and '-'")
+        self["server-id"] = server_id
+
+
+def derived_server_id(host_name: str, port: int) -> str:
+    """A stable id for a server: the same host name and port give the same id,
+    two servers on one host differ by port. URL-safe, 10 characters."""
+    digest = hashlib.sha256(f"{host_name}:{port}".encode()).digest()
+    return base64.urlsafe_b64encode(digest)[:10].decode("ascii")
+
+
+@implementer(IStreamServerEndpoint)
+class _ReportingEndpoint:
+    """Wraps an endpoint to learn the port it bound (``tcp:0`` picks one)."""
+
+    def __init__(self, endpoint: IStreamServerEndpoint, on_listening) -> None:
+        self._endpoint = endpoint
+        self._on_listening = on_listening
+
+    def listen(self, factory):
+        return self._endpoint.listen(factory).addCallback(self._report)
+
+    def _report(self, port):
+        self._on_listening(port)
+        return port
+
+
+def makeService(config: Options, reactor=None) -> MultiService:
+    """Assemble the server: queue core, deadline timer, encrypted listener."""
+    if reactor is None:
+        from twisted.internet import reactor
+    environ = config.environ
+    if environ.get("CONFIG_ONLY", "").lower() == "true":
+        print(suggested_setup_text())
+        raise SystemExit(0)
+    try:
+        keys = load_server_keys(config["keys"], config["authorized-keys"], environ)
+    except MissingKeys as e:
+        raise SystemExit(
+            f"allq-server: refusing to start without keys ({e}).\n\n{suggested_setup_text()}")
+    except KeyConfigError as e:
+        raise SystemExit(f"allq-server: {e}")
+
+    now = reactor.seconds()
+    queue = Queue(
+        QueueConfig(
+            default_ttl=config["default-ttl"],
+            expired_limit=config["expiry-limit"],
+            max_job_size=config["max-job-size"],
+        ),
+        # Ids grow from the start time in microseconds, so a restarted server
+        # never reuses an id a client may still hold.
+        first_id=int(now * 1_000_000),
+        started=now,
+    )
+    server_id = [config["server-id"]]
+    timer = DeadlineTimer(queue, reactor)
+    factory = ServerFactory(
+        authenticator=Authenticator(keys),
+        dispatcher=Dispatcher(queue, reactor, lambda: server_id[0]),
+        clock=reactor,
+        server_id=lambda: server_id[0],
+        max_job_size=config["max-job-size"],
+        max_line_length=config["max-line-length"],
+        after_frame=timer.poke,
+    )
+
+    def listening(port) -> None:
+        address = port.getHost()
+        if server_id[0] is None:
+            server_id[0] = derived_server_id(socket.gethostname(), address.port)
+        _log.info(
+            "allq-server {version} id {server_id} listening on {host}:{port} "
+            "({clients} authorized client keys)",
+            version=__version__, server_id=server_id[0], host=address.host,
+            port=address.port, clients=len(keys.authorized),
+        )
+
+    service = MultiService()
+    timer.setServiceParent(service)
+    listener = StreamServerEndpointService(
+        _ReportingEndpoint(serverFromString(reactor, config["listen"]), listening), factory)
+    # Fail start-up loudly when the port cannot be bound, as twistd's strports do.
+    listener._raiseSynchronously = True
+    listener.setServiceParent(service)
+    return service
+
+

@@ -1,0 +1,212 @@
+"""The allq wire protocol: message vocabulary and codecs (the spec lives here).
+
+Transport
+    TCP, lines ending in ``\\n``. The server sends ``ALLQ1 <challenge>``; the client
+    answers ``HELLO <client-public-key> <proof>``; from then on every line is a NaCl
+    box (Curve25519/XSalsa20-Poly1305) with a per-session counter nonce, base64
+    encoded (see :mod:`allq.wire.crypto`). Before the handshake completes, or when a
+    frame cannot be decrypted, the server writes ``ERROR <code> <message>`` in clear
+    text and closes the connection. Lines longer than the negotiated maximum are
+    refused the same way.
+
+Envelope (JSON, inside a box)
+    The first frame from the server is ``{"welcome": {"server_id", "version",
+    "max_job_size", "max_line_length"}}``. A request is ``{"id": <int>, "action":
+    <name>, "params": {...}}``; its reply carries the same id: ``{"id": N, "result":
+    {...}}`` or ``{"id": N, "error": {"code": <code>, "message": <text>}}``. Ids let a
+    client pipeline many requests on one connection; the server answers in order.
+    A frame may also hold a JSON list of requests (a batch); the reply frame holds
+    the list of replies in the same order. A request that cannot be decoded gets an
+    error reply with ``"id": null`` when its id is unreadable; the connection stays
+    open.
+
+Actions (params; ``?`` marks optional ones) and results
+    ``put``        tube, body, priority?, ttl?, delay?, expired_limit?, idempotency_key?
+                   → ``{"job_id"}``. A put repeated with the same idempotency_key
+                   within the server's memory window returns the first job id and
+                   stores nothing new.
+    ``get``        tube, count? (1), delete? (false) → ``{"jobs": [job, ...]}``
+    ``done``, ``delete``, ``bury``, ``touch``, ``kick``   job_id → ``{"job_id"}``
+    ``release``    job_id, delay? (0) → ``{"job_id"}``
+    ``kick_tube``  tube, count? (1) → ``{"job_ids": [...]}``
+    ``peek``       tube, buried? (false), offset? (0) → ``{"job": job | null}``
+    ``clear``      tube, state? ("all") → ``{"cleared": n}``
+    ``stats``      → ``{"server_id", "global": {...}, "tubes": [{...}, ...]}``
+    ``ping``       → ``{"server_id"}``
+
+    A job is ``{"job_id": "<server_id>,<n>", "tube", "body", "priority", "ttl",
+    "expireds", "releases"}``. Error codes are those of :mod:`allq.errors`.
+
+Pure: no I/O.
+"""
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from allq.errors import AllQError, BadRequest, UnknownAction
+
+PROTOCOL_VERSION = 1
+
+
+def _is_str(value: object) -> bool:
+    return isinstance(value, str)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_bool(value: object) -> bool:
+    return isinstance(value, bool)
+
+
+_TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
+    "str": (_is_str, "a string"),
+    "int": (_is_int, "an integer"),
+    "number": (_is_number, "a number"),
+    "bool": (_is_bool, "true or false"),
+}
+
+_REQUIRED = object()
+
+#: action -> {param: (type, default)}; ``_REQUIRED`` marks a mandatory param.
+ACTIONS: dict[str, dict[str, tuple[str, object]]] = {
+    "put": {
+        "tube": ("str", _REQUIRED),
+        "body": ("str", _REQUIRED),
+        "priority": ("int", None),
+        "ttl": ("number", None),
+        "delay": ("number", 0),
+        "expired_limit": ("int", None),
+        "idempotency_key": ("str", None),
+    },
+    "get": {"tube": ("str", _REQUIRED), "count": ("int", 1), "delete": ("bool", False)},
+    "done": {"job_id": ("str", _REQUIRED)},
+    "delete": {"job_id": ("str", _REQUIRED)},
+    "bury": {"job_id": ("str", _REQUIRED)},
+    "touch": {"job_id": ("str", _REQUIRED)},
+    "kick": {"job_id": ("str", _REQUIRED)},
+    "release": {"job_id": ("str", _REQUIRED), "delay": ("number", 0)},
+    "kick_tube": {"tube": ("str", _REQUIRED), "count": ("int", 1)},
+    "peek": {"tube": ("str", _REQUIRED), "buried": ("bool", False), "offset": ("int", 0)},
+    "clear": {"tube": ("str", _REQUIRED), "state": ("str", "all")},
+    "stats": {},
+    "ping": {},
+}
+
+
+@attrs.frozen
+class Request:
+    """One decoded request: its id, action and type-checked params (defaults filled)."""
+
+    id: int
+    action: str
+    params: Mapping[str, Any]
+
+
+def decode_request(obj: object) -> Request:
+    """Check a decoded JSON value against the vocabulary.
+
+    :raises BadRequest: wrong envelope, missing or ill-typed param, unknown param.
+    :raises UnknownAction: the action is not one of :data:`ACTIONS`.
+    """
+    if not isinstance(obj, dict):
+        raise BadRequest("a request must be a JSON object")
+    request_id = obj.get("id")
+    if not _is_int(request_id):
+        raise BadRequest("request id must be an integer")
+    action = obj.get("action")
+    schema = ACTIONS.get(action) if isinstance(action, str) else None
+    if schema is None:
+        raise UnknownAction(f"unknown action {str(action)[:40]!r}")
+    raw = obj.get("params", {})
+    if not isinstance(raw, dict):
+        raise BadRequest("params must be a JSON object")
+    unknown = raw.keys() - schema.keys()
+    if unknown:
+        raise BadRequest(f"{action}: unknown param {sorted(unknown)[0][:40]!r}")
+    params = {}
+    for name, (type_name, default) in schema.items():
+        value = raw.get(name)
+        if value is None:
+            if default is _REQUIRED:
+                raise BadRequest(f"{action}: {name} is required")
+            params[name] = default
+            continue
+        is_type, described = _TYPES[type_name]
+        if not is_type(value):
+            raise BadRequest(f"{action}: {name} must be {described}")
+        params[name] = value
+    return Request(id=request_id, action=action, params=params)
+
+
+def request_id_of(obj: object) -> int | None:
+    """The id of a request that failed to decode, if it has a readable one."""
+    if isinstance(obj, dict) and _is_int(obj.get("id")):
+        return obj["id"]
+    return None
+
+
+def encode_request(request_id: int, action: str, params: Mapping[str, Any]) -> dict:
+    """The JSON object for a request (params whose value is ``None`` are left out)."""
+    return {
+        "id": request_id,
+        "action": action,
+        "params": {k: v for k, v in params.items() if v is not None},
+    }
+
+
+def result_reply(request_id: int, result: Mapping[str, Any]) -> dict:
+    """The JSON object of a successful reply."""
+    return {"id": request_id, "result": result}
+
+
+def error_reply(request_id: int | None, error: AllQError) -> dict:
+    """The JSON object of an error reply; the message is truncated, no traceback."""
+    return {"id": request_id, "error": {"code": error.code, "message": error.message[:500]}}
+
+
+def welcome(server_id: str, version: str, max_job_size: int, max_line_length: int) -> dict:
+    """The first frame a server sends after the handshake."""
+    return {
+        "welcome": {
+            "server_id": server_id,
+            "version": version,
+            "protocol": PROTOCOL_VERSION,
+            "max_job_size": max_job_size,
+            "max_line_length": max_line_length,
+        }
+    }
+
+
+def dumps(obj: object) -> bytes:
+    """Compact JSON bytes for a frame's plaintext."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def loads(data: bytes) -> object:
+    """Parse a frame's plaintext.
+
+    :raises BadRequest: not UTF-8 JSON.
+    """
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(f"frame is not valid JSON: {str(e)[:80]}") from None
+
+
+def max_line_length(max_job_size: int) -> int:
+    """The longest encrypted line needed for a put of ``max_job_size`` bytes.
+
+    A body may need up to 6 bytes of JSON escaping per byte (``\\u00XX``), plus the
+    envelope; the box adds 40 bytes and base64 a third.
+    """
+    plaintext = 6 * max_job_size + 4096
+    return (plaintext + 40 + 2) // 3 * 4 + 16
