@@ -46,6 +46,7 @@ class ServerConnection(LineOnlyReceiver):
     :ivar ready: fires with this connection once the server's welcome arrived, or
         fails with the handshake error.
     :ivar welcome: the server's welcome (``server_id``, ``version``, limits).
+    :ivar lost: fires (with ``None``) when the connection closes.
     """
 
     delimiter = b"\n"
@@ -67,6 +68,7 @@ class ServerConnection(LineOnlyReceiver):
         self._next_id = 1
         self.welcome: Mapping[str, Any] = {}
         self.ready: Deferred = Deferred()
+        self.lost: Deferred = Deferred()
         self.closed = False
 
     @property
@@ -163,7 +165,8 @@ class ServerConnection(LineOnlyReceiver):
             self._abort(ProtocolError("the server sent no welcome"))
             return
         self.welcome = message["welcome"]
-        self.ready.callback(self)
+        if not self.ready.called:  # the handshake may have timed out meanwhile
+            self.ready.callback(self)
 
     def _resolve(self, key: object, message: object, batch: bool) -> None:
         d = self._pending.pop(key, None)
@@ -193,6 +196,7 @@ class ServerConnection(LineOnlyReceiver):
     def connectionLost(self, reason: Failure = None) -> None:
         self.closed = True
         self._fail_all(ConnectionLost("connection to the server was lost"))
+        self.lost.callback(None)
 
     def _fail_all(self, error: AllQError) -> None:
         if not self.ready.called:

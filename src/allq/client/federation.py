@@ -1,0 +1,423 @@
+"""Federation over many servers: placement, search, routing, retry and failover.
+
+The REST facade calls one :class:`Federation`. It owns a :class:`ServerLink` per
+configured server and decides, per operation:
+
+* **put** goes to the healthy, non-draining servers in round-robin order. Round
+  robin rather than least-loaded because it needs no stats round trip on the hot
+  path, spreads evenly when servers are alike, and cannot herd every client onto
+  the one server whose (stale) stats looked emptiest. Every put carries a fresh
+  idempotency key. If the connection is lost or a reply times out, the outcome is
+  unknown: the put is retried on the *same* server once it is back (the key makes
+  that retry return the first job id instead of storing a duplicate); while that
+  server stays down it fails over to the others (at-least-once: a duplicate is
+  possible only if the lost server had stored the job and comes back with it).
+  A put is reported stored only on a server's reply, and reported failed only
+  when the retry budget is spent.
+* **get** tries the healthy servers in random order until one hands out a job,
+  so a job anywhere is found by one call; ``[]`` only when all are empty. With
+  ``wait`` it joins a per-tube long poll: one poller per (tube, delete) fetches
+  for all waiting callers at once, backing off while the tube is empty.
+* **job operations** go to the server named by the job id's prefix
+  (``<server_id>,<n>``); when that server is down they fail fast with
+  :class:`Unavailable`.
+* **stats / clear / kick by tube / peek** fan out over the healthy servers.
+
+Retries sleep with :func:`deferLater` on the injected clock; every pending sleep
+is cancelled when the service stops.
+"""
+
+import random
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from allq.client.link import NotConnected, ServerLink, normalize_address
+from allq.core.queue import MAX_COUNT, check_count, check_tube
+from allq.errors import AllQError, BadRequest, NotFound, Unavailable
+
+DEFAULT_RETRY_BUDGET = 5.0
+FIRST_BACKOFF = 0.05
+MAX_BACKOFF = 1.0
+POLL_FIRST = 0.02
+POLL_MAX = 0.5
+MAX_WAIT = 60.0
+
+
+def _transient(error: BaseException) -> bool:
+    return isinstance(error, Unavailable)
+
+
+class _Waiter:
+    """One caller of a long poll."""
+
+    __slots__ = ("deferred", "count", "deadline")
+
+    def __init__(self, count: int, deadline: float) -> None:
+        self.deferred: Deferred = Deferred()
+        self.count = count
+        self.deadline = deadline
+
+
+class Federation(MultiService):
+    """All the servers a client knows, behind one job-queue interface.
+
+    :param addresses: ``host:port`` of each server.
+    :param make_link: builds the :class:`ServerLink` (or a test double) for an address.
+    :param clock: time for backoff and long polls.
+    :param retry_budget: seconds a put or get may spend retrying before it fails.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        addresses: Iterable[str],
+        make_link: Callable[[str], ServerLink],
+        clock: IReactorTime,
+        retry_budget: float = DEFAULT_RETRY_BUDGET,
+    ) -> None:
+        super().__init__()
+        self._make_link = make_link
+        self._clock = clock
+        self._retry_budget = retry_budget
+        self._links: dict[str, ServerLink] = {}
+        self._round_robin = 0
+        self._sleeps: set[Deferred] = set()
+        self._waiters: dict[tuple[str, bool], deque[_Waiter]] = {}
+        self._pollers: dict[tuple[str, bool], Deferred] = {}
+        self._kicks: dict[tuple[str, bool], Deferred] = {}
+        addresses = list(addresses)
+        if not addresses:
+            raise BadRequest("at least one server address is needed")
+        for address in addresses:
+            self.add_server(address)
+
+    # -- membership ------------------------------------------------------------
+
+    def links(self) -> list[ServerLink]:
+        """Every configured server link, in configuration order."""
+        return list(self._links.values())
+
+    def add_server(self, address: str) -> None:
+        """Start using one more server (no-op if already known)."""
+        address = normalize_address(address)
+        if address in self._links:
+            return
+        link = self._make_link(address)
+        self._links[link.address] = link
+        link.setServiceParent(self)
+        self._log.info("using server {address}", address=link.address)
+
+    def update_servers(self, addresses: list[str]) -> None:
+        """Replace the set of servers: new ones are added, missing ones dropped."""
+        if not addresses:
+            raise BadRequest("server_urls must name at least one host:port")
+        wanted = dict.fromkeys(normalize_address(address) for address in addresses)
+        for address in list(self._links):
+            if address not in wanted:
+                link = self._links.pop(address)
+                link.disownServiceParent()
+                self._log.info("dropped server {address}", address=address)
+        for address in wanted:
+            self.add_server(address)
+
+    def drain(self, server: str) -> None:
+        """Stop placing new jobs on a server (by id or ``host:port``); gets go on."""
+        for link in self._links.values():
+            if server in (link.server_id, link.address):
+                link.draining = True
+                self._log.info("draining server {address}", address=link.address)
+                return
+        raise NotFound(f"no server {server[:80]!r} in this client")
+
+    def health(self) -> dict:
+        """Which servers are up, for ``GET /health``."""
+        servers = [
+            {"address": l.address, "server_id": l.server_id, "up": l.up, "draining": l.draining}
+            for l in self._links.values()
+        ]
+        return {"servers": servers, "up": sum(s["up"] for s in servers), "total": len(servers)}
+
+    def _healthy(self) -> list[ServerLink]:
+        return [link for link in self._links.values() if link.up]
+
+    def _link_for_job(self, job_id: str) -> ServerLink:
+        server_id, sep, number = job_id.partition(",")
+        if not sep or not number.isdigit():
+            raise BadRequest("job_id must look like <server_id>,<number>")
+        for link in self._links.values():
+            if link.server_id == server_id:
+                if not link.up:
+                    raise Unavailable(f"the server holding job {job_id[:90]} is down")
+                return link
+        if any(link.server_id is None for link in self._links.values()):
+            raise Unavailable(f"the server holding job {job_id[:90]} is not connected")
+        raise NotFound(f"job {job_id[:90]} names server {server_id[:64]!r}, unknown here")
+
+    # -- put -------------------------------------------------------------------
+
+    async def put(self, tube: str, body: str, *, priority=None, ttl=None, delay=0,
+                  expired_limit=None) -> str:
+        """Store a job on one server; returns its id.
+
+        :raises Unavailable: no server stored it within the retry budget.
+        """
+        check_tube(tube)
+        params = {
+            "tube": tube, "body": body, "priority": priority, "ttl": ttl, "delay": delay,
+            "expired_limit": expired_limit, "idempotency_key": uuid.uuid4().hex,
+        }
+        deadline = self._clock.seconds() + self._retry_budget
+        unsure: ServerLink | None = None  # the server that may already hold the job
+        attempt = 0
+        while True:
+            for link in self._put_candidates(unsure):
+                try:
+                    result = await link.request("put", params)
+                except NotConnected:
+                    continue
+                except Unavailable as e:
+                    unsure = link
+                    self._log.info("put on {address} outcome unknown ({error}); retrying",
+                                   address=link.address, error=e.message)
+                    break
+                self._wake_pollers(tube)
+                return result["job_id"]
+            attempt = await self._backoff(attempt, deadline, "put")
+
+    def _put_candidates(self, unsure: ServerLink | None) -> list[ServerLink]:
+        if unsure is not None and unsure.up:
+            return [unsure]
+        links = [l for l in self._links.values() if l.up and not l.draining]
+        if not links:
+            return []
+        self._round_robin = (self._round_robin + 1) % len(links)
+        return links[self._round_robin:] + links[:self._round_robin]
+
+    async def _backoff(self, attempt: int, deadline: float, what: str) -> int:
+        delay = min(FIRST_BACKOFF * 2**attempt, MAX_BACKOFF)
+        remaining = deadline - self._clock.seconds()
+        if remaining <= 0:
+            raise Unavailable(f"{what}: no server reachable")
+        await self._sleep(min(delay, remaining))
+        return attempt + 1
+
+    async def _sleep(self, seconds: float) -> None:
+        d = deferLater(self._clock, seconds, lambda: None)
+        self._sleeps.add(d)
+        try:
+            await d
+        except CancelledError:
+            raise Unavailable("client is stopping") from None
+        finally:
+            self._sleeps.discard(d)
+
+    # -- get -------------------------------------------------------------------
+
+    async def get(self, tube: str, *, count: int = 1, delete: bool = False,
+                  wait: float = 0) -> list[dict]:
+        """Reserve up to ``count`` jobs from any server; ``[]`` when all are empty.
+
+        :param wait: seconds to wait for a job when none is ready (long poll).
+        :raises Unavailable: no server answered within the retry budget.
+        """
+        check_tube(tube)
+        count = check_count("count", count, maximum=MAX_COUNT)
+        if not 0 <= wait <= MAX_WAIT:
+            raise BadRequest(f"wait must be between 0 and {MAX_WAIT:g} seconds")
+        jobs = await self._get_once(tube, count, delete)
+        if jobs or wait <= 0:
+            return jobs
+        waiter = _Waiter(count, self._clock.seconds() + wait)
+        key = (tube, delete)
+        self._waiters.setdefault(key, deque()).append(waiter)
+        if key not in self._pollers:
+            self._pollers[key] = Deferred.fromCoroutine(self._poll(key))
+        return await waiter.deferred
+
+    async def _get_once(self, tube: str, count: int, delete: bool) -> list[dict]:
+        deadline = self._clock.seconds() + self._retry_budget
+        attempt = 0
+        while True:
+            links = self._healthy()
+            random.shuffle(links)
+            jobs: list[dict] = []
+            answered = False
+            for link in links:
+                try:
+                    result = await link.request(
+                        "get", {"tube": tube, "count": count - len(jobs), "delete": delete})
+                except Unavailable:
+                    continue
+                answered = True
+                jobs += result["jobs"]
+                if len(jobs) >= count:
+                    break
+            if answered:
+                return jobs
+            attempt = await self._backoff(attempt, deadline, "get")
+
+    async def _poll(self, key: tuple[str, bool]) -> None:
+        """Fetch for every waiter of one (tube, delete) until none is left."""
+        tube, delete = key
+        waiters = self._waiters[key]
+        interval = POLL_FIRST
+        try:
+            while waiters:
+                wanted = min(sum(w.count for w in waiters), MAX_COUNT)
+                try:
+                    jobs = await self._get_once(tube, wanted, delete)
+                except Unavailable:
+                    jobs = []
+                while jobs and waiters:
+                    waiter = waiters.popleft()
+                    if waiter.deferred.called:  # its caller went away (cancelled)
+                        continue
+                    share, jobs = jobs[:waiter.count], jobs[waiter.count:]
+                    waiter.deferred.callback(share)
+                if jobs:  # every waiter left while the fetch was in flight
+                    await self._give_back(jobs, delete)
+                now = self._clock.seconds()
+                for waiter in [w for w in waiters if w.deadline <= now or w.deferred.called]:
+                    waiters.remove(waiter)
+                    if not waiter.deferred.called:
+                        waiter.deferred.callback([])
+                if not waiters:
+                    break
+                interval = POLL_FIRST if jobs else min(interval * 2, POLL_MAX)
+                earliest = min(w.deadline for w in waiters)
+                await self._nap(key, min(interval, max(earliest - now, 0)))
+        finally:
+            del self._pollers[key]
+            if not waiters:
+                self._waiters.pop(key, None)
+
+    async def _nap(self, key: tuple[str, bool], seconds: float) -> None:
+        """Sleep between polls; a put to the tube through this client cuts it short."""
+        d = deferLater(self._clock, seconds, lambda: None)
+        self._kicks[key] = d
+        self._sleeps.add(d)
+        try:
+            await d
+        except CancelledError:
+            pass  # woken by a put, or the client is stopping (waiters are gone then)
+        finally:
+            self._sleeps.discard(d)
+            self._kicks.pop(key, None)
+
+    def _wake_pollers(self, tube: str) -> None:
+        for delete in (False, True):
+            nap = self._kicks.get((tube, delete))
+            if nap is not None:
+                nap.cancel()
+
+    async def _give_back(self, jobs: list[dict], deleted: bool) -> None:
+        if deleted:
+            self._log.warn("{n} jobs taken with delete=true had no waiter left", n=len(jobs))
+            return
+        for job in jobs:
+            try:
+                await self.job_action("release", job["job_id"])
+            except AllQError as e:
+                self._log.warn("could not give back job {job_id}: {error}",
+                               job_id=job["job_id"], error=e.message)
+
+    # -- job operations --------------------------------------------------------
+
+    async def job_action(self, action: str, job_id: str, **params) -> dict:
+        """Apply ``done``/``delete``/``touch``/``release``/``bury``/``kick`` to a job
+        on the server its id names."""
+        if not isinstance(job_id, str):
+            raise BadRequest("job_id must be a string")
+        link = self._link_for_job(job_id)
+        return await link.request(action, {"job_id": job_id, **params})
+
+    # -- fan-out ---------------------------------------------------------------
+
+    async def _each(self, action: str, params: dict) -> list[tuple[ServerLink, dict]]:
+        """Send one request to every healthy server; keep the answers that came."""
+        links = self._healthy()
+        if not links:
+            raise Unavailable("no server reachable")
+        outcomes = await DeferredList(
+            [link.request(action, params) for link in links], consumeErrors=True)
+        answers = []
+        for link, (ok, value) in zip(links, outcomes):
+            if ok:
+                answers.append((link, value))
+            elif not value.check(Unavailable):
+                value.raiseException()
+        if not answers:
+            raise Unavailable("no server answered")
+        return answers
+
+    async def stats(self) -> list[dict]:
+        """Every reachable server's stats, with its address."""
+        return [
+            {**result, "address": link.address}
+            for link, result in await self._each("stats", {})
+        ]
+
+    async def clear(self, tube: str, state: str = "all") -> int:
+        """Clear a tube on every reachable server; returns how many jobs went."""
+        check_tube(tube)
+        answers = await self._each("clear", {"tube": tube, "state": state})
+        return sum(result["cleared"] for _, result in answers)
+
+    async def kick_tube(self, tube: str, count: int = 1) -> list[str]:
+        """Kick up to ``count`` buried jobs of a tube, over all reachable servers."""
+        check_tube(tube)
+        count = check_count("count", count, maximum=2**31)
+        kicked: list[str] = []
+        for link in self._healthy():
+            if len(kicked) >= count:
+                break
+            try:
+                result = await link.request("kick_tube", {"tube": tube, "count": count - len(kicked)})
+            except NotConnected:
+                continue
+            kicked += result["job_ids"]
+        return kicked
+
+    async def peek(self, tube: str, *, buried: bool = False, offset: int = 0) -> dict | None:
+        """The job ``offset`` places into the tube's ready (or buried) line, counting
+        servers in id order."""
+        check_tube(tube)
+        check_count("offset", offset, minimum=0, maximum=2**31)
+        links = sorted(self._healthy(), key=lambda l: l.server_id or "")
+        if not links:
+            raise Unavailable("no server reachable")
+        for link in links:
+            result = await link.request("peek", {"tube": tube, "buried": buried, "offset": offset})
+            if result["job"] is not None:
+                return result["job"]
+            if offset:
+                offset -= await self._tube_count(link, tube, "buried" if buried else "ready")
+                if offset < 0:
+                    return None  # the server's line changed between the two calls
+        return None
+
+    async def _tube_count(self, link: ServerLink, tube: str, state: str) -> int:
+        stats = await link.request("stats", {})
+        return sum(t[state] for t in stats["tubes"] if t["tube"] == tube)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def stopService(self):
+        for d in list(self._sleeps):
+            d.cancel()
+        for waiters in self._waiters.values():
+            while waiters:
+                waiter = waiters.popleft()
+                if not waiter.deferred.called:
+                    waiter.deferred.callback([])
+        return super().stopService()
+
+

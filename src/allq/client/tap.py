@@ -1,0 +1,117 @@
+"""``twistd allq-client``: options and service assembly. Wiring only.
+
+:func:`makeService` builds the :class:`Federation` (one link per server) and the
+REST facade behind an HTTP endpoint, under one :class:`MultiService`. It starts
+serving even when no server is reachable yet (the API answers 503 until one is).
+"""
+
+import os
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.web.server import Site
+
+from allq import __version__
+from allq.client.connection import DEFAULT_REQUEST_TIMEOUT
+from allq.client.federation import DEFAULT_RETRY_BUDGET, Federation
+from allq.client.link import ServerLink, parse_address
+from allq.client.rest import DEFAULT_MAX_BODY, RestApi
+from allq.config import positive_float, positive_int, resolve
+from allq.errors import BadRequest
+from allq.wire.keys import KeyConfigError, MissingKeys, load_client_keys
+
+_log = Logger()
+DEFAULT_SERVERS = "127.0.0.1:5555"
+
+
+class Options(usage.Options):
+    """Options of ``twistd allq-client``; each also has an environment variable."""
+
+    environ = os.environ  # tests replace this
+
+    optParameters = [
+        ["http", None, None,
+         "Twisted endpoint for the REST API [default: tcp:8090:interface=127.0.0.1; "
+         "env HTTP_SERVER_PORT sets the port, ALLQ_HTTP the endpoint]"],
+        ["servers", None, None,
+         f"comma-separated host:port of the servers [default: {DEFAULT_SERVERS}; "
+         "env SERVER_STRING]"],
+        ["keys", None, None,
+         "directory holding client.key and server.pub (made by `allq keys generate`) "
+         "[env ALLQ_KEYS_DIR]"],
+        ["request-timeout", None, None,
+         f"seconds a server may take to answer one request [default: "
+         f"{DEFAULT_REQUEST_TIMEOUT:g}; env ALLQ_REQUEST_TIMEOUT]"],
+        ["retry-budget", None, None,
+         f"seconds a put or get may spend retrying on other servers [default: "
+         f"{DEFAULT_RETRY_BUDGET:g}; env ALLQ_RETRY_BUDGET]"],
+        ["max-body", None, None,
+         f"largest HTTP request body in bytes [default: {DEFAULT_MAX_BODY}; "
+         "env SIZE_LIMIT]"],
+    ]
+
+    def postOptions(self) -> None:
+        env = self.environ
+        http = resolve(self, "http", env, "ALLQ_HTTP")
+        if http is None:
+            port = positive_int("http", env.get("HTTP_SERVER_PORT") or 8090)
+            http = f"tcp:{port}:interface=127.0.0.1"
+        self["http"] = http
+        servers = resolve(self, "servers", env, "SERVER_STRING") or DEFAULT_SERVERS
+        addresses = [s.strip() for s in servers.split(",") if s.strip()]
+        if not addresses:
+            raise usage.UsageError("--servers must list at least one host:port")
+        for address in addresses:
+            try:
+                parse_address(address)
+            except BadRequest as e:
+                raise usage.UsageError(f"--servers: {e.message}") from None
+        self["servers"] = addresses
+        self["keys"] = resolve(self, "keys", env, "ALLQ_KEYS_DIR")
+        self["request-timeout"] = positive_float(
+            "request-timeout",
+            resolve(self, "request-timeout", env, "ALLQ_REQUEST_TIMEOUT") or DEFAULT_REQUEST_TIMEOUT)
+        self["retry-budget"] = positive_float(
+            "retry-budget",
+            resolve(self, "retry-budget", env, "ALLQ_RETRY_BUDGET") or DEFAULT_RETRY_BUDGET)
+        self["max-body"] = positive_int(
+            "max-body", resolve(self, "max-body", env, "SIZE_LIMIT") or DEFAULT_MAX_BODY,
+            minimum=1024)
+
+
+def makeService(config: Options, reactor=None) -> MultiService:
+    """Assemble the client: federation over the servers, REST facade over HTTP."""
+    if reactor is None:
+        from twisted.internet import reactor
+    try:
+        keys = load_client_keys(config["keys"], config.environ)
+    except MissingKeys as e:
+        raise SystemExit(
+            f"allq-client: refusing to start without keys ({e}).\n"
+            "Make a key set with `allq keys generate ./keys`, then start the server with "
+            "`twistd -n allq-server --keys ./keys` and this client with "
+            "`twistd -n allq-client --keys ./keys`.")
+    except KeyConfigError as e:
+        raise SystemExit(f"allq-client: {e}")
+
+    timeout = config["request-timeout"]
+    federation = Federation(
+        config["servers"],
+        lambda address: ServerLink(address, keys, reactor, timeout),
+        reactor,
+        retry_budget=config["retry-budget"],
+    )
+    api = RestApi(federation, reactor, max_body=config["max-body"])
+    service = MultiService()
+    federation.setServiceParent(service)
+    site = Site(api.resource())
+    site.noisy = False
+    http = StreamServerEndpointService(serverFromString(reactor, config["http"]), site)
+    http._raiseSynchronously = True  # fail start-up loudly when the port is taken
+    http.setServiceParent(service)
+    _log.info("allq-client {version} serving REST on {http} for servers {servers}",
+              version=__version__, http=config["http"], servers=",".join(config["servers"]))
+    return service

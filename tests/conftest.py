@@ -1,0 +1,35 @@
+"""Shared test fixtures: fail on logged failures, Hypothesis profiles, twistd helpers."""
+
+import gc
+import os
+
+import pytest
+from hypothesis import settings
+from twisted.logger import globalLogPublisher
+
+settings.register_profile("ci", deadline=None, max_examples=60)
+settings.register_profile("dev", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(autouse=True)
+def observe_errors():
+    """Fail a test when anything logs a Failure or an unhandled Deferred error.
+
+    Plain pytest functions would otherwise pass silently (STYLE.md finding 7).
+    """
+    errors = []
+
+    def observer(event):
+        if event.get("log_failure") is not None or (event.get("isError") and event.get("failure")):
+            errors.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        yield errors
+        gc.collect()
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    if errors:
+        failure = errors[0].get("log_failure") or errors[0].get("failure")
+        pytest.fail(f"{len(errors)} failure(s) logged; first: {failure.getTraceback()}")
