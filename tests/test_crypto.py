@@ -9,8 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from nacl.public import PrivateKey
 
+from allq.errors import ProtocolError
 from allq.wire.crypto import (
     Authenticator,
+    FrameError,
     HandshakeError,
     MalformedFrame,
     ReplayedFrame,
@@ -281,6 +283,27 @@ def test_garbage_is_malformed(line):
     with pytest.raises(MalformedFrame):
         server.open(line)
     assert server.open(client.seal(b"fine")) == b"fine"
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (MalformedFrame, "malformed_frame"),
+        (ReplayedFrame, "replayed_frame"),
+        (TamperedFrame, "tampered_frame"),
+    ],
+)
+def test_frame_errors_are_protocol_errors_with_codes(error, code):
+    """Frame errors are allq ProtocolErrors carrying a wire code."""
+    assert issubclass(error, FrameError) and issubclass(error, ProtocolError)
+    assert error("x").code == code
+
+
+def test_handshake_error_carries_code_and_message():
+    """HandshakeError keeps its code and message apart, and is a ProtocolError."""
+    error = HandshakeError("bad_proof", "nope")
+    assert isinstance(error, ProtocolError)
+    assert (error.code, error.message) == ("bad_proof", "nope")
 
 
 def test_session_repr_hides_box_and_challenge():

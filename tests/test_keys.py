@@ -188,7 +188,8 @@ def test_generate_keeps_secrets_private_under_a_permissive_umask(tmp_path):
 def test_generate_refuses_to_overwrite(tmp_path):
     """generate_keys refuses if any key file exists, and changes nothing."""
     (tmp_path / "client.pub").write_text("mine\n")
-    with pytest.raises(KeyConfigError, match=r"refusing to overwrite existing key files \(client.pub\)"):
+    expected = r"refusing to overwrite existing key files \(client.pub\)"
+    with pytest.raises(KeyConfigError, match=expected):
         generate_keys(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == ["client.pub"]
     assert (tmp_path / "client.pub").read_text() == "mine\n"
@@ -312,7 +313,8 @@ def test_server_from_environment_in_allqueue_format():
         "A_CURVE_SECRETKEY": allqueue_env(bytes(secret), nul=True),
         "A_CURVE_PUBLICKEY": allqueue_env(bytes(secret.public_key), nul=False),
         "ALLQ_AUTHORIZED_KEYS": (
-            f"{encode_key(clients[0])}, {bytes(clients[1]).hex()}\n {z85_encode(bytes(clients[2]))},"
+            f"{encode_key(clients[0])}, {bytes(clients[1]).hex()}\n"
+            f" {z85_encode(bytes(clients[2]))},"
         ),
     }
     server = load_server_keys(None, None, env)

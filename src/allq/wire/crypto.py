@@ -6,7 +6,8 @@ and tampered frames.
 
 What this module must not do: no sockets, no reactor, no Twisted imports, no logging, no
 message parsing. It takes and returns lines *without* the ``\\n`` delimiter; the transport
-adds and strips it. Error messages never contain keys or plaintext.
+adds and strips it. Its errors are :class:`allq.errors.ProtocolError` subclasses whose
+``code`` names the reason on the wire; their messages never contain keys or plaintext.
 
 Handshake (``b64`` is standard base64 without a newline)::
 
@@ -49,6 +50,7 @@ import attrs
 from nacl.exceptions import CryptoError
 from nacl.public import Box, PublicKey
 
+from allq.errors import ProtocolError
 from allq.wire.keys import ClientKeys, ServerKeys, encode_key
 
 CHALLENGE_BYTES = 16
@@ -64,8 +66,14 @@ _PREFIX_BYTES = 15
 _MAX_COUNTER = (1 << 64) - 1
 
 
-class WireError(Exception):
-    """Base of the errors of the encrypted session layer."""
+class WireError(ProtocolError):
+    """Base of the errors of the encrypted session layer.
+
+    A :class:`allq.errors.ProtocolError`: the peer is not speaking allq correctly, so
+    the connection is dropped; the message is safe to log and to send to the peer.
+    """
+
+    code = "wire_error"
 
 
 class HandshakeError(WireError):
@@ -77,28 +85,32 @@ class HandshakeError(WireError):
     """
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(code, message)
+        super().__init__(message)
         self.code = code
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.code}: {self.message}"
 
 
 class FrameError(WireError):
     """A received frame was rejected; the session's state is unchanged."""
 
+    code = "bad_frame"
+
 
 class MalformedFrame(FrameError):
     """The line is not base64, or too short to hold a nonce and a MAC."""
+
+    code = "malformed_frame"
 
 
 class ReplayedFrame(FrameError):
     """The frame's nonce is not the next one expected on this session and direction."""
 
+    code = "replayed_frame"
+
 
 class TamperedFrame(FrameError):
     """The frame failed authentication: modified, or sealed with another key."""
+
+    code = "tampered_frame"
 
 
 def _b64(data: bytes) -> bytes:
