@@ -1,0 +1,393 @@
+"""The OpenAPI 3.1 document of the REST facade (:mod:`allq.client.rest`).
+
+:func:`document` builds the description of every route the facade serves: its
+methods, query parameters, request bodies, success shapes and error responses.
+The facade serves it at ``GET /openapi.json``; ``tests/test_rest.py`` checks
+that the routes registered on the Klein app and the paths and methods here are
+the same set, so a route cannot be added on one side only.
+
+Pure data: no I/O, no Twisted. Limits are arguments so the document states the
+values the running facade enforces.
+"""
+
+from allq import __version__
+from allq.core.queue import CLEAR_STATES, MAX_COUNT, MAX_PRIORITY, TUBE_NAME
+
+_BOOLEAN_WORDS = ("true", "false", "1", "0", "yes", "no")
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in word)
+
+
+#: ECMA-262 has no inline case-insensitive flag: spell each letter's two cases.
+BOOLEAN_PATTERN = "^(" + "|".join(_any_case(w) for w in _BOOLEAN_WORDS) + ")$"
+_NUMERIC_STRING = r"^-?[0-9]{1,20}(\.[0-9]{1,9})?$"
+_INTEGER_STRING = r"^-?[0-9]{1,20}$"
+
+
+def _ref(kind: str, name: str) -> dict:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _query(name: str, schema: dict, description: str, required: bool = False) -> dict:
+    return {"name": name, "in": "query", "required": required, "schema": schema,
+            "description": description}
+
+
+def _op(op_id: str, tag: str, summary: str, ok: dict, errors: tuple[str, ...],
+        params: tuple[str, ...] = (), body: dict | None = None) -> dict:
+    operation = {
+        "operationId": op_id,
+        "tags": [tag],
+        "summary": summary,
+        "parameters": [_ref("parameters", p) for p in params],
+        "responses": {"200": ok, **{code: _ref("responses", _ERRORS[code]) for code in errors}},
+    }
+    if body is not None:
+        operation["requestBody"] = body
+    return operation
+
+
+_ERRORS = {
+    "400": "BadRequest",
+    "404": "NotFound",
+    "409": "WrongState",
+    "413": "TooLarge",
+    "500": "InternalError",
+    "503": "Unavailable",
+    "504": "Timeout",
+}
+_FEDERATED = ("500", "503", "504")
+_JOB_ERRORS = ("400", "404", "409", *_FEDERATED)
+
+
+def _schemas(job_id_pattern: str) -> dict:
+    seconds = {"oneOf": [{"type": "number", "minimum": 0},
+                         {"type": "string", "pattern": _NUMERIC_STRING}]}
+    integer = {"oneOf": [{"type": "integer"}, {"type": "string", "pattern": _INTEGER_STRING}]}
+    tube = {"type": "string", "pattern": f"^{TUBE_NAME.pattern}$"}
+    job_id = {"type": "string", "pattern": f"^{job_id_pattern}$"}
+    new_job = {
+        "tube": {**tube, "description": "the tube to put the job in"},
+        "body": {"type": ["string", "null"], "default": "",
+                 "description": "the job's payload (a string; clients often base64-encode)"},
+        "ttl": {**seconds, "description": "seconds a reserved job may run before it "
+                "expires (> 0); absent or null: the server default (3600)"},
+        "delay": {**seconds, "description": "seconds before the job becomes ready; "
+                  "absent or null: 0"},
+        "priority": {"oneOf": [*integer["oneOf"], {"type": "null"}],
+                     "description": f"0 (most urgent) to {MAX_PRIORITY}; absent or null: "
+                     "the server default (5)"},
+        "expired_limit": {**integer, "description": "expiries before the job is buried "
+                          "(1..2^31); absent or null: the server default (3)"},
+        "parent_id": {"type": ["string", "null"], "description": "not supported in this "
+                      "version: a non-empty value answers 400 not_supported"},
+        "shard_key": {"type": ["string", "null"], "description": "not supported in this "
+                      "version: a non-empty value answers 400 not_supported"},
+    }
+    job = {
+        "type": "object",
+        "required": ["id", "body", "tube", "expireds", "releases"],
+        "properties": {
+            "id": {**job_id, "description": "\"<server_id>,<number>\"; percent-encode it "
+                   "in URLs"},
+            "body": {"type": "string"},
+            "tube": {"type": "string"},
+            "expireds": {"type": "integer", "description": "how often its ttl elapsed"},
+            "releases": {"type": "integer", "description": "how often it was released"},
+        },
+    }
+    return {
+        "Error": {
+            "type": "object",
+            "required": ["error", "detail"],
+            "properties": {
+                "error": {"type": "string", "description": "a machine-readable code, e.g. "
+                          "bad_request, not_supported, not_found, method_not_allowed, "
+                          "wrong_state, too_large, unavailable, timeout, internal_error"},
+                "detail": {"type": "string", "description": "a human-readable explanation"},
+            },
+        },
+        "NewJob": {"type": "object", "required": ["tube"], "additionalProperties": False,
+                   "properties": new_job},
+        "NewParentJob": {
+            "type": "object", "required": ["tube"], "additionalProperties": False,
+            "properties": {
+                **new_job,
+                "timeout": {**seconds, "description": "seconds to wait for the children"},
+                "run_on_timeout": {"type": ["boolean", "string", "null"]},
+                "limit": {"oneOf": [*integer["oneOf"], {"type": "null"}],
+                          "description": "number of children (0 or more), or null"},
+                "noop": {"type": ["boolean", "string", "null"]},
+                "id": {"type": ["string", "null"]},
+            },
+        },
+        "Throttle": {
+            "type": "object", "required": ["tube", "tps"], "additionalProperties": False,
+            "properties": {"tube": tube,
+                           "tps": {"oneOf": [{"type": "number"},
+                                             {"type": "string", "pattern": _NUMERIC_STRING}]}},
+        },
+        "JobRef": {
+            "type": "object", "required": ["action", "job_id"],
+            "properties": {"action": {"const": "put"}, "job_id": job_id},
+        },
+        "Job": job,
+        "JobOrEmpty": {"oneOf": [_ref("schemas", "Job"),
+                                 {"type": "object", "maxProperties": 0}]},
+        "MultipleJobResponse": {
+            "type": "object", "required": ["jobs"],
+            "properties": {"jobs": {"type": "array", "items": _ref("schemas", "Job")}},
+        },
+        "JobAction": {
+            "type": "object", "required": ["action", "job_id"],
+            "properties": {"action": {"type": "string"}, "job_id": job_id},
+        },
+        "KickedJobs": {
+            "type": "object", "required": ["action", "job_ids"],
+            "properties": {"action": {"const": "kick"},
+                           "job_ids": {"type": "array", "items": job_id}},
+        },
+        "Cleared": {
+            "type": "object", "required": ["action", "cleared"],
+            "properties": {"action": {"const": "clear"},
+                           "cleared": {"type": "integer", "minimum": 0}},
+        },
+        "StatsTube": {
+            "type": "object",
+            "required": ["tube", "ready", "reserved", "delayed", "buried", "parents",
+                         "avg", "tps"],
+            "properties": {
+                "tube": {"type": "string"},
+                **{k: {"type": "integer"}
+                   for k in ("ready", "reserved", "delayed", "buried", "parents")},
+                "throttle_size": {"type": "integer", "description": "only when throttled"},
+                "avg": {"type": "number", "description": "mean seconds a reservation "
+                        "took, 2 decimals"},
+                "tps": {"type": "number", "description": "finished reservations per "
+                        "second, 2 decimals"},
+            },
+        },
+        "StatsResults": {
+            "type": "object",
+            "required": ["server_name", "action_count", "job_put", "job_get", "stats"],
+            "properties": {
+                "server_name": {"type": "string",
+                                "description": "\"<server_id>,<host>:<port>\""},
+                "action_count": {"type": "integer"},
+                "job_put": {"type": "integer"},
+                "job_get": {"type": "integer"},
+                "stats": {"type": "array", "items": _ref("schemas", "StatsTube")},
+            },
+        },
+        "Health": {
+            "type": "object", "required": ["servers", "up", "total"],
+            "properties": {
+                "servers": {"type": "array", "items": {
+                    "type": "object", "required": ["address", "server_id", "up", "draining"],
+                    "properties": {"address": {"type": "string"},
+                                   "server_id": {"type": ["string", "null"]},
+                                   "up": {"type": "boolean"},
+                                   "draining": {"type": "boolean"}}}},
+                "up": {"type": "integer"},
+                "total": {"type": "integer"},
+            },
+        },
+        "ServerUrl": {
+            "type": "object", "required": ["server_url"], "additionalProperties": False,
+            "properties": {"server_url": {"type": "string", "description": "\"host:port\""}},
+        },
+        "ServerId": {"type": "object", "required": ["server_id"],
+                     "properties": {"server_id": {"type": "string"}}},
+        "Empty": {"type": "object", "maxProperties": 0},
+        "OpenApi": {"type": "object", "description": "this document"},
+    }
+
+
+def _parameters(max_wait: float, job_id_pattern: str, max_kick_count: int,
+                max_offset: int) -> dict:
+    boolean = {"type": "string", "pattern": BOOLEAN_PATTERN, "default": "false"}
+    tube_rule = "one of tube and tube_name is required"
+    return {
+        "tube": _query("tube", {"type": "string", "pattern": f"^{TUBE_NAME.pattern}$"},
+                       f"the tube ({tube_rule})"),
+        "tube_name": _query("tube_name", {"type": "string"},
+                            "an alias of tube (AllQueue accepted both)"),
+        "tube_optional": _query("tube", {"type": "string"},
+                                "optional; checked for shape, not used to find the job"),
+        "job_id": _query("job_id", {"type": "string", "pattern": f"^{job_id_pattern}$"},
+                         "\"<server_id>,<number>\", percent-encoded", required=True),
+        "job_id_optional": _query(
+            "job_id", {"type": "string", "pattern": f"^{job_id_pattern}$"},
+            "kick this job; without it, kick buried jobs of tube"),
+        "delete": _query("delete", boolean, "remove the jobs as they are handed out "
+                         "(true/false/1/0/yes/no, any case)"),
+        "wait": _query("wait", {"type": "number", "minimum": 0, "maximum": max_wait,
+                                "default": 0},
+                       "long poll: answer as soon as a job is ready, or after this many "
+                       "seconds with nothing"),
+        "count": _query("count", {"type": "integer", "minimum": 1, "maximum": MAX_COUNT,
+                                  "default": 1}, "how many jobs at most"),
+        "kick_count": _query("count", {"type": "integer", "minimum": 1,
+                                       "maximum": max_kick_count, "default": 1},
+                             "how many buried jobs of tube to kick at most"),
+        "buried": _query("buried", boolean, "peek at buried jobs instead of ready ones"),
+        "offset": _query("offset", {"type": "integer", "minimum": 0, "maximum": max_offset,
+                                    "default": 0},
+                         "skip this many jobs"),
+        "delay": _query("delay", {"type": "number", "minimum": 0, "default": 0},
+                        "seconds before the released job is ready again"),
+        "cache_type": _query("cache_type", {"type": "string", "enum": list(CLEAR_STATES),
+                                            "default": "all"}, "which jobs to drop"),
+        "server_urls": _query("server_urls", {"type": "string"},
+                              "the new set of servers, \"host:port,host:port\"",
+                              required=True),
+        "server_id": _query("server_id", {"type": "string"},
+                            "the server's id or \"host:port\"", required=True),
+        "server_url": _query("server_url", {"type": "string"},
+                             "\"host:port\" (when the request has no JSON body)"),
+    }
+
+
+def _responses() -> dict:
+    error = _ref("schemas", "Error")
+    return {
+        "BadRequest": _json(error, "Bad input: missing or malformed parameter, bad JSON, "
+                            "unknown field (error bad_request), or a feature not in this "
+                            "version (error not_supported)"),
+        "NotFound": _json(error, "No such job (or server)"),
+        "WrongState": _json(error, "The job is not in a state the action applies to"),
+        "TooLarge": _json(error, "The request body or the job is larger than allowed"),
+        "Unavailable": _json(error, "No server (or not the job's server) is reachable"),
+        "Timeout": _json(error, "No answer in time; the outcome is unknown"),
+        "InternalError": _json(error, "A bug; it was logged"),
+    }
+
+
+def document(*, max_body: int, max_wait: float, job_id_pattern: str,
+             max_kick_count: int, max_offset: int) -> dict:
+    """The OpenAPI 3.1 document of the REST facade.
+
+    :param max_body: the largest request body accepted, in bytes.
+    :param max_wait: the longest long poll, in seconds.
+    :param job_id_pattern: the regular expression a job id must match.
+    :param max_kick_count: the largest ``count`` of ``PUT /kick?tube=``.
+    :param max_offset: the largest ``offset`` of ``GET /peek``.
+    :returns: a JSON-encodable dict.
+    """
+    job = _ref("schemas", "Job")
+    action = _json(_ref("schemas", "JobAction"), "{\"action\": <name>, \"job_id\"}")
+    body_note = f" The body may be at most {max_body} bytes."
+
+    def body(schema: str, required: bool = True) -> dict:
+        return {"required": required,
+                "content": {"application/json": {"schema": _ref("schemas", schema)}}}
+
+    paths = {
+        "/job": {
+            "post": _op("job_post", "actions", "Put a job." + body_note,
+                        _json(_ref("schemas", "JobRef"), "The new job's id"),
+                        ("400", "413", *_FEDERATED), body=body("NewJob")),
+            "get": _op("job_get", "actions", "Reserve the next ready job of a tube "
+                       "(with delete, take it), or {} when none is ready.",
+                       _json(_ref("schemas", "JobOrEmpty"), "The job, or {}"),
+                       ("400", *_FEDERATED), ("tube", "tube_name", "delete", "wait")),
+            "delete": _op("job_delete", "actions", "Finish a reserved job, or delete a "
+                          "ready, delayed or buried one.",
+                          action, _JOB_ERRORS, ("job_id", "tube_optional")),
+        },
+        "/multiple_job": {
+            "get": _op("multiple_job_get", "actions", "Reserve up to count jobs of a tube.",
+                       _json(_ref("schemas", "MultipleJobResponse"),
+                             "The jobs (a list, possibly empty)"),
+                       ("400", *_FEDERATED), ("tube", "tube_name", "count", "delete", "wait")),
+        },
+        "/touch": {"put": _op("touch_put", "actions", "Restart a reserved job's ttl.",
+                              action, _JOB_ERRORS, ("job_id",))},
+        "/release": {"put": _op("release_put", "actions", "Give a reserved job back "
+                                "(ready, or delayed by delay seconds).",
+                                action, _JOB_ERRORS, ("job_id", "delay"))},
+        "/bury": {"put": _op("bury_put", "actions", "Bury a reserved job.",
+                             action, _JOB_ERRORS, ("job_id",))},
+        "/kick": {"put": _op(
+            "kick_put", "actions", "Kick a buried or delayed job (job_id), or up to count "
+            "buried jobs of a tube.",
+            _json({"oneOf": [_ref("schemas", "JobAction"), _ref("schemas", "KickedJobs")]},
+                  "With job_id: {action, job_id}; with tube: {action, job_ids}"),
+            _JOB_ERRORS, ("job_id_optional", "tube", "tube_name", "kick_count"))},
+        "/set_children_started": {"put": _op(
+            "set_children_started_put", "actions",
+            "Workflow (not in this version): the job_id is checked, then 400 not_supported.",
+            action, ("400", "500"), ("job_id",))},
+        "/peek": {"get": _op("peek_get", "actions", "The next ready (or buried) job of a "
+                             "tube without reserving it, or {}.",
+                             _json(_ref("schemas", "JobOrEmpty"), "The job, or {}"),
+                             ("400", *_FEDERATED), ("tube", "tube_name", "buried", "offset"))},
+        "/tube": {"delete": _op("tube_delete", "actions", "Drop a tube's jobs (in one state, "
+                                "or all) on every server.",
+                                _json(_ref("schemas", "Cleared"), "How many were dropped"),
+                                ("400", *_FEDERATED), ("tube", "tube_name", "cache_type"))},
+        "/throttle": {"post": _op(
+            "throttle_post", "actions", "Throttle (not in this version): the body is "
+            "checked, then 400 not_supported." + body_note,
+            _json(_ref("schemas", "Empty"), "(never in this version)"),
+            ("400", "413", "500"), body=body("Throttle"))},
+        "/parent_job": {"post": _op(
+            "parent_job_post", "actions", "Workflow (not in this version): the body is "
+            "checked, then 400 not_supported." + body_note,
+            _json(_ref("schemas", "JobRef"), "(never in this version)"),
+            ("400", "413", "500"), body=body("NewParentJob"))},
+        "/stats": {"get": _op("stats_get", "admin", "Counters of every reachable server.",
+                              _json({"type": "array", "items": _ref("schemas", "StatsResults")},
+                                    "One entry per reachable server"), _FEDERATED)},
+        "/health": {"get": {
+            **_op("health_get", "admin", "Which servers are up; 503 when none is.",
+                  _json(_ref("schemas", "Health"), "At least one server is up"), ("500",)),
+        }},
+        "/update_servers": {"put": _op(
+            "update_servers_put", "admin", "Replace the set of servers.",
+            _json(_ref("schemas", "Empty"), "Done"), ("400", "500"), ("server_urls",))},
+        "/drain": {"put": _op(
+            "drain_put", "admin", "Stop sending new jobs to a server until it is empty.",
+            _json(_ref("schemas", "ServerId"), "Draining"), ("400", "404", "500"),
+            ("server_id",))},
+        "/add_server": {"post": _op(
+            "add_server_post", "admin", "Add a server (JSON body, or the server_url query "
+            "parameter with no body)." + body_note,
+            _json(_ref("schemas", "ServerUrl"), "Added"), ("400", "413", "500"),
+            ("server_url",), body=body("ServerUrl", required=False))},
+        "/openapi.json": {"get": _op(
+            "openapi_get", "admin", "This document.",
+            _json(_ref("schemas", "OpenApi"), "The OpenAPI document"), ("500",))},
+    }
+    paths["/health"]["get"]["responses"]["503"] = _json(
+        _ref("schemas", "Health"), "No server is up (same body)")
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "allq client REST API",
+            "version": __version__,
+            "description": (
+                "The HTTP API of twistd allq-client: AllQueue's REST endpoints with real "
+                "status codes. Every error has a JSON body {\"error\": <code>, \"detail\": "
+                "<text>}. A path that is not listed answers 404 (error not_found); a "
+                "listed path with a method not listed for it answers 405 (error "
+                "method_not_allowed, with an Allow header). HEAD is not served. Job ids "
+                "contain a comma: percent-encode them in query strings."
+            ),
+        },
+        "servers": [{"url": "http://localhost:8090"}],
+        "tags": [{"name": "actions", "description": "jobs and tubes"},
+                 {"name": "admin", "description": "servers, stats and this document"}],
+        "paths": paths,
+        "components": {
+            "schemas": _schemas(job_id_pattern),
+            "parameters": _parameters(max_wait, job_id_pattern, max_kick_count, max_offset),
+            "responses": _responses(),
+        },
+    }

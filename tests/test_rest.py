@@ -1,0 +1,958 @@
+"""The REST facade (allq.client.rest) through StubTreq against the in-memory federation."""
+
+import json
+from io import BytesIO
+from urllib.parse import quote
+
+import attrs
+import pytest
+from treq.testing import StubTreq
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.test.requesthelper import DummyRequest
+
+from allq.client.rest import (
+    DEFAULT_MAX_BODY,
+    MAX_WAIT,
+    JOB_ID,
+    RestApi,
+    json_response,
+    parse_bool,
+    read_json,
+)
+from allq.core.queue import DEFAULT_PRIORITY, QueueConfig
+from allq.errors import BadRequest, Timeout, TooLarge
+
+from fake_federation import POLL_INTERVAL, FakeFederation
+
+MAX_BODY = 4096
+MAX_JOB_SIZE = 1024
+REQUEST_TIMEOUT = 30.0
+ADDRESS = "127.0.0.1:7711"
+
+
+@attrs.frozen
+class Reply:
+    """One HTTP response, its body decoded as JSON."""
+
+    code: int
+    content_type: list
+    headers: object
+    json: object
+
+
+class RestTestCase(SynchronousTestCase):
+    """Shared setup: a clock, a one-server fake federation, the facade under StubTreq."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.fake = FakeFederation(
+            self.clock, (ADDRESS,), QueueConfig(max_job_size=MAX_JOB_SIZE))
+        self.api = RestApi(
+            self.fake, self.clock, max_body=MAX_BODY, request_timeout=REQUEST_TIMEOUT)
+        self.stub = StubTreq(self.api.resource())
+
+    @pytest.fixture(autouse=True)
+    def _logged(self, observe_errors):
+        """Gives tests the conftest's list of logged failures (to accept expected ones)."""
+        self.logged = observe_errors
+
+    def tearDown(self):
+        # Every request above has ended: nothing may stay scheduled (STYLE rule 20).
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    # -- helpers -----------------------------------------------------------------
+
+    def start(self, method, path, **kwargs):
+        """Send a request; a Deferred firing with a :class:`Reply` (needs flushing)."""
+        d = self.stub.request(method, "http://allq.test" + path, **kwargs)
+
+        def read(response):
+            def decode(body):
+                return Reply(response.code, response.headers.getRawHeaders(b"content-type"),
+                             response.headers, json.loads(body) if body else None)
+            return response.content().addCallback(decode)
+
+        return d.addCallback(read)
+
+    def result_of_with_flush(self, d, step=POLL_INTERVAL, limit=10_000):
+        """Alternate ``stub.flush()`` and ``clock.advance(step)`` until ``d`` fires."""
+        fired = []
+        d.addBoth(lambda result: (fired.append(True), result)[1])
+        for _ in range(limit):
+            self.stub.flush()
+            if fired:
+                return self.successResultOf(d)
+            self.clock.advance(step)
+        self.fail(f"no response after {limit * step} seconds")
+
+    def call(self, method, path, **kwargs):
+        """Send a request and wait (on the clock) for its :class:`Reply`."""
+        return self.result_of_with_flush(self.start(method, path, **kwargs))
+
+    def ok(self, method, path, **kwargs):
+        """Send a request that must succeed; its JSON body."""
+        reply = self.call(method, path, **kwargs)
+        self.assertEqual(reply.code, 200, reply.json)
+        self.assertEqual(reply.content_type, [b"application/json"])
+        return reply.json
+
+    def assert_error(self, reply, status, code=None):
+        """``reply`` is a JSON error with that status (and error code)."""
+        self.assertEqual(reply.code, status, reply.json)
+        self.assertEqual(reply.content_type, [b"application/json"])
+        self.assertEqual(set(reply.json), {"error", "detail"})
+        self.assertIsInstance(reply.json["detail"], str)
+        if code is not None:
+            self.assertEqual(reply.json["error"], code, reply.json)
+
+    def error(self, status, code, method, path, **kwargs):
+        """Send a request that must fail with ``status`` and error ``code``."""
+        reply = self.call(method, path, **kwargs)
+        self.assert_error(reply, status, code)
+        return reply.json
+
+    def put(self, tube="t", body="hello", **fields):
+        """Put a job over REST; its id."""
+        return self.ok("POST", "/job", json={"tube": tube, "body": body, **fields})["job_id"]
+
+    def tube_stats(self, tube="t"):
+        """The REST stats entry of ``tube`` on the only server."""
+        [server] = self.ok("GET", "/stats")
+        return {t["tube"]: t for t in server["stats"]}[tube]
+
+    def stored(self, job_id):
+        """The core's job record for a REST job id (single-server tests)."""
+        return self.fake.server().queue.job(int(job_id.split(",")[1]))
+
+
+def q(job_id):
+    """Percent-encode a job id for a query string."""
+    return quote(job_id, safe="")
+
+
+# -- put / get ---------------------------------------------------------------------
+
+
+class PutGetTests(RestTestCase):
+    """POST /job, GET /job, GET /multiple_job."""
+
+    def test_put_answers_action_and_job_id(self):
+        """POST /job answers {"action": "put", "job_id": "<server_id>,<n>"}."""
+        reply = self.ok("POST", "/job", json={"tube": "t", "body": "hello", "ttl": 60,
+                                              "delay": 0, "priority": 5})
+        self.assertEqual(set(reply), {"action", "job_id"})
+        self.assertEqual(reply["action"], "put")
+        self.assertRegex(reply["job_id"], f"^{self.fake.server().server_id},[0-9]+$")
+        self.assertEqual(self.tube_stats()["ready"], 1)
+
+    def test_put_passes_every_field(self):
+        """ttl, delay, priority and expired_limit reach the federation as numbers."""
+        self.put(ttl=30, delay=2, priority=3, expired_limit=4)
+        self.assertEqual(self.fake.calls[-1], (
+            "put", ("t", "hello"),
+            {"priority": 3, "ttl": 30, "delay": 2, "expired_limit": 4}))
+
+    def test_put_accepts_numeric_strings(self):
+        """Old Ruby clients send "5": ttl, delay, priority and expired_limit may be strings."""
+        job_id = self.put(ttl="30", delay="0", priority="3", expired_limit="2")
+        job = self.stored(job_id)
+        self.assertEqual((job.priority, job.ttl, job.expired_limit), (3, 30, 2))
+
+    def test_put_null_fields_take_defaults(self):
+        """priority null (AllQueue: an error, FIX 5), ttl null, delay null → server defaults."""
+        job = self.stored(self.put(priority=None, ttl=None, delay=None))
+        self.assertEqual(job.priority, DEFAULT_PRIORITY)
+        self.assertEqual(job.ttl, 3600)
+
+    def test_non_ascii_body_round_trips(self):
+        """A non-ASCII body comes back unchanged (UTF-8 JSON both ways)."""
+        self.put(body="h\u00e9llo \u2713 \U0001f600")
+        self.assertEqual(self.ok("GET", "/job?tube=t")["body"], "h\u00e9llo \u2713 \U0001f600")
+
+    def test_put_without_body_stores_empty_string(self):
+        """A missing body is "" as in AllQueue."""
+        job_id = self.ok("POST", "/job", json={"tube": "t"})["job_id"]
+        self.assertEqual(self.stored(job_id).body, "")
+
+    def test_put_with_delay_is_ready_later(self):
+        """A job put with delay 3 is not handed out before 3 s have passed."""
+        self.put(delay=3)
+        self.assertEqual(self.ok("GET", "/job?tube=t"), {})
+        self.clock.advance(3)
+        self.assertEqual(self.ok("GET", "/job?tube=t")["body"], "hello")
+
+    def test_get_answers_rest_job_shape(self):
+        """GET /job answers {"id","body","tube","expireds","releases"} with int counters."""
+        job_id = self.put()
+        reply = self.ok("GET", "/job?tube=t")
+        self.assertEqual(reply, {"id": job_id, "body": "hello", "tube": "t",
+                                 "expireds": 0, "releases": 0})
+        self.assertEqual(self.tube_stats()["reserved"], 1)
+
+    def test_get_accepts_tube_name_alias(self):
+        """tube_name works like tube."""
+        job_id = self.put()
+        self.assertEqual(self.ok("GET", "/job?tube_name=t")["id"], job_id)
+
+    def test_get_with_no_ready_job_answers_empty_object(self):
+        """GET /job on an empty or unknown tube answers {}."""
+        self.assertEqual(self.ok("GET", "/job?tube=empty"), {})
+
+    def test_get_delete_true_takes_the_job(self):
+        """delete=true hands the job out and removes it (nothing reserved)."""
+        self.put()
+        self.assertEqual(self.ok("GET", "/job?tube=t&delete=true")["body"], "hello")
+        stats = self.tube_stats()
+        self.assertEqual((stats["ready"], stats["reserved"]), (0, 0))
+
+    def test_get_delete_false_only_reserves(self):
+        """delete=false reserves the job (AllQueue deleted it anyway; FIX 7)."""
+        self.put()
+        self.ok("GET", "/job?tube=t&delete=false")
+        self.assertEqual(self.tube_stats()["reserved"], 1)
+
+    def test_boolean_spellings(self):
+        """true/false/1/0/yes/no in any case are booleans."""
+        for text, expected in [("TRUE", True), ("1", True), ("Yes", True),
+                               ("False", False), ("0", False), ("NO", False)]:
+            self.ok("GET", f"/job?tube=t&delete={text}")
+            self.assertEqual(self.fake.calls[-1][2]["delete"], expected, text)
+
+    def test_multiple_job(self):
+        """6 puts; count=4 gives 4 jobs (2 stay ready); the next count=4 gives 2."""
+        for n in range(6):
+            self.put(body=f"job{n}")
+        jobs = self.ok("GET", "/multiple_job?tube=t&count=4")["jobs"]
+        self.assertEqual([job["body"] for job in jobs], ["job0", "job1", "job2", "job3"])
+        self.assertEqual(self.tube_stats()["ready"], 2)
+        for job in jobs:
+            self.ok("DELETE", f"/job?job_id={q(job['id'])}")
+        self.assertEqual(self.tube_stats()["reserved"], 0)
+        self.assertEqual(len(self.ok("GET", "/multiple_job?tube=t&count=4")["jobs"]), 2)
+
+    def test_multiple_job_count_one_is_a_list(self):
+        """count=1 answers {"jobs": [job]} in the REST shape (AllQueue: the raw reply)."""
+        job_id = self.put()
+        self.assertEqual(self.ok("GET", "/multiple_job?tube=t&count=1"), {"jobs": [
+            {"id": job_id, "body": "hello", "tube": "t", "expireds": 0, "releases": 0}]})
+
+    def test_multiple_job_count_defaults_to_one(self):
+        """Without count, one job is handed out."""
+        self.put()
+        self.put()
+        self.assertEqual(len(self.ok("GET", "/multiple_job?tube=t")["jobs"]), 1)
+
+    def test_multiple_job_with_delete(self):
+        """delete=true on /multiple_job removes the jobs handed out."""
+        self.put()
+        self.ok("GET", "/multiple_job?tube=t&count=5&delete=yes")
+        self.assertEqual(self.tube_stats()["reserved"], 0)
+
+    def test_multiple_job_empty(self):
+        """No ready jobs: {"jobs": []}."""
+        self.assertEqual(self.ok("GET", "/multiple_job?tube=t&count=3"), {"jobs": []})
+
+
+# -- long poll ---------------------------------------------------------------------
+
+
+class LongPollTests(RestTestCase):
+    """GET /job and /multiple_job with wait."""
+
+    def test_long_poll_answers_as_soon_as_a_job_is_put(self):
+        """A waiting GET answers within one poll interval of a put."""
+        d = self.start("GET", "/job?tube=t&wait=10")
+        for _ in range(20):
+            self.stub.flush()
+            self.clock.advance(POLL_INTERVAL)
+        self.assertNoResult(d)
+        job_id = self.put()
+        started = self.clock.seconds()
+        reply = self.result_of_with_flush(d)
+        self.assertEqual(reply.json["id"], job_id)
+        self.assertLessEqual(self.clock.seconds() - started, 2 * POLL_INTERVAL)
+
+    def test_long_poll_answers_empty_after_wait(self):
+        """With nothing put, a wait=2 GET answers {} after 2 seconds, not before."""
+        d = self.start("GET", "/job?tube=t&wait=2")
+        self.stub.flush()
+        self.clock.advance(1.9)
+        self.stub.flush()
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        reply = self.result_of_with_flush(d)
+        self.assertEqual((reply.code, reply.json), (200, {}))
+
+    def test_multiple_job_long_poll(self):
+        """/multiple_job waits too and answers with the jobs that arrived."""
+        d = self.start("GET", "/multiple_job?tube=t&count=3&wait=5")
+        self.stub.flush()
+        self.clock.advance(1)
+        self.stub.flush()
+        self.assertNoResult(d)
+        self.put(body="late")
+        reply = self.result_of_with_flush(d)
+        self.assertEqual([job["body"] for job in reply.json["jobs"]], ["late"])
+
+    def test_multiple_job_long_poll_gives_up_with_empty_list(self):
+        """A long poll on /multiple_job that finds nothing answers {"jobs": []}."""
+        reply = self.call("GET", "/multiple_job?tube=t&wait=1.5")
+        self.assertEqual(reply.json, {"jobs": []})
+        self.assertAlmostEqual(self.clock.seconds(), 1.5, delta=2 * POLL_INTERVAL)
+
+    def test_wait_zero_answers_at_once(self):
+        """wait=0 answers without the clock moving."""
+        self.ok("GET", "/job?tube=t&wait=0")
+        self.assertEqual(self.clock.seconds(), 0)
+
+
+# -- job actions -------------------------------------------------------------------
+
+
+class JobActionTests(RestTestCase):
+    """DELETE /job, PUT /touch /release /bury /kick /set_children_started, GET /peek."""
+
+    def reserve(self, **fields):
+        """Put and reserve one job; its id."""
+        self.put(**fields)
+        return self.ok("GET", "/job?tube=t")["id"]
+
+    def test_delete_finishes_a_reserved_job(self):
+        """DELETE /job of a reserved job answers {"action":"delete","job_id"}; nothing left."""
+        job_id = self.reserve()
+        self.assertEqual(self.ok("DELETE", f"/job?job_id={q(job_id)}"),
+                         {"action": "delete", "job_id": job_id})
+        self.assertEqual(self.tube_stats()["reserved"], 0)
+
+    def test_delete_ready_job_with_tube(self):
+        """DELETE /job of a peeked ready job (with tube) succeeds and removes it (FIX 50)."""
+        self.put()
+        job_id = self.ok("GET", "/peek?tube=t")["id"]
+        self.assertEqual(self.ok("DELETE", f"/job?job_id={q(job_id)}&tube=t")["job_id"], job_id)
+        self.assertEqual(self.tube_stats()["ready"], 0)
+
+    def test_touch_restarts_ttl(self):
+        """A touched job stays reserved past its original ttl."""
+        job_id = self.reserve(ttl=10)
+        self.clock.advance(8)
+        self.assertEqual(self.ok("PUT", f"/touch?job_id={q(job_id)}"),
+                         {"action": "touch", "job_id": job_id})
+        self.clock.advance(8)
+        self.assertEqual(self.tube_stats()["reserved"], 1)
+
+    def test_release_counts_releases(self):
+        """Each release makes the job ready again with releases + 1."""
+        job_id = self.reserve()
+        for n in range(1, 3):
+            self.assertEqual(self.ok("PUT", f"/release?job_id={q(job_id)}"),
+                             {"action": "release", "job_id": job_id})
+            self.assertEqual(self.tube_stats()["ready"], 1)
+            self.assertEqual(self.ok("GET", "/job?tube=t")["releases"], n)
+
+    def test_release_with_delay(self):
+        """release with delay=2 makes the job delayed, then ready after 2 s."""
+        job_id = self.reserve()
+        self.ok("PUT", f"/release?job_id={q(job_id)}&delay=2")
+        self.assertEqual(self.tube_stats()["delayed"], 1)
+        self.clock.advance(2)
+        self.assertEqual(self.ok("GET", "/job?tube=t")["id"], job_id)
+
+    def test_bury_then_peek_buried(self):
+        """A buried job shows in stats and in peek with buried=true."""
+        self.assertEqual(self.ok("GET", "/peek?tube=t&buried=true"), {})
+        job_id = self.reserve()
+        self.assertEqual(self.ok("PUT", f"/bury?job_id={q(job_id)}"),
+                         {"action": "bury", "job_id": job_id})
+        stats = self.tube_stats()
+        self.assertEqual((stats["buried"], stats["ready"], stats["reserved"]), (1, 0, 0))
+        self.assertEqual(self.ok("GET", "/peek?tube=t&buried=true")["id"], job_id)
+
+    def test_kick_tube(self):
+        """PUT /kick?tube= kicks up to count buried jobs and lists their ids (FIX 44)."""
+        ids = [self.reserve(body=f"b{n}") for n in range(3)]
+        for job_id in ids:
+            self.ok("PUT", f"/bury?job_id={q(job_id)}")
+        self.assertEqual(self.ok("PUT", "/kick?tube=t"), {"action": "kick", "job_ids": ids[:1]})
+        self.assertEqual(self.ok("PUT", "/kick?tube=t&count=5"),
+                         {"action": "kick", "job_ids": ids[1:]})
+        self.assertEqual(self.tube_stats()["ready"], 3)
+        self.assertEqual(self.ok("PUT", "/kick?tube=t"), {"action": "kick", "job_ids": []})
+
+    def test_kick_job_id(self):
+        """PUT /kick?job_id= kicks that job."""
+        job_id = self.reserve()
+        self.ok("PUT", f"/bury?job_id={q(job_id)}")
+        self.assertEqual(self.ok("PUT", f"/kick?job_id={q(job_id)}&tube=t"),
+                         {"action": "kick", "job_id": job_id})
+        self.assertEqual(self.tube_stats()["ready"], 1)
+
+    def test_peek_does_not_reserve(self):
+        """peek answers the next ready job by priority and leaves it ready; offset skips."""
+        self.put(body="later", priority=7)
+        self.put(body="first", priority=2)
+        self.assertEqual(self.ok("GET", "/peek?tube=t")["body"], "first")
+        self.assertEqual(self.ok("GET", "/peek?tube=t&offset=1")["body"], "later")
+        self.assertEqual(self.ok("GET", "/peek?tube=t&offset=2"), {})
+        self.assertEqual(self.tube_stats()["ready"], 2)
+
+    def test_peek_with_no_jobs(self):
+        """peek on an empty tube answers {}."""
+        self.assertEqual(self.ok("GET", "/peek?tube=nothing"), {})
+
+    def test_set_children_started_is_not_supported(self):
+        """set_children_started checks job_id, then answers 400 not_supported."""
+        self.error(400, "not_supported", "PUT", "/set_children_started?job_id=abc,1")
+        self.error(400, "bad_request", "PUT", "/set_children_started?job_id=nope")
+
+
+# -- tubes, throttle, parents --------------------------------------------------------
+
+
+class TubeTests(RestTestCase):
+    """DELETE /tube, POST /throttle, POST /parent_job and the later-feature fields."""
+
+    def test_clear_tube(self):
+        """Clearing alt_tube drops its ready, reserved and buried jobs, not alt_tube2's."""
+        for tube in ("alt_tube", "alt_tube2"):
+            self.put(tube)
+            self.put(tube)
+            self.ok("GET", f"/job?tube={tube}")
+        self.put("alt_tube")
+        job_id = self.ok("GET", "/job?tube=alt_tube")["id"]
+        self.ok("PUT", f"/bury?job_id={q(job_id)}")
+        self.assertEqual(self.ok("DELETE", "/tube?tube=alt_tube"),
+                         {"action": "clear", "cleared": 3})
+        gone = self.tube_stats("alt_tube")
+        self.assertEqual((gone["ready"], gone["reserved"], gone["buried"]), (0, 0, 0))
+        kept = self.tube_stats("alt_tube2")
+        self.assertEqual((kept["ready"], kept["reserved"]), (1, 1))
+
+    def test_clear_one_cache_type(self):
+        """cache_type=ready drops only ready jobs."""
+        self.put()
+        self.put()
+        self.ok("GET", "/job?tube=t")
+        self.assertEqual(self.ok("DELETE", "/tube?tube=t&cache_type=ready")["cleared"], 1)
+        self.assertEqual(self.tube_stats()["reserved"], 1)
+
+    def test_throttle_is_validated_then_not_supported(self):
+        """POST /throttle with a good body answers 400 not_supported; a bad one bad_request."""
+        self.error(400, "not_supported", "POST", "/throttle", json={"tube": "t", "tps": 5})
+        self.error(400, "not_supported", "POST", "/throttle", json={"tube": "t", "tps": "2.5"})
+        self.error(400, "bad_request", "POST", "/throttle", json={"tube": "t"})
+        self.error(400, "bad_request", "POST", "/throttle", json={"tube": "t", "tps": "x"})
+        self.error(400, "bad_request", "POST", "/throttle", json={"tube": "bad tube", "tps": 1})
+
+    def test_parent_job_is_validated_then_not_supported(self):
+        """POST /parent_job with a good body answers 400 not_supported; a bad one bad_request."""
+        good = {"tube": "t", "body": "p", "ttl": 10, "delay": 0, "priority": 5, "limit": 2,
+                "timeout": 3600, "run_on_timeout": True, "noop": "false", "shard_key": None}
+        self.error(400, "not_supported", "POST", "/parent_job", json=good)
+        self.error(400, "bad_request", "POST", "/parent_job", json={**good, "limit": "many"})
+        self.error(400, "bad_request", "POST", "/parent_job", json={**good, "noop": "maybe"})
+        self.error(400, "bad_request", "POST", "/parent_job", json={**good, "body": 1})
+
+    def test_put_with_parent_id_is_not_supported(self):
+        """A put with a parent_id answers 400 not_supported instead of ignoring it."""
+        detail = self.error(400, "not_supported", "POST", "/job",
+                            json={"tube": "t", "body": "c", "parent_id": "abc,1"})["detail"]
+        self.assertIn("workflow", detail)
+        self.assertEqual(self.fake.calls, [])
+
+    def test_put_with_shard_key_is_not_supported(self):
+        """A put with a shard_key answers 400 not_supported."""
+        self.error(400, "not_supported", "POST", "/job",
+                   json={"tube": "t", "body": "c", "shard_key": "k"})
+
+    def test_put_with_blank_parent_id_is_a_plain_put(self):
+        """parent_id "" or null means "no parent", as in AllQueue."""
+        self.put(parent_id="", shard_key=None)
+        self.assertEqual(self.tube_stats()["ready"], 1)
+
+    def test_put_with_non_string_parent_id(self):
+        """parent_id must be a string."""
+        self.error(400, "bad_request", "POST", "/job", json={"tube": "t", "parent_id": 5})
+
+
+# -- stats and admin ---------------------------------------------------------------
+
+
+class AdminTests(RestTestCase):
+    """GET /stats, GET /health, PUT /update_servers, PUT /drain, POST /add_server."""
+
+    def test_stats_shape(self):
+        """/stats lists servers as "<id>,<host>:<port>" with int counters and 2-decimal floats."""
+        self.put()
+        self.ok("GET", "/job?tube=t")
+        [server] = self.ok("GET", "/stats")
+        self.assertEqual(server["server_name"], f"{self.fake.server().server_id},{ADDRESS}")
+        self.assertEqual(set(server), {"server_name", "action_count", "job_put", "job_get",
+                                       "stats"})
+        self.assertGreater(server["action_count"], 1)
+        self.assertEqual((server["job_put"], server["job_get"]), (1, 1))
+        self.assertEqual(server["stats"], [{"tube": "t", "ready": 0, "reserved": 1,
+                                            "delayed": 0, "buried": 0, "parents": 0,
+                                            "avg": 0.0, "tps": 0.0}])
+
+    def test_stats_rounds_figures(self):
+        """avg and tps are rounded to 2 decimals."""
+        for _ in range(3):
+            self.put()
+        for seconds in (1, 1, 2):
+            job_id = self.ok("GET", "/job?tube=t")["id"]
+            self.clock.advance(seconds)
+            self.ok("DELETE", f"/job?job_id={q(job_id)}")
+        stats = self.tube_stats()
+        self.assertEqual(stats["avg"], round(stats["avg"], 2))
+        self.assertGreater(stats["avg"], 0)
+
+    def test_stats_of_two_servers(self):
+        """/stats has one entry per reachable server."""
+        self.ok("POST", "/add_server", json={"server_url": "127.0.0.1:7712"})
+        names = [s["server_name"] for s in self.ok("GET", "/stats")]
+        self.assertEqual([n.split(",")[1] for n in names], [ADDRESS, "127.0.0.1:7712"])
+
+    def test_health_up(self):
+        """/health answers 200 with the federation's report when a server is up."""
+        self.assertEqual(self.ok("GET", "/health"), {
+            "servers": [{"address": ADDRESS, "server_id": self.fake.server().server_id,
+                         "up": True, "draining": False}],
+            "up": 1, "total": 1})
+
+    def test_health_down(self):
+        """/health answers 503 with the same body when no server is up."""
+        self.fake.unreachable = True
+        reply = self.call("GET", "/health")
+        self.assertEqual(reply.code, 503)
+        self.assertEqual(reply.content_type, [b"application/json"])
+        self.assertEqual((reply.json["up"], reply.json["servers"][0]["up"]), (0, False))
+
+    def test_update_servers(self):
+        """PUT /update_servers replaces the set of servers and answers {}."""
+        self.assertEqual(
+            self.ok("PUT", "/update_servers?server_urls=127.0.0.1:7712,%20127.0.0.1:7713"), {})
+        self.assertEqual([s["address"] for s in self.fake.health()["servers"]],
+                         ["127.0.0.1:7712", "127.0.0.1:7713"])
+
+    def test_update_servers_rejects_bad_lists(self):
+        """Missing, empty or malformed server_urls answer 400 and change nothing."""
+        self.error(400, "bad_request", "PUT", "/update_servers")
+        self.error(400, "bad_request", "PUT", "/update_servers?server_urls=")
+        self.error(400, "bad_request", "PUT", "/update_servers?server_urls=nohost")
+        self.error(400, "bad_request", "PUT", "/update_servers?server_urls=h:1,h:99999")
+        self.assertEqual(list(self.fake.servers), [ADDRESS])
+
+    def test_drain_by_id_and_address(self):
+        """PUT /drain accepts a server id or host:port and answers {"server_id"}."""
+        server_id = self.fake.server().server_id
+        self.assertEqual(self.ok("PUT", f"/drain?server_id={server_id}"),
+                         {"server_id": server_id})
+        self.assertEqual(self.ok("PUT", f"/drain?server_id={ADDRESS}"), {"server_id": ADDRESS})
+        self.assertTrue(self.fake.server().draining)
+
+    def test_drain_unknown_server(self):
+        """Draining an unknown server answers 404; no server_id answers 400."""
+        self.error(404, "not_found", "PUT", "/drain?server_id=nope")
+        self.error(400, "bad_request", "PUT", "/drain")
+        self.error(400, "bad_request", "PUT", "/drain?server_id=")
+
+    def test_add_server_by_body_and_query(self):
+        """POST /add_server takes {"server_url"} or ?server_url= and answers {"server_url"}."""
+        self.assertEqual(self.ok("POST", "/add_server", json={"server_url": "10.0.0.1:7711"}),
+                         {"server_url": "10.0.0.1:7711"})
+        self.assertEqual(self.ok("POST", "/add_server?server_url=10.0.0.2:7711"),
+                         {"server_url": "10.0.0.2:7711"})
+        self.assertEqual(len(self.fake.servers), 3)
+
+    def test_add_server_rejects_bad_input(self):
+        """A malformed address, a missing one or a non-string one answers 400."""
+        self.error(400, "bad_request", "POST", "/add_server", json={"server_url": "nope"})
+        self.error(400, "bad_request", "POST", "/add_server")
+        self.error(400, "bad_request", "POST", "/add_server", json={"server_url": 7711})
+        self.error(400, "bad_request", "POST", "/add_server", json={"url": "h:1"})
+
+
+# -- bad input ---------------------------------------------------------------------
+
+
+class BadInputTests(RestTestCase):
+    """Every kind of bad input is a JSON 400 (or 413), and the daemon keeps serving."""
+
+    def test_missing_tube(self):
+        """Routes that need a tube answer 400 without one (AllQueue: empty 200)."""
+        for method, path in [("GET", "/job"), ("GET", "/multiple_job?count=2"),
+                             ("GET", "/peek"), ("DELETE", "/tube"), ("PUT", "/kick"),
+                             ("PUT", "/kick?count=2")]:
+            self.error(400, "bad_request", method, path)
+        self.error(400, "bad_request", "POST", "/job", json={"body": "x"})
+
+    def test_bad_tube(self):
+        """Tube names outside the allowed alphabet or length answer 400."""
+        for tube in ["bad%20tube", "-dash", "x" * 201, "", "%22quote"]:
+            self.error(400, "bad_request", "GET", f"/job?tube={tube}")
+            self.error(400, "bad_request", "GET", f"/peek?tube_name={tube}")
+        self.error(400, "bad_request", "POST", "/job", json={"tube": "a b", "body": "x"})
+        self.error(400, "bad_request", "POST", "/job", json={"tube": 5, "body": "x"})
+        self.error(400, "bad_request", "DELETE", "/job?job_id=abc,1&tube=a%20b")
+
+    def test_bad_job_id(self):
+        """Missing or malformed job ids answer 400 on every job route."""
+        for path in ["/touch", "/release", "/bury", "/set_children_started"]:
+            self.error(400, "bad_request", "PUT", path)
+            for bad in ["nope", "abc,", ",1", "abc,1x", "a%2Fb,1", "abc,1,2"]:
+                self.error(400, "bad_request", "PUT", f"{path}?job_id={bad}")
+        self.error(400, "bad_request", "DELETE", "/job")
+        self.error(400, "bad_request", "DELETE", "/job?job_id=abc")
+        self.error(400, "bad_request", "PUT", "/kick?job_id=abc")
+
+    def test_bad_boolean(self):
+        """delete and buried accept only true/false/1/0/yes/no."""
+        for value in ["maybe", "", "2", "truee", "on"]:
+            self.error(400, "bad_request", "GET", f"/job?tube=t&delete={value}")
+            self.error(400, "bad_request", "GET", f"/peek?tube=t&buried={value}")
+        self.error(400, "bad_request", "GET", "/multiple_job?tube=t&delete=nope")
+
+    def test_bad_count(self):
+        """count must be an integer from 1 to 1000."""
+        for value in ["0", "1001", "-1", "abc", "1.5", ""]:
+            self.error(400, "bad_request", "GET", f"/multiple_job?tube=t&count={value}")
+        self.error(400, "bad_request", "PUT", "/kick?tube=t&count=0")
+        self.ok("GET", "/multiple_job?tube=t&count=1000")
+
+    def test_bad_wait_offset_delay_cache_type(self):
+        """wait (0..60), offset, release delay and cache_type are checked."""
+        for value in ["-1", str(int(MAX_WAIT) + 1), "soon", "nan", "1e3"]:
+            self.error(400, "bad_request", "GET", f"/job?tube=t&wait={value}")
+        self.error(400, "bad_request", "GET", "/peek?tube=t&offset=-1")
+        self.error(400, "bad_request", "GET", "/peek?tube=t&offset=x")
+        self.error(400, "bad_request", "PUT", "/release?job_id=abc,1&delay=-2")
+        self.error(400, "bad_request", "DELETE", "/tube?tube=t&cache_type=everything")
+        self.error(400, "bad_request", "DELETE", "/tube?tube=t&cache_type=")
+
+    def test_repeated_parameter(self):
+        """A parameter given twice answers 400 rather than picking one."""
+        self.error(400, "bad_request", "GET", "/job?tube=a&tube=b")
+
+    def test_invalid_json(self):
+        """A body that is not JSON, or not an object, answers 400."""
+        for data in [b"", b"{", b"not json", b"[1, 2]", b'"text"', b"null",
+                     b'{"tube": NaN}', b"\xff\xfe", b"[" * 100_000]:
+            self.error(400, "bad_request", "POST", "/job", data=data[:MAX_BODY])
+
+    def test_deeply_nested_json(self):
+        """JSON nested deeper than the parser allows answers 400, not 500."""
+        api = RestApi(self.fake, self.clock, max_body=1_000_000)
+        self.stub = StubTreq(api.resource())
+        self.error(400, "bad_request", "POST", "/job", data=b"[" * 200_000)
+
+    def test_non_string_body(self):
+        """A job body that is not a string answers 400 (AllQueue stored Crystal hash text)."""
+        for body in [{"a": 1}, 5, ["x"], True]:
+            self.error(400, "bad_request", "POST", "/job", json={"tube": "t", "body": body})
+
+    def test_lone_surrogate_in_body(self):
+        """A body with a lone surrogate escape answers 400 (it has no UTF-8 form)."""
+        self.error(400, "bad_request", "POST", "/job", data=b'{"tube": "t", "body": "\\ud800"}')
+        self.assertEqual(self.fake.calls, [])
+
+    def test_bad_numbers_in_put(self):
+        """ttl, delay, priority and expired_limit must be in range and of the right type."""
+        bad = [{"ttl": 0}, {"ttl": "1.5x"}, {"ttl": True}, {"ttl": -1}, {"delay": -1},
+               {"delay": "soon"}, {"priority": 1.5}, {"priority": "high"}, {"priority": -1},
+               {"priority": 2**32}, {"expired_limit": 0}, {"ttl": 1e400}, {"ttl": "9" * 3000}]
+        for fields in bad:
+            self.error(400, "bad_request", "POST", "/job",
+                       json={"tube": "t", "body": "x", **fields})
+
+    def test_unknown_field(self):
+        """A NewJob field this API does not know answers 400 (catches typos)."""
+        self.error(400, "bad_request", "POST", "/job",
+                   json={"tube": "t", "body": "x", "priorty": 1})
+
+    def test_oversized_request_body(self):
+        """A body over max_body answers 413 before it is parsed."""
+        data = json.dumps({"tube": "t", "body": "x" * MAX_BODY}).encode()
+        self.error(413, "too_large", "POST", "/job", data=data)
+        self.error(413, "too_large", "POST", "/throttle", data=data)
+        self.error(413, "too_large", "POST", "/add_server", data=data)
+        self.assertEqual(self.fake.calls, [])
+
+    def test_oversized_job(self):
+        """A job body over the servers' max_job_size answers 413 from the federation."""
+        self.error(413, "too_large", "POST", "/job",
+                   json={"tube": "t", "body": "x" * (MAX_JOB_SIZE + 1)})
+
+    def test_non_utf8_url(self):
+        """A path or query that is not UTF-8 answers a JSON 400."""
+        self.error(400, "bad_request", "GET", "/%FF")
+        self.error(400, "bad_request", "GET", "/job?tube=%FF")
+
+    def test_daemon_keeps_serving_after_bad_requests(self):
+        """After a burst of bad requests, a put and a get still work."""
+        for method, path, kwargs in [
+            ("POST", "/job", {"data": b"{"}),
+            ("POST", "/job", {"data": b"x" * (MAX_BODY + 1)}),
+            ("GET", "/job?tube=-", {}),
+            ("PUT", "/touch?job_id=%00", {}),
+            ("GET", "/nope", {}),
+            ("PATCH", "/job", {}),
+            ("GET", "/%FF", {}),
+            ("PUT", "/touch?job_id=abc,1", {}),
+        ]:
+            self.assertGreaterEqual(self.call(method, path, **kwargs).code, 400)
+        job_id = self.put()
+        self.assertEqual(self.ok("GET", "/job?tube=t")["id"], job_id)
+
+
+# -- routing, state and federation errors ------------------------------------------------
+
+
+class ErrorStatusTests(RestTestCase):
+    """404, 405, 409, 503, 504 and 500, all as JSON."""
+
+    def test_unknown_job(self):
+        """A well-formed id of no live job answers 404 (AllQueue: success)."""
+        server_id = self.fake.server().server_id
+        for path in ["/touch", "/release", "/bury", "/kick"]:
+            self.error(404, "not_found", "PUT", f"{path}?job_id={server_id},999")
+        self.error(404, "not_found", "DELETE", f"/job?job_id={server_id},999")
+
+    def test_job_of_unknown_server(self):
+        """A job id naming no known server answers 404."""
+        self.error(404, "not_found", "PUT", "/touch?job_id=unknown,1")
+
+    def test_unknown_route(self):
+        """An unknown path answers a JSON 404 (AllQueue: empty 200)."""
+        self.error(404, "not_found", "GET", "/nope")
+        self.error(404, "not_found", "POST", "/job/extra")
+        self.error(404, "not_found", "GET", "/")
+
+    def test_wrong_method(self):
+        """A known path with another method answers a JSON 405 with an Allow header."""
+        reply = self.call("PATCH", "/job")
+        self.assert_error(reply, 405, "method_not_allowed")
+        self.assertEqual(reply.headers.getRawHeaders(b"allow"), [b"DELETE, GET, POST"])
+        self.error(405, "method_not_allowed", "GET", "/touch?job_id=abc,1")
+        self.error(405, "method_not_allowed", "POST", "/stats")
+
+    def test_head_is_not_served(self):
+        """HEAD /job is refused: it would reserve a job and drop its body."""
+        self.put()
+        reply = self.call("HEAD", "/job?tube=t")
+        self.assertEqual(reply.code, 405)
+        self.assertEqual(self.tube_stats()["ready"], 1)
+
+    def test_wrong_state(self):
+        """Touching, burying or releasing a job that is not reserved answers 409."""
+        job_id = self.put()
+        for path in ["/touch", "/bury", "/release"]:
+            self.error(409, "wrong_state", "PUT", f"{path}?job_id={q(job_id)}")
+        self.error(409, "wrong_state", "PUT", f"/kick?job_id={q(job_id)}")
+
+    def test_no_server_reachable(self):
+        """With no server reachable, federated routes answer 503."""
+        self.fake.unreachable = True
+        self.error(503, "unavailable", "POST", "/job", json={"tube": "t", "body": "x"})
+        self.error(503, "unavailable", "GET", "/job?tube=t")
+        self.error(503, "unavailable", "GET", "/job?tube=t&wait=5")
+        self.error(503, "unavailable", "GET", "/multiple_job?tube=t&count=2")
+        self.error(503, "unavailable", "GET", "/peek?tube=t")
+        self.error(503, "unavailable", "DELETE", "/tube?tube=t")
+        self.error(503, "unavailable", "GET", "/stats")
+        self.error(503, "unavailable", "PUT", "/kick?tube=t")
+        self.fake.unreachable = False
+        self.put()
+
+    def test_job_server_down(self):
+        """An action on a job whose server is down answers 503."""
+        job_id = self.put()
+        self.fake.server().up = False
+        self.error(503, "unavailable", "PUT", f"/touch?job_id={q(job_id)}")
+
+    def test_federation_timeout(self):
+        """A Timeout from the federation answers 504."""
+        self.fake.fail_next(Timeout("no reply from 127.0.0.1:7711 in 10 s"))
+        self.error(504, "timeout", "GET", "/job?tube=t")
+
+    def test_hung_federation_call_times_out(self):
+        """A federation call that never answers ends as 504 after request_timeout."""
+        self.fake.hang = True
+        d = self.start("GET", "/stats")
+        self.stub.flush()
+        self.clock.advance(REQUEST_TIMEOUT - 0.01)
+        self.stub.flush()
+        self.assertNoResult(d)
+        self.clock.advance(0.01)
+        self.assert_error(self.result_of_with_flush(d), 504, "timeout")
+
+    def test_hung_long_poll_gets_its_wait_on_top(self):
+        """A hung long poll is given request_timeout plus its wait before the 504."""
+        self.fake.hang = True
+        d = self.start("GET", "/job?tube=t&wait=20")
+        self.stub.flush()
+        self.clock.advance(REQUEST_TIMEOUT + 19)
+        self.stub.flush()
+        self.assertNoResult(d)
+        self.clock.advance(1)
+        self.assert_error(self.result_of_with_flush(d), 504, "timeout")
+
+    def test_unexpected_error_is_a_logged_json_500(self):
+        """A bug answers a JSON 500 without details and logs the failure."""
+        self.fake.fail_next(ZeroDivisionError("secret internals"))
+        reply = self.call("GET", "/stats")
+        self.assert_error(reply, 500, "internal_error")
+        self.assertNotIn("secret", reply.json["detail"])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        logged = [e.get("log_failure") or e.get("failure") for e in self.logged]
+        self.assertTrue(logged and all(f.check(ZeroDivisionError) for f in logged))
+        self.logged.clear()
+        self.ok("GET", "/stats")
+
+
+# -- OpenAPI -----------------------------------------------------------------------
+
+
+def served_operations():
+    """(path, method) of every route registered on the Klein app."""
+    return {
+        (rule.rule, method.lower())
+        for rule in RestApi.app.url_map.iter_rules()
+        for method in rule.methods
+    }
+
+
+def documented_operations(document):
+    """(path, method) of every operation in an OpenAPI document."""
+    methods = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+    return {
+        (path, method)
+        for path, item in document["paths"].items()
+        for method in item
+        if method in methods
+    }
+
+
+class OpenApiTests(RestTestCase):
+    """GET /openapi.json describes exactly what is served."""
+
+    def document(self):
+        """The served document."""
+        return self.ok("GET", "/openapi.json")
+
+    def test_routes_and_document_agree(self):
+        """Every Klein route+method is documented and every documented one is served."""
+        document = self.document()
+        self.assertEqual(documented_operations(document), served_operations())
+        self.assertEqual(len(served_operations()), 19)
+
+    def test_document_header(self):
+        """It is an OpenAPI 3.1 document with unique operation ids."""
+        document = self.document()
+        self.assertEqual(document["openapi"], "3.1.0")
+        ids = [op["operationId"] for item in document["paths"].values() for op in item.values()]
+        self.assertEqual(len(ids), len(set(ids)))
+
+    def test_every_ref_resolves(self):
+        """Every $ref points at a component that exists."""
+        document = self.document()
+
+        def walk(node):
+            if isinstance(node, dict):
+                if "$ref" in node:
+                    target = document
+                    for part in node["$ref"].removeprefix("#/").split("/"):
+                        self.assertIn(part, target, node["$ref"])
+                        target = target[part]
+                for value in node.values():
+                    walk(value)
+            elif isinstance(node, list):
+                for value in node:
+                    walk(value)
+
+        walk(document)
+
+    def test_error_responses_are_documented(self):
+        """Every operation documents 500; those taking input document 400."""
+        document = self.document()
+        for path, item in document["paths"].items():
+            for method, op in item.items():
+                self.assertIn("500", op["responses"], (path, method))
+                if op["parameters"] or "requestBody" in op:
+                    self.assertIn("400", op["responses"], (path, method))
+
+    def test_documented_limits_are_the_enforced_ones(self):
+        """The document states this facade's max_body and the job id pattern it checks."""
+        document = self.document()
+        self.assertIn(str(MAX_BODY), document["paths"]["/job"]["post"]["summary"])
+        pattern = document["components"]["parameters"]["job_id"]["schema"]["pattern"]
+        self.assertEqual(pattern, f"^{JOB_ID.pattern}$")
+
+    def test_parameters_per_path(self):
+        """The documented query parameters of GET /job and PUT /kick are the accepted ones."""
+        document = self.document()
+        params = document["components"]["parameters"]
+
+        def names(path, method):
+            refs = document["paths"][path][method]["parameters"]
+            return {params[r["$ref"].rsplit("/", 1)[1]]["name"] for r in refs}
+
+        self.assertEqual(names("/job", "get"), {"tube", "tube_name", "delete", "wait"})
+        self.assertEqual(names("/kick", "put"), {"job_id", "tube", "tube_name", "count"})
+        self.assertEqual(names("/release", "put"), {"job_id", "delay"})
+
+
+# -- helpers -----------------------------------------------------------------------
+
+
+class HelperTests(SynchronousTestCase):
+    """json_response, read_json and parse_bool on their own."""
+
+    def request(self, data, length=True):
+        """A DummyRequest carrying ``data`` as its body."""
+        request = DummyRequest([b"job"])
+        request.content = BytesIO(data)
+        if length:
+            request.requestHeaders.setRawHeaders(b"content-length", [str(len(data)).encode()])
+        return request
+
+    def test_json_response(self):
+        """json_response sets the status and content type and encodes UTF-8 JSON."""
+        request = DummyRequest([b""])
+        body = json_response(request, {"a": "é"}, 201)
+        self.assertEqual(request.responseCode, 201)
+        self.assertEqual(request.responseHeaders.getRawHeaders(b"content-type"),
+                         [b"application/json"])
+        self.assertEqual(json.loads(body), {"a": "é"})
+
+    def test_read_json_without_content_length(self):
+        """The cap holds when no Content-Length says how big the body is."""
+        with self.assertRaises(TooLarge):
+            read_json(self.request(b'{"a": "' + b"x" * 100 + b'"}', length=False), 50)
+        self.assertEqual(read_json(self.request(b'{"a": 1}', length=False), 50), {"a": 1})
+
+    def test_read_json_refuses_by_content_length(self):
+        """A Content-Length over the cap is refused before reading; a bad one is a 400."""
+        request = self.request(b"{}")
+        request.requestHeaders.setRawHeaders(b"content-length", [b"999999"])
+        with self.assertRaises(TooLarge):
+            read_json(request, 1000)
+        request.requestHeaders.setRawHeaders(b"content-length", [b"ten"])
+        with self.assertRaises(BadRequest):
+            read_json(request, 1000)
+
+    def test_json_response_escapes_lone_surrogates(self):
+        """A lone surrogate in a reply is sent as a JSON escape instead of failing."""
+        body = json_response(DummyRequest([b""]), {"body": "\ud800"})
+        self.assertEqual(body, b'{"body":"\\ud800"}')
+
+    def test_parse_bool(self):
+        """parse_bool accepts the six spellings in any case and nothing else."""
+        self.assertTrue(parse_bool("x", "yEs"))
+        self.assertFalse(parse_bool("x", "No"))
+        with self.assertRaises(BadRequest):
+            parse_bool("x", "none")
+
+    def test_default_max_body(self):
+        """The default cap is 2 MiB plus slack for the JSON envelope."""
+        self.assertGreater(DEFAULT_MAX_BODY, 2 * 1024 * 1024)
