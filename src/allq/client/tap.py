@@ -7,9 +7,7 @@ serving even when no server is reachable yet (the API answers 503 until one is).
 
 import os
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
@@ -19,6 +17,7 @@ from allq.client.connection import DEFAULT_REQUEST_TIMEOUT
 from allq.client.federation import DEFAULT_RETRY_BUDGET, Federation
 from allq.client.link import ServerLink, parse_address
 from allq.client.rest import DEFAULT_MAX_BODY, RestApi
+from allq.listening import listening_service
 from allq.config import positive_float, positive_int, resolve
 from allq.errors import BadRequest
 from allq.wire.keys import KeyConfigError, MissingKeys, load_client_keys
@@ -31,6 +30,10 @@ class Options(usage.Options):
     """Options of ``twistd allq-client``; each also has an environment variable."""
 
     environ = os.environ  # tests replace this
+
+    optFlags = [
+        ["access-log", None, "log one line per HTTP request [env ALLQ_ACCESS_LOG=true]"],
+    ]
 
     optParameters = [
         ["http", None, None,
@@ -60,6 +63,7 @@ class Options(usage.Options):
             port = positive_int("http", env.get("HTTP_SERVER_PORT") or 8090)
             http = f"tcp:{port}:interface=127.0.0.1"
         self["http"] = http
+        self["access-log"] = bool(self["access-log"]) or env.get("ALLQ_ACCESS_LOG", "") == "true"
         servers = resolve(self, "servers", env, "SERVER_STRING") or DEFAULT_SERVERS
         addresses = [s.strip() for s in servers.split(",") if s.strip()]
         if not addresses:
@@ -107,11 +111,24 @@ def makeService(config: Options, reactor=None) -> MultiService:
     api = RestApi(federation, reactor, max_body=config["max-body"])
     service = MultiService()
     federation.setServiceParent(service)
-    site = Site(api.resource())
+    site = Site(api.resource()) if config["access-log"] else QuietSite(api.resource())
     site.noisy = False
-    http = StreamServerEndpointService(serverFromString(reactor, config["http"]), site)
-    http._raiseSynchronously = True  # fail start-up loudly when the port is taken
-    http.setServiceParent(service)
-    _log.info("allq-client {version} serving REST on {http} for servers {servers}",
-              version=__version__, http=config["http"], servers=",".join(config["servers"]))
+
+    def listening(port) -> None:
+        address = port.getHost()
+        _log.info(
+            "allq-client {version} serving REST on {host}:{port} for servers {servers}",
+            version=__version__, host=address.host, port=address.port,
+            servers=",".join(config["servers"]),
+        )
+
+    listening_service(reactor, config["http"], site, listening).setServiceParent(service)
     return service
+
+
+class QuietSite(Site):
+    """A Site that writes no access log line per request (the default: at
+    thousands of requests a second the log would cost more than the work)."""
+
+    def log(self, request) -> None:
+        pass

@@ -13,16 +13,13 @@ import re
 import socket
 
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
-from zope.interface import implementer
 
 from allq import __version__
 from allq.config import positive_float, positive_int, resolve
+from allq.listening import listening_service
 from allq.core.queue import DEFAULT_EXPIRED_LIMIT, DEFAULT_MAX_JOB_SIZE, DEFAULT_TTL, Queue, QueueConfig
 from allq.server.dispatch import Dispatcher
 from allq.server.protocol import ServerFactory
@@ -68,7 +65,12 @@ class Options(usage.Options):
         env = self.environ
         listen = resolve(self, "listen", env, "ALLQ_LISTEN")
         if listen is None:
-            listen = f"tcp:{positive_int('listen', env.get('SERVER_PORT') or 5555)}"
+            port = env.get("SERVER_PORT") or "5555"
+            if not (re.fullmatch(r"[0-9]{1,5}", port) and 0 < int(port) < 65536):
+                # Name the variable: --listen takes an endpoint, not a port number.
+                raise usage.UsageError(
+                    f"SERVER_PORT must be a port number (1-65535), got {port[:40]!r}")
+            listen = f"tcp:{int(port)}"
         self["listen"] = listen
         self["keys"] = resolve(self, "keys", env, "ALLQ_KEYS_DIR")
         self["authorized-keys"] = resolve(self, "authorized-keys", env, "ALLQ_AUTHORIZED_KEYS_FILE")
@@ -95,22 +97,6 @@ def derived_server_id(host_name: str, port: int) -> str:
     two servers on one host differ by port. URL-safe, 10 characters."""
     digest = hashlib.sha256(f"{host_name}:{port}".encode()).digest()
     return base64.urlsafe_b64encode(digest)[:10].decode("ascii")
-
-
-@implementer(IStreamServerEndpoint)
-class _ReportingEndpoint:
-    """Wraps an endpoint to learn the port it bound (``tcp:0`` picks one)."""
-
-    def __init__(self, endpoint: IStreamServerEndpoint, on_listening) -> None:
-        self._endpoint = endpoint
-        self._on_listening = on_listening
-
-    def listen(self, factory):
-        return self._endpoint.listen(factory).addCallback(self._report)
-
-    def _report(self, port):
-        self._on_listening(port)
-        return port
 
 
 def makeService(config: Options, reactor=None) -> MultiService:
@@ -166,11 +152,7 @@ def makeService(config: Options, reactor=None) -> MultiService:
 
     service = MultiService()
     timer.setServiceParent(service)
-    listener = StreamServerEndpointService(
-        _ReportingEndpoint(serverFromString(reactor, config["listen"]), listening), factory)
-    # Fail start-up loudly when the port cannot be bound, as twistd's strports do.
-    listener._raiseSynchronously = True
-    listener.setServiceParent(service)
+    listening_service(reactor, config["listen"], factory, listening).setServiceParent(service)
     return service
 
 

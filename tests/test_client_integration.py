@@ -1,0 +1,215 @@
+"""End to end through real daemons: three ``twistd allq-server`` and one
+``twistd allq-client`` on 127.0.0.1, driven over HTTP as a worker would.
+
+The HTTP calls block (urllib) because the daemons are separate processes; every
+loop is bounded in count and time.
+"""
+
+import json
+import os
+import re
+import signal
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import Counter
+
+import pytest
+
+from tests.servers import LOCALHOST, Daemons, wait_for_greeting, RunningServer, SERVER_LISTENING
+
+pytestmark = pytest.mark.integration
+
+CLIENT_SERVING = re.compile(r"serving REST on (?P<host>\S+):(?P<port>\d+) ")
+
+
+class Api:
+    """A tiny blocking HTTP client for the REST API."""
+
+    def __init__(self, port: int) -> None:
+        self.base = f"http://{LOCALHOST}:{port}"
+
+    def call(self, method: str, path: str, body: object = None, timeout: float = 15.0,
+             **query) -> tuple[int, object]:
+        url = self.base + path
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(url, data=data, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null")
+
+    def put(self, tube: str, body: str) -> str:
+        status, reply = self.call("POST", "/job", {"tube": tube, "body": body})
+        assert status == 200, reply
+        return reply["job_id"]
+
+    def wait_until(self, predicate, timeout: float = 20.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            status, health = self.call("GET", "/health")
+            if predicate(health):
+                return health
+            assert time.monotonic() < deadline, f"health never matched: {health}"
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def daemons(tmp_path):
+    with Daemons(tmp_path) as daemons:
+        yield daemons
+
+
+def start_client(daemons, keys, servers, *args) -> Api:
+    addresses = ",".join(f"{s.host}:{s.port}" for s in servers)
+    client = daemons.spawn(
+        "allq-client",
+        ["--keys", str(keys.directory), "--servers", addresses,
+         "--http", f"tcp:0:interface={LOCALHOST}", *args],
+        name="client",
+    )
+    return Api(int(client.wait_for_log(CLIENT_SERVING)["port"]))
+
+
+def drain(api: Api, tube: str, limit: int = 2000) -> list[dict]:
+    """Get and finish every job of a tube, as a worker loop would."""
+    jobs = []
+    for _ in range(limit):
+        status, job = api.call("GET", "/job", tube=tube)
+        assert status == 200, job
+        if not job:
+            return jobs
+        status, reply = api.call("DELETE", "/job", job_id=job["id"])
+        assert status == 200, reply
+        jobs.append(job)
+    raise AssertionError(f"tube {tube} never emptied")
+
+
+def test_federated_worker_loop_survives_a_killed_server(daemons):
+    """kill -9 one of three servers: puts go on, survivors' jobs arrive exactly once,
+    and the restarted server is used again without restarting the client."""
+    keys = daemons.generate_keys()
+    servers = daemons.start_servers(3, keys)
+    api = start_client(daemons, keys, servers, "--retry-budget", "5", "--request-timeout", "3")
+    api.wait_until(lambda h: h["up"] == 3)
+
+    acked = [api.put("work", f"before-{i}") for i in range(60)]
+    owners = Counter(job_id.split(",")[0] for job_id in acked)
+    assert set(owners) == {s.server_id for s in servers}, owners
+    delivered: list[dict] = []
+
+    for _ in range(15):  # a worker loop runs...
+        status, job = api.call("GET", "/job", tube="work")
+        assert status == 200 and job
+        assert api.call("DELETE", "/job", job_id=job["id"])[0] == 200
+        delivered.append(job)
+
+    victim = servers[0]
+    os.kill(victim.daemon.process.pid, signal.SIGKILL)  # ...and one server dies
+    victim.daemon.process.wait(10)
+    started = time.monotonic()
+    acked += [api.put("work", f"after-{i}") for i in range(30)]
+    assert time.monotonic() - started < 10, "puts stalled after the kill"
+    assert not any(j.startswith(victim.server_id + ",") for j in acked[60:])
+
+    delivered += drain(api, "work")
+    counts = Counter(job["id"] for job in delivered)
+    assert max(counts.values()) == 1, "a job was delivered twice"
+    survivors = [j for j in acked if not j.startswith(victim.server_id + ",")]
+    assert set(survivors) <= set(counts), "an acknowledged job on a surviving server was lost"
+    status, job = api.call("GET", f"/job", tube="work")
+    assert (status, job) == (200, {})
+
+    # The job of a dead server: operations on it fail fast with 503.
+    lost = next(j for j in acked if j.startswith(victim.server_id + ",") and j not in counts)
+    started = time.monotonic()
+    assert api.call("PUT", "/touch", job_id=lost)[0] == 503
+    assert time.monotonic() - started < 2
+
+    # Restart the killed server on its port: the client uses it again by itself.
+    restarted = daemons.spawn(
+        "allq-server",
+        ["--keys", str(keys.directory), "--listen", f"tcp:{victim.port}:interface={LOCALHOST}"],
+        name="restarted",
+    )
+    match = restarted.wait_for_log(SERVER_LISTENING)
+    assert match["server_id"] == victim.server_id  # the id is stable across restarts
+    wait_for_greeting(RunningServer(restarted, victim.host, victim.port, victim.server_id))
+    api.wait_until(lambda h: h["up"] == 3)
+    again = [api.put("work", f"again-{i}") for i in range(12)]
+    assert sum(j.startswith(victim.server_id + ",") for j in again) == 4
+    assert len(drain(api, "work")) == 12
+
+
+def test_client_serves_before_any_server_is_up(daemons):
+    """With no server reachable the client still serves: 503s, then real answers
+    once a server starts."""
+    keys = daemons.generate_keys()
+    server = daemons.start_server(keys)
+    port = server.port
+    server.daemon.stop()
+    api = start_client(daemons, keys, [server], "--retry-budget", "1")
+    status, health = api.call("GET", "/health")
+    assert status == 503 and health["up"] == 0
+    status, reply = api.call("POST", "/job", {"tube": "t", "body": "x"})
+    assert status == 503 and reply["error"] == "unavailable"
+    assert api.call("GET", "/job", tube="t")[0] == 503
+
+    later = daemons.spawn(
+        "allq-server",
+        ["--keys", str(keys.directory), "--listen", f"tcp:{port}:interface={LOCALHOST}"],
+        name="later",
+    )
+    later.wait_for_log(SERVER_LISTENING)
+    api.wait_until(lambda h: h["up"] == 1)
+    job_id = api.put("t", "x")
+    status, job = api.call("GET", "/job", tube="t")
+    assert job["id"] == job_id
+
+
+def test_bad_requests_leave_the_client_serving(daemons):
+    """Malformed requests get JSON 4xx answers and nothing acknowledged is lost."""
+    keys = daemons.generate_keys()
+    servers = daemons.start_servers(1, keys)
+    api = start_client(daemons, keys, servers)
+    api.wait_until(lambda h: h["up"] == 1)
+    job_id = api.put("keep", "precious")
+    bad = [
+        ("POST", "/job", {"tube": "bad tube", "body": "x"}, {}),
+        ("POST", "/job", {"tube": "t", "body": {"not": "text"}}, {}),
+        ("POST", "/job", {"tube": "t", "body": "x", "priority": "high"}, {}),
+        ("GET", "/job", None, {}),
+        ("GET", "/multiple_job", None, {"tube": "t", "count": "0"}),
+        ("GET", "/job", None, {"tube": "t", "delete": "maybe"}),
+        ("PUT", "/touch", None, {"job_id": "no-comma"}),
+        ("DELETE", "/tube", None, {"tube": "t", "cache_type": "everything"}),
+        ("GET", "/nope", None, {}),
+    ]
+    for method, path, body, query in bad:
+        status, reply = api.call(method, path, body, **query)
+        assert 400 <= status < 500 and set(reply) == {"error", "detail"}, (path, reply)
+    assert api.call("PUT", "/touch", job_id=job_id)[0] == 409
+    status, job = api.call("GET", "/job", tube="keep")
+    assert job["id"] == job_id and job["body"] == "precious"
+
+
+def test_client_without_keys_refuses_to_start(daemons):
+    """A client started without keys exits and says how to make them."""
+    client = daemons.spawn("allq-client", ["--servers", "127.0.0.1:1"], name="nokeys")
+    assert client.wait() != 0
+    assert "allq keys generate" in client.log()
+
+
+def test_long_poll_through_the_daemons(daemons):
+    """GET /job?wait=S answers as soon as a job is put, across servers."""
+    keys = daemons.generate_keys()
+    servers = daemons.start_servers(2, keys)
+    api = start_client(daemons, keys, servers)
+    api.wait_until(lambda h: h["up"] == 2)
+    started = time.monotonic()
+    status, job = api.call("GET", "/job", tube="lp", wait=1)
+    assert (status, job) == (200, {}) and 0.9 < time.monotonic() - started < 5
