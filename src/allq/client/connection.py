@@ -14,7 +14,7 @@ benchmarks (:func:`connect` is the whole public entry point for a script).
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail, fail
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 
 from allq.errors import (
     AllQError,
+    BadRequest,
     ConnectionLost,
     ProtocolError,
     Timeout,
@@ -34,6 +35,9 @@ from allq.wire.keys import ClientKeys
 from allq.wire.messages import dumps, encode_request, loads, max_line_length
 
 DEFAULT_REQUEST_TIMEOUT = 10.0
+#: Requests per batch frame; the server refuses other sizes with an error that names
+#: no request id, so such a batch could only time out (allq.server.protocol.MAX_BATCH).
+MAX_BATCH = 1000
 _ERROR_PREFIX = b"ERROR "
 
 
@@ -100,6 +104,8 @@ class ServerConnection(LineOnlyReceiver):
             object or its :class:`AllQError` (errors are values here, so one bad
             request does not hide the others' results).
         """
+        if not 0 < len(requests) <= MAX_BATCH:
+            return fail(BadRequest(f"a batch holds 1 to {MAX_BATCH} requests"))
         first = self._allocate_id(len(requests))
         frame = [
             encode_request(first + offset, action, params)
@@ -119,7 +125,7 @@ class ServerConnection(LineOnlyReceiver):
 
     def _send(self, key: int, frame: object) -> Deferred:
         if self._session is None or self.closed:
-            raise ConnectionLost("not connected")
+            return fail(ConnectionLost("not connected"))
 
         def cancel(d: Deferred) -> None:
             self._pending.pop(key, None)

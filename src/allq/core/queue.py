@@ -174,7 +174,7 @@ class Queue:
             if delete:
                 job.state = JobState.DELETED
                 del self._jobs[job.id]
-                tube_.throughput.record(now, 0.0)
+                tube_.throughput.record(now, None)  # no processing time to average
             else:
                 job.state = JobState.RESERVED
                 job.reserved_at = now

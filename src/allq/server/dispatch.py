@@ -90,6 +90,15 @@ class Dispatcher:
     # -- actions (one per wire action; keyword names are the wire params) ------
 
     def _do_put(self, now, *, tube, body, priority, ttl, delay, expired_limit, idempotency_key):
+        # JSON's "\ud800" escapes decode to lone surrogates that UTF-8 cannot encode:
+        # stored, such a body would make every later reply carrying it fail to send.
+        # isascii() is O(1), so plain bodies skip the encode.
+        if not body.isascii():
+            try:
+                body.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BadRequest(
+                    "put: body must be valid Unicode text (no lone surrogates)") from None
         if idempotency_key is not None:
             earlier = self._idempotency.lookup(idempotency_key, now)
             if earlier is not None:

@@ -34,6 +34,9 @@ from allq.wire.crypto import (
 from allq.wire.messages import dumps, error_reply, loads, welcome
 
 HANDSHAKE_TIMEOUT = 10.0
+#: Longest line accepted before the handshake; a HELLO is about 150 bytes. Until the
+#: client has proved its key it must not make us buffer a whole max_line_length.
+HELLO_MAX_LENGTH = 1024
 MAX_BATCH = 1000
 _FRAME_ERROR_CODES = {
     MalformedFrame: "malformed_frame",
@@ -50,7 +53,7 @@ class ServerProtocol(LineOnlyReceiver):
 
     def __init__(self, factory: "ServerFactory") -> None:
         self._factory = factory
-        self.MAX_LENGTH = factory.max_line_length
+        self.MAX_LENGTH = min(HELLO_MAX_LENGTH, factory.max_line_length)
         self._challenge = b""
         self._session: Session | None = None
         self._handshake_timeout: IDelayedCall | None = None
@@ -83,6 +86,7 @@ class ServerProtocol(LineOnlyReceiver):
             return
         self._cancel_handshake_timeout()
         factory = self._factory
+        self.MAX_LENGTH = factory.max_line_length
         self._send(
             welcome(factory.server_id(), __version__, factory.max_job_size,
                     factory.max_line_length)

@@ -54,7 +54,13 @@ class DeadlineTimer(Service):
 
     def _fire(self) -> None:
         self._call = self._armed_for = None
-        for event in self._queue.expire(self._clock.seconds()):
+        try:
+            events = self._queue.expire(self._clock.seconds())
+        except Exception:
+            # Keep driving deadlines: one bad sweep must not stop every timer for good.
+            self._log.failure("applying job deadlines failed")
+            events = []
+        for event in events:
             if event.kind == "buried":
                 self._log.info(
                     "job {job_id} of tube {tube} buried after its last allowed expiry",

@@ -1,0 +1,209 @@
+"""Tests of the ``twistd allq-server`` wiring: :mod:`allq.server.tap` and its plugin.
+
+Options get a private ``environ`` dict so the host's environment never leaks in;
+``makeService`` gets a :class:`MemoryReactorClock`, so nothing really listens.
+"""
+
+import os
+import socket
+
+import pytest
+import twisted.plugins
+from twisted.application.service import IServiceMaker, MultiService
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import getPlugins
+from twisted.python import usage
+
+from allq.server import tap
+from allq.server.protocol import ServerFactory
+from allq.server.tap import Options, derived_server_id, makeService
+from allq.wire.keys import SERVER_SECRET_FILE, generate_keys
+from allq.wire.messages import max_line_length
+
+DEFAULTS = {
+    "listen": "tcp:5555",
+    "keys": None,
+    "authorized-keys": None,
+    "expiry-limit": 3,
+    "max-job-size": 1024 * 1024,
+    "max-line-length": max_line_length(1024 * 1024),
+    "default-ttl": 3600.0,
+    "server-id": None,
+}
+
+
+def parse(argv: list[str], environ: dict[str, str] | None = None) -> Options:
+    options = Options()
+    options.environ = {} if environ is None else environ
+    options.parseOptions(argv)
+    return options
+
+
+@pytest.fixture
+def keys_dir(tmp_path) -> str:
+    directory = str(tmp_path / "keys")
+    generate_keys(directory)
+    return directory
+
+
+# -- options ----------------------------------------------------------------------
+
+
+def test_defaults():
+    """With no flags and an empty environment every option has its documented default."""
+    assert dict(parse([])) == DEFAULTS
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--listen", "tcp:7000:interface=127.0.0.1"], {"listen": "tcp:7000:interface=127.0.0.1"}),
+        (["--keys", "/etc/allq"], {"keys": "/etc/allq"}),
+        (["--authorized-keys", "/etc/clients"], {"authorized-keys": "/etc/clients"}),
+        (["--expiry-limit", "7"], {"expiry-limit": 7}),
+        (["--max-job-size", "100"], {"max-job-size": 100, "max-line-length": max_line_length(100)}),
+        (["--max-line-length", "2048"], {"max-line-length": 2048}),
+        (["--default-ttl", "1.5"], {"default-ttl": 1.5}),
+        (["--server-id", "east_1-a"], {"server-id": "east_1-a"}),
+    ],
+)
+def test_each_flag(argv, expected):
+    """Each flag sets its own option, converted, and nothing else."""
+    assert dict(parse(argv)) == {**DEFAULTS, **expected}
+
+
+@pytest.mark.parametrize(
+    "environ, expected",
+    [
+        ({"SERVER_PORT": "6000"}, {"listen": "tcp:6000"}),
+        ({"ALLQ_LISTEN": "unix:/run/allq.sock"}, {"listen": "unix:/run/allq.sock"}),
+        ({"ALLQ_LISTEN": "tcp:1", "SERVER_PORT": "2"}, {"listen": "tcp:1"}),
+        ({"ALLQ_KEYS_DIR": "/k"}, {"keys": "/k"}),
+        ({"ALLQ_AUTHORIZED_KEYS_FILE": "/a"}, {"authorized-keys": "/a"}),
+        ({"DEFAULT_TTL": "60"}, {"default-ttl": 60.0}),
+        ({"ALLQ_EXPIRY_LIMIT": "9"}, {"expiry-limit": 9}),
+        ({"ALLQ_MAX_JOB_SIZE": "500"},
+         {"max-job-size": 500, "max-line-length": max_line_length(500)}),
+        ({"ALLQ_MAX_LINE_LENGTH": "4096"}, {"max-line-length": 4096}),
+        ({"ALLQ_SERVER_ID": "west"}, {"server-id": "west"}),
+        ({"SERVER_PORT": "", "ALLQ_SERVER_ID": ""}, {}),
+    ],
+)
+def test_environment_fallbacks(environ, expected):
+    """An option without a flag takes its environment variable; empty means unset."""
+    assert dict(parse([], environ)) == {**DEFAULTS, **expected}
+
+
+def test_flags_win_over_the_environment():
+    """A flag beats its environment variable."""
+    environ = {
+        "SERVER_PORT": "6000", "ALLQ_LISTEN": "tcp:6001", "ALLQ_KEYS_DIR": "/env",
+        "DEFAULT_TTL": "60", "ALLQ_EXPIRY_LIMIT": "9", "ALLQ_MAX_JOB_SIZE": "500",
+        "ALLQ_SERVER_ID": "env",
+    }
+    argv = [
+        "--listen", "tcp:7000", "--keys", "/flag", "--default-ttl", "5", "--expiry-limit", "2",
+        "--max-job-size", "50", "--server-id", "flag",
+    ]
+    assert dict(parse(argv, environ)) == {
+        **DEFAULTS,
+        "listen": "tcp:7000", "keys": "/flag", "default-ttl": 5.0, "expiry-limit": 2,
+        "max-job-size": 50, "max-line-length": max_line_length(50), "server-id": "flag",
+    }
+
+
+@pytest.mark.parametrize(
+    "argv, environ, named",
+    [
+        (["--expiry-limit", "0"], {}, "--expiry-limit"),
+        (["--max-job-size", "abc"], {}, "--max-job-size"),
+        (["--max-line-length", "100"], {}, "--max-line-length"),
+        (["--default-ttl", "-1"], {}, "--default-ttl"),
+        (["--default-ttl", "inf"], {}, "--default-ttl"),
+        (["--server-id", "a,b"], {}, "--server-id"),
+        (["--server-id", "x" * 65], {}, "--server-id"),
+        ([], {"SERVER_PORT": "x"}, "SERVER_PORT"),
+        ([], {"SERVER_PORT": "70000"}, "SERVER_PORT"),
+        ([], {"ALLQ_EXPIRY_LIMIT": "-3"}, "--expiry-limit"),
+    ],
+)
+def test_bad_values_are_usage_errors_naming_the_option(argv, environ, named):
+    """A bad value stops option parsing with a UsageError that names the option."""
+    with pytest.raises(usage.UsageError, match=named):
+        parse(argv, environ)
+
+
+# -- makeService ------------------------------------------------------------------
+
+
+def test_make_service_listens_on_the_configured_port(keys_dir):
+    """The service tree listens on exactly the configured port and interface once started."""
+    reactor = MemoryReactorClock()
+    config = parse(["--keys", keys_dir, "--listen", "tcp:7001:interface=127.0.0.1",
+                    "--max-job-size", "100"])
+    service = makeService(config, reactor=reactor)
+    assert isinstance(service, MultiService)
+    assert reactor.tcpServers == []
+    service.startService()
+    [(port, factory, _, interface)] = reactor.tcpServers
+    assert (port, interface) == (7001, "127.0.0.1")
+    assert isinstance(factory, ServerFactory)
+    assert (factory.max_job_size, factory.max_line_length) == (100, max_line_length(100))
+    assert factory.server_id() == derived_server_id(socket.gethostname(), 7001)
+    service.stopService()
+    assert reactor.getDelayedCalls() == []
+
+
+def test_an_explicit_server_id_is_kept(keys_dir):
+    """--server-id replaces the derived id."""
+    reactor = MemoryReactorClock()
+    service = makeService(parse(["--keys", keys_dir, "--server-id", "east"]), reactor=reactor)
+    service.startService()
+    [(_, factory, _, _)] = reactor.tcpServers
+    assert factory.server_id() == "east"
+    service.stopService()
+
+
+def test_without_keys_the_server_refuses_to_start():
+    """No keys anywhere: SystemExit saying it refuses to start, with the commands to fix it."""
+    with pytest.raises(SystemExit) as exit_:
+        makeService(parse([]), reactor=MemoryReactorClock())
+    message = str(exit_.value.code)
+    assert "refusing to start" in message
+    assert "allq keys generate" in message
+
+
+def test_config_only_prints_a_key_set_and_exits_0(capsys):
+    """CONFIG_ONLY=true prints the suggested setup and exits with status 0."""
+    with pytest.raises(SystemExit) as exit_:
+        makeService(parse([], {"CONFIG_ONLY": "true"}), reactor=MemoryReactorClock())
+    assert exit_.value.code == 0
+    assert "allq keys generate" in capsys.readouterr().out
+
+
+def test_a_bad_key_file_names_the_file(keys_dir):
+    """An unreadable server key stops start-up with a message naming the file."""
+    path = os.path.join(keys_dir, SERVER_SECRET_FILE)
+    with open(path, "w") as f:
+        f.write("not a key\n")
+    with pytest.raises(SystemExit) as exit_:
+        makeService(parse(["--keys", keys_dir]), reactor=MemoryReactorClock())
+    assert path in str(exit_.value.code)
+
+
+def test_derived_server_id_is_stable_and_differs_by_port():
+    """The derived id depends only on host name and port, and is 10 URL-safe characters."""
+    first = derived_server_id("host-a", 5555)
+    assert first == derived_server_id("host-a", 5555)
+    assert first != derived_server_id("host-a", 5556)
+    assert first != derived_server_id("host-b", 5555)
+    assert tap.SERVER_ID.fullmatch(first) and len(first) == 10
+
+
+# -- plugin -----------------------------------------------------------------------
+
+
+def test_the_plugin_is_discoverable():
+    """twistd finds a service maker named allq-server that uses this module's Options."""
+    [maker] = [p for p in getPlugins(IServiceMaker, twisted.plugins) if p.tapname == "allq-server"]
+    assert maker.options is Options
