@@ -207,6 +207,8 @@ def test_stats_reports_global_counters_and_tubes(h):
         "job_get": 1,
         "uptime": 2.5,
         "jobs": 2,
+        "draining": False,
+        "max_jobs": None,
     }
     assert [(t["tube"], t["ready"], t["reserved"]) for t in result["tubes"]] == [
         ("a", 1, 0),
@@ -214,6 +216,7 @@ def test_stats_reports_global_counters_and_tubes(h):
     ]
     assert set(result["tubes"][0]) == {
         "tube", "ready", "reserved", "delayed", "buried", "parents", "tps", "avg",
+        "throttle_size", "paused", "draining", "fair", "max_size",
     }
 
 

@@ -55,6 +55,20 @@ class WrongState(AllQError):
     http_status = 409
 
 
+class Draining(AllQError):
+    """The server (or the tube) is draining: it hands out jobs but takes no new ones."""
+
+    code = "draining"
+    http_status = 503
+
+
+class QueueFull(AllQError):
+    """The tube or the server holds as many jobs as it is allowed to."""
+
+    code = "full"
+    http_status = 507
+
+
 class Unavailable(AllQError):
     """A transient failure: no server could be reached or it went away."""
 
@@ -91,6 +105,8 @@ _BY_CODE = {
         TooLarge,
         NotFound,
         WrongState,
+        Draining,
+        QueueFull,
         Unavailable,
         ConnectionLost,
         Timeout,

@@ -18,6 +18,7 @@ class JobState(enum.Enum):
     DELAYED = "delayed"
     RESERVED = "reserved"
     BURIED = "buried"
+    WAITING = "waiting"  # a parent job waiting for its children ("parents" in stats)
     DELETED = "deleted"
 
 
@@ -25,8 +26,10 @@ class JobState(enum.Enum):
 class Job:
     """One unit of work held by a server.
 
-    ``deadline`` means "becomes ready at" while delayed and "expires at" while
-    reserved; it is ``None`` otherwise. ``id`` is the server-local number; the
+    ``deadline`` means "becomes ready at" while delayed, "expires at" while
+    reserved and "times out at" while waiting for children; it is ``None``
+    otherwise. ``parent_id`` is the number of the parent job a child counts
+    toward; ``shard_key`` picks the job's line in a fair tube. ``id`` is the server-local number; the
     server adds its own id in front (``"<server_id>,<id>"``) on the wire.
     """
 
@@ -42,3 +45,20 @@ class Job:
     reserved_at: float | None = None
     expireds: int = 0
     releases: int = 0
+    shard_key: str | None = None
+    parent_id: int | None = None
+
+
+@attrs.define(slots=True, eq=False)
+class ParentInfo:
+    """What a waiting parent job waits for.
+
+    ``limit`` is the number of finished children that starts it (``None``:
+    not known yet, until ``set_children_started`` fixes it at ``children_put``).
+    """
+
+    timeout: float
+    run_on_timeout: bool
+    limit: int | None = None
+    children_put: int = 0
+    children_done: int = 0

@@ -12,6 +12,13 @@ Lifecycle (beanstalkd terms)::
                                  ▲               │ ttl elapses: expireds+1
                                  │◀──release─────┤   (expireds >= limit: buried)
                                  │◀──kick──[buried]◀──bury──┘
+    put_parent ─▶ [waiting] ─(limit children done)─▶ [ready]
+                     └─(timeout)─▶ [ready] if run_on_timeout, else [buried]
+
+A child (a job put with ``parent_id``) counts toward its parent when it is
+finished (done, deleted, or taken with ``delete``); its bury or ttl expiry does
+not count. Every change of a job or a tube setting is reported to the optional
+``on_change`` hook, which the server's journal uses for persistence.
 """
 
 import math
@@ -19,10 +26,14 @@ import re
 
 import attrs
 
+from collections.abc import Callable
+
 from allq.core.deadlines import Deadlines
-from allq.core.job import Job, JobState
+from allq.core.job import Job, JobState, ParentInfo
+from allq.core.ready import FAIR_POLICIES
+from allq.core.throttle import TokenBucket
 from allq.core.tube import Tube
-from allq.errors import BadRequest, NotFound, TooLarge, WrongState
+from allq.errors import BadRequest, Draining, NotFound, QueueFull, TooLarge, WrongState
 
 SECONDS = 1.0
 MIB = 1024 * 1024
@@ -30,12 +41,16 @@ DEFAULT_TTL = 3600 * SECONDS
 DEFAULT_PRIORITY = 5
 DEFAULT_EXPIRED_LIMIT = 3
 DEFAULT_MAX_JOB_SIZE = 1 * MIB
+DEFAULT_PARENT_TIMEOUT = 3600 * SECONDS
+DEFAULT_FAIR_PREFIX = "fq-"
 MAX_PRIORITY = 2**32 - 1
 MAX_SECONDS = 10 * 365 * 24 * 3600 * SECONDS
 MAX_COUNT = 1000
 #: Letters, digits and ``_.:@$!#=+/-``, 1..200 characters, not starting with ``-``.
 TUBE_NAME = re.compile(r"[A-Za-z0-9_.:@$!#=+/][A-Za-z0-9_.:@$!#=+/-]{0,199}")
 CLEAR_STATES = ("all", "ready", "delayed", "buried", "reserved", "parents")
+#: ``shard_key``: what AllQueue's true round robin allowed, a little wider.
+SHARD_KEY = re.compile(r"[A-Za-z0-9_.:@$!#=+/-]{1,200}")
 
 
 @attrs.frozen
@@ -46,13 +61,20 @@ class QueueConfig:
     default_priority: int = DEFAULT_PRIORITY
     expired_limit: int = DEFAULT_EXPIRED_LIMIT
     max_job_size: int = DEFAULT_MAX_JOB_SIZE
+    #: Tubes named ``<prefix>...`` (or ``...<suffix>`` when a suffix is set) are
+    #: fair (round robin over shard keys) unless set otherwise per tube.
+    fair_prefix: str = DEFAULT_FAIR_PREFIX
+    fair_suffix: str | None = None
+    #: The most jobs this server holds, in all tubes and states (``None``: no limit).
+    max_jobs: int | None = None
 
 
 @attrs.frozen
 class Event:
     """Something the deadline sweep did: ``matured`` (delayed → ready),
-    ``expired`` (reserved → ready) or ``buried`` (reserved → buried on its last
-    allowed expiry)."""
+    ``expired`` (reserved → ready), ``buried`` (reserved → buried on its last
+    allowed expiry), ``parent_timeout`` (waiting → ready) or
+    ``parent_buried`` (waiting → buried on timeout)."""
 
     kind: str
     job_id: int
@@ -71,6 +93,11 @@ class TubeStats:
     parents: int
     tps: float
     avg: float
+    throttle: float | None = None
+    paused: bool = False
+    draining: bool = False
+    fair: str | None = None
+    max_size: int | None = None
 
 
 @attrs.frozen
@@ -81,6 +108,8 @@ class GlobalStats:
     job_put: int
     job_get: int
     uptime: float
+    draining: bool = False
+    max_jobs: int | None = None
 
 
 class Queue:
@@ -90,17 +119,28 @@ class Queue:
     :param first_id: the number the first job gets; the server passes a value
         derived from the start time so ids are not reused across restarts.
     :param started: when this queue started (for ``uptime``).
+    :param on_change: called with ``("job", job)`` after a job changes state
+        (state ``DELETED`` once it is gone), ``("tube", tube)`` after a tube
+        setting changes, and ``("server", queue)`` after the server's drain flag
+        changes.
     """
 
     def __init__(
-        self, config: QueueConfig = QueueConfig(), first_id: int = 1, started: float = 0.0
+        self,
+        config: QueueConfig = QueueConfig(),
+        first_id: int = 1,
+        started: float = 0.0,
+        on_change: Callable[[str, object], None] | None = None,
     ) -> None:
         self.config = config
         self._jobs: dict[int, Job] = {}
         self._tubes: dict[str, Tube] = {}
+        self._parents: dict[int, ParentInfo] = {}
         self._deadlines = Deadlines(self._jobs.get)
         self._next_id = first_id
         self._started = started
+        self._on_change = on_change
+        self.draining = False
         self.action_count = 0
         self.job_put = 0
         self.job_get = 0
@@ -117,40 +157,95 @@ class Queue:
         ttl: float | None = None,
         delay: float = 0,
         expired_limit: int | None = None,
+        run_at: float | None = None,
+        shard_key: str | None = None,
+        parent_id: int | None = None,
     ) -> Job:
-        """Add a job; it is ready at once, or delayed when ``delay > 0``.
+        """Add a job; it is ready at once, or delayed by ``delay`` seconds or
+        until the unix time ``run_at``.
 
+        :param shard_key: the job's key in a fair tube (required there).
+        :param parent_id: the waiting parent this job is a child of.
         :raises BadRequest: a value is missing, of the wrong type or out of range.
         :raises TooLarge: the body exceeds ``max_job_size`` bytes (UTF-8).
+        :raises NotFound: ``parent_id`` names no job here.
+        :raises WrongState: the parent is no longer waiting for children.
+        :raises Draining: the server or the tube takes no new jobs.
+        :raises QueueFull: the tube or the server is at its maximum size.
         """
-        check_tube(tube)
-        self._check_body(body)
-        config = self.config
-        job = Job(
-            id=self._next_id,
-            tube=tube,
-            body=body,
-            priority=config.default_priority if priority is None else check_priority(priority),
-            ttl=config.default_ttl if ttl is None else check_seconds("ttl", ttl, positive=True),
-            expired_limit=(
-                config.expired_limit
-                if expired_limit is None
-                else check_count("expired_limit", expired_limit, maximum=2**31)
-            ),
-            created=now,
-        )
-        delay = check_seconds("delay", delay)
-        self._next_id += 1
-        self._jobs[job.id] = job
-        self.job_put += 1
-        tube_ = self._tube(tube)
+        job = self._new_job(tube, body, now, priority, ttl, expired_limit, shard_key)
+        delay = self._delay(delay, run_at, now)
+        parent = self._parent_for_child(parent_id)
+        tube_ = self._admit(tube, job)
+        if parent is not None:
+            parent.children_put += 1
+            job.parent_id = parent_id
         if delay > 0:
             job.state = JobState.DELAYED
             tube_.delayed_count += 1
             self._deadlines.schedule(job, now + delay, was_scheduled=False)
         else:
             tube_.push_ready(job)
+        self._changed(job)
         return job
+
+    def put_parent(
+        self,
+        tube: str,
+        body: str,
+        *,
+        now: float,
+        timeout: float = DEFAULT_PARENT_TIMEOUT,
+        run_on_timeout: bool = False,
+        limit: int | None = None,
+        priority: int | None = None,
+        ttl: float | None = None,
+        expired_limit: int | None = None,
+        shard_key: str | None = None,
+        parent_id: int | None = None,
+    ) -> Job:
+        """Add a parent job that waits until ``limit`` of its children are
+        finished, or until ``timeout`` seconds pass (then it becomes ready if
+        ``run_on_timeout``, else it is buried). Without ``limit`` it waits for
+        :meth:`set_children_started` to fix the count. A parent may itself be
+        the child of another parent.
+        """
+        job = self._new_job(tube, body, now, priority, ttl, expired_limit, shard_key)
+        timeout = check_seconds("timeout", timeout, positive=True)
+        if not isinstance(run_on_timeout, bool):
+            raise BadRequest("run_on_timeout must be true or false")
+        if limit is not None:
+            limit = check_count("limit", limit, minimum=0, maximum=2**31)
+        grandparent = self._parent_for_child(parent_id)
+        tube_ = self._admit(tube, job)
+        if grandparent is not None:
+            grandparent.children_put += 1
+            job.parent_id = parent_id
+        self._parents[job.id] = ParentInfo(timeout, run_on_timeout, limit)
+        job.state = JobState.WAITING
+        tube_.waiting_count += 1
+        self._deadlines.schedule(job, now + timeout, was_scheduled=False)
+        self._changed(job)
+        if limit == 0:
+            self._start_parent(job, tube_)
+        return job
+
+    def set_children_started(self, job_id: int, *, now: float) -> Job:
+        """Say every child of a waiting parent has been put: its limit becomes
+        the number put so far, and it starts at once if they are all finished."""
+        job = self._job(job_id)
+        info = self._parents.get(job_id)
+        if info is None or job.state is not JobState.WAITING:
+            raise WrongState(f"job {job_id} is {job.state.value}, not a waiting parent")
+        info.limit = info.children_put
+        self._changed(job)
+        if info.children_done >= info.limit:
+            self._start_parent(job, self._tubes[job.tube])
+        return job
+
+    def parent_info(self, job_id: int) -> ParentInfo | None:
+        """What a waiting parent waits for (``None`` for any other job)."""
+        return self._parents.get(job_id)
 
     # -- consuming -------------------------------------------------------------
 
@@ -164,23 +259,27 @@ class Queue:
         check_tube(tube)
         count = check_count("count", count, maximum=MAX_COUNT)
         tube_ = self._tubes.get(tube)
-        if tube_ is None:
+        if tube_ is None or tube_.paused or not tube_.ready_count:
             return []
+        if tube_.throttle is not None:
+            count = tube_.throttle.take(min(count, tube_.ready_count), now)
         jobs = []
         while len(jobs) < count:
             job = tube_.pop_ready()
             if job is None:
                 break
             if delete:
-                job.state = JobState.DELETED
-                del self._jobs[job.id]
                 tube_.throughput.record(now, None)  # no processing time to average
+                self._forget(job)
             else:
                 job.state = JobState.RESERVED
                 job.reserved_at = now
                 tube_.reserved_count += 1
                 self._deadlines.schedule(job, now + job.ttl, was_scheduled=False)
+                self._changed(job)
             jobs.append(job)
+        if tube_.throttle is not None and len(jobs) < count:
+            tube_.throttle.give_back(count - len(jobs))
         self.job_get += len(jobs)
         return jobs
 
@@ -206,6 +305,10 @@ class Queue:
         elif job.state is JobState.DELAYED:
             tube.delayed_count -= 1
             self._deadlines.cancel(job)
+        elif job.state is JobState.WAITING:
+            tube.waiting_count -= 1
+            self._deadlines.cancel(job)
+            del self._parents[job.id]
         else:
             del tube.buried[job.id]
         self._forget(job)
@@ -229,12 +332,14 @@ class Queue:
             self._deadlines.schedule(job, now + delay, was_scheduled=False)
         else:
             self._make_ready(job, tube)
+        self._changed(job)
         return job
 
     def bury(self, job_id: int, *, now: float) -> Job:
         """Move a reserved job to the buried (dead letter) list of its tube."""
         job = self._reserved(job_id, "bury")
         self._bury(job, self._unreserve(job))
+        self._changed(job)
         return job
 
     def touch(self, job_id: int, *, now: float) -> Job:
@@ -261,6 +366,7 @@ class Queue:
         else:
             raise WrongState(f"job {job_id} is {job.state.value}, not buried or delayed")
         self._make_ready(job, tube)
+        self._changed(job)
         return job
 
     def kick_tube(self, tube: str, *, now: float, count: int = 1) -> list[Job]:
@@ -316,21 +422,89 @@ class Queue:
         if state in ("all", "buried"):
             dropped += tube_.buried.values()
             tube_.buried = {}
-        if state in ("all", "delayed", "reserved"):
-            wanted = {"all": (JobState.DELAYED, JobState.RESERVED),
+        if state != "ready" and state != "buried":
+            wanted = {"all": (JobState.DELAYED, JobState.RESERVED, JobState.WAITING),
                       "delayed": (JobState.DELAYED,),
-                      "reserved": (JobState.RESERVED,)}[state]
+                      "reserved": (JobState.RESERVED,),
+                      "parents": (JobState.WAITING,)}[state]
             scheduled = [j for j in self._jobs.values() if j.tube == tube and j.state in wanted]
             for job in scheduled:
                 self._deadlines.cancel(job)
                 if job.state is JobState.DELAYED:
                     tube_.delayed_count -= 1
+                elif job.state is JobState.WAITING:
+                    tube_.waiting_count -= 1
+                    del self._parents[job.id]
                 else:
                     tube_.reserved_count -= 1
             dropped += scheduled
         for job in dropped:
             self._forget(job)
         return len(dropped)
+
+    # -- settings ----------------------------------------------------------------
+
+    def set_throttle(self, tube: str, tps: float | None, *, now: float) -> Tube:
+        """Cap how many jobs per second the tube hands out; ``None`` or a value
+        <= 0 removes the cap. Gets beyond it find the tube empty."""
+        check_tube(tube)
+        if tps is not None and (isinstance(tps, bool) or not isinstance(tps, int | float)
+                                or not math.isfinite(tps)):
+            raise BadRequest("tps must be a number")
+        tube_ = self._tube(tube)
+        tube_.throttle = TokenBucket(tps, now) if tps is not None and tps > 0 else None
+        return self._tube_changed(tube_)
+
+    def set_paused(self, tube: str, paused: bool) -> Tube:
+        """Pause (no jobs handed out; puts still accepted) or resume a tube."""
+        check_tube(tube)
+        tube_ = self._tube(tube)
+        tube_.paused = bool(paused)
+        return self._tube_changed(tube_)
+
+    def set_tube_draining(self, tube: str, draining: bool) -> Tube:
+        """Drain a tube (hand out its jobs, refuse new ones) or stop draining it."""
+        check_tube(tube)
+        tube_ = self._tube(tube)
+        tube_.draining = bool(draining)
+        return self._tube_changed(tube_)
+
+    def set_fair(self, tube: str, policy: str | None) -> Tube:
+        """Choose a tube's fair-queuing policy: ``"round_robin"``, ``"weighted"``,
+        ``"off"``, or ``None`` to follow the name convention again."""
+        check_tube(tube)
+        if policy is not None and policy != "off" and policy not in FAIR_POLICIES:
+            raise BadRequest(f"fair policy must be one of {', '.join(FAIR_POLICIES)}, off")
+        tube_ = self._tube(tube)
+        tube_.fair_setting = policy
+        effective = self._fair_by_name(tube) if policy is None else policy
+        tube_.set_fair_policy(None if effective == "off" else effective)
+        return self._tube_changed(tube_)
+
+    def set_max_size(self, tube: str, max_size: int | None) -> Tube:
+        """Bound a tube to ``max_size`` jobs (``None``: unbounded). Jobs already
+        queued are never dropped; puts beyond the bound are refused."""
+        check_tube(tube)
+        if max_size is not None:
+            max_size = check_count("max_size", max_size, maximum=2**40)
+        tube_ = self._tube(tube)
+        tube_.max_size = max_size
+        return self._tube_changed(tube_)
+
+    def set_draining(self, draining: bool) -> None:
+        """Drain the whole server: it hands out what it holds and takes no new jobs."""
+        self.draining = bool(draining)
+        if self._on_change is not None:
+            self._on_change("server", self)
+
+    def tube(self, name: str) -> Tube | None:
+        """The tube of that name, if it exists."""
+        return self._tubes.get(name)
+
+    def _tube_changed(self, tube: Tube) -> Tube:
+        if self._on_change is not None:
+            self._on_change("tube", tube)
+        return tube
 
     def tube_names(self) -> list[str]:
         """Names of every known tube, sorted."""
@@ -345,9 +519,14 @@ class Queue:
                 reserved=t.reserved_count,
                 delayed=t.delayed_count,
                 buried=t.buried_count,
-                parents=0,
+                parents=t.waiting_count,
                 tps=t.throughput.tps(now),
                 avg=t.throughput.avg(),
+                throttle=None if t.throttle is None else t.throttle.rate,
+                paused=t.paused,
+                draining=t.draining,
+                fair=t.fair_policy,
+                max_size=t.max_size,
             )
             for t in sorted(self._tubes.values(), key=lambda t: t.name)
         ]
@@ -359,6 +538,8 @@ class Queue:
             job_put=self.job_put,
             job_get=self.job_get,
             uptime=max(now - self._started, 0.0),
+            draining=self.draining,
+            max_jobs=self.config.max_jobs,
         )
 
     def __len__(self) -> int:
@@ -383,7 +564,19 @@ class Queue:
             if job.state is JobState.DELAYED:
                 tube.delayed_count -= 1
                 self._make_ready(job, tube)
+                self._changed(job)
                 events.append(Event("matured", job.id, job.tube))
+                continue
+            if job.state is JobState.WAITING:
+                info = self._parents.pop(job.id)
+                tube.waiting_count -= 1
+                if info.run_on_timeout:
+                    self._make_ready(job, tube)
+                    events.append(Event("parent_timeout", job.id, job.tube))
+                else:
+                    self._bury(job, tube)
+                    events.append(Event("parent_buried", job.id, job.tube))
+                self._changed(job)
                 continue
             tube.reserved_count -= 1
             job.reserved_at = None
@@ -394,6 +587,7 @@ class Queue:
             else:
                 self._make_ready(job, tube)
                 events.append(Event("expired", job.id, job.tube))
+            self._changed(job)
         return events
 
     # -- internals -------------------------------------------------------------
@@ -401,8 +595,101 @@ class Queue:
     def _tube(self, name: str) -> Tube:
         tube = self._tubes.get(name)
         if tube is None:
-            tube = self._tubes[name] = Tube(name)
+            tube = self._tubes[name] = Tube(name, self._fair_by_name(name))
         return tube
+
+    def _fair_by_name(self, name: str) -> str | None:
+        suffix = self.config.fair_suffix
+        if suffix:
+            fair = len(name) > len(suffix) and name.endswith(suffix)
+        else:
+            fair = name.startswith(self.config.fair_prefix)
+        return "round_robin" if fair else None
+
+    def _new_job(self, tube, body, now, priority, ttl, expired_limit, shard_key) -> Job:
+        check_tube(tube)
+        self._check_body(body)
+        config = self.config
+        if shard_key is not None and (
+                not isinstance(shard_key, str) or not SHARD_KEY.fullmatch(shard_key)):
+            raise BadRequest("shard_key must be 1-200 characters of letters, digits and "
+                             "_.:@$!#=+/-")
+        return Job(
+            id=self._next_id,
+            tube=tube,
+            body=body,
+            priority=config.default_priority if priority is None else check_priority(priority),
+            ttl=config.default_ttl if ttl is None else check_seconds("ttl", ttl, positive=True),
+            expired_limit=(
+                config.expired_limit
+                if expired_limit is None
+                else check_count("expired_limit", expired_limit, maximum=2**31)
+            ),
+            created=now,
+            shard_key=shard_key,
+        )
+
+    def _delay(self, delay: float, run_at: float | None, now: float) -> float:
+        delay = check_seconds("delay", delay)
+        if run_at is not None:
+            check_seconds("run_at", run_at, maximum=2**40)
+            if delay:
+                raise BadRequest("give delay or run_at, not both")
+            delay = max(run_at - now, 0.0)
+        return delay
+
+    def _parent_for_child(self, parent_id: int | None) -> ParentInfo | None:
+        if parent_id is None:
+            return None
+        parent = self._jobs.get(parent_id)
+        if parent is None:
+            raise NotFound(f"parent job {parent_id} not found")
+        info = self._parents.get(parent_id)
+        if info is None or parent.state is not JobState.WAITING:
+            raise WrongState(f"job {parent_id} is not a parent waiting for children")
+        return info
+
+    def _admit(self, tube: str, job: Job) -> Tube:
+        """Check drain and size limits, then give the job its id and count it."""
+        if self.draining:
+            raise Draining("this server is draining: it takes no new jobs")
+        tube_ = self._tubes.get(tube)
+        if tube_ is not None:
+            if tube_.draining:
+                raise Draining(f"tube {tube} is draining: it takes no new jobs")
+            if tube_.max_size is not None and tube_.size >= tube_.max_size:
+                raise QueueFull(f"tube {tube} is full ({tube_.max_size} jobs)")
+        limit = self.config.max_jobs
+        if limit is not None and len(self._jobs) >= limit:
+            raise QueueFull(f"this server is full ({limit} jobs)")
+        tube_ = self._tube(tube)
+        if tube_.fair_policy is not None and job.shard_key is None:
+            raise BadRequest(f"tube {tube} is a fair queue: shard_key is required")
+        self._next_id += 1
+        self._jobs[job.id] = job
+        self.job_put += 1
+        return tube_
+
+    def _start_parent(self, job: Job, tube: Tube) -> None:
+        del self._parents[job.id]
+        self._deadlines.cancel(job)
+        tube.waiting_count -= 1
+        self._make_ready(job, tube)
+        self._changed(job)
+
+    def _child_finished(self, job: Job) -> None:
+        info = self._parents.get(job.parent_id)
+        if info is None:
+            return  # the parent already started, timed out or was deleted
+        info.children_done += 1
+        parent = self._jobs[job.parent_id]
+        self._changed(parent)
+        if info.limit is not None and info.children_done >= info.limit:
+            self._start_parent(parent, self._tubes[parent.tube])
+
+    def _changed(self, subject) -> None:
+        if self._on_change is not None:
+            self._on_change("job", subject)
 
     def _job(self, job_id: int) -> Job:
         job = self._jobs.get(job_id)
@@ -426,7 +713,10 @@ class Queue:
     def _finish(self, job: Job, now: float) -> None:
         started = job.reserved_at
         tube = self._unreserve(job)
-        tube.throughput.record(now, None if started is None else now - started)
+        duration = None if started is None else now - started
+        tube.throughput.record(now, duration)
+        if duration is not None:
+            tube.record_processing(job, duration)
         self._forget(job)
 
     def _make_ready(self, job: Job, tube: Tube) -> None:
@@ -440,6 +730,9 @@ class Queue:
     def _forget(self, job: Job) -> None:
         job.state = JobState.DELETED
         self._jobs.pop(job.id, None)
+        self._changed(job)
+        if job.parent_id is not None:
+            self._child_finished(job)
 
     def _check_body(self, body: object) -> None:
         if not isinstance(body, str):
@@ -472,13 +765,15 @@ def check_priority(priority: object) -> int:
     return priority
 
 
-def check_seconds(name: str, value: object, *, positive: bool = False) -> float:
-    """Validate a duration in seconds (int or float, finite, not negative)."""
+def check_seconds(
+    name: str, value: object, *, positive: bool = False, maximum: float = MAX_SECONDS
+) -> float:
+    """Validate a duration (or time) in seconds: int or float, finite, not negative."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise BadRequest(f"{name} must be a number of seconds")
-    if value < 0 or (positive and value <= 0) or value > MAX_SECONDS:
+    if value < 0 or (positive and value <= 0) or value > maximum:
         qualifier = "greater than 0" if positive else "0 or more"
-        raise BadRequest(f"{name} must be {qualifier} and at most {MAX_SECONDS:.0f} seconds")
+        raise BadRequest(f"{name} must be {qualifier} and at most {maximum:.0f} seconds")
     return value
 
 

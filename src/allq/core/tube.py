@@ -1,88 +1,98 @@
-"""One tube: its ready jobs in (priority, FIFO) order, its buried jobs, its counts.
+"""One tube: its ready line, its buried jobs, its counts and its settings.
 
-Ready jobs sit in one FIFO deque per distinct priority, with a heap of the
-priorities in use, so put and get are O(1) plus O(log p) for p distinct
-priorities, and each queued job costs one deque slot. Jobs that leave the ready
-state other than by being taken (delete, clear) are dropped lazily: a deque
-entry counts only while its job is still ``READY`` in this tube.
-Pure: no I/O, no clock.
+The ready line is a plain (priority, FIFO) :class:`ReadyLine`, or for a fair
+tube one line per shard key served in turn (see :mod:`allq.core.ready`).
+Settings are what an operator changes at run time: pause, drain, throttle,
+fair-queuing policy and a maximum size. Pure: no I/O, no clock.
 """
 
-import heapq
-from collections import deque
 from collections.abc import Iterator
 
 from allq.core.job import Job, JobState
+from allq.core.ready import make_lines
+from allq.core.throttle import TokenBucket
 from allq.core.throughput import Throughput
 
 
 class Tube:
-    """Jobs and counters of one named tube.
+    """Jobs, counters and settings of one named tube.
 
     :param name: the tube's name.
+    :param fair_policy: the fair-queuing policy it starts with (``None``: not fair).
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, fair_policy: str | None = None) -> None:
         self.name = name
-        self._ready: dict[int, deque[Job]] = {}
-        self._priorities: list[int] = []
+        self._ready = make_lines(fair_policy)
         # Insertion-ordered, so the oldest buried job is kicked first.
         self.buried: dict[int, Job] = {}
         self.ready_count = 0
         self.reserved_count = 0
         self.delayed_count = 0
+        self.waiting_count = 0
         self.throughput = Throughput()
+        self.paused = False
+        self.draining = False
+        self.throttle: TokenBucket | None = None
+        self.max_size: int | None = None
+        #: Set explicitly for this tube (``"off"`` overrides the name convention).
+        self.fair_setting: str | None = None
 
     @property
     def buried_count(self) -> int:
         """How many jobs of this tube are buried."""
         return len(self.buried)
 
-    def is_empty(self) -> bool:
-        """Whether the tube holds no job in any state."""
-        return not (
-            self.ready_count or self.reserved_count or self.delayed_count or self.buried
-        )
+    @property
+    def size(self) -> int:
+        """How many jobs the tube holds, in every state."""
+        return (self.ready_count + self.reserved_count + self.delayed_count
+                + self.waiting_count + len(self.buried))
+
+    @property
+    def fair_policy(self) -> str | None:
+        """The fair-queuing policy in force, or ``None``."""
+        return getattr(self._ready, "policy", None)
+
+    def is_idle(self) -> bool:
+        """Whether the tube holds no job and no setting worth keeping."""
+        return not (self.size or self.paused or self.draining or self.throttle
+                    or self.max_size or self.fair_setting)
 
     def push_ready(self, job: Job) -> None:
-        """Append ``job`` (already in state READY) behind jobs of its priority."""
-        queue = self._ready.get(job.priority)
-        if queue is None:
-            queue = self._ready[job.priority] = deque()
-            heapq.heappush(self._priorities, job.priority)
-        queue.append(job)
+        """Append ``job`` (already in state READY) to the ready line."""
+        self._ready.push(job)
         self.ready_count += 1
 
     def pop_ready(self) -> Job | None:
         """Remove and return the next ready job, or ``None`` when there is none."""
-        while self._priorities:
-            priority = self._priorities[0]
-            queue = self._ready[priority]
-            while queue:
-                job = queue.popleft()
-                if job.state is JobState.READY:
-                    self.ready_count -= 1
-                    if not queue:
-                        self._drop_priority(priority)
-                    return job
-            self._drop_priority(priority)
-        return None
+        job = self._ready.pop()
+        if job is not None:
+            self.ready_count -= 1
+        return job
 
     def iter_ready(self) -> Iterator[Job]:
         """Yield the ready jobs in the order they would be taken."""
-        for priority in sorted(self._priorities):
-            for job in self._ready[priority]:
-                if job.state is JobState.READY:
-                    yield job
+        return iter(self._ready)
 
     def drop_all_ready(self) -> list[Job]:
         """Remove every ready job and return them."""
-        jobs = list(self.iter_ready())
-        self._ready.clear()
-        self._priorities.clear()
+        jobs = list(self._ready)
+        self._ready = make_lines(self.fair_policy)
         self.ready_count = 0
         return jobs
 
-    def _drop_priority(self, priority: int) -> None:
-        del self._ready[priority]
-        heapq.heappop(self._priorities)
+    def set_fair_policy(self, policy: str | None) -> None:
+        """Switch the ready line's policy, keeping every ready job."""
+        if policy == self.fair_policy:
+            return
+        jobs = list(self._ready)
+        self._ready = make_lines(policy)
+        for job in jobs:
+            self._ready.push(job)
+
+    def record_processing(self, job: Job, duration: float) -> None:
+        """Tell a weighted fair line how long one of a key's jobs took."""
+        record = getattr(self._ready, "record", None)
+        if record is not None:
+            record(job.shard_key, duration)

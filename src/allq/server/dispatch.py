@@ -89,7 +89,15 @@ class Dispatcher:
 
     # -- actions (one per wire action; keyword names are the wire params) ------
 
-    def _do_put(self, now, *, tube, body, priority, ttl, delay, expired_limit, idempotency_key):
+    def _do_put(self, now, *, idempotency_key, parent_id, **params):
+        return self._store(self._queue.put, now, idempotency_key, parent_id, params)
+
+    def _do_put_parent(self, now, *, idempotency_key, parent_id, **params):
+        return self._store(self._queue.put_parent, now, idempotency_key, parent_id, params)
+
+    def _store(self, put, now, idempotency_key, parent_id, params):
+        """Apply a put once per idempotency key."""
+        body = params["body"]
         # JSON's "\ud800" escapes decode to lone surrogates that UTF-8 cannot encode:
         # stored, such a body would make every later reply carrying it fail to send.
         # isascii() is O(1), so plain bodies skip the encode.
@@ -103,10 +111,8 @@ class Dispatcher:
             earlier = self._idempotency.lookup(idempotency_key, now)
             if earlier is not None:
                 return {"job_id": f"{self._server_id()},{earlier}"}
-        job = self._queue.put(
-            tube, body, now=now, priority=priority, ttl=ttl, delay=delay,
-            expired_limit=expired_limit,
-        )
+        parent = None if parent_id is None else self._number(parent_id)
+        job = put(now=now, parent_id=parent, **params)
         if idempotency_key is not None:
             self._idempotency.remember(idempotency_key, job.id, now)
         return {"job_id": self.job_ref(job)}
@@ -129,6 +135,7 @@ class Dispatcher:
     _do_touch = _job_action("touch")
     _do_kick = _job_action("kick")
     _do_release = _job_action("release")
+    _do_set_children_started = _job_action("set_children_started")
     del _job_action
 
     def _do_kick_tube(self, now, *, tube, count):
@@ -142,6 +149,35 @@ class Dispatcher:
     def _do_clear(self, now, *, tube, state):
         return {"cleared": self._queue.clear(tube, state=state)}
 
+    def _do_throttle(self, now, *, tube, tps):
+        tube_ = self._queue.set_throttle(tube, tps, now=now)
+        return {"tube": tube, "tps": None if tube_.throttle is None else tube_.throttle.rate}
+
+    def _do_pause(self, now, *, tube):
+        return {"tube": tube, "paused": self._queue.set_paused(tube, True).paused}
+
+    def _do_unpause(self, now, *, tube):
+        return {"tube": tube, "paused": self._queue.set_paused(tube, False).paused}
+
+    def _do_drain(self, now, *, tube):
+        return self._set_draining(tube, True)
+
+    def _do_undrain(self, now, *, tube):
+        return self._set_draining(tube, False)
+
+    def _set_draining(self, tube, draining):
+        if tube is None:
+            self._queue.set_draining(draining)
+            return {"draining": draining}
+        return {"tube": tube, "draining": self._queue.set_tube_draining(tube, draining).draining}
+
+    def _do_fair(self, now, *, tube, policy):
+        tube_ = self._queue.set_fair(tube, None if policy == "default" else policy)
+        return {"tube": tube, "fair": tube_.fair_policy}
+
+    def _do_max_size(self, now, *, tube, max_size):
+        return {"tube": tube, "max_size": self._queue.set_max_size(tube, max_size).max_size}
+
     def _do_stats(self, now):
         totals = self._queue.global_stats(now)
         return {
@@ -153,6 +189,8 @@ class Dispatcher:
                 "job_get": totals.job_get,
                 "uptime": round(totals.uptime, 3),
                 "jobs": len(self._queue),
+                "draining": totals.draining,
+                "max_jobs": totals.max_jobs,
             },
             "tubes": [
                 {
@@ -164,6 +202,11 @@ class Dispatcher:
                     "parents": t.parents,
                     "tps": round(t.tps, 2),
                     "avg": round(t.avg, 2),
+                    "throttle_size": t.throttle,
+                    "paused": t.paused,
+                    "draining": t.draining,
+                    "fair": t.fair,
+                    "max_size": t.max_size,
                 }
                 for t in self._queue.tube_stats(now)
             ],
