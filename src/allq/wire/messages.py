@@ -21,10 +21,21 @@ Envelope (JSON, inside a box)
     open.
 
 Actions (params; ``?`` marks optional ones) and results
-    ``put``        tube, body, priority?, ttl?, delay?, expired_limit?, idempotency_key?
-                   → ``{"job_id"}``. A put repeated with the same idempotency_key
-                   within the server's memory window returns the first job id and
-                   stores nothing new.
+    ``put``        tube, body, priority?, ttl?, delay?, run_at?, expired_limit?,
+                   shard_key?, parent_id?, idempotency_key? → ``{"job_id"}``. A put
+                   repeated with the same idempotency_key within the server's
+                   memory window returns the first job id and stores nothing new.
+                   ``run_at`` is a unix time (instead of ``delay``); ``shard_key`` is
+                   required in fair tubes; ``parent_id`` names a waiting parent.
+    ``put_parent`` tube, body, priority?, ttl?, expired_limit?, shard_key?, parent_id?,
+                   idempotency_key?, timeout? (3600), run_on_timeout? (false), limit?
+                   → ``{"job_id"}``: a parent waiting for ``limit`` finished children.
+    ``set_children_started``  job_id → ``{"job_id"}`` (limit := children put so far)
+    ``throttle``   tube, tps? (null or <= 0 removes) → ``{"tube", "tps"}``
+    ``pause``, ``unpause``    tube → ``{"tube", "paused"}``
+    ``drain``, ``undrain``    tube? (none: the whole server) → ``{"tube"?, "draining"}``
+    ``fair``       tube, policy (round_robin | weighted | off | default) → ``{"tube", "fair"}``
+    ``max_size``   tube, max_size? (null: unbounded) → ``{"tube", "max_size"}``
     ``get``        tube, count? (1), delete? (false) → ``{"jobs": [job, ...]}``
     ``done``, ``delete``, ``bury``, ``touch``, ``kick``   job_id → ``{"job_id"}``
     ``release``    job_id, delay? (0) → ``{"job_id"}``
@@ -86,7 +97,31 @@ ACTIONS: dict[str, dict[str, tuple[str, object]]] = {
         "delay": ("number", 0),
         "expired_limit": ("int", None),
         "idempotency_key": ("str", None),
+        "run_at": ("number", None),
+        "shard_key": ("str", None),
+        "parent_id": ("str", None),
     },
+    "put_parent": {
+        "tube": ("str", _REQUIRED),
+        "body": ("str", _REQUIRED),
+        "priority": ("int", None),
+        "ttl": ("number", None),
+        "expired_limit": ("int", None),
+        "idempotency_key": ("str", None),
+        "shard_key": ("str", None),
+        "parent_id": ("str", None),
+        "timeout": ("number", 3600),
+        "run_on_timeout": ("bool", False),
+        "limit": ("int", None),
+    },
+    "set_children_started": {"job_id": ("str", _REQUIRED)},
+    "throttle": {"tube": ("str", _REQUIRED), "tps": ("number", None)},
+    "pause": {"tube": ("str", _REQUIRED)},
+    "unpause": {"tube": ("str", _REQUIRED)},
+    "drain": {"tube": ("str", None)},
+    "undrain": {"tube": ("str", None)},
+    "fair": {"tube": ("str", _REQUIRED), "policy": ("str", _REQUIRED)},
+    "max_size": {"tube": ("str", _REQUIRED), "max_size": ("int", None)},
     "get": {"tube": ("str", _REQUIRED), "count": ("int", 1), "delete": ("bool", False)},
     "done": {"job_id": ("str", _REQUIRED)},
     "delete": {"job_id": ("str", _REQUIRED)},
