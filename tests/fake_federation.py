@@ -10,6 +10,12 @@ and error behaviour are the server's own. Time comes from a ``task.Clock``;
 deadlines are applied before every request, and a long poll (``wait``) polls
 every :data:`POLL_INTERVAL` seconds of that clock.
 
+Placement follows the real federation's rules in miniature: puts round robin
+over the up servers this client does not drain, skipping a server that answers
+``draining`` or ``full`` (the error is raised when every up server refused); a
+put naming a parent goes to the parent's server only; tube settings go to every
+up server, and a throttle is split over them in fractional shares.
+
 Switches for error tests: :attr:`FakeFederation.unreachable` (every call fails
 with "no server reachable", health shows every server down),
 :meth:`FakeServer.up` per server, :meth:`FakeFederation.fail_next` (the next
@@ -24,7 +30,15 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 
 from allq.core.queue import Queue, QueueConfig
-from allq.errors import BadRequest, NotFound, Unavailable, error_for_code
+from allq.errors import (
+    AllQError,
+    BadRequest,
+    Draining,
+    NotFound,
+    QueueFull,
+    Unavailable,
+    error_for_code,
+)
 from allq.server.dispatch import Dispatcher
 from allq.server.tap import derived_server_id
 from allq.wire.messages import encode_request
@@ -60,6 +74,7 @@ class FakeServer:
         self.queue = Queue(config, started=clock.seconds())
         self.dispatcher = Dispatcher(self.queue, clock, lambda: self.server_id)
         self.up = True
+        #: This client places no puts here (its server drain).
         self.draining = False
         self._clock = clock
         self._request_id = 0
@@ -120,17 +135,43 @@ class FakeFederation:
 
     async def put(self, tube: str, body: str, *, priority: int | None = None,
                   ttl: float | None = None, delay: float = 0,
-                  expired_limit: int | None = None) -> str:
-        """Put on the next up, non-draining server, round robin."""
-        await self._enter("put", (tube, body), dict(priority=priority, ttl=ttl, delay=delay,
-                                                    expired_limit=expired_limit))
+                  expired_limit: int | None = None, run_at: float | None = None,
+                  shard_key: str | None = None, parent_id: str | None = None) -> str:
+        """Put on the next up, non-draining server, round robin (or the parent's)."""
+        params = dict(priority=priority, ttl=ttl, delay=delay, expired_limit=expired_limit,
+                      run_at=run_at, shard_key=shard_key, parent_id=parent_id)
+        await self._enter("put", (tube, body), params)
+        return self._place("put", dict(tube=tube, body=body, **params))
+
+    async def put_parent(self, tube: str, body: str, *, priority: int | None = None,
+                         ttl: float | None = None, expired_limit: int | None = None,
+                         shard_key: str | None = None, parent_id: str | None = None,
+                         timeout: float | None = None, run_on_timeout: bool = False,
+                         limit: int | None = None) -> str:
+        """Put a parent job, placed like :meth:`put`."""
+        params = dict(priority=priority, ttl=ttl, expired_limit=expired_limit,
+                      shard_key=shard_key, parent_id=parent_id, timeout=timeout,
+                      run_on_timeout=run_on_timeout, limit=limit)
+        await self._enter("put_parent", (tube, body), params)
+        return self._place("put_parent", dict(tube=tube, body=body, **params))
+
+    def _place(self, action: str, params: dict) -> str:
+        if params["parent_id"] is not None:
+            server = self._server_of(params["parent_id"], "parent")
+            return server.call(action, **params)["job_id"]
         candidates = [s for s in self._up() if not s.draining]
         if not candidates:
-            raise Unavailable("no server reachable")
-        server = candidates[self._next_put % len(candidates)]
+            raise Draining("every reachable server is drained by this client")
+        first = self._next_put % len(candidates)
         self._next_put += 1
-        return server.call("put", tube=tube, body=body, priority=priority, ttl=ttl,
-                           delay=delay, expired_limit=expired_limit)["job_id"]
+        refusals: list[AllQError] = []
+        for server in candidates[first:] + candidates[:first]:
+            try:
+                return server.call(action, **params)["job_id"]
+            except (Draining, QueueFull) as e:
+                refusals.append(e)
+        full = [e for e in refusals if isinstance(e, QueueFull)]
+        raise (full or refusals)[0]
 
     async def get(self, tube: str, *, count: int = 1, delete: bool = False,
                   wait: float = 0) -> list[dict]:
@@ -154,11 +195,14 @@ class FakeFederation:
     async def job_action(self, action: str, job_id: str, **params: Any) -> dict:
         """Send the action to the server the job id names."""
         await self._enter("job_action", (action, job_id), params)
+        return self._server_of(job_id).call(action, job_id=job_id, **params)
+
+    def _server_of(self, job_id: str, what: str = "job") -> FakeServer:
         server_id = job_id.split(",", 1)[0]
         for server in self.servers.values():
             if server.server_id == server_id:
-                return server.call(action, job_id=job_id, **params)
-        raise NotFound(f"job {job_id[:90]} is on no known server")
+                return server
+        raise NotFound(f"{what} {job_id[:90]} is on no known server")
 
     async def kick_tube(self, tube: str, count: int = 1) -> list[str]:
         """Kick up to ``count`` buried jobs in total, server by server."""
@@ -183,6 +227,38 @@ class FakeFederation:
         """Clear on every server; the total dropped."""
         await self._enter("clear", (tube, state), {})
         return sum(s.call("clear", tube=tube, state=state)["cleared"] for s in self._reachable())
+
+    async def throttle(self, tube: str, tps: float | None) -> int:
+        """Give each up server ``tps / N``; ``None`` removes. Returns N."""
+        await self._enter("throttle", (tube, tps), {})
+        servers = self._reachable()
+        share = None if tps is None else tps / len(servers)
+        for server in servers:
+            server.call("throttle", tube=tube, tps=share)
+        return len(servers)
+
+    async def pause(self, tube: str, paused: bool = True) -> int:
+        """Pause or resume on every up server."""
+        return await self._broadcast("pause" if paused else "unpause", tube)
+
+    async def drain_tube(self, tube: str, draining: bool = True) -> int:
+        """Drain or undrain a tube on every up server."""
+        return await self._broadcast("drain" if draining else "undrain", tube)
+
+    async def fair(self, tube: str, policy: str) -> int:
+        """Set the fair policy on every up server."""
+        return await self._broadcast("fair", tube, policy=policy)
+
+    async def max_size(self, tube: str, max_size: int | None) -> int:
+        """Bound the tube on every up server."""
+        return await self._broadcast("max_size", tube, max_size=max_size)
+
+    async def _broadcast(self, action: str, tube: str, **params: Any) -> int:
+        await self._enter(action, (tube,), params)
+        servers = self._reachable()
+        for server in servers:
+            server.call(action, tube=tube, **params)
+        return len(servers)
 
     async def stats(self) -> list[dict]:
         """Each reachable server's stats plus its address."""
@@ -216,12 +292,17 @@ class FakeFederation:
             for a in addresses
         }
 
-    def drain(self, server: str) -> None:
-        """Mark a server (by id or address) draining: no new puts."""
+    async def drain_server(self, server: str, draining: bool = True) -> bool:
+        """Mark a server (by id or address) draining (no new puts from here) and
+        tell it; ``False`` when it is down (not told)."""
+        await self._enter("drain_server", (server, draining), {})
         for candidate in self.servers.values():
             if server in (candidate.server_id, candidate.address):
-                candidate.draining = True
-                return
+                candidate.draining = draining
+                if not candidate.up:
+                    return False
+                candidate.call("drain" if draining else "undrain")
+                return True
         raise NotFound(f"no server {server[:60]!r}")
 
     # -- internals -------------------------------------------------------------

@@ -309,12 +309,14 @@ def test_tube_drain_replies_and_refuses_puts_to_that_tube(h):
     h.put()
 
 
-def test_child_puts_are_refused_while_draining(h):
-    """A child put to a draining server gets "draining" and the parent counts nothing."""
+def test_child_puts_are_accepted_while_draining(h):
+    """A child of a parent held by a draining server is still accepted; plain puts are not."""
     parent = h.put_parent(limit=1)
     h.ok("drain")
-    assert h.error("put", tube="c", body="x", parent_id=parent)["code"] == "draining"
-    assert h.queue.parent_info(number(parent)).children_put == 0
+    assert h.error("put", tube="c", body="x")["code"] == "draining"
+    h.ok("put", tube="c", body="x", parent_id=parent)
+    assert h.queue.parent_info(number(parent)).children_put == 1
+
 
 
 # -- fair ---------------------------------------------------------------------------

@@ -15,7 +15,9 @@ from allq.core.queue import Queue
 from allq.errors import (
     BadRequest,
     ConnectionLost,
+    Draining,
     NotFound,
+    QueueFull,
     Timeout,
     Unavailable,
     WrongState,
@@ -51,6 +53,11 @@ class FakeLink(Service):
         if "error" in reply:
             return fail(error_for_code(reply["error"]["code"], reply["error"]["message"]))
         return succeed(reply["result"])
+
+    def tell_draining(self, draining):
+        if not self.up:
+            return succeed(False)
+        return self.request("drain" if draining else "undrain", {}).addCallback(lambda _: True)
 
 
 @pytest.fixture
@@ -96,7 +103,7 @@ def test_put_skips_down_and_draining_servers(clock):
     """A down or draining server gets no new jobs."""
     federation, links = make(clock)
     links[0].up = False
-    federation.drain(links[1].server_id)
+    assert result(run(federation.drain_server(links[1].server_id))) is True
     for _ in range(4):
         job_id = result(run(federation.put("t", "x")))
         assert job_id.startswith(links[2].server_id + ",")
@@ -295,7 +302,7 @@ def test_membership_changes(clock):
         with pytest.raises(BadRequest):
             federation.update_servers(bad)
     with pytest.raises(NotFound):
-        federation.drain("unknown")
+        result(run(federation.drain_server("unknown")))
 
 
 def test_stop_cancels_every_pending_timer(clock):
@@ -312,3 +319,259 @@ def test_stop_cancels_every_pending_timer(clock):
         result(putting)
     clock.advance(1)
     assert clock.getDelayedCalls() == []
+
+
+# -- tube settings, refusals, workflows ---------------------------------------------
+
+
+def owner(links, job_id):
+    """The fake link holding a job id."""
+    return next(l for l in links if job_id.startswith(l.server_id + ","))
+
+
+def test_throttle_is_split_over_the_healthy_servers(clock):
+    """tps 1 over 3 servers gives each 1/3 (no truncation to 0); the shares sum to tps;
+    a down server gets none and the others share it all; None removes the cap."""
+    federation, links = make(clock)
+    assert result(run(federation.throttle("t", 1))) == 3
+    rates = [l.queue.tube("t").throttle.rate for l in links]
+    assert rates == [pytest.approx(1 / 3)] * 3
+    assert sum(rates) == pytest.approx(1)
+    links[2].up = False
+    assert result(run(federation.throttle("t", 5))) == 2
+    assert [l.queue.tube("t").throttle.rate for l in links[:2]] == [2.5, 2.5]
+    links[2].up = True
+    assert result(run(federation.throttle("t", None))) == 3
+    assert all(l.queue.tube("t").throttle is None for l in links)
+    with pytest.raises(BadRequest):
+        result(run(federation.throttle("t", float("nan"))))
+
+
+def test_throttled_federation_hands_out_at_most_tps(clock):
+    """With tps 3 over 3 servers, 10 seconds of tight polling yield about 30 jobs, not 300."""
+    federation, links = make(clock)
+    for link in links:
+        for n in range(100):
+            link.queue.put("t", str(n), now=0)
+    result(run(federation.throttle("t", 3)))
+    got = 0
+    for _ in range(100):
+        got += len(result(run(federation.get("t", count=10))))
+        clock.advance(0.1)
+    assert 3 * 10 <= got <= 3 * 10 + 3  # the buckets start full: one job each
+
+
+def test_pause_is_broadcast(clock):
+    """pause reaches every healthy server (AllQueue: one random server); unpause too."""
+    federation, links = make(clock)
+    for link in links:
+        link.queue.put("t", "x", now=0)
+    assert result(run(federation.pause("t"))) == 3
+    assert all(l.queue.tube("t").paused for l in links)
+    assert result(run(federation.get("t", count=10))) == []
+    assert result(run(federation.pause("t", False))) == 3
+    assert len(result(run(federation.get("t", count=10)))) == 3
+
+
+def test_tube_settings_are_broadcast(clock):
+    """drain_tube, fair and max_size reach every healthy server; bad values are refused."""
+    federation, links = make(clock)
+    links[0].up = False
+    assert result(run(federation.drain_tube("t"))) == 2
+    assert [l.queue.tube("t") and l.queue.tube("t").draining for l in links[1:]] == [True] * 2
+    assert result(run(federation.max_size("t", 7))) == 2
+    assert [l.queue.tube("t").max_size for l in links[1:]] == [7, 7]
+    assert result(run(federation.fair("fq-x", "off"))) == 2
+    assert [l.queue.tube("fq-x").fair_policy for l in links[1:]] == [None, None]
+    with pytest.raises(BadRequest):
+        result(run(federation.fair("t", "lottery")))
+    for link in links:
+        link.up = False
+    with pytest.raises(Unavailable):
+        result(run(federation.pause("t")))
+
+
+def test_put_skips_draining_and_full_servers(clock):
+    """A server answering draining or full did not store the job: the next one gets it."""
+    federation, links = make(clock)
+    links[0].queue.set_tube_draining("t", True)
+    links[1].queue.set_max_size("t", 1)
+    links[1].queue.put("t", "filler", now=0)
+    for _ in range(6):
+        assert owner(links, result(run(federation.put("t", "x")))) is links[2]
+    assert (len(links[0].queue), len(links[1].queue), len(links[2].queue)) == (0, 1, 6)
+    assert clock.getDelayedCalls() == []
+
+
+def test_put_refused_by_every_server(clock):
+    """When every reachable server refuses: all draining → Draining; any full → QueueFull;
+    answered at once, without waiting for the retry budget."""
+    federation, links = make(clock)
+    for link in links:
+        link.queue.set_tube_draining("t", True)
+    with pytest.raises(Draining):
+        result(run(federation.put("t", "x")))
+    links[2].queue.set_tube_draining("t", False)
+    links[2].queue.set_max_size("t", 1)
+    result(run(federation.put("t", "x")))
+    with pytest.raises(QueueFull):
+        result(run(federation.put("t", "x")))
+    links[0].up = False
+    with pytest.raises(QueueFull):
+        result(run(federation.put("t", "x")))
+    assert sum(len(l.queue) for l in links) == 1
+    assert clock.getDelayedCalls() == []
+
+
+def test_put_when_this_client_drains_every_server(clock):
+    """With every reachable server drained by this client a put answers Draining at once."""
+    federation, links = make(clock, n=2)
+    for link in links:
+        result(run(federation.drain_server(link.address)))
+    with pytest.raises(Draining):
+        result(run(federation.put("t", "x")))
+    assert clock.getDelayedCalls() == []
+
+
+def test_server_drain_tells_the_server(clock):
+    """drain_server stops this client's puts there and drains the server itself;
+    undrain_server undoes both; a down server is not told (False)."""
+    federation, links = make(clock)
+    links[0].queue.put("t", "held", now=0)
+    assert result(run(federation.drain_server(links[0].server_id))) is True
+    assert links[0].draining and links[0].queue.draining
+    for _ in range(3):
+        assert owner(links, result(run(federation.put("t", "x")))) is not links[0]
+    with pytest.raises(Draining):  # what another client's put meets there
+        result(links[0].request("put", {"tube": "t", "body": "x"}))
+    held = result(links[0].request("get", {"tube": "t"}))["jobs"]
+    assert [j["body"] for j in held] == ["held"]  # a drained server still hands out
+    assert result(run(federation.drain_server(links[0].address, False))) is True
+    assert not links[0].draining and not links[0].queue.draining
+    links[1].up = False
+    assert result(run(federation.drain_server(links[1].server_id))) is False
+    assert links[1].draining
+
+
+def test_children_go_to_their_parents_server(clock):
+    """A parent is placed round robin; its children all go to its server, and the
+    parent becomes ready when both are done."""
+    federation, links = make(clock)
+    parent = result(run(federation.put_parent("flow", "p", limit=2)))
+    home = owner(links, parent)
+    children = [result(run(federation.put("work", f"c{n}", parent_id=parent)))
+                for n in range(2)]
+    assert all(owner(links, c) is home for c in children)
+    assert result(run(federation.get("flow", count=10))) == []
+    for _ in children:
+        [job] = result(run(federation.get("work")))
+        result(run(federation.job_action("done", job["job_id"])))
+    [job] = result(run(federation.get("flow")))
+    assert job["job_id"] == parent
+
+
+def test_nested_parent_and_set_children_started(clock):
+    """A parent with parent_id goes to that parent's server; set_children_started
+    routes by id."""
+    federation, links = make(clock)
+    outer = result(run(federation.put_parent("flow", "outer")))
+    inner = result(run(federation.put_parent("flow", "inner", parent_id=outer, limit=0)))
+    assert owner(links, inner) is owner(links, outer)
+    assert result(run(federation.job_action("set_children_started", outer))) == {
+        "job_id": outer}
+
+
+def test_child_of_a_missing_or_unreachable_parent(clock):
+    """A missing parent is NotFound and nothing is stored; a parent on a down server
+    answers Unavailable at once, with no failover."""
+    federation, links = make(clock)
+    with pytest.raises(NotFound):
+        result(run(federation.put("work", "c", parent_id=f"{links[0].server_id},999")))
+    with pytest.raises(NotFound):
+        result(run(federation.put("work", "c", parent_id="nosuchserver,1")))
+    parent = result(run(federation.put_parent("flow", "p", limit=1)))
+    home = owner(links, parent)
+    home.up = False
+    with pytest.raises(Unavailable):
+        result(run(federation.put("work", "c", parent_id=parent)))
+    assert sum(len(l.queue) for l in links) == 1  # only the parent
+    assert clock.getDelayedCalls() == []
+
+
+def test_child_put_with_lost_reply_retries_on_the_parents_server(clock):
+    """A child put whose reply was lost is retried on the parent's server only, once
+    it is back, with the same idempotency key (no duplicate)."""
+    federation, links = make(clock)
+    parent = result(run(federation.put_parent("flow", "p", limit=1)))
+    home = owner(links, parent)
+    home.lose_next = 1
+    d = run(federation.put("work", "c", parent_id=parent))
+    assert not d.called
+    clock.advance(0.1)
+    home.up = True
+    clock.pump([0.1] * 5)
+    child = result(d)
+    assert owner(links, child) is home and len(home.queue) == 2
+    others = [l for l in links if l is not home]
+    assert all(len(l.queue) == 0 for l in others)
+
+
+def test_run_at_and_shard_key_reach_the_server(clock):
+    """run_at delays a job until that unix time; a fair tube needs a shard_key."""
+    clock.advance(1000)
+    federation, links = make(clock, n=1)
+    result(run(federation.put("t", "later", run_at=1010)))
+    assert result(run(federation.get("t"))) == []
+    clock.advance(10)
+    links[0].queue.expire(clock.seconds())
+    assert [j["body"] for j in result(run(federation.get("t")))] == ["later"]
+    with pytest.raises(BadRequest):
+        result(run(federation.put("fq-t", "x")))
+    result(run(federation.put("fq-t", "x", shard_key="a")))
+
+
+class StubConnection:
+    """Just enough of a ServerConnection for ServerLink's prepareConnection hook."""
+
+    def __init__(self, server_id: str) -> None:
+        self.server_id = server_id
+        self.closed = False
+        self.ready = succeed(self)
+        self.lost = Deferred()
+        self.requests: list[tuple[str, dict]] = []
+
+    def request(self, action, params):
+        self.requests.append((action, params))
+        return succeed({"draining": action == "drain"})
+
+    def close(self):
+        self.closed = True
+
+
+def test_link_tells_a_wanted_drain_on_every_connection():
+    """A drain asked while the server was down is sent when it connects, and again on
+    each reconnect (a restarted server may have lost it); an acknowledged undrain is
+    not repeated."""
+    from nacl.public import PrivateKey
+    from twisted.internet.testing import MemoryReactorClock
+
+    from allq.client.link import ServerLink
+    from allq.wire.keys import ClientKeys
+
+    link = ServerLink("127.0.0.1:5555", ClientKeys(PrivateKey.generate(),
+                                                   PrivateKey.generate().public_key),
+                      MemoryReactorClock(), request_timeout=1)
+    assert result(link.tell_draining(True)) is False  # not connected: told later
+    first = StubConnection("srv")
+    result(link._handshake(first))
+    assert link.up and first.requests == [("drain", {})]
+    first.closed = True
+    second = StubConnection("srv")
+    result(link._handshake(second))
+    assert second.requests == [("drain", {})]
+    assert result(link.tell_draining(False)) is True
+    assert second.requests[-1] == ("undrain", {})
+    second.closed = True
+    third = StubConnection("srv")
+    result(link._handshake(third))
+    assert third.requests == []

@@ -346,8 +346,9 @@ def test_undrain_restores_puts():
 
 
 @pytest.mark.parametrize("drain", ["server", "tube"])
-def test_draining_refuses_parents_and_children(drain):
-    """put_parent and child puts are refused while draining, and nothing changes."""
+def test_draining_refuses_new_parents_but_lets_children_finish_workflows(drain):
+    """While draining, new parents are refused but children of a parent held here
+    are accepted: they can live on no other server."""
     q = make_queue()
     parent = q.put_parent("t", "p", now=T0, limit=2)
     if drain == "server":
@@ -357,9 +358,10 @@ def test_draining_refuses_parents_and_children(drain):
     with pytest.raises(Draining):
         q.put_parent("t", "p2", now=T0)
     with pytest.raises(Draining):
-        q.put("t", "child", now=T0, parent_id=parent.id)
-    assert q.parent_info(parent.id).children_put == 0
-    assert len(q) == 1
+        q.put("t", "plain", now=T0)
+    q.put("t", "child", now=T0, parent_id=parent.id)
+    assert q.parent_info(parent.id).children_put == 1
+    assert len(q) == 2
 
 
 # -- bounded tubes ---------------------------------------------------------------

@@ -151,7 +151,8 @@ class PutGetTests(RestTestCase):
         self.put(ttl=30, delay=2, priority=3, expired_limit=4)
         self.assertEqual(self.fake.calls[-1], (
             "put", ("t", "hello"),
-            {"priority": 3, "ttl": 30, "delay": 2, "expired_limit": 4}))
+            {"priority": 3, "ttl": 30, "delay": 2, "expired_limit": 4, "run_at": None,
+             "shard_key": None, "parent_id": None}))
 
     def test_put_accepts_numeric_strings(self):
         """Old Ruby clients send "5": ttl, delay, priority and expired_limit may be strings."""
@@ -400,11 +401,6 @@ class JobActionTests(RestTestCase):
         """peek on an empty tube answers {}."""
         self.assertEqual(self.ok("GET", "/peek?tube=nothing"), {})
 
-    def test_set_children_started_is_not_supported(self):
-        """set_children_started checks job_id, then answers 400 not_supported."""
-        self.error(400, "not_supported", "PUT", "/set_children_started?job_id=abc,1")
-        self.error(400, "bad_request", "PUT", "/set_children_started?job_id=nope")
-
 
 # -- tubes, throttle, parents --------------------------------------------------------
 
@@ -436,43 +432,400 @@ class TubeTests(RestTestCase):
         self.assertEqual(self.ok("DELETE", "/tube?tube=t&cache_type=ready")["cleared"], 1)
         self.assertEqual(self.tube_stats()["reserved"], 1)
 
-    def test_throttle_is_validated_then_not_supported(self):
-        """POST /throttle with a good body answers 400 not_supported; a bad one bad_request."""
-        self.error(400, "not_supported", "POST", "/throttle", json={"tube": "t", "tps": 5})
-        self.error(400, "not_supported", "POST", "/throttle", json={"tube": "t", "tps": "2.5"})
-        self.error(400, "bad_request", "POST", "/throttle", json={"tube": "t"})
-        self.error(400, "bad_request", "POST", "/throttle", json={"tube": "t", "tps": "x"})
-        self.error(400, "bad_request", "POST", "/throttle", json={"tube": "bad tube", "tps": 1})
-
-    def test_parent_job_is_validated_then_not_supported(self):
-        """POST /parent_job with a good body answers 400 not_supported; a bad one bad_request."""
-        good = {"tube": "t", "body": "p", "ttl": 10, "delay": 0, "priority": 5, "limit": 2,
-                "timeout": 3600, "run_on_timeout": True, "noop": "false", "shard_key": None}
-        self.error(400, "not_supported", "POST", "/parent_job", json=good)
-        self.error(400, "bad_request", "POST", "/parent_job", json={**good, "limit": "many"})
-        self.error(400, "bad_request", "POST", "/parent_job", json={**good, "noop": "maybe"})
-        self.error(400, "bad_request", "POST", "/parent_job", json={**good, "body": 1})
-
-    def test_put_with_parent_id_is_not_supported(self):
-        """A put with a parent_id answers 400 not_supported instead of ignoring it."""
-        detail = self.error(400, "not_supported", "POST", "/job",
-                            json={"tube": "t", "body": "c", "parent_id": "abc,1"})["detail"]
-        self.assertIn("workflow", detail)
-        self.assertEqual(self.fake.calls, [])
-
-    def test_put_with_shard_key_is_not_supported(self):
-        """A put with a shard_key answers 400 not_supported."""
-        self.error(400, "not_supported", "POST", "/job",
-                   json={"tube": "t", "body": "c", "shard_key": "k"})
-
     def test_put_with_blank_parent_id_is_a_plain_put(self):
-        """parent_id "" or null means "no parent", as in AllQueue."""
+        """parent_id "" or null and shard_key "" or null mean "none", as in AllQueue."""
         self.put(parent_id="", shard_key=None)
-        self.assertEqual(self.tube_stats()["ready"], 1)
+        self.put(parent_id=None, shard_key="")
+        self.assertEqual([(c[2]["parent_id"], c[2]["shard_key"]) for c in self.fake.calls],
+                         [(None, None), (None, None)])
+        self.assertEqual(self.tube_stats()["ready"], 2)
 
     def test_put_with_non_string_parent_id(self):
-        """parent_id must be a string."""
+        """parent_id must be a string shaped like a job id."""
         self.error(400, "bad_request", "POST", "/job", json={"tube": "t", "parent_id": 5})
+        self.error(400, "bad_request", "POST", "/job", json={"tube": "t", "parent_id": "x"})
+        self.assertEqual(self.fake.calls, [])
+
+
+# -- the features of issue 4 ---------------------------------------------------------
+
+
+class FeatureTestCase(RestTestCase):
+    """Helpers for tests that want several servers."""
+
+    def federate(self, count):
+        """Replace the one-server fake with ``count`` servers (7711, 7712, ...)."""
+        addresses = tuple(f"127.0.0.1:{7711 + n}" for n in range(count))
+        self.fake = FakeFederation(self.clock, addresses, QueueConfig(max_job_size=MAX_JOB_SIZE))
+        self.api = RestApi(
+            self.fake, self.clock, max_body=MAX_BODY, request_timeout=REQUEST_TIMEOUT)
+        self.stub = StubTreq(self.api.resource())
+        return list(self.fake.servers.values())
+
+    def holder(self, job_id):
+        """The fake server whose id prefixes ``job_id``."""
+        return next(s for s in self.fake.servers.values()
+                    if job_id.startswith(s.server_id + ","))
+
+    def all_tubes(self, tube):
+        """``tube``'s REST stats entry on every server that has it."""
+        return [t for server in self.ok("GET", "/stats") for t in server["stats"]
+                if t["tube"] == tube]
+
+
+class RunAtShardKeyTests(FeatureTestCase):
+    """POST /job with run_at, shard_key and expired_limit."""
+
+    def test_run_at_is_an_absolute_time(self):
+        """run_at (unix seconds, as couchqueue's runAt) makes the job ready at that time."""
+        self.clock.advance(1_000)
+        self.put(run_at=1_005)
+        self.assertEqual(self.tube_stats()["delayed"], 1)
+        self.clock.advance(4.9)
+        self.assertEqual(self.ok("GET", "/job?tube=t"), {})
+        self.clock.advance(0.1)
+        self.assertEqual(self.ok("GET", "/job?tube=t")["body"], "hello")
+
+    def test_run_at_of_today(self):
+        """run_at works with real unix times (about 1.7e9 seconds, beyond any delay)."""
+        now = 1_763_900_000.25
+        self.clock.advance(now)
+        self.put(run_at=now + 2)
+        self.assertEqual(self.ok("GET", "/job?tube=t"), {})
+        self.clock.advance(2)
+        self.assertEqual(self.ok("GET", "/job?tube=t")["body"], "hello")
+
+    def test_run_at_in_the_past_is_ready_at_once(self):
+        """A run_at that has passed means ready now; a numeric string is accepted."""
+        self.clock.advance(1_000)
+        self.put(run_at="10.5")
+        self.assertEqual(self.ok("GET", "/job?tube=t")["body"], "hello")
+
+    def test_bad_run_at(self):
+        """run_at must be a number of seconds, not with a delay, not absurdly far."""
+        for fields in [{"run_at": "soon"}, {"run_at": -1}, {"run_at": True},
+                       {"run_at": 2**41}, {"run_at": 5, "delay": 3}]:
+            self.error(400, "bad_request", "POST", "/job",
+                       json={"tube": "t", "body": "x", **fields})
+        self.assertEqual(self.fake.calls, [])
+        self.put(run_at=5, delay=0)  # delay 0 is no delay
+
+    def test_expired_limit_passes_through(self):
+        """expired_limit reaches the server's job."""
+        self.assertEqual(self.stored(self.put(expired_limit=1)).expired_limit, 1)
+
+    def test_shard_key_in_a_fair_tube(self):
+        """A fair (fq-) tube takes puts with a shard_key; without one the server's 400."""
+        self.put("fq-t", "a", shard_key="customer-1")
+        detail = self.error(400, "bad_request", "POST", "/job",
+                            json={"tube": "fq-t", "body": "x"})["detail"]
+        self.assertIn("shard_key", detail)
+        self.error(400, "bad_request", "POST", "/job",
+                   json={"tube": "fq-t", "body": "x", "shard_key": "bad key!"})
+        self.error(400, "bad_request", "POST", "/job",
+                   json={"tube": "fq-t", "body": "x", "shard_key": 5})
+        self.assertEqual(self.tube_stats("fq-t")["ready"], 1)
+
+    def test_fair_tube_serves_keys_in_turn(self):
+        """50 jobs of key A, then 3 of key B: B's jobs come out among the first 6 gets."""
+        for n in range(50):
+            self.put("fq-t", f"a{n}", shard_key="A")
+        for n in range(3):
+            self.put("fq-t", f"b{n}", shard_key="B")
+        bodies = [self.ok("GET", "/job?tube=fq-t&delete=true")["body"] for _ in range(6)]
+        self.assertEqual(sorted(b for b in bodies if b.startswith("b")), ["b0", "b1", "b2"])
+
+
+class WorkflowTests(FeatureTestCase):
+    """POST /parent_job, PUT /set_children_started and puts with parent_id."""
+
+    def parent(self, **fields):
+        """Put a parent job; its id."""
+        reply = self.ok("POST", "/parent_job", json={"tube": "flow", "body": "p", **fields})
+        return reply["job_id"]
+
+    def test_parent_job_reply_and_defaults(self):
+        """POST /parent_job answers {"action": "set_parent", "job_id", "job"}; timeout
+        defaults to 3600 and run_on_timeout to false."""
+        reply = self.ok("POST", "/parent_job", json={"tube": "flow", "body": "p", "limit": 2})
+        job_id = reply["job_id"]
+        self.assertEqual(reply, {"action": "set_parent", "job_id": job_id, "job": {
+            "job_id": job_id, "tube": "flow", "body": "p", "expireds": 0, "releases": 0}})
+        self.assertEqual(self.fake.calls[-1][2]["timeout"], 3600)
+        self.assertIs(self.fake.calls[-1][2]["run_on_timeout"], False)
+        stats = self.tube_stats("flow")
+        self.assertEqual((stats["parents"], stats["ready"]), (1, 0))
+
+    def test_parent_runs_after_its_children(self):
+        """A parent with limit 2 becomes gettable once both children are done."""
+        parent = self.parent(limit=2, timeout=60, run_on_timeout="false", priority=1)
+        children = [self.put("work", f"c{n}", parent_id=parent) for n in range(2)]
+        for _ in children:
+            job = self.ok("GET", "/job?tube=work")
+            self.assertEqual(self.ok("GET", "/job?tube=flow"), {})
+            self.ok("DELETE", f"/job?job_id={q(job['id'])}")
+        self.assertEqual(self.ok("GET", "/job?tube=flow")["id"], parent)
+
+    def test_set_children_started(self):
+        """Without a limit the parent waits for set_children_started, then for the rest."""
+        parent = self.parent()
+        self.put("work", "c1", parent_id=parent)
+        job = self.ok("GET", "/job?tube=work")
+        self.ok("DELETE", f"/job?job_id={q(job['id'])}")
+        self.put("work", "c2", parent_id=parent)
+        self.assertEqual(self.ok("PUT", f"/set_children_started?job_id={q(parent)}"),
+                         {"action": "set_children_started", "job_id": parent})
+        self.assertEqual(self.ok("GET", "/job?tube=flow"), {})
+        job = self.ok("GET", "/job?tube=work")
+        self.ok("DELETE", f"/job?job_id={q(job['id'])}")
+        self.assertEqual(self.ok("GET", "/job?tube=flow")["id"], parent)
+
+    def test_set_children_started_errors(self):
+        """Unknown job 404, not a waiting parent 409, malformed id 400."""
+        server_id = self.fake.server().server_id
+        self.error(404, "not_found", "PUT", f"/set_children_started?job_id={server_id},999")
+        self.error(409, "wrong_state", "PUT", f"/set_children_started?job_id={q(self.put())}")
+        self.error(400, "bad_request", "PUT", "/set_children_started?job_id=nope")
+
+    def test_child_of_a_missing_parent_is_404_and_stores_nothing(self):
+        """A child naming a missing parent answers 404 and nothing is enqueued (FIX 9)."""
+        server_id = self.fake.server().server_id
+        self.error(404, "not_found", "POST", "/job",
+                   json={"tube": "work", "body": "c", "parent_id": f"{server_id},999"})
+        self.error(404, "not_found", "POST", "/job",
+                   json={"tube": "work", "body": "c", "parent_id": "elsewhere,1"})
+        self.assertEqual(len(self.fake.server().queue), 0)
+
+    def test_child_of_a_started_parent_is_409(self):
+        """A child of a parent that no longer waits answers 409."""
+        parent = self.parent(limit=0)
+        self.error(409, "wrong_state", "POST", "/job",
+                   json={"tube": "work", "body": "c", "parent_id": parent})
+
+    def test_children_and_nested_parents_go_to_the_parents_server(self):
+        """On three servers, children and a nested parent land on the parent's server."""
+        self.federate(3)
+        parents = [self.parent(limit=3) for _ in range(3)]
+        self.assertEqual(len({self.holder(p).address for p in parents}), 3)  # round robin
+        for parent in parents:
+            home = self.holder(parent)
+            for n in range(2):
+                self.assertIs(self.holder(self.put("work", f"c{n}", parent_id=parent)), home)
+            nested = self.parent(parent_id=parent, limit=0)
+            self.assertIs(self.holder(nested), home)
+
+    def test_child_of_a_parent_on_a_down_server_is_503(self):
+        """The parent's server is down: 503, and no other server takes the child."""
+        servers = self.federate(2)
+        parent = self.parent(limit=1)
+        self.holder(parent).up = False
+        self.error(503, "unavailable", "POST", "/job",
+                   json={"tube": "work", "body": "c", "parent_id": parent})
+        self.assertEqual(sum(len(s.queue) for s in servers), 1)
+
+    def test_bad_parent_jobs(self):
+        """Bad parent bodies answer 400; noop and a caller-chosen id are not supported."""
+        good = {"tube": "t", "body": "p", "ttl": 10, "delay": 0, "priority": 5, "limit": 2,
+                "timeout": 3600, "run_on_timeout": True, "noop": "false", "shard_key": None,
+                "id": None}
+        self.parent(**good)
+        for fields in [{"limit": "many"}, {"limit": -1}, {"run_on_timeout": "maybe"},
+                       {"body": 1}, {"timeout": 0}, {"timeout": "x"}, {"delay": 5},
+                       {"run_at": 5}, {"parent_id": "x"}, {"colour": "red"}]:
+            self.error(400, "bad_request", "POST", "/parent_job", json={**good, **fields})
+        self.error(400, "not_supported", "POST", "/parent_job", json={**good, "noop": True})
+        self.error(400, "not_supported", "POST", "/parent_job", json={**good, "id": "7"})
+        self.error(404, "not_found", "POST", "/parent_job",
+                   json={**good, "parent_id": "elsewhere,1"})
+
+
+class ThrottleTests(FeatureTestCase):
+    """POST /throttle."""
+
+    def test_throttle_reply_and_stats(self):
+        """The reply keeps AllQueue's "value": "true"; stats show throttle_size."""
+        self.put()
+        self.assertEqual(self.ok("POST", "/throttle", json={"tube": "t", "tps": 5}), {
+            "action": "throttle", "value": "true", "tube": "t", "tps": 5, "servers": 1})
+        self.assertEqual(self.tube_stats()["throttle_size"], 5)
+
+    def test_throttle_is_split_over_servers(self):
+        """tps 1 over 3 servers: each gets 1/3 (AllQueue truncated to 0, removing it)."""
+        self.federate(3)
+        reply = self.ok("POST", "/throttle", json={"tube": "t", "tps": "1"})
+        self.assertEqual((reply["tps"], reply["servers"]), (1, 3))
+        sizes = [t["throttle_size"] for t in self.all_tubes("t")]
+        self.assertEqual(len(sizes), 3)
+        self.assertAlmostEqual(sum(sizes), 1)
+        for size in sizes:
+            self.assertAlmostEqual(size, 1 / 3)
+
+    def test_throttle_caps_gets(self):
+        """tps 2 with 20 ready jobs: one second of tight polling yields about 2."""
+        for n in range(20):
+            self.put(body=str(n))
+        self.ok("POST", "/throttle", json={"tube": "t", "tps": 2})
+        got = 0
+        for _ in range(10):
+            got += len(self.ok("GET", "/multiple_job?tube=t&count=20")["jobs"])
+            self.clock.advance(0.1)
+        self.assertLessEqual(got, 2 + 2)
+        self.assertGreaterEqual(got, 2)
+
+    def test_throttle_removed_by_null_or_zero(self):
+        """tps null, 0 or negative removes the throttle (reply tps null)."""
+        for tps in (None, 0, -3):
+            self.ok("POST", "/throttle", json={"tube": "t", "tps": 4})
+            reply = self.ok("POST", "/throttle", json={"tube": "t", "tps": tps})
+            self.assertIsNone(reply["tps"])
+            self.assertNotIn("throttle_size", self.tube_stats())
+
+    def test_bad_throttle(self):
+        """A missing or non-numeric tps, a bad tube or an unknown field answer 400."""
+        for body in [{"tube": "t"}, {"tube": "t", "tps": "x"}, {"tube": "t", "tps": True},
+                     {"tube": "bad tube", "tps": 1}, {"tps": 1},
+                     {"tube": "t", "tps": 1, "burst": 2}]:
+            self.error(400, "bad_request", "POST", "/throttle", json=body)
+        self.error(400, "bad_request", "POST", "/throttle", data=b'{"tube": "t", "tps": NaN}')
+        self.assertEqual(self.fake.calls, [])
+
+    def test_throttle_with_no_server(self):
+        """No server reachable: 503."""
+        self.fake.unreachable = True
+        self.error(503, "unavailable", "POST", "/throttle", json={"tube": "t", "tps": 1})
+
+
+class TubeSettingTests(FeatureTestCase):
+    """PUT /pause, /unpause, /drain?tube=, /undrain?tube=, /fair, /max_size."""
+
+    def test_pause_and_unpause_every_server(self):
+        """pause reaches every server (FIX 13): no job is handed out; unpause resumes."""
+        self.federate(3)
+        for n in range(3):
+            self.put(body=str(n))
+        self.assertEqual(self.ok("PUT", "/pause?tube=t"),
+                         {"action": "pause", "tube": "t", "servers": 3})
+        self.assertEqual([t["paused"] for t in self.all_tubes("t")], [True] * 3)
+        self.assertEqual(self.ok("GET", "/multiple_job?tube=t&count=10"), {"jobs": []})
+        self.put(body="while paused")  # puts are still taken
+        self.assertEqual(self.ok("PUT", "/unpause?tube_name=t"),
+                         {"action": "unpause", "tube": "t", "servers": 3})
+        self.assertEqual(len(self.ok("GET", "/multiple_job?tube=t&count=10")["jobs"]), 4)
+
+    def test_tube_drain(self):
+        """A drained tube refuses puts (503 draining) and still hands out its jobs."""
+        job_id = self.put()
+        self.assertEqual(self.ok("PUT", "/drain?tube=t"),
+                         {"action": "drain", "tube": "t", "servers": 1})
+        self.assertTrue(self.tube_stats()["draining"])
+        self.error(503, "draining", "POST", "/job", json={"tube": "t", "body": "x"})
+        self.put("other")  # other tubes are not affected
+        self.assertEqual(self.ok("GET", "/job?tube=t")["id"], job_id)
+        self.assertEqual(self.ok("PUT", "/undrain?tube=t"),
+                         {"action": "undrain", "tube": "t", "servers": 1})
+        self.put()
+
+    def test_drain_with_both_tube_and_server(self):
+        """PUT /drain takes tube or server_id, not both."""
+        self.error(400, "bad_request", "PUT", f"/drain?tube=t&server_id={ADDRESS}")
+        self.error(400, "bad_request", "PUT", "/drain?tube=bad%20tube")
+
+    def test_fair_policy(self):
+        """PUT /fair sets the policy everywhere; a fair tube needs shard_key; off undoes it."""
+        self.federate(2)
+        self.assertEqual(self.ok("PUT", "/fair?tube=orders&policy=weighted"),
+                         {"action": "fair", "tube": "orders", "policy": "weighted",
+                          "servers": 2})
+        self.assertEqual([t["fair"] for t in self.all_tubes("orders")], ["weighted"] * 2)
+        self.error(400, "bad_request", "POST", "/job", json={"tube": "orders", "body": "x"})
+        self.put("orders", shard_key="k")
+        self.ok("PUT", "/fair?tube=fq-x&policy=off")
+        self.put("fq-x")
+        self.ok("PUT", "/fair?tube=fq-x&policy=default")
+        self.assertEqual([t["fair"] for t in self.all_tubes("fq-x")], ["round_robin"] * 2)
+
+    def test_bad_fair(self):
+        """A missing or unknown policy, or no tube, answers 400."""
+        for path in ["/fair?tube=t", "/fair?tube=t&policy=lottery", "/fair?policy=off"]:
+            self.error(400, "bad_request", "PUT", path)
+        self.assertEqual(self.fake.calls, [])
+
+    def test_bounded_tube(self):
+        """max_size 2 on one server: two puts, then 507 full with a JSON body."""
+        self.assertEqual(self.ok("PUT", "/max_size?tube=t&max_size=2"),
+                         {"action": "max_size", "tube": "t", "max_size": 2, "servers": 1})
+        self.assertEqual(self.tube_stats()["max_size"], 2)
+        self.put()
+        self.put()
+        self.error(507, "full", "POST", "/job", json={"tube": "t", "body": "x"})
+        self.assertEqual(self.tube_stats()["ready"], 2)
+        self.assertEqual(self.ok("PUT", "/max_size?tube=t&max_size=")["max_size"], None)
+        self.put()
+
+    def test_bounded_tube_is_per_server(self):
+        """max_size 2 on three servers: six puts fit (a full server is skipped), the
+        seventh answers 507."""
+        servers = self.federate(3)
+        self.ok("PUT", "/max_size?tube=t&max_size=2")
+        self.ok("PUT", "/max_size?tube=t")  # absent: unbounded...
+        self.ok("PUT", "/max_size?tube=t&max_size=2")  # ...and bounded again
+        servers[0].call("put", tube="t", body="filler")  # put by another client
+        for _ in range(5):
+            self.put()
+        self.assertEqual([len(s.queue) for s in servers], [2, 2, 2])
+        self.error(507, "full", "POST", "/job", json={"tube": "t", "body": "x"})
+
+    def test_bad_max_size(self):
+        """max_size must be an integer from 1."""
+        for value in ["0", "-1", "x", "1.5", str(2**41)]:
+            self.error(400, "bad_request", "PUT", f"/max_size?tube=t&max_size={value}")
+        self.error(400, "bad_request", "PUT", "/max_size?max_size=3")
+
+    def test_settings_with_no_server(self):
+        """No server reachable: 503 for every tube setting."""
+        self.fake.unreachable = True
+        for path in ["/pause?tube=t", "/unpause?tube=t", "/drain?tube=t", "/undrain?tube=t",
+                     "/fair?tube=t&policy=off", "/max_size?tube=t&max_size=1"]:
+            self.error(503, "unavailable", "PUT", path)
+
+
+class ServerDrainTests(FeatureTestCase):
+    """PUT /drain?server_id= and /undrain?server_id= over several servers."""
+
+    def test_puts_avoid_a_drained_server(self):
+        """After draining one of three servers every put goes to the other two; its jobs
+        can still be got; undrain brings it back."""
+        servers = self.federate(3)
+        held = [self.put(body=str(n)) for n in range(3)]
+        drained = self.holder(held[0])
+        reply = self.ok("PUT", f"/drain?server_id={drained.server_id}")
+        self.assertEqual(reply["notified"], True)
+        self.assertTrue(drained.queue.draining)
+        for _ in range(6):
+            self.assertIsNot(self.holder(self.put()), drained)
+        got = [self.ok("GET", "/job?tube=t&delete=true")["id"] for _ in range(9)]
+        self.assertIn(held[0], got)
+        self.assertEqual(self.ok("PUT", f"/undrain?server_id={drained.address}"), {
+            "action": "undrain", "server_id": drained.address, "draining": False,
+            "notified": True})
+        self.assertEqual(len({self.holder(self.put()).address for _ in range(3)}), 3)
+        self.assertEqual(len(servers), 3)
+
+    def test_every_server_draining_is_503(self):
+        """When every server is draining a put answers 503 draining with a JSON body."""
+        servers = self.federate(2)
+        servers[0].call("drain")  # drained by another client
+        self.ok("PUT", f"/drain?server_id={servers[1].address}")
+        self.error(503, "draining", "POST", "/job", json={"tube": "t", "body": "x"})
+        self.error(503, "draining", "POST", "/parent_job", json={"tube": "t", "body": "x"})
+
+    def test_draining_a_down_server(self):
+        """A down server is drained here at once and is told later (notified false)."""
+        servers = self.federate(2)
+        servers[0].up = False
+        reply = self.ok("PUT", f"/drain?server_id={servers[0].address}")
+        self.assertEqual((reply["draining"], reply["notified"]), (True, False))
+        self.assertTrue(servers[0].draining)
 
 
 # -- stats and admin ---------------------------------------------------------------
@@ -488,12 +841,15 @@ class AdminTests(RestTestCase):
         [server] = self.ok("GET", "/stats")
         self.assertEqual(server["server_name"], f"{self.fake.server().server_id},{ADDRESS}")
         self.assertEqual(set(server), {"server_name", "action_count", "job_put", "job_get",
-                                       "stats"})
+                                       "draining", "stats"})
         self.assertGreater(server["action_count"], 1)
         self.assertEqual((server["job_put"], server["job_get"]), (1, 1))
+        self.assertIs(server["draining"], False)
         self.assertEqual(server["stats"], [{"tube": "t", "ready": 0, "reserved": 1,
                                             "delayed": 0, "buried": 0, "parents": 0,
-                                            "avg": 0.0, "tps": 0.0}])
+                                            "avg": 0.0, "tps": 0.0, "paused": False,
+                                            "draining": False, "fair": None,
+                                            "max_size": None}])
 
     def test_stats_rounds_figures(self):
         """avg and tps are rounded to 2 decimals."""
@@ -544,18 +900,23 @@ class AdminTests(RestTestCase):
         self.assertEqual(list(self.fake.servers), [ADDRESS])
 
     def test_drain_by_id_and_address(self):
-        """PUT /drain accepts a server id or host:port and answers {"server_id"}."""
+        """PUT /drain accepts a server id or host:port; the server itself drains too."""
         server_id = self.fake.server().server_id
         self.assertEqual(self.ok("PUT", f"/drain?server_id={server_id}"),
-                         {"server_id": server_id})
-        self.assertEqual(self.ok("PUT", f"/drain?server_id={ADDRESS}"), {"server_id": ADDRESS})
+                         {"action": "drain", "server_id": server_id, "draining": True,
+                          "notified": True})
+        self.assertEqual(self.ok("PUT", f"/drain?server_id={ADDRESS}")["server_id"], ADDRESS)
         self.assertTrue(self.fake.server().draining)
+        self.assertTrue(self.fake.server().queue.draining)
+        self.assertTrue(self.ok("GET", "/stats")[0]["draining"])
 
     def test_drain_unknown_server(self):
-        """Draining an unknown server answers 404; no server_id answers 400."""
+        """Draining an unknown server answers 404; no server_id (nor tube) answers 400."""
         self.error(404, "not_found", "PUT", "/drain?server_id=nope")
+        self.error(404, "not_found", "PUT", "/undrain?server_id=nope")
         self.error(400, "bad_request", "PUT", "/drain")
         self.error(400, "bad_request", "PUT", "/drain?server_id=")
+        self.error(400, "bad_request", "PUT", "/undrain")
 
     def test_add_server_by_body_and_query(self):
         """POST /add_server takes {"server_url"} or ?server_url= and answers {"server_url"}."""
@@ -675,6 +1036,7 @@ class BadInputTests(RestTestCase):
         data = json.dumps({"tube": "t", "body": "x" * MAX_BODY}).encode()
         self.error(413, "too_large", "POST", "/job", data=data)
         self.error(413, "too_large", "POST", "/throttle", data=data)
+        self.error(413, "too_large", "POST", "/parent_job", data=data)
         self.error(413, "too_large", "POST", "/add_server", data=data)
         self.assertEqual(self.fake.calls, [])
 
@@ -844,7 +1206,7 @@ class OpenApiTests(RestTestCase):
         """Every Klein route+method is documented and every documented one is served."""
         document = self.document()
         self.assertEqual(documented_operations(document), served_operations())
-        self.assertEqual(len(served_operations()), 19)
+        self.assertEqual(len(served_operations()), 24)
 
     def test_document_header(self):
         """It is an OpenAPI 3.1 document with unique operation ids."""
@@ -900,6 +1262,21 @@ class OpenApiTests(RestTestCase):
         self.assertEqual(names("/job", "get"), {"tube", "tube_name", "delete", "wait"})
         self.assertEqual(names("/kick", "put"), {"job_id", "tube", "tube_name", "count"})
         self.assertEqual(names("/release", "put"), {"job_id", "delay"})
+        self.assertEqual(names("/drain", "put"), {"tube", "tube_name", "server_id"})
+        self.assertEqual(names("/undrain", "put"), {"tube", "tube_name", "server_id"})
+        self.assertEqual(names("/fair", "put"), {"tube", "tube_name", "policy"})
+        self.assertEqual(names("/max_size", "put"), {"tube", "tube_name", "max_size"})
+        self.assertEqual(names("/pause", "put"), {"tube", "tube_name"})
+
+    def test_new_fields_and_errors_are_documented(self):
+        """NewJob documents run_at, parent_id and shard_key; puts document 404 and 507."""
+        document = self.document()
+        fields = document["components"]["schemas"]["NewJob"]["properties"]
+        self.assertLessEqual({"run_at", "parent_id", "shard_key", "expired_limit"}, set(fields))
+        self.assertNotIn("not_supported", json.dumps(fields))
+        for path in ("/job", "/parent_job"):
+            self.assertLessEqual({"404", "503", "507"},
+                                 set(document["paths"][path]["post"]["responses"]))
 
 
 # -- helpers -----------------------------------------------------------------------

@@ -3,17 +3,24 @@
 The REST facade calls one :class:`Federation`. It owns a :class:`ServerLink` per
 configured server and decides, per operation:
 
-* **put** goes to the healthy, non-draining servers in round-robin order. Round
-  robin rather than least-loaded because it needs no stats round trip on the hot
-  path, spreads evenly when servers are alike, and cannot herd every client onto
-  the one server whose (stale) stats looked emptiest. Every put carries a fresh
-  idempotency key. If the connection is lost or a reply times out, the outcome is
-  unknown: the put is retried on the *same* server once it is back (the key makes
-  that retry return the first job id instead of storing a duplicate); while that
-  server stays down it fails over to the others (at-least-once: a duplicate is
-  possible only if the lost server had stored the job and comes back with it).
+* **put** (and **put_parent**) goes to the healthy servers this client is not
+  draining, in round-robin order. Round robin rather than least-loaded because
+  it needs no stats round trip on the hot path, spreads evenly when servers are
+  alike, and cannot herd every client onto the one server whose (stale) stats
+  looked emptiest. Every put carries a fresh idempotency key. If the connection
+  is lost or a reply times out, the outcome is unknown: the put is retried on
+  the *same* server once it is back (the key makes that retry return the first
+  job id instead of storing a duplicate); while that server stays down it fails
+  over to the others (at-least-once: a duplicate is possible only if the lost
+  server had stored the job and comes back with it). A server that answers
+  ``draining`` or ``full`` did not store the job: the put moves on to the next
+  server, and fails with that error only when every reachable server refused.
   A put is reported stored only on a server's reply, and reported failed only
-  when the retry budget is spent.
+  when the retry budget is spent or every reachable server refused it.
+* **a put naming a parent** (``parent_id``) goes to the server named by the
+  parent id's prefix, where the parent waits, and nowhere else: parent and
+  children always live on one server. When that server is down the put fails at
+  once with :class:`Unavailable`; it never fails over.
 * **get** tries the healthy servers in random order until one hands out a job,
   so a job anywhere is found by one call; ``[]`` only when all are empty. With
   ``wait`` it joins a per-tube long poll: one poller per (tube, delete) fetches
@@ -22,11 +29,21 @@ configured server and decides, per operation:
   (``<server_id>,<n>``); when that server is down they fail fast with
   :class:`Unavailable`.
 * **stats / clear / kick by tube / peek** fan out over the healthy servers.
+* **tube settings** (pause, drain, fair queuing, maximum size, throttle) are
+  sent to every healthy server. A throttle of ``tps`` jobs per second gives each
+  of the N healthy servers a share of ``tps / N`` (fractional), so the
+  federation hands out at most ``tps`` jobs per second in total. Shares and
+  settings are fixed at the moment they are set: a server that was down then,
+  or is added later, does not get them.
+* **server drain** stops this client placing puts on a server and tells the
+  server to drain itself, so that it refuses puts from every other client too
+  (and the link tells it again whenever it reconnects).
 
 Retries sleep with :func:`deferLater` on the injected clock; every pending sleep
 is cancelled when the service stops.
 """
 
+import math
 import random
 import uuid
 from collections import deque
@@ -40,7 +57,7 @@ from twisted.logger import Logger
 
 from allq.client.link import NotConnected, ServerLink, normalize_address
 from allq.core.queue import MAX_COUNT, check_count, check_tube
-from allq.errors import AllQError, BadRequest, NotFound, Unavailable
+from allq.errors import AllQError, BadRequest, Draining, NotFound, QueueFull, Unavailable
 
 DEFAULT_RETRY_BUDGET = 5.0
 FIRST_BACKOFF = 0.05
@@ -128,13 +145,25 @@ class Federation(MultiService):
         for address in wanted:
             self.add_server(address)
 
-    def drain(self, server: str) -> None:
-        """Stop placing new jobs on a server (by id or ``host:port``); gets go on."""
+    async def drain_server(self, server: str, draining: bool = True) -> bool:
+        """Stop (``draining``) or resume placing new jobs on a server, by id or
+        ``host:port``, and tell the server to refuse (or take again) new jobs from
+        every client. Gets go on either way.
+
+        :returns: whether the server was told now; ``False`` when it is not
+            connected (the link tells it when it reconnects).
+        :raises NotFound: no such server in this client.
+        """
+        link = self._find_link(server)
+        link.draining = draining
+        self._log.info("{what} server {address}", address=link.address,
+                       what="draining" if draining else "no longer draining")
+        return await link.tell_draining(draining)
+
+    def _find_link(self, server: str) -> ServerLink:
         for link in self._links.values():
             if server in (link.server_id, link.address):
-                link.draining = True
-                self._log.info("draining server {address}", address=link.address)
-                return
+                return link
         raise NotFound(f"no server {server[:80]!r} in this client")
 
     def health(self) -> dict:
@@ -148,40 +177,81 @@ class Federation(MultiService):
     def _healthy(self) -> list[ServerLink]:
         return [link for link in self._links.values() if link.up]
 
-    def _link_for_job(self, job_id: str) -> ServerLink:
+    def _link_for_job(self, job_id: str, what: str = "job") -> ServerLink:
+        if not isinstance(job_id, str):
+            raise BadRequest(f"{what} id must be a string")
         server_id, sep, number = job_id.partition(",")
         if not sep or not number.isdigit():
-            raise BadRequest("job_id must look like <server_id>,<number>")
+            raise BadRequest(f"{what} id must look like <server_id>,<number>")
         for link in self._links.values():
             if link.server_id == server_id:
                 if not link.up:
-                    raise Unavailable(f"the server holding job {job_id[:90]} is down")
+                    raise Unavailable(f"the server holding {what} {job_id[:90]} is down")
                 return link
         if any(link.server_id is None for link in self._links.values()):
-            raise Unavailable(f"the server holding job {job_id[:90]} is not connected")
-        raise NotFound(f"job {job_id[:90]} names server {server_id[:64]!r}, unknown here")
+            raise Unavailable(f"the server holding {what} {job_id[:90]} is not connected")
+        raise NotFound(f"{what} {job_id[:90]} names server {server_id[:64]!r}, unknown here")
 
     # -- put -------------------------------------------------------------------
 
     async def put(self, tube: str, body: str, *, priority=None, ttl=None, delay=0,
-                  expired_limit=None) -> str:
+                  expired_limit=None, run_at=None, shard_key=None, parent_id=None) -> str:
         """Store a job on one server; returns its id.
 
-        :raises Unavailable: no server stored it within the retry budget.
+        :param run_at: a unix time at which the job becomes ready (not with ``delay``).
+        :param shard_key: the job's key in a fair tube.
+        :param parent_id: the waiting parent this job is a child of; the job goes
+            to the parent's server.
+        :raises Unavailable: no server stored it within the retry budget, or the
+            parent's server is down.
+        :raises Draining: every reachable server refused it as draining.
+        :raises QueueFull: every reachable server refused it, at least one as full.
+        :raises NotFound: ``parent_id`` names no waiting job.
         """
-        check_tube(tube)
-        params = {
+        return await self._store("put", {
             "tube": tube, "body": body, "priority": priority, "ttl": ttl, "delay": delay,
-            "expired_limit": expired_limit, "idempotency_key": uuid.uuid4().hex,
-        }
+            "expired_limit": expired_limit, "run_at": run_at, "shard_key": shard_key,
+            "parent_id": parent_id,
+        })
+
+    async def put_parent(self, tube: str, body: str, *, priority=None, ttl=None,
+                         expired_limit=None, shard_key=None, parent_id=None,
+                         timeout=None, run_on_timeout=False, limit=None) -> str:
+        """Store a parent job, waiting for ``limit`` finished children (or for
+        :meth:`job_action` ``set_children_started``); placed like :meth:`put`.
+
+        :param timeout: seconds the parent waits for its children (server default 3600).
+        :param run_on_timeout: after the timeout, run it (true) or bury it (false).
+        :raises: as :meth:`put`.
+        """
+        return await self._store("put_parent", {
+            "tube": tube, "body": body, "priority": priority, "ttl": ttl,
+            "expired_limit": expired_limit, "shard_key": shard_key, "parent_id": parent_id,
+            "timeout": timeout, "run_on_timeout": run_on_timeout, "limit": limit,
+        })
+
+    async def _store(self, action: str, params: dict) -> str:
+        tube = check_tube(params["tube"])
+        params["idempotency_key"] = uuid.uuid4().hex
         deadline = self._clock.seconds() + self._retry_budget
+        if params.get("parent_id") is not None:
+            link = self._link_for_job(params["parent_id"], "parent")
+            return await self._store_on(link, action, params, deadline)
         unsure: ServerLink | None = None  # the server that may already hold the job
+        refused: dict[ServerLink, AllQError] = {}  # servers that said draining/full
         attempt = 0
         while True:
-            for link in self._put_candidates(unsure):
+            for link in self._put_candidates(unsure, refused):
                 try:
-                    result = await link.request("put", params)
+                    result = await link.request(action, params)
                 except NotConnected:
+                    continue
+                except (Draining, QueueFull) as e:
+                    # Refused before storing (an earlier try of this key would have
+                    # been answered with its job id), so another server may take it.
+                    refused[link] = e
+                    if link is unsure:
+                        unsure = None
                     continue
                 except Unavailable as e:
                     unsure = link
@@ -190,16 +260,58 @@ class Federation(MultiService):
                     break
                 self._wake_pollers(tube)
                 return result["job_id"]
-            attempt = await self._backoff(attempt, deadline, "put")
+            if unsure is None:
+                refusal = self._refusal(refused)
+                if refusal is not None:
+                    raise refusal
+            attempt = await self._backoff(attempt, deadline, action)
 
-    def _put_candidates(self, unsure: ServerLink | None) -> list[ServerLink]:
+    async def _store_on(self, link: ServerLink, action: str, params: dict,
+                        deadline: float) -> str:
+        """Store on one given server (a child's parent's): no failover."""
+        unsure = False
+        attempt = 0
+        while True:
+            try:
+                result = await link.request(action, params)
+            except NotConnected:
+                if not unsure:
+                    raise Unavailable(
+                        f"the server holding parent {params['parent_id'][:90]} is down") from None
+            except Unavailable as e:
+                unsure = True
+                self._log.info("put on {address} outcome unknown ({error}); retrying",
+                               address=link.address, error=e.message)
+            else:
+                self._wake_pollers(params["tube"])
+                return result["job_id"]
+            attempt = await self._backoff(attempt, deadline, action)
+
+    def _put_candidates(self, unsure: ServerLink | None,
+                        refused: dict[ServerLink, AllQError]) -> list[ServerLink]:
         if unsure is not None and unsure.up:
             return [unsure]
-        links = [l for l in self._links.values() if l.up and not l.draining]
+        links = [l for l in self._links.values()
+                 if l.up and not l.draining and l not in refused]
         if not links:
             return []
         self._round_robin = (self._round_robin + 1) % len(links)
         return links[self._round_robin:] + links[:self._round_robin]
+
+    def _refusal(self, refused: dict[ServerLink, AllQError]) -> AllQError | None:
+        """The error to answer once every reachable server has refused a put, or
+        ``None`` while one may still take it (or none is reachable: retry then)."""
+        up = [l for l in self._links.values() if l.up]
+        if not up or any(l not in refused and not l.draining for l in up):
+            return None
+        errors = [refused[l] for l in up if l in refused]
+        # "full" wins: the servers that would take new jobs at all have no room.
+        full = [e for e in errors if isinstance(e, QueueFull)]
+        if full:
+            return QueueFull(f"every reachable server is full ({full[0].message[:200]})")
+        if errors:
+            return Draining(f"every reachable server is draining ({errors[0].message[:200]})")
+        return Draining("every reachable server is drained by this client")
 
     async def _backoff(self, attempt: int, deadline: float, what: str) -> int:
         delay = min(FIRST_BACKOFF * 2**attempt, MAX_BACKOFF)
@@ -332,18 +444,18 @@ class Federation(MultiService):
     # -- job operations --------------------------------------------------------
 
     async def job_action(self, action: str, job_id: str, **params) -> dict:
-        """Apply ``done``/``delete``/``touch``/``release``/``bury``/``kick`` to a job
-        on the server its id names."""
-        if not isinstance(job_id, str):
-            raise BadRequest("job_id must be a string")
+        """Apply ``done``/``delete``/``touch``/``release``/``bury``/``kick`` or
+        ``set_children_started`` to a job on the server its id names."""
         link = self._link_for_job(job_id)
         return await link.request(action, {"job_id": job_id, **params})
 
     # -- fan-out ---------------------------------------------------------------
 
-    async def _each(self, action: str, params: dict) -> list[tuple[ServerLink, dict]]:
-        """Send one request to every healthy server; keep the answers that came."""
-        links = self._healthy()
+    async def _each(self, action: str, params: dict,
+                    links: list[ServerLink] | None = None) -> list[tuple[ServerLink, dict]]:
+        """Send one request to every healthy server (or to ``links``); keep the
+        answers that came."""
+        links = self._healthy() if links is None else links
         if not links:
             raise Unavailable("no server reachable")
         outcomes = await DeferredList(
@@ -357,6 +469,47 @@ class Federation(MultiService):
         if not answers:
             raise Unavailable("no server answered")
         return answers
+
+    async def _broadcast(self, action: str, tube: str, **params) -> int:
+        """Apply a tube setting on every reachable server; how many applied it."""
+        check_tube(tube)
+        return len(await self._each(action, {"tube": tube, **params}))
+
+    async def throttle(self, tube: str, tps: float | None) -> int:
+        """Cap the jobs per second the federation hands out from a tube: each of
+        the N healthy servers gets ``tps / N``; ``None`` or ``tps <= 0`` removes
+        the cap. Returns N.
+
+        The shares are computed now, over the servers up now.
+        """
+        check_tube(tube)
+        if tps is not None and (isinstance(tps, bool) or not isinstance(tps, int | float)
+                                or not math.isfinite(tps)):
+            raise BadRequest("tps must be a number")
+        links = self._healthy()
+        if not links:
+            raise Unavailable("no server reachable")
+        share = tps / len(links) if tps is not None and tps > 0 else None
+        await self._each("throttle", {"tube": tube, "tps": share}, links)
+        return len(links)
+
+    async def pause(self, tube: str, paused: bool = True) -> int:
+        """Pause (no jobs handed out) or resume a tube on every reachable server."""
+        return await self._broadcast("pause" if paused else "unpause", tube)
+
+    async def drain_tube(self, tube: str, draining: bool = True) -> int:
+        """Make a tube refuse new jobs (or take them again) on every reachable server."""
+        return await self._broadcast("drain" if draining else "undrain", tube)
+
+    async def fair(self, tube: str, policy: str) -> int:
+        """Set a tube's fair-queuing policy (``round_robin``, ``weighted``, ``off``
+        or ``default``) on every reachable server."""
+        return await self._broadcast("fair", tube, policy=policy)
+
+    async def max_size(self, tube: str, max_size: int | None) -> int:
+        """Bound a tube to ``max_size`` jobs per server (``None``: unbounded) on
+        every reachable server."""
+        return await self._broadcast("max_size", tube, max_size=max_size)
 
     async def stats(self) -> list[dict]:
         """Every reachable server's stats, with its address."""

@@ -6,12 +6,18 @@ backoff whenever the connection is lost or the handshake fails: that is how a
 server that went away is probed until it returns, with no client restart. A
 request that times out closes the connection (a server that stops answering is
 treated as down) so the reconnect loop takes over.
+
+The link also remembers a server drain asked through this client
+(:meth:`ServerLink.tell_draining`): while it is wanted, every new connection
+tells the server ``drain`` again as soon as the handshake is done, so a server
+that restarted without its drain flag is drained again; an undrain that could
+not be sent is sent on the next connection.
 """
 
 import re
 
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -71,7 +77,12 @@ class ServerLink(ClientService):
         host, port = parse_address(address)
         self.address = normalize_address(address)
         self.server_id: str | None = None
+        #: This client places no new jobs here (set by ``Federation.drain_server``).
         self.draining = False
+        #: The server-wide drain flag to tell the server on the next connection:
+        #: ``True`` while a drain is wanted, ``False`` for an undrain not yet
+        #: acknowledged, ``None`` for nothing to tell.
+        self._drain_to_tell: bool | None = None
         self.connection: ServerConnection | None = None
         self._clock = reactor
         self._was_up = None
@@ -102,6 +113,32 @@ class ServerLink(ClientService):
             return fail(NotConnected(f"server {self.address} is not connected"))
         return connection.request(action, params).addErrback(self._on_error, connection)
 
+    def tell_draining(self, draining: bool) -> Deferred:
+        """Tell the server to drain (refuse new jobs from every client) or to
+        stop draining, now if connected, else on the next connection.
+
+        :returns: a Deferred firing with ``True`` once the server acknowledged,
+            or ``False`` when it is not connected (it will be told on reconnect).
+        """
+        self._drain_to_tell = draining
+        if not self.up:
+            return succeed(False)
+        d = self.request("drain" if draining else "undrain", {})
+        d.addCallback(self._drain_told, draining)
+        d.addErrback(self._drain_not_told)
+        return d
+
+    def _drain_told(self, result: dict, draining: bool) -> bool:
+        # A drain is told again on every reconnect (the server may have restarted
+        # without it); an acknowledged undrain needs no repeating.
+        if not draining and self._drain_to_tell is False:
+            self._drain_to_tell = None
+        return True
+
+    def _drain_not_told(self, failure: Failure) -> bool:
+        failure.trap(Unavailable)
+        return False
+
     def stopService(self):
         self._mark(False, "client stopping")
         return super().stopService()
@@ -118,11 +155,25 @@ class ServerLink(ClientService):
         d.addTimeout(HANDSHAKE_TIMEOUT, self._clock)
         return d.addCallbacks(self._connected, self._refused, errbackArgs=(connection,))
 
-    def _connected(self, connection: ServerConnection) -> None:
+    def _connected(self, connection: ServerConnection) -> Deferred | None:
         self.connection = connection
         self.server_id = connection.server_id
         self._mark(True, f"server id {self.server_id}")
         connection.lost.addCallback(lambda _: self._mark(False, "connection lost"))
+        if self._drain_to_tell is None:
+            return None
+        draining = self._drain_to_tell
+        d = connection.request("drain" if draining else "undrain", {})
+        d.addCallback(self._drain_told, draining)
+        d.addErrback(self._drain_on_connect_failed, draining)
+        return d
+
+    def _drain_on_connect_failed(self, failure: Failure, draining: bool) -> None:
+        # Not worth refusing the connection for: puts from this client skip a
+        # server it drains anyway. A lost connection retries on reconnect.
+        self._log.warn("could not tell server {address} to {what}: {error}",
+                       address=self.address, what="drain" if draining else "undrain",
+                       error=failure.getErrorMessage())
 
     def _refused(self, failure: Failure, connection: ServerConnection) -> Failure:
         connection.close()

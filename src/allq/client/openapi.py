@@ -61,12 +61,17 @@ _ERRORS = {
     "500": "InternalError",
     "503": "Unavailable",
     "504": "Timeout",
+    "507": "Full",
 }
 _FEDERATED = ("500", "503", "504")
 _JOB_ERRORS = ("400", "404", "409", *_FEDERATED)
+#: A put: bad input, missing parent, parent not waiting, too large, no server /
+#: draining, timeout, full.
+_PUT_ERRORS = ("400", "404", "409", "413", *_FEDERATED, "507")
+_SETTING_ERRORS = ("400", *_FEDERATED)
 
 
-def _schemas(job_id_pattern: str) -> dict:
+def _schemas(job_id_pattern: str, max_run_at: int, fair_settings: tuple[str, ...]) -> dict:
     seconds = {"oneOf": [{"type": "number", "minimum": 0},
                          {"type": "string", "pattern": _NUMERIC_STRING}]}
     integer = {"oneOf": [{"type": "integer"}, {"type": "string", "pattern": _INTEGER_STRING}]}
@@ -80,15 +85,23 @@ def _schemas(job_id_pattern: str) -> dict:
                 "expires (> 0); absent or null: the server default (3600)"},
         "delay": {**seconds, "description": "seconds before the job becomes ready; "
                   "absent or null: 0"},
+        "run_at": {"oneOf": [{"type": "number", "minimum": 0, "maximum": max_run_at},
+                             {"type": "string", "pattern": _NUMERIC_STRING},
+                             {"type": "null"}],
+                   "description": "the unix time (seconds) at which the job becomes "
+                   "ready, by the server's clock; not together with a non-zero delay"},
         "priority": {"oneOf": [*integer["oneOf"], {"type": "null"}],
                      "description": f"0 (most urgent) to {MAX_PRIORITY}; absent or null: "
                      "the server default (5)"},
         "expired_limit": {**integer, "description": "expiries before the job is buried "
                           "(1..2^31); absent or null: the server default (3)"},
-        "parent_id": {"type": ["string", "null"], "description": "not supported in this "
-                      "version: a non-empty value answers 400 not_supported"},
-        "shard_key": {"type": ["string", "null"], "description": "not supported in this "
-                      "version: a non-empty value answers 400 not_supported"},
+        "parent_id": {"oneOf": [job_id, {"type": "null"}, {"const": ""}],
+                      "description": "the waiting parent job this job is a child of; the "
+                      "job goes to the parent's server (404 if no such parent, 503 if its "
+                      "server is down: never another server); \"\" or null: none"},
+        "shard_key": {"type": ["string", "null"], "description": "the job's key in a fair "
+                      "tube (required there: 400 without it); 1-200 letters, digits and "
+                      "_.:@$!#=+/-; ignored by other tubes; \"\" or null: none"},
     }
     job = {
         "type": "object",
@@ -119,19 +132,91 @@ def _schemas(job_id_pattern: str) -> dict:
             "type": "object", "required": ["tube"], "additionalProperties": False,
             "properties": {
                 **new_job,
-                "timeout": {**seconds, "description": "seconds to wait for the children"},
-                "run_on_timeout": {"type": ["boolean", "string", "null"]},
+                "timeout": {**seconds, "default": 3600,
+                            "description": "seconds (> 0, from creation) the parent waits "
+                            "for its children"},
+                "run_on_timeout": {"type": ["boolean", "string", "null"], "default": False,
+                                   "description": "after the timeout: true runs the "
+                                   "parent, false buries it"},
                 "limit": {"oneOf": [*integer["oneOf"], {"type": "null"}],
-                          "description": "number of children (0 or more), or null"},
-                "noop": {"type": ["boolean", "string", "null"]},
-                "id": {"type": ["string", "null"]},
+                          "description": "the parent becomes ready once this many children "
+                          "are finished (0: at once); null: wait for "
+                          "PUT /set_children_started"},
+                "noop": {"type": ["boolean", "string", "null"],
+                         "description": "only false or null: true answers 400 "
+                         "not_supported"},
+                "id": {"type": ["string", "null"],
+                       "description": "only \"\" or null (ids are chosen by the server): "
+                       "anything else answers 400 not_supported"},
             },
+            "description": "NewJob's fields (delay and run_at only 0 or null) plus the "
+            "parent's own; parent_id makes it a child of another parent (nested), on that "
+            "parent's server",
         },
         "Throttle": {
             "type": "object", "required": ["tube", "tps"], "additionalProperties": False,
             "properties": {"tube": tube,
                            "tps": {"oneOf": [{"type": "number"},
-                                             {"type": "string", "pattern": _NUMERIC_STRING}]}},
+                                             {"type": "string", "pattern": _NUMERIC_STRING},
+                                             {"type": "null"}],
+                                   "description": "jobs per second for the whole federation; "
+                                   "null or <= 0 removes the throttle"}},
+        },
+        "ThrottleResult": {
+            "type": "object", "required": ["action", "value", "tube", "tps", "servers"],
+            "properties": {
+                "action": {"const": "throttle"},
+                "value": {"const": "true", "description": "AllQueue's reply, kept for old "
+                          "clients"},
+                "tube": {"type": "string"},
+                "tps": {"type": ["number", "null"], "description": "the federation-wide "
+                        "cap, null when removed"},
+                "servers": {"type": "integer", "description": "the healthy servers it was "
+                            "split over; each got tps / servers"},
+            },
+        },
+        "ParentJobRef": {
+            "type": "object", "required": ["action", "job_id", "job"],
+            "properties": {
+                "action": {"const": "set_parent"},
+                "job_id": job_id,
+                "job": {"type": "object", "required": ["job_id", "tube", "body"],
+                        "properties": {"job_id": job_id, "tube": {"type": "string"},
+                                       "body": {"type": "string"},
+                                       "expireds": {"type": "integer"},
+                                       "releases": {"type": "integer"}}},
+            },
+        },
+        "TubeSetting": {
+            "type": "object", "required": ["action", "tube", "servers"],
+            "properties": {
+                "action": {"type": "string"},
+                "tube": {"type": "string"},
+                "servers": {"type": "integer", "description": "how many servers applied "
+                            "it (the healthy ones; compare with GET /health)"},
+            },
+        },
+        "FairSetting": {
+            "type": "object", "required": ["action", "tube", "policy", "servers"],
+            "properties": {"action": {"const": "fair"}, "tube": {"type": "string"},
+                           "policy": {"enum": list(fair_settings)},
+                           "servers": {"type": "integer"}},
+        },
+        "MaxSizeSetting": {
+            "type": "object", "required": ["action", "tube", "max_size", "servers"],
+            "properties": {"action": {"const": "max_size"}, "tube": {"type": "string"},
+                           "max_size": {"type": ["integer", "null"]},
+                           "servers": {"type": "integer"}},
+        },
+        "ServerDrain": {
+            "type": "object", "required": ["action", "server_id", "draining", "notified"],
+            "properties": {
+                "action": {"enum": ["drain", "undrain"]},
+                "server_id": {"type": "string"},
+                "draining": {"type": "boolean"},
+                "notified": {"type": "boolean", "description": "false: the server is not "
+                             "connected; it is told when it reconnects"},
+            },
         },
         "JobRef": {
             "type": "object", "required": ["action", "job_id"],
@@ -166,11 +251,19 @@ def _schemas(job_id_pattern: str) -> dict:
                 "tube": {"type": "string"},
                 **{k: {"type": "integer"}
                    for k in ("ready", "reserved", "delayed", "buried", "parents")},
-                "throttle_size": {"type": "integer", "description": "only when throttled"},
+                "throttle_size": {"type": "number", "description": "only when throttled: "
+                                  "this server's share of the throttle, jobs per second "
+                                  "(fractional when a throttle is split)"},
                 "avg": {"type": "number", "description": "mean seconds a reservation "
                         "took, 2 decimals"},
                 "tps": {"type": "number", "description": "finished reservations per "
                         "second, 2 decimals"},
+                "paused": {"type": "boolean"},
+                "draining": {"type": "boolean", "description": "the tube takes no new jobs"},
+                "fair": {"type": ["string", "null"], "description": "the fair-queuing "
+                         "policy in force (round_robin, weighted) or null"},
+                "max_size": {"type": ["integer", "null"], "description": "the tube's bound "
+                             "on this server, or null"},
             },
         },
         "StatsResults": {
@@ -182,6 +275,8 @@ def _schemas(job_id_pattern: str) -> dict:
                 "action_count": {"type": "integer"},
                 "job_put": {"type": "integer"},
                 "job_get": {"type": "integer"},
+                "draining": {"type": "boolean", "description": "the server takes no new "
+                             "jobs (server drain)"},
                 "stats": {"type": "array", "items": _ref("schemas", "StatsTube")},
             },
         },
@@ -202,15 +297,13 @@ def _schemas(job_id_pattern: str) -> dict:
             "type": "object", "required": ["server_url"], "additionalProperties": False,
             "properties": {"server_url": {"type": "string", "description": "\"host:port\""}},
         },
-        "ServerId": {"type": "object", "required": ["server_id"],
-                     "properties": {"server_id": {"type": "string"}}},
         "Empty": {"type": "object", "maxProperties": 0},
         "OpenApi": {"type": "object", "description": "this document"},
     }
 
 
 def _parameters(max_wait: float, job_id_pattern: str, max_kick_count: int,
-                max_offset: int) -> dict:
+                max_offset: int, fair_settings: tuple[str, ...], max_tube_size: int) -> dict:
     boolean = {"type": "string", "pattern": BOOLEAN_PATTERN, "default": "false"}
     tube_rule = "one of tube and tube_name is required"
     return {
@@ -248,7 +341,16 @@ def _parameters(max_wait: float, job_id_pattern: str, max_kick_count: int,
                               "the new set of servers, \"host:port,host:port\"",
                               required=True),
         "server_id": _query("server_id", {"type": "string"},
-                            "the server's id or \"host:port\"", required=True),
+                            "drain a whole server: its id or \"host:port\" (give this or "
+                            "tube)"),
+        "drain_tube": _query("tube", {"type": "string", "pattern": f"^{TUBE_NAME.pattern}$"},
+                             "drain a tube on every server (give this or server_id)"),
+        "policy": _query("policy", {"type": "string", "enum": list(fair_settings)},
+                         "round_robin or weighted: fair over shard keys; off: not fair; "
+                         "default: by name (fair when it starts with fq-)", required=True),
+        "max_size": _query("max_size", {"type": "string", "pattern": "^([0-9]{1,13})?$"},
+                           f"the most jobs the tube holds on each server (1..{max_tube_size});"
+                           " empty or absent: unbounded"),
         "server_url": _query("server_url", {"type": "string"},
                              "\"host:port\" (when the request has no JSON body)"),
     }
@@ -258,19 +360,26 @@ def _responses() -> dict:
     error = _ref("schemas", "Error")
     return {
         "BadRequest": _json(error, "Bad input: missing or malformed parameter, bad JSON, "
-                            "unknown field (error bad_request), or a feature not in this "
-                            "version (error not_supported)"),
+                            "unknown field, a fair tube's put without shard_key (error "
+                            "bad_request), or a parent's noop or id (error not_supported)"),
         "NotFound": _json(error, "No such job (or server)"),
         "WrongState": _json(error, "The job is not in a state the action applies to"),
         "TooLarge": _json(error, "The request body or the job is larger than allowed"),
-        "Unavailable": _json(error, "No server (or not the job's server) is reachable"),
+        "Unavailable": _json(error, "No server (or not the job's or parent's server) is "
+                             "reachable (error unavailable, connection_lost), or every "
+                             "reachable server refused a put as draining (error draining)"),
+        "Full": _json(error, "Every reachable server refused the put: its tube, or the "
+                      "server, holds as many jobs as allowed (error full)"),
         "Timeout": _json(error, "No answer in time; the outcome is unknown"),
         "InternalError": _json(error, "A bug; it was logged"),
     }
 
 
 def document(*, max_body: int, max_wait: float, job_id_pattern: str,
-             max_kick_count: int, max_offset: int) -> dict:
+             max_kick_count: int, max_offset: int, max_run_at: int = 2**40,
+             max_tube_size: int = 2**40,
+             fair_settings: tuple[str, ...] = ("round_robin", "weighted", "off",
+                                               "default")) -> dict:
     """The OpenAPI 3.1 document of the REST facade.
 
     :param max_body: the largest request body accepted, in bytes.
@@ -278,6 +387,9 @@ def document(*, max_body: int, max_wait: float, job_id_pattern: str,
     :param job_id_pattern: the regular expression a job id must match.
     :param max_kick_count: the largest ``count`` of ``PUT /kick?tube=``.
     :param max_offset: the largest ``offset`` of ``GET /peek``.
+    :param max_run_at: the latest ``run_at`` of a put.
+    :param max_tube_size: the largest ``max_size`` of ``PUT /max_size``.
+    :param fair_settings: the ``policy`` values of ``PUT /fair``.
     :returns: a JSON-encodable dict.
     """
     job = _ref("schemas", "Job")
@@ -290,9 +402,11 @@ def document(*, max_body: int, max_wait: float, job_id_pattern: str,
 
     paths = {
         "/job": {
-            "post": _op("job_post", "actions", "Put a job." + body_note,
+            "post": _op("job_post", "actions", "Put a job on the next server (round robin; "
+                        "a server that answers draining or full is skipped), or with "
+                        "parent_id on the parent's server." + body_note,
                         _json(_ref("schemas", "JobRef"), "The new job's id"),
-                        ("400", "413", *_FEDERATED), body=body("NewJob")),
+                        _PUT_ERRORS, body=body("NewJob")),
             "get": _op("job_get", "actions", "Reserve the next ready job of a tube "
                        "(with delete, take it), or {} when none is ready.",
                        _json(_ref("schemas", "JobOrEmpty"), "The job, or {}"),
@@ -322,8 +436,9 @@ def document(*, max_body: int, max_wait: float, job_id_pattern: str,
             _JOB_ERRORS, ("job_id_optional", "tube", "tube_name", "kick_count"))},
         "/set_children_started": {"put": _op(
             "set_children_started_put", "actions",
-            "Workflow (not in this version): the job_id is checked, then 400 not_supported.",
-            action, ("400", "500"), ("job_id",))},
+            "Every child of the waiting parent job_id has been put: its limit becomes the "
+            "number put so far (it starts at once if they are all finished).",
+            action, _JOB_ERRORS, ("job_id",))},
         "/peek": {"get": _op("peek_get", "actions", "The next ready (or buried) job of a "
                              "tube without reserving it, or {}.",
                              _json(_ref("schemas", "JobOrEmpty"), "The job, or {}"),
@@ -333,15 +448,37 @@ def document(*, max_body: int, max_wait: float, job_id_pattern: str,
                                 _json(_ref("schemas", "Cleared"), "How many were dropped"),
                                 ("400", *_FEDERATED), ("tube", "tube_name", "cache_type"))},
         "/throttle": {"post": _op(
-            "throttle_post", "actions", "Throttle (not in this version): the body is "
-            "checked, then 400 not_supported." + body_note,
-            _json(_ref("schemas", "Empty"), "(never in this version)"),
-            ("400", "413", "500"), body=body("Throttle"))},
+            "throttle_post", "actions", "Cap how many jobs per second the federation "
+            "hands out from a tube: each of the N healthy servers gets tps / N (shares "
+            "fixed at this moment). tps null or <= 0 removes the cap." + body_note,
+            _json(_ref("schemas", "ThrottleResult"), "Set on every healthy server"),
+            ("400", "413", *_FEDERATED), body=body("Throttle"))},
         "/parent_job": {"post": _op(
-            "parent_job_post", "actions", "Workflow (not in this version): the body is "
-            "checked, then 400 not_supported." + body_note,
-            _json(_ref("schemas", "JobRef"), "(never in this version)"),
-            ("400", "413", "500"), body=body("NewParentJob"))},
+            "parent_job_post", "actions", "Put a parent job: it becomes ready when limit "
+            "of its children are finished (or at its timeout). Placed like a put; with "
+            "parent_id on that parent's server." + body_note,
+            _json(_ref("schemas", "ParentJobRef"), "The parent's id"),
+            _PUT_ERRORS, body=body("NewParentJob"))},
+        "/pause": {"put": _op(
+            "pause_put", "actions", "Pause a tube on every healthy server: no jobs are "
+            "handed out; puts are still taken.",
+            _json(_ref("schemas", "TubeSetting"), "Paused"), _SETTING_ERRORS,
+            ("tube", "tube_name"))},
+        "/unpause": {"put": _op(
+            "unpause_put", "actions", "Resume a paused tube on every healthy server.",
+            _json(_ref("schemas", "TubeSetting"), "Resumed"), _SETTING_ERRORS,
+            ("tube", "tube_name"))},
+        "/fair": {"put": _op(
+            "fair_put", "actions", "Set a tube's fair-queuing policy on every healthy "
+            "server. Puts to a fair tube need a shard_key.",
+            _json(_ref("schemas", "FairSetting"), "Set"), _SETTING_ERRORS,
+            ("tube", "tube_name", "policy"))},
+        "/max_size": {"put": _op(
+            "max_size_put", "actions", "Bound a tube to max_size jobs on each healthy "
+            "server (the bound is per server). A put to a full tube goes to another "
+            "server; when all are full it answers 507.",
+            _json(_ref("schemas", "MaxSizeSetting"), "Set"), _SETTING_ERRORS,
+            ("tube", "tube_name", "max_size"))},
         "/stats": {"get": _op("stats_get", "admin", "Counters of every reachable server.",
                               _json({"type": "array", "items": _ref("schemas", "StatsResults")},
                                     "One entry per reachable server"), _FEDERATED)},
@@ -353,9 +490,20 @@ def document(*, max_body: int, max_wait: float, job_id_pattern: str,
             "update_servers_put", "admin", "Replace the set of servers.",
             _json(_ref("schemas", "Empty"), "Done"), ("400", "500"), ("server_urls",))},
         "/drain": {"put": _op(
-            "drain_put", "admin", "Stop sending new jobs to a server until it is empty.",
-            _json(_ref("schemas", "ServerId"), "Draining"), ("400", "404", "500"),
-            ("server_id",))},
+            "drain_put", "admin", "Drain a tube on every healthy server (tube), or a whole "
+            "server (server_id): no new jobs are taken there, the jobs held are still "
+            "handed out. A drained server is skipped by this client's puts and refuses "
+            "puts from every other client.",
+            _json({"oneOf": [_ref("schemas", "TubeSetting"), _ref("schemas", "ServerDrain")]},
+                  "With tube: {action, tube, servers}; with server_id: "
+                  "{action, server_id, draining, notified}"),
+            ("400", "404", *_FEDERATED), ("drain_tube", "tube_name", "server_id"))},
+        "/undrain": {"put": _op(
+            "undrain_put", "admin", "Take new jobs again in a tube (tube) or on a server "
+            "(server_id).",
+            _json({"oneOf": [_ref("schemas", "TubeSetting"), _ref("schemas", "ServerDrain")]},
+                  "As for PUT /drain"),
+            ("400", "404", *_FEDERATED), ("drain_tube", "tube_name", "server_id"))},
         "/add_server": {"post": _op(
             "add_server_post", "admin", "Add a server (JSON body, or the server_url query "
             "parameter with no body)." + body_note,
@@ -386,8 +534,9 @@ def document(*, max_body: int, max_wait: float, job_id_pattern: str,
                  {"name": "admin", "description": "servers, stats and this document"}],
         "paths": paths,
         "components": {
-            "schemas": _schemas(job_id_pattern),
-            "parameters": _parameters(max_wait, job_id_pattern, max_kick_count, max_offset),
+            "schemas": _schemas(job_id_pattern, max_run_at, fair_settings),
+            "parameters": _parameters(max_wait, job_id_pattern, max_kick_count, max_offset,
+                                      fair_settings, max_tube_size),
             "responses": _responses(),
         },
     }

@@ -15,9 +15,15 @@ clients keep working. It differs from AllQueue where §15 marks a FIX:
 * ``GET /multiple_job`` always answers ``{"jobs": [...]}``, ``count`` defaults to 1;
 * ``PUT /kick?tube=`` kicks buried jobs of a tube, ``PUT /release`` takes ``delay``,
   ``GET /peek`` takes ``offset``; admin routes ``/update_servers``, ``/drain``,
-  ``/add_server`` and ``/health`` exist;
-* features not in this version (workflow parents, fair queues, throttles) answer
-  400 ``not_supported`` instead of being silently ignored;
+  ``/undrain``, ``/add_server`` and ``/health`` exist;
+* a throttle is split over the healthy servers in fractional shares, so the
+  federation as a whole hands out at most ``tps`` jobs per second (§15 items
+  16, 32); pause is sent to every server (§15 item 13); drain exists per tube
+  and per server and really refuses new jobs (§15 item 30); ``PUT /pause``,
+  ``/unpause``, ``/fair`` and ``/max_size`` are new;
+* a child put naming a missing parent stores nothing and answers 404 (§15 item 9);
+* parent jobs with ``noop`` or a caller-chosen ``id`` answer 400 ``not_supported``
+  instead of being silently ignored;
 * ``GET /openapi.json`` describes exactly the routes served (:mod:`allq.client.openapi`).
 
 Every federation call is bounded by ``request_timeout`` (plus the long-poll
@@ -66,10 +72,19 @@ _FALSE = frozenset({"false", "0", "no"})
 _INTEGER = re.compile(r"-?[0-9]{1,20}")
 _NUMBER = re.compile(r"-?[0-9]{1,20}(?:\.[0-9]{1,9})?")
 _DETAIL_LIMIT = 500
-_NEW_JOB_KEYS = frozenset(
-    {"tube", "body", "ttl", "delay", "priority", "expired_limit", "parent_id", "shard_key"}
-)
+_NEW_JOB_KEYS = frozenset({
+    "tube", "body", "ttl", "delay", "run_at", "priority", "expired_limit", "parent_id",
+    "shard_key",
+})
 _NEW_PARENT_JOB_KEYS = _NEW_JOB_KEYS | {"timeout", "run_on_timeout", "limit", "noop", "id"}
+#: The latest ``run_at`` accepted (unix seconds), as the servers check it.
+MAX_RUN_AT = 2**40
+#: The largest ``max_size`` of a tube, as the servers check it.
+MAX_TUBE_SIZE = 2**40
+#: ``policy`` values of ``PUT /fair``: the server's policies, ``off`` and ``default``
+#: (back to the name convention, e.g. ``fq-`` tubes are round robin).
+FAIR_SETTINGS = ("round_robin", "weighted", "off", "default")
+DEFAULT_PARENT_TIMEOUT = 3600 * SECONDS
 
 
 class NotSupported(BadRequest):
@@ -82,14 +97,23 @@ class Federation(Protocol):
     """What the facade needs from the federation layer (``allq.client.federation``).
 
     Coroutine methods raise :class:`allq.errors.AllQError` subclasses:
-    ``BadRequest``, ``NotFound``, ``WrongState``, ``TooLarge``, ``Unavailable``
-    (including "no server reachable") and ``Timeout``. They must be cancellable:
-    the facade cancels a call when its HTTP client goes away or its time is up.
+    ``BadRequest``, ``NotFound``, ``WrongState``, ``TooLarge``, ``Draining``,
+    ``QueueFull``, ``Unavailable`` (including "no server reachable") and
+    ``Timeout``. The tube-setting methods return how many servers applied it.
+    They must be cancellable: the facade cancels a call when its HTTP client goes
+    away or its time is up.
     """
 
     async def put(self, tube: str, body: str, *, priority: int | None = None,
                   ttl: float | None = None, delay: float = 0,
-                  expired_limit: int | None = None) -> str: ...
+                  expired_limit: int | None = None, run_at: float | None = None,
+                  shard_key: str | None = None, parent_id: str | None = None) -> str: ...
+
+    async def put_parent(self, tube: str, body: str, *, priority: int | None = None,
+                         ttl: float | None = None, expired_limit: int | None = None,
+                         shard_key: str | None = None, parent_id: str | None = None,
+                         timeout: float | None = None, run_on_timeout: bool = False,
+                         limit: int | None = None) -> str: ...
 
     async def get(self, tube: str, *, count: int = 1, delete: bool = False,
                   wait: float = 0) -> list[dict]: ...
@@ -102,6 +126,16 @@ class Federation(Protocol):
 
     async def clear(self, tube: str, state: str = "all") -> int: ...
 
+    async def throttle(self, tube: str, tps: float | None) -> int: ...
+
+    async def pause(self, tube: str, paused: bool = True) -> int: ...
+
+    async def drain_tube(self, tube: str, draining: bool = True) -> int: ...
+
+    async def fair(self, tube: str, policy: str) -> int: ...
+
+    async def max_size(self, tube: str, max_size: int | None) -> int: ...
+
     async def stats(self) -> list[dict]: ...
 
     def health(self) -> dict: ...
@@ -110,7 +144,7 @@ class Federation(Protocol):
 
     def update_servers(self, addresses: list[str]) -> None: ...
 
-    def drain(self, server: str) -> None: ...
+    async def drain_server(self, server: str, draining: bool = True) -> bool: ...
 
 
 # -- JSON in and out -------------------------------------------------------------
@@ -252,13 +286,13 @@ def _seconds_arg(request: IRequest, name: str, *, maximum: float | None = None) 
     return seconds
 
 
-def check_job_id(job_id: object) -> str:
+def check_job_id(job_id: object, name: str = "job_id") -> str:
     """Validate a client-side job id, ``<server_id>,<number>``.
 
     :raises BadRequest: anything else.
     """
     if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
-        raise BadRequest("job_id must look like <server_id>,<number> (URL-encoded)")
+        raise BadRequest(f"{name} must look like <server_id>,<number> (URL-encoded)")
     return job_id
 
 
@@ -310,7 +344,8 @@ def _field_int(obj: Mapping, name: str) -> int | None:
     return value
 
 
-def _field_seconds(obj: Mapping, name: str, *, positive: bool = False) -> float | None:
+def _field_seconds(obj: Mapping, name: str, *, positive: bool = False,
+                   maximum: float | None = None) -> float | None:
     value = obj.get(name)
     if value is None:
         return None
@@ -318,7 +353,9 @@ def _field_seconds(obj: Mapping, name: str, *, positive: bool = False) -> float 
         if not _NUMBER.fullmatch(value):
             raise BadRequest(f"{name} must be a number of seconds")
         value = _to_number(value)
-    return check_seconds(name, value, positive=positive)
+    if maximum is None:
+        return check_seconds(name, value, positive=positive)
+    return check_seconds(name, value, positive=positive, maximum=maximum)
 
 
 def _field_bool(obj: Mapping, name: str) -> bool | None:
@@ -345,22 +382,50 @@ def _new_job(obj: Mapping, allowed: frozenset = _NEW_JOB_KEYS) -> dict:
     expired_limit = _field_int(obj, "expired_limit")
     if expired_limit is not None and not 1 <= expired_limit <= 2**31:
         raise BadRequest(f"expired_limit must be between 1 and {2**31}")
+    delay = _field_seconds(obj, "delay") or 0
+    run_at = _field_seconds(obj, "run_at", maximum=MAX_RUN_AT)
+    if run_at is not None:
+        if delay:
+            raise BadRequest("give delay or run_at, not both")
+    # "" means "none" in AllQueue, and Swagger clients may send it.
+    parent_id = _field_str(obj, "parent_id") or None
+    if parent_id is not None:
+        check_job_id(parent_id, "parent_id")
     return {
         "tube": tube,
         "body": "" if body is None else body,  # AllQueue's default body
         "priority": None if priority is None else check_priority(priority),  # null: default
         "ttl": _field_seconds(obj, "ttl", positive=True),
-        "delay": _field_seconds(obj, "delay") or 0,
+        "delay": delay,
         "expired_limit": expired_limit,
+        "run_at": run_at,
+        "shard_key": _field_str(obj, "shard_key") or None,
+        "parent_id": parent_id,
     }
 
 
-def _refuse_later_features(obj: Mapping) -> None:
-    # "" means "no parent" in AllQueue, and Swagger clients may send it.
-    if _field_str(obj, "parent_id"):
-        raise NotSupported("parent_id needs the workflow feature (not in this version)")
-    if _field_str(obj, "shard_key"):
-        raise NotSupported("shard_key needs the fair-queue feature (not in this version)")
+def _new_parent_job(obj: Mapping) -> dict:
+    """Validate a ``NewParentJob`` body; returns the federation put_parent's arguments."""
+    args = _new_job(obj, _NEW_PARENT_JOB_KEYS)
+    delay, run_at = args.pop("delay"), args.pop("run_at")
+    if delay or run_at is not None:
+        raise BadRequest("a parent job becomes ready when its children finish: "
+                         "delay and run_at do not apply")
+    if _field_bool(obj, "noop"):
+        raise NotSupported("noop parents are not supported: put a parent with a body "
+                           "that does nothing")
+    if _field_str(obj, "id"):
+        raise NotSupported("job ids are chosen by the server: leave id out")
+    timeout = _field_seconds(obj, "timeout", positive=True)
+    limit = _field_int(obj, "limit")
+    if limit is not None and not 0 <= limit <= 2**31:
+        raise BadRequest(f"limit must be between 0 and {2**31}")
+    return {
+        **args,
+        "timeout": DEFAULT_PARENT_TIMEOUT if timeout is None else timeout,
+        "run_on_timeout": bool(_field_bool(obj, "run_on_timeout")),
+        "limit": limit,
+    }
 
 
 def rest_job(job: Mapping) -> dict:
@@ -388,17 +453,28 @@ def rest_stats(server: Mapping) -> dict:
             "parents": int(tube["parents"]),
         }
         if tube.get("throttle_size") is not None:
-            entry["throttle_size"] = int(tube["throttle_size"])
+            entry["throttle_size"] = _int_if_whole(tube["throttle_size"])
         entry["avg"] = round(float(tube["avg"]), 2)
         entry["tps"] = round(float(tube["tps"]), 2)
+        entry["paused"] = bool(tube.get("paused", False))
+        entry["draining"] = bool(tube.get("draining", False))
+        entry["fair"] = tube.get("fair")
+        entry["max_size"] = tube.get("max_size")
         tubes.append(entry)
     return {
         "server_name": f"{server['server_id']},{server['address']}",
         "action_count": int(totals["action_count"]),
         "job_put": int(totals["job_put"]),
         "job_get": int(totals["job_get"]),
+        "draining": bool(totals.get("draining", False)),
         "stats": tubes,
     }
+
+
+def _int_if_whole(value: float) -> int | float:
+    """A throttle share: AllQueue showed whole numbers; a split may be fractional."""
+    value = float(value)
+    return int(value) if value.is_integer() else value
 
 
 # -- the facade --------------------------------------------------------------------
@@ -431,7 +507,8 @@ class RestApi:
         self._request_timeout = request_timeout
         self._openapi = openapi.document(
             max_body=max_body, max_wait=MAX_WAIT, job_id_pattern=JOB_ID.pattern,
-            max_kick_count=MAX_KICK_COUNT, max_offset=MAX_OFFSET,
+            max_kick_count=MAX_KICK_COUNT, max_offset=MAX_OFFSET, max_run_at=MAX_RUN_AT,
+            max_tube_size=MAX_TUBE_SIZE, fair_settings=FAIR_SETTINGS,
         )
 
     def resource(self) -> IResource:
@@ -455,7 +532,6 @@ class RestApi:
         """Put a job (``NewJob`` body) → ``{"action": "put", "job_id"}``."""
         obj = read_json(request, self._max_body)
         args = _new_job(obj)
-        _refuse_later_features(obj)
         tube, body = args.pop("tube"), args.pop("body")
         job_id = await self._bounded(self._federation.put(tube, body, **args))
         return json_response(request, {"action": "put", "job_id": job_id})
@@ -523,10 +599,8 @@ class RestApi:
 
     @app.route("/set_children_started", methods=["PUT"])
     async def set_children_started(self, request: IRequest) -> bytes:
-        """Part of the workflow feature: not in this version (400 ``not_supported``)."""
-        _job_id_arg(request)
-        raise NotSupported(
-            "set_children_started needs the workflow feature (not in this version)")
+        """Say every child of a waiting parent (``job_id``) has been put."""
+        return await self._job_action(request, "set_children_started", _job_id_arg(request))
 
     async def _job_action(self, request: IRequest, action: str, job_id: str, **params) -> bytes:
         result = await self._bounded(self._federation.job_action(action, job_id, **params))
@@ -554,34 +628,78 @@ class RestApi:
         cleared = await self._bounded(self._federation.clear(tube, state))
         return json_response(request, {"action": "clear", "cleared": cleared})
 
+    @app.route("/parent_job", methods=["POST"])
+    async def put_parent_job(self, request: IRequest) -> bytes:
+        """Put a parent job (``NewParentJob`` body) → ``{"action": "set_parent",
+        "job_id", "job"}``; it becomes ready when ``limit`` children are finished."""
+        args = _new_parent_job(read_json(request, self._max_body))
+        tube, body = args.pop("tube"), args.pop("body")
+        job_id = await self._bounded(self._federation.put_parent(tube, body, **args))
+        job = {"job_id": job_id, "tube": tube, "body": body, "expireds": 0, "releases": 0}
+        return json_response(request, {"action": "set_parent", "job_id": job_id, "job": job})
+
     @app.route("/throttle", methods=["POST"])
-    def throttle(self, request: IRequest) -> bytes:
-        """Throttle a tube: validated, then 400 ``not_supported`` (a later feature)."""
+    async def throttle(self, request: IRequest) -> bytes:
+        """Cap the jobs per second a tube hands out over the whole federation
+        (``{"tube", "tps"}``; ``tps`` null or <= 0 removes the cap)."""
         obj = read_json(request, self._max_body)
         _check_keys(obj, frozenset({"tube", "tps"}))
-        check_tube(obj.get("tube"))
-        tps = obj.get("tps")
+        tube = check_tube(obj.get("tube"))
+        if "tps" not in obj:
+            raise BadRequest("tps is required (null or 0 removes the throttle)")
+        tps = obj["tps"]
         if isinstance(tps, str) and _NUMBER.fullmatch(tps):
             tps = _to_number(tps)
-        if isinstance(tps, bool) or not isinstance(tps, int | float) or not math.isfinite(tps):
-            raise BadRequest("tps must be a number")
-        raise NotSupported("throttle needs the throttle feature (not in this version)")
+        if tps is not None and (isinstance(tps, bool) or not isinstance(tps, int | float)
+                                or not math.isfinite(tps)):
+            raise BadRequest("tps must be a number or null")
+        if tps is not None and tps <= 0:
+            tps = None
+        servers = await self._bounded(self._federation.throttle(tube, tps))
+        # "value": "true" is AllQueue's whole reply; old clients look for it.
+        return json_response(request, {"action": "throttle", "value": "true", "tube": tube,
+                                       "tps": tps, "servers": servers})
 
-    @app.route("/parent_job", methods=["POST"])
-    def put_parent_job(self, request: IRequest) -> bytes:
-        """Put a parent job: validated, then 400 ``not_supported`` (workflow, later)."""
-        obj = read_json(request, self._max_body)
-        _new_job(obj, _NEW_PARENT_JOB_KEYS)
-        _field_str(obj, "shard_key")
-        _field_str(obj, "parent_id")
-        _field_str(obj, "id")
-        _field_seconds(obj, "timeout")
-        _field_bool(obj, "run_on_timeout")
-        _field_bool(obj, "noop")
-        limit = _field_int(obj, "limit")
-        if limit is not None and limit < 0:
-            raise BadRequest("limit must be 0 or more")
-        raise NotSupported("parent_job needs the workflow feature (not in this version)")
+    @app.route("/pause", methods=["PUT"])
+    async def pause(self, request: IRequest) -> bytes:
+        """Stop handing out a tube's jobs on every server (puts are still taken)."""
+        return await self._tube_setting(request, "pause", self._federation.pause, True)
+
+    @app.route("/unpause", methods=["PUT"])
+    async def unpause(self, request: IRequest) -> bytes:
+        """Hand out a paused tube's jobs again, on every server."""
+        return await self._tube_setting(request, "unpause", self._federation.pause, False)
+
+    @app.route("/fair", methods=["PUT"])
+    async def fair(self, request: IRequest) -> bytes:
+        """Set a tube's fair-queuing ``policy`` on every server."""
+        tube = _tube_arg(request)
+        policy = _required_arg(request, "policy")
+        if policy not in FAIR_SETTINGS:
+            raise BadRequest(f"policy must be one of {', '.join(FAIR_SETTINGS)}")
+        servers = await self._bounded(self._federation.fair(tube, policy))
+        return json_response(request, {"action": "fair", "tube": tube, "policy": policy,
+                                       "servers": servers})
+
+    @app.route("/max_size", methods=["PUT"])
+    async def max_size(self, request: IRequest) -> bytes:
+        """Bound a tube to ``max_size`` jobs on each server (empty or absent: unbounded)."""
+        tube = _tube_arg(request)
+        text = _arg(request, "max_size")
+        size = None
+        if text:
+            if not _INTEGER.fullmatch(text) or not 1 <= int(text) <= MAX_TUBE_SIZE:
+                raise BadRequest(f"max_size must be an integer from 1 to {MAX_TUBE_SIZE}, "
+                                 "or empty for no bound")
+            size = int(text)
+        servers = await self._bounded(self._federation.max_size(tube, size))
+        return json_response(request, {"action": "max_size", "tube": tube, "max_size": size,
+                                       "servers": servers})
+
+    async def _tube_setting(self, request: IRequest, action: str, call, flag: bool) -> bytes:
+        tube = _tube_arg(request)
+        servers = await self._bounded(call(tube, flag))
+        return json_response(request, {"action": action, "tube": tube, "servers": servers})
 
     # -- servers ---------------------------------------------------------------
 
@@ -605,11 +723,29 @@ class RestApi:
         return json_response(request, {})
 
     @app.route("/drain", methods=["PUT"])
-    def drain(self, request: IRequest) -> bytes:
-        """Stop routing new work to a server (by id or ``host:port``) until it is empty."""
-        server = _check_server_ref("server_id", _required_arg(request, "server_id"))
-        self._federation.drain(server)
-        return json_response(request, {"server_id": server})
+    async def drain(self, request: IRequest) -> bytes:
+        """Drain a tube on every server (``tube``), or a whole server (``server_id``:
+        its id or ``host:port``): no new jobs are taken, jobs held are still handed out."""
+        return await self._drain(request, True)
+
+    @app.route("/undrain", methods=["PUT"])
+    async def undrain(self, request: IRequest) -> bytes:
+        """Take new jobs again in a tube (``tube``) or on a server (``server_id``)."""
+        return await self._drain(request, False)
+
+    async def _drain(self, request: IRequest, draining: bool) -> bytes:
+        action = "drain" if draining else "undrain"
+        server = _arg(request, "server_id")
+        has_tube = _arg(request, "tube", "tube_name") is not None
+        if (server is None) == (not has_tube):
+            raise BadRequest("give either tube or server_id")
+        if server is None:
+            return await self._tube_setting(request, action, self._federation.drain_tube,
+                                            draining)
+        server = _check_server_ref("server_id", server)
+        notified = await self._bounded(self._federation.drain_server(server, draining))
+        return json_response(request, {"action": action, "server_id": server,
+                                       "draining": draining, "notified": notified})
 
     @app.route("/add_server", methods=["POST"])
     def add_server(self, request: IRequest) -> bytes:
