@@ -110,6 +110,9 @@ class Federation(MultiService):
         self._waiters: dict[tuple[str, bool], deque[_Waiter]] = {}
         self._pollers: dict[tuple[str, bool], Deferred] = {}
         self._kicks: dict[tuple[str, bool], Deferred] = {}
+        #: Called as ``on_retry(operation, address)`` each time a call is retried
+        #: (``address`` is ``None`` for a backoff round); metrics count these.
+        self.on_retry: Callable[[str, str | None], None] | None = None
         addresses = list(addresses)
         if not addresses:
             raise BadRequest("at least one server address is needed")
@@ -257,6 +260,7 @@ class Federation(MultiService):
                     unsure = link
                     self._log.info("put on {address} outcome unknown ({error}); retrying",
                                    address=link.address, error=e.message)
+                    self._retried(action, link.address)
                     break
                 self._wake_pollers(tube)
                 return result["job_id"]
@@ -282,6 +286,7 @@ class Federation(MultiService):
                 unsure = True
                 self._log.info("put on {address} outcome unknown ({error}); retrying",
                                address=link.address, error=e.message)
+                self._retried(action, link.address)
             else:
                 self._wake_pollers(params["tube"])
                 return result["job_id"]
@@ -318,8 +323,13 @@ class Federation(MultiService):
         remaining = deadline - self._clock.seconds()
         if remaining <= 0:
             raise Unavailable(f"{what}: no server reachable")
+        self._retried(what, None)
         await self._sleep(min(delay, remaining))
         return attempt + 1
+
+    def _retried(self, operation: str, address: str | None) -> None:
+        if self.on_retry is not None:
+            self.on_retry(operation, address)
 
     async def _sleep(self, seconds: float) -> None:
         d = deferLater(self._clock, seconds, lambda: None)
@@ -367,6 +377,7 @@ class Federation(MultiService):
                     result = await link.request(
                         "get", {"tube": tube, "count": count - len(jobs), "delete": delete})
                 except Unavailable:
+                    self._retried("get", link.address)
                     continue
                 answered = True
                 jobs += result["jobs"]

@@ -1,7 +1,8 @@
 """``twistd allq-client``: options and service assembly. Wiring only.
 
 :func:`makeService` builds the :class:`Federation` (one link per server) and the
-REST facade behind an HTTP endpoint, under one :class:`MultiService`. It starts
+REST facade behind an HTTP endpoint (with the dashboard at ``/`` and Prometheus
+metrics at ``/metrics`` beside it), under one :class:`MultiService`. It starts
 serving even when no server is reachable yet (the API answers 503 until one is).
 """
 
@@ -14,9 +15,12 @@ from twisted.web.server import Site
 
 from allq import __version__
 from allq.client.connection import DEFAULT_REQUEST_TIMEOUT
+from allq.client.dashboard import Dashboard
 from allq.client.federation import DEFAULT_RETRY_BUDGET, Federation
 from allq.client.link import ServerLink, parse_address
+from allq.client.metrics import ClientMetrics, InstrumentedFederation, StatsRefresher
 from allq.client.rest import DEFAULT_MAX_BODY, RestApi
+from allq.client.site import build_site
 from allq.listening import listening_service
 from allq.config import positive_float, positive_int, resolve
 from allq.errors import BadRequest
@@ -108,11 +112,16 @@ def makeService(config: Options, reactor=None) -> MultiService:
         reactor,
         retry_budget=config["retry-budget"],
     )
-    api = RestApi(federation, reactor, max_body=config["max-body"])
+    # Metrics count what the facade asks of the federation, time its requests,
+    # and read server stats from a snapshot refreshed in the background.
+    metrics = ClientMetrics(reactor, health=federation.health)
+    api = RestApi(InstrumentedFederation(federation, metrics), reactor,
+                  max_body=config["max-body"])
     service = MultiService()
     federation.setServiceParent(service)
-    site = Site(api.resource()) if config["access-log"] else QuietSite(api.resource())
-    site.noisy = False
+    StatsRefresher(federation, metrics, reactor).setServiceParent(service)
+    site = build_site(api.resource(), metrics, Dashboard(),
+                      site_class=Site if config["access-log"] else QuietSite)
 
     def listening(port) -> None:
         address = port.getHost()

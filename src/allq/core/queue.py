@@ -98,6 +98,8 @@ class TubeStats:
     draining: bool = False
     fair: str | None = None
     max_size: int | None = None
+    expired_total: int = 0
+    buried_total: int = 0
 
 
 @attrs.frozen
@@ -176,7 +178,7 @@ class Queue:
         job = self._new_job(tube, body, now, priority, ttl, expired_limit, shard_key)
         delay = self._delay(delay, run_at, now)
         parent = self._parent_for_child(parent_id)
-        tube_ = self._admit(tube, job)
+        tube_ = self._admit(tube, job, child=parent is not None)
         if parent is not None:
             parent.children_put += 1
             job.parent_id = parent_id
@@ -217,7 +219,7 @@ class Queue:
         if limit is not None:
             limit = check_count("limit", limit, minimum=0, maximum=2**31)
         grandparent = self._parent_for_child(parent_id)
-        tube_ = self._admit(tube, job)
+        tube_ = self._admit(tube, job, child=grandparent is not None)
         if grandparent is not None:
             grandparent.children_put += 1
             job.parent_id = parent_id
@@ -527,6 +529,8 @@ class Queue:
                 draining=t.draining,
                 fair=t.fair_policy,
                 max_size=t.max_size,
+                expired_total=t.expired_total,
+                buried_total=t.buried_total,
             )
             for t in sorted(self._tubes.values(), key=lambda t: t.name)
         ]
@@ -544,6 +548,90 @@ class Queue:
 
     def __len__(self) -> int:
         return len(self._jobs)
+
+    # -- persistence -----------------------------------------------------------
+
+    def live_jobs(self) -> list[Job]:
+        """Every job held, in put order: a copy, safe to walk while the queue
+        changes (a job may be ``DELETED`` by the time it is looked at)."""
+        return list(self._jobs.values())
+
+    def restore(self, job: Job, *, now: float, parent: ParentInfo | None = None) -> Job:
+        """Place a job read back from storage directly in its stored state.
+
+        For recovery at start-up: no size limit or drain flag applies and
+        ``on_change`` is not called (the storage holds the job already). A
+        reserved job becomes ready (its worker's connection is gone); a delayed
+        job whose deadline has passed becomes ready; a waiting parent keeps its
+        timeout deadline, even a past one (the next :meth:`expire` applies it);
+        a child keeps its ``parent_id``. Ready jobs line up in the order they are
+        restored. Jobs put later never reuse this job's id.
+
+        :param job: the job, with ``state`` and ``deadline`` as stored.
+        :param parent: what a waiting parent waits for (required for ``WAITING``).
+        :raises BadRequest: the id is taken, the state is ``DELETED``, or a
+            waiting parent comes without ``parent`` or a deadline.
+        """
+        if job.id in self._jobs:
+            raise BadRequest(f"job {job.id} already exists")
+        state = job.state
+        deadline, job.deadline, job.reserved_at = job.deadline, None, None
+        if state is JobState.DELETED:
+            raise BadRequest(f"job {job.id} is deleted")
+        if state is JobState.WAITING and (parent is None or deadline is None):
+            raise BadRequest(f"waiting parent {job.id} needs its parent info and deadline")
+        tube = self._tubes.get(job.tube)
+        if tube is None:
+            tube = self._tube(check_tube(job.tube))
+        self._jobs[job.id] = job
+        self._next_id = max(self._next_id, job.id + 1)
+        if state is JobState.DELAYED and deadline is not None and deadline > now:
+            tube.delayed_count += 1
+            self._deadlines.schedule(job, deadline, was_scheduled=False)
+        elif state is JobState.WAITING:
+            self._parents[job.id] = parent
+            tube.waiting_count += 1
+            self._deadlines.schedule(job, deadline, was_scheduled=False)
+        elif state is JobState.BURIED:
+            self._bury(job, tube)
+        else:  # ready, reserved, or delayed and due
+            self._make_ready(job, tube)
+        return job
+
+    def restore_tube(
+        self,
+        name: str,
+        *,
+        now: float,
+        throttle: float | None = None,
+        paused: bool = False,
+        draining: bool = False,
+        fair: str | None = None,
+        max_size: int | None = None,
+    ) -> Tube:
+        """Give a tube its stored settings (creating it), without ``on_change``.
+
+        :param throttle: jobs per second (``None``: no cap); the bucket starts full at ``now``.
+        :param fair: the explicit fair-queuing setting (``None``: by name, ``"off"``).
+        :raises BadRequest: a setting is not valid.
+        """
+        check_tube(name)
+        if fair is not None and fair != "off" and fair not in FAIR_POLICIES:
+            raise BadRequest(f"fair policy must be one of {', '.join(FAIR_POLICIES)}, off")
+        if throttle is not None and (isinstance(throttle, bool) or not isinstance(throttle, int | float)
+                                     or not math.isfinite(throttle)):
+            raise BadRequest("tps must be a number")
+        if max_size is not None:
+            max_size = check_count("max_size", max_size, maximum=2**40)
+        tube = self._tube(name)
+        tube.throttle = TokenBucket(throttle, now) if throttle is not None and throttle > 0 else None
+        tube.paused = bool(paused)
+        tube.draining = bool(draining)
+        tube.max_size = max_size
+        tube.fair_setting = fair
+        effective = self._fair_by_name(name) if fair is None else fair
+        tube.set_fair_policy(None if effective == "off" else effective)
+        return tube
 
     # -- time ------------------------------------------------------------------
 
@@ -581,6 +669,7 @@ class Queue:
             tube.reserved_count -= 1
             job.reserved_at = None
             job.expireds += 1
+            tube.expired_total += 1
             if job.expireds >= job.expired_limit:
                 self._bury(job, tube)
                 events.append(Event("buried", job.id, job.tube))
@@ -649,13 +738,17 @@ class Queue:
             raise WrongState(f"job {parent_id} is not a parent waiting for children")
         return info
 
-    def _admit(self, tube: str, job: Job) -> Tube:
-        """Check drain and size limits, then give the job its id and count it."""
-        if self.draining:
+    def _admit(self, tube: str, job: Job, child: bool = False) -> Tube:
+        """Check drain and size limits, then give the job its id and count it.
+
+        A child of a parent held here is let through a drain: it can live on no
+        other server, and refusing it would strand the workflow.
+        """
+        if self.draining and not child:
             raise Draining("this server is draining: it takes no new jobs")
         tube_ = self._tubes.get(tube)
         if tube_ is not None:
-            if tube_.draining:
+            if tube_.draining and not child:
                 raise Draining(f"tube {tube} is draining: it takes no new jobs")
             if tube_.max_size is not None and tube_.size >= tube_.max_size:
                 raise QueueFull(f"tube {tube} is full ({tube_.max_size} jobs)")
@@ -726,6 +819,7 @@ class Queue:
     def _bury(self, job: Job, tube: Tube) -> None:
         job.state = JobState.BURIED
         tube.buried[job.id] = job
+        tube.buried_total += 1
 
     def _forget(self, job: Job) -> None:
         job.state = JobState.DELETED

@@ -30,6 +30,9 @@ class Tube:
         self.reserved_count = 0
         self.delayed_count = 0
         self.waiting_count = 0
+        #: Since the process started: ttl expiries, and jobs buried by any route.
+        self.expired_total = 0
+        self.buried_total = 0
         self.throughput = Throughput()
         self.paused = False
         self.draining = False

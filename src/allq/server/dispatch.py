@@ -207,6 +207,8 @@ class Dispatcher:
                     "draining": t.draining,
                     "fair": t.fair,
                     "max_size": t.max_size,
+                    "expired_total": t.expired_total,
+                    "buried_total": t.buried_total,
                 }
                 for t in self._queue.tube_stats(now)
             ],

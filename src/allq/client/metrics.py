@@ -1,0 +1,481 @@
+"""Prometheus metrics of ``twistd allq-client``, served at ``GET /metrics``.
+
+Responsibilities, each a small piece the service assembly wires together:
+
+* :class:`ClientMetrics` owns one :class:`CollectorRegistry` (never the
+  process-global one) with what this client sees itself: jobs by tube and action,
+  errors and retries by operation, and HTTP request latency; and, through a custom
+  collector, what it last heard from the servers (queue depths and server
+  counters, :mod:`allq.stats_metrics`) plus each server's up/down from
+  ``federation.health()``.
+* :class:`InstrumentedFederation` stands in front of the federation the REST
+  facade calls and counts what went through it; every other attribute is the
+  federation's own.
+* :class:`TimedResource` wraps the REST resource and observes each request from
+  ``render`` until the response is finished (``request.notifyFinish()``),
+  labelled by method, route (the Klein rule, so paths stay a bounded set;
+  anything unknown is ``other``) and status class.
+* :class:`StatsRefresher` is the service that fetches the servers' stats every
+  few seconds into the snapshot that scrapes read.
+
+A scrape never waits on the network: it reads the last snapshot and the
+federation's in-memory health. Nothing here blocks the reactor or decides
+anything about jobs.
+
+Job actions carry only a job id. The tube is taken from the server's reply when
+it names one, else from a bounded memory of the ids this client put or handed
+out (:data:`REMEMBERED_JOBS`); when neither knows it the ``tube`` label is empty.
+"""
+
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.defer import TimeoutError as DeferredTimeoutError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+from werkzeug.exceptions import HTTPException
+
+from allq import __version__
+from allq.client.rest import json_response
+from allq.errors import AllQError
+from allq.stats_metrics import stats_families
+
+SECONDS = 1.0
+#: How often the servers' stats are fetched for ``/metrics``.
+DEFAULT_STATS_INTERVAL = 5 * SECONDS
+#: How long one stats fetch may take before it is given up (and retried next time).
+DEFAULT_STATS_TIMEOUT = 10 * SECONDS
+#: How many job ids (→ tube) are remembered to label job actions by tube.
+REMEMBERED_JOBS = 16384
+#: Request latency buckets: fast job calls up to the 60 s long poll.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                   5.0, 10.0, 30.0, 60.0)
+#: Methods that get their own label value; others are ``other`` (bounded labels).
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+#: Job actions after which the job is gone.
+_FINISHING = frozenset({"done", "delete"})
+
+
+class Recorder(Protocol):
+    """What :class:`InstrumentedFederation` reports to (:class:`ClientMetrics` is one)."""
+
+    def count_jobs(self, action: str, tube: str, count: int = 1) -> None: ...
+
+    def count_error(self, operation: str, code: str) -> None: ...
+
+    def count_retry(self, operation: str, address: str | None = None) -> None: ...
+
+
+class ClientMetrics:
+    """The client's metrics registry and what feeds it.
+
+    :param clock: times request latency and the age of the stats snapshot.
+    :param health: returns ``federation.health()``'s report; read at each scrape.
+    :param process: also export the process's CPU, memory and file descriptors.
+    """
+
+    _log = Logger()
+
+    def __init__(self, clock: IReactorTime, *, health: Callable[[], Mapping] | None = None,
+                 process: bool = True) -> None:
+        self._clock = clock
+        self._health = health
+        self._snapshot: list[Mapping] = []
+        self._snapshot_at: float | None = None
+        self._refresh_failures = 0
+        self.registry = CollectorRegistry()
+        self._jobs = Counter(
+            "allq_client_jobs",
+            "Jobs handled through this client, by tube and action (put, put_parent, get, "
+            "done, delete, touch, release, bury, kick, set_children_started, clear).",
+            ["tube", "action"], registry=self.registry)
+        self._errors = Counter(
+            "allq_client_operation_errors",
+            "Federation operations that failed, by operation and error code.",
+            ["operation", "error"], registry=self.registry)
+        self._retries = Counter(
+            "allq_client_retries",
+            "Operations tried again after a transient failure, by operation and the "
+            "server that failed (empty: no server was reachable).",
+            ["operation", "server"], registry=self.registry)
+        self._latency = Histogram(
+            "allq_client_request_duration_seconds",
+            "REST requests, from routing to the last byte written, by method, route and "
+            "status class (aborted: the caller went away first).",
+            ["method", "route", "status"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.registry.register(_SnapshotCollector(self))
+        if process:
+            ProcessCollector(registry=self.registry)
+
+    # -- recording -------------------------------------------------------------
+
+    def count_jobs(self, action: str, tube: str, count: int = 1) -> None:
+        """Count ``count`` jobs of ``tube`` (``""``: unknown) that went through ``action``."""
+        if count > 0:
+            self._jobs.labels(tube=tube, action=action).inc(count)
+
+    def count_error(self, operation: str, code: str) -> None:
+        """Count one failed federation operation by its error code."""
+        self._errors.labels(operation=operation, error=code).inc()
+
+    def count_retry(self, operation: str, address: str | None = None) -> None:
+        """Count one retry of ``operation`` after ``address`` (or no server) failed;
+        the federation's ``on_retry`` hook."""
+        self._retries.labels(operation=operation, server=address or "").inc()
+
+    def observe_request(self, method: str, route: str, status: str, seconds: float) -> None:
+        """Record one finished REST request."""
+        self._latency.labels(method=method, route=route, status=status).observe(max(seconds, 0.0))
+
+    def update_stats(self, servers: Iterable[Mapping]) -> None:
+        """Replace the stats snapshot with the servers' latest replies."""
+        self._snapshot = list(servers)
+        self._snapshot_at = self._clock.seconds()
+
+    def stats_failed(self) -> None:
+        """A stats fetch failed: drop the snapshot (its depths are no longer known)."""
+        self._snapshot = []
+        self._refresh_failures += 1
+
+    # -- reading ---------------------------------------------------------------
+
+    def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The registry in the text format the ``Accept`` header asks for
+        (Prometheus text by default, OpenMetrics on request).
+
+        :returns: the body and its content type.
+        """
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+    def resource(self) -> IResource:
+        """The ``/metrics`` resource."""
+        return MetricsResource(self)
+
+    def instrument(self, resource: IResource, routes: "RouteNames") -> IResource:
+        """``resource`` with each request's latency observed (see :class:`TimedResource`)."""
+        return TimedResource(resource, self, routes, self._clock)
+
+    def _collect_snapshot(self) -> Iterator[Metric]:
+        yield from stats_families(self._snapshot)
+        age = GaugeMetricFamily(
+            "allq_client_stats_age_seconds",
+            "Seconds since the servers' stats (allq_tube_*, allq_server_*) were fetched.")
+        if self._snapshot_at is not None:
+            age.add_metric([], max(self._clock.seconds() - self._snapshot_at, 0.0))
+        yield age
+        yield CounterMetricFamily(
+            "allq_client_stats_refresh_failures",
+            "Stats fetches that failed (no server answered, or too slow).",
+            value=self._refresh_failures)
+        info = GaugeMetricFamily("allq_client_build_info", "This client's version.",
+                                 labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+        up = GaugeMetricFamily(
+            "allq_client_server_up", "1 when this client has a working link to the server.",
+            labels=["address", "server"])
+        draining = GaugeMetricFamily(
+            "allq_client_server_draining", "1 when this client places no new jobs on the server.",
+            labels=["address", "server"])
+        if self._health is not None:
+            for server in self._health()["servers"]:
+                labels = [str(server["address"]), str(server.get("server_id") or "")]
+                up.add_metric(labels, float(bool(server["up"])))
+                draining.add_metric(labels, float(bool(server.get("draining", False))))
+        yield up
+        yield draining
+
+
+class _SnapshotCollector:
+    """Registry adapter: the snapshot, health and bookkeeping families."""
+
+    def __init__(self, metrics: ClientMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return self._metrics._collect_snapshot()
+
+
+# -- the federation, counted --------------------------------------------------------
+
+
+class InstrumentedFederation:
+    """A federation that counts jobs, errors and retries, for the REST facade.
+
+    Counts ``put``/``put_parent``/``get``/job actions/``kick_tube``/``clear`` by tube
+    and action once they succeed, and every :class:`AllQError` they raise by
+    operation and code. Any other attribute is the wrapped federation's.
+
+    If the federation has an ``on_retry`` attribute that is unset (``None``), it is
+    pointed at :meth:`Recorder.count_retry`.
+
+    :param federation: the real federation (``allq.client.rest.Federation``).
+    :param recorder: where the counts go.
+    :param remembered: how many job ids (→ tube) to remember for job actions.
+    """
+
+    def __init__(self, federation: Any, recorder: Recorder, *,
+                 remembered: int = REMEMBERED_JOBS) -> None:
+        self._federation = federation
+        self._recorder = recorder
+        self._remembered = remembered
+        self._tubes: OrderedDict[str, str] = OrderedDict()
+        if getattr(federation, "on_retry", False) is None:
+            federation.on_retry = recorder.count_retry
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._federation, name)
+
+    async def _call(self, operation: str, call: Awaitable) -> Any:
+        try:
+            return await call
+        except AllQError as e:
+            self._recorder.count_error(operation, e.code)
+            raise
+
+    async def put(self, tube: str, body: str, **params: Any) -> str:
+        """The federation's ``put``, counted as ``put`` in ``tube``."""
+        job_id = await self._call("put", self._federation.put(tube, body, **params))
+        self._recorder.count_jobs("put", tube)
+        self._remember(job_id, tube)
+        return job_id
+
+    async def put_parent(self, tube: str, body: str, **params: Any) -> str:
+        """The federation's ``put_parent``, counted as ``put_parent`` in ``tube``."""
+        job_id = await self._call("put_parent", self._federation.put_parent(tube, body, **params))
+        self._recorder.count_jobs("put_parent", tube)
+        self._remember(job_id, tube)
+        return job_id
+
+    async def get(self, tube: str, *, count: int = 1, delete: bool = False,
+                  wait: float = 0) -> list[dict]:
+        """The federation's ``get``: each job handed out counts as ``get`` (and as
+        ``delete`` too when taken with ``delete``)."""
+        jobs = await self._call(
+            "get", self._federation.get(tube, count=count, delete=delete, wait=wait))
+        self._recorder.count_jobs("get", tube, len(jobs))
+        if delete:
+            self._recorder.count_jobs("delete", tube, len(jobs))
+        else:
+            for job in jobs:
+                self._remember(job["job_id"], job.get("tube", tube))
+        return jobs
+
+    async def job_action(self, action: str, job_id: str, **params: Any) -> dict:
+        """The federation's ``job_action``, counted as ``action`` in the job's tube
+        (``""`` when unknown)."""
+        result = await self._call(action, self._federation.job_action(action, job_id, **params))
+        tube = result.get("tube") if isinstance(result, Mapping) else None
+        if not isinstance(tube, str):
+            tube = self._tubes.get(job_id, "")
+        self._recorder.count_jobs(action, tube)
+        if action in _FINISHING:
+            self._tubes.pop(job_id, None)
+        return result
+
+    async def kick_tube(self, tube: str, count: int = 1) -> list[str]:
+        """The federation's ``kick_tube``; each job kicked counts as ``kick``."""
+        job_ids = await self._call("kick_tube", self._federation.kick_tube(tube, count))
+        self._recorder.count_jobs("kick", tube, len(job_ids))
+        return job_ids
+
+    async def clear(self, tube: str, state: str = "all") -> int:
+        """The federation's ``clear``; each job cleared counts as ``clear``."""
+        cleared = await self._call("clear", self._federation.clear(tube, state))
+        self._recorder.count_jobs("clear", tube, int(cleared))
+        return cleared
+
+    def _remember(self, job_id: str, tube: str) -> None:
+        self._tubes[job_id] = tube
+        self._tubes.move_to_end(job_id)
+        while len(self._tubes) > self._remembered:
+            self._tubes.popitem(last=False)
+
+
+# -- HTTP ---------------------------------------------------------------------------
+
+
+class RouteNames:
+    """Maps a request to its route template, so latency labels stay a bounded set.
+
+    :param url_map: the Klein app's ``url_map`` (``RestApi.app.url_map``); rules
+        with converters are matched by werkzeug, the rest by a set lookup.
+    """
+
+    OTHER = "other"
+
+    def __init__(self, url_map: Any) -> None:
+        rules = list(url_map.iter_rules())
+        self._static = frozenset(rule.rule for rule in rules if not rule.arguments)
+        self._dynamic = any(rule.arguments for rule in rules)
+        self._adapter = url_map.bind("allq.invalid", "/")
+
+    @classmethod
+    def of(cls, paths: Iterable[str]) -> "RouteNames":
+        """Names for a fixed list of plain paths (tests, or a non-Klein resource)."""
+        from werkzeug.routing import Map, Rule
+
+        return cls(Map([Rule(path, endpoint=path) for path in paths]))
+
+    def name(self, method: str, path: bytes) -> str:
+        """The route template ``path`` matches, or ``other``."""
+        try:
+            text = path.decode("utf-8")
+        except UnicodeDecodeError:
+            return self.OTHER
+        if text in self._static:
+            return text
+        if not self._dynamic:
+            return self.OTHER
+        try:
+            rule, _ = self._adapter.match(text, method=method, return_rule=True)
+        except HTTPException:
+            return self.OTHER
+        return rule.rule
+
+
+class TimedResource(Resource):
+    """Observes how long each request to ``inner`` takes, until its response ends.
+
+    :param inner: a leaf resource (the REST facade's).
+    :param metrics: where observations go.
+    :param routes: names the route of each request.
+    :param clock: the time source.
+    """
+
+    isLeaf = True
+
+    def __init__(self, inner: IResource, metrics: ClientMetrics, routes: RouteNames,
+                 clock: IReactorTime) -> None:
+        super().__init__()
+        self._inner = inner
+        self._metrics = metrics
+        self._routes = routes
+        self._clock = clock
+
+    def render(self, request: IRequest) -> bytes | int:
+        started = self._clock.seconds()
+        method = request.method.decode("ascii", "replace")
+        method = method if method in _METHODS else "other"
+        route = self._routes.name(method, request.path)
+
+        def finished(result: object) -> None:
+            if isinstance(result, Failure):
+                status = "aborted"
+            else:
+                status = f"{int(request.code) // 100}xx"
+            self._metrics.observe_request(method, route, status,
+                                          self._clock.seconds() - started)
+
+        request.notifyFinish().addBoth(finished)
+        return self._inner.render(request)
+
+
+class MetricsResource(Resource):
+    """``GET /metrics``: the registry in Prometheus (or OpenMetrics) text format."""
+
+    isLeaf = True
+
+    def __init__(self, metrics: ClientMetrics) -> None:
+        super().__init__()
+        self._metrics = metrics
+
+    def render(self, request: IRequest) -> bytes:
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader(b"allow", b"GET, HEAD")
+            return json_response(request, {
+                "error": "method_not_allowed", "detail": "/metrics accepts GET"}, 405)
+        accept = request.getHeader(b"accept")
+        body, content_type = self._metrics.exposition(
+            None if accept is None else accept.decode("latin-1"))
+        request.setHeader(b"content-type", content_type.encode("ascii"))
+        request.setHeader(b"cache-control", b"no-store")
+        return body
+
+
+# -- the stats snapshot -------------------------------------------------------------
+
+
+class StatsRefresher(Service):
+    """Fetches every server's stats into :meth:`ClientMetrics.update_stats`, every
+    ``interval`` seconds, one fetch at a time.
+
+    A fetch that fails or takes longer than ``timeout`` empties the snapshot until
+    the next one succeeds; failures are logged once per outage, not per try.
+    Stopping cancels a fetch in flight and leaves no timer behind.
+
+    :param federation: has ``async stats() -> list[dict]``.
+    :param metrics: receives the snapshots.
+    :param clock: schedules the fetches.
+    """
+
+    _log = Logger()
+
+    def __init__(self, federation: Any, metrics: ClientMetrics, clock: IReactorTime, *,
+                 interval: float = DEFAULT_STATS_INTERVAL,
+                 timeout: float = DEFAULT_STATS_TIMEOUT) -> None:
+        self._federation = federation
+        self._metrics = metrics
+        self._clock = clock
+        self._interval = interval
+        self._timeout = timeout
+        self._loop: LoopingCall | None = None
+        self._stopped: Deferred | None = None
+        self._in_flight: Deferred | None = None
+        self._failing = False
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = LoopingCall(self._refresh)
+        self._loop.clock = self._clock
+        self._stopped = self._loop.start(self._interval, now=True)
+
+    def stopService(self) -> Deferred | None:
+        super().stopService()
+        loop, stopped, self._loop, self._stopped = self._loop, self._stopped, None, None
+        if loop is not None and loop.running:
+            loop.stop()
+        if self._in_flight is not None:
+            self._in_flight.cancel()
+        return stopped
+
+    def _refresh(self) -> Deferred:
+        d = ensureDeferred(self._federation.stats())
+        d.addTimeout(self._timeout, self._clock)
+        self._in_flight = d
+        d.addCallbacks(self._fetched, self._failed)
+        d.addBoth(self._settled)
+        return d
+
+    def _fetched(self, servers: list[dict]) -> None:
+        self._metrics.update_stats(servers)
+        if self._failing:
+            self._failing = False
+            self._log.info("server stats for /metrics are available again")
+
+    def _failed(self, failure: Failure) -> None:
+        if failure.check(CancelledError) and not self.running:
+            return  # stopping
+        self._metrics.stats_failed()
+        if failure.check(AllQError, DeferredTimeoutError, CancelledError):
+            if not self._failing:
+                self._failing = True
+                self._log.info("server stats for /metrics unavailable: {error}",
+                               error=failure.getErrorMessage())
+            return
+        # A bug, not an outage: say so loudly, and keep refreshing (STYLE §9.4).
+        self._log.failure("fetching server stats for /metrics failed", failure)
+
+    def _settled(self, result: None) -> None:
+        self._in_flight = None

@@ -1,0 +1,66 @@
+"""The client's HTTP site: dashboard, metrics and the REST API under one root.
+
+:func:`build_site` puts the web dashboard at ``/`` and ``/static/*``, the
+Prometheus exposition at ``/metrics`` and hands every other path, untouched, to
+the REST facade's resource (timed by the metrics). Routing only: no request is
+answered here.
+"""
+
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Site
+
+from allq.client.metrics import ClientMetrics, RouteNames
+
+
+class SiteRoot(Resource):
+    """Dispatches on the first path segment; a leaf, so the REST resource sees
+    the request's path exactly as if it were the root itself.
+
+    :param api: the REST facade's resource.
+    :param metrics: the ``/metrics`` resource, or ``None`` for none.
+    :param dashboard: serves ``/`` and ``/static/*``, or ``None`` for none.
+    """
+
+    isLeaf = True
+
+    def __init__(self, api: IResource, metrics: IResource | None = None,
+                 dashboard: IResource | None = None) -> None:
+        super().__init__()
+        self._api = api
+        self._metrics = metrics
+        self._dashboard = dashboard
+
+    def render(self, request: IRequest) -> bytes | int:
+        segments = request.postpath
+        if self._dashboard is not None and (segments == [b""] or segments[:1] == [b"static"]):
+            return self._dashboard.render(request)
+        if self._metrics is not None and segments == [b"metrics"]:
+            return self._metrics.render(request)
+        return self._api.render(request)
+
+
+def build_site(api_resource: IResource, metrics: ClientMetrics | None,
+               dashboard: IResource | None, *, routes: RouteNames | None = None,
+               site_class: type[Site] = Site) -> Site:
+    """The client's :class:`Site`.
+
+    :param api_resource: ``RestApi(...).resource()``.
+    :param metrics: serves ``/metrics`` and times the API's requests; ``None``: neither.
+    :param dashboard: a :class:`allq.client.dashboard.Dashboard`; ``None``: no page.
+    :param routes: names API routes for the latency labels; by default the rules
+        of :class:`allq.client.rest.RestApi`'s Klein app.
+    :param site_class: e.g. a ``Site`` subclass that writes no access log.
+    """
+    api = api_resource
+    metrics_resource = None
+    if metrics is not None:
+        if routes is None:
+            from allq.client.rest import RestApi
+
+            routes = RouteNames(RestApi.app.url_map)
+        api = metrics.instrument(api_resource, routes)
+        metrics_resource = metrics.resource()
+    site = site_class(SiteRoot(api, metrics_resource, dashboard))
+    site.noisy = False
+    return site

@@ -1,0 +1,411 @@
+// allq client dashboard: polls the same origin's REST API and shows servers and tubes.
+//
+// Plain browser JavaScript, no build step and no third-party code. Every piece of
+// text that comes from the API is written with textContent (never innerHTML), so
+// tube names and job bodies can hold any characters. Rows are keyed by address and
+// tube name and updated in place, so a button under the pointer is never replaced
+// between two polls.
+"use strict";
+
+(function () {
+  const POLL_MS = 1500;
+  const PEEK_LIMIT = 64 * 1024; // characters of a job body shown
+  const numbers = new Intl.NumberFormat("en-US");
+  const STATES = ["ready", "reserved", "delayed", "buried", "parents"];
+
+  const byId = (id) => document.getElementById(id);
+  const serverRows = new Map(); // address -> {row, cells}
+  const tubeRows = new Map(); // tube -> {row, cells, buttons, data}
+  let timer = null;
+  let toastTimer = null;
+
+  // -- helpers ----------------------------------------------------------------
+
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function setText(node, text) {
+    const value = String(text);
+    if (node.textContent !== value) node.textContent = value;
+  }
+
+  function query(params) {
+    const search = new URLSearchParams();
+    for (const [key, value] of Object.entries(params || {})) search.set(key, String(value));
+    const text = search.toString();
+    return text ? "?" + text : "";
+  }
+
+  // One REST call, relative to the page (so a reverse-proxy prefix keeps working).
+  // Resolves to {status, body}; rejects only when the request itself failed.
+  async function call(method, path, params) {
+    const response = await fetch(path + query(params), {
+      method: method,
+      headers: { accept: "application/json" },
+      cache: "no-store",
+    });
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (e) {
+      body = null;
+    }
+    return { status: response.status, body: body };
+  }
+
+  function errorText(reply) {
+    if (reply.body && typeof reply.body === "object" && reply.body.detail) {
+      return String(reply.body.detail);
+    }
+    return "HTTP " + reply.status;
+  }
+
+  function toast(message, kind) {
+    const node = byId("toast");
+    node.textContent = message;
+    node.dataset.kind = kind || "ok";
+    node.hidden = false;
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => { node.hidden = true; }, 4000);
+  }
+
+  function banner(message) {
+    const node = byId("banner");
+    if (message) {
+      setText(node, message);
+      node.hidden = false;
+    } else {
+      node.hidden = true;
+    }
+  }
+
+  // -- servers ----------------------------------------------------------------
+
+  function serverRow(address) {
+    let entry = serverRows.get(address);
+    if (entry) return entry;
+    const row = el("tr");
+    row.dataset.server = address;
+    const cells = {};
+    const status = el("td");
+    cells.status = el("span", "status");
+    status.appendChild(cells.status);
+    row.appendChild(status);
+    for (const [field, className] of [["address", "mono"], ["server_id", "mono muted"],
+      ["jobs", "num"], ["job_put", "num"], ["job_get", "num"], ["placement", ""]]) {
+      cells[field] = el("td", className);
+      cells[field].dataset.field = field;
+      row.appendChild(cells[field]);
+    }
+    entry = { row: row, cells: cells };
+    serverRows.set(address, entry);
+    return entry;
+  }
+
+  function renderServers(health, stats) {
+    const tbody = byId("servers").tBodies[0];
+    const byAddress = new Map();
+    for (const server of stats) {
+      const name = String(server.server_name || "");
+      const comma = name.indexOf(",");
+      const address = comma >= 0 ? name.slice(comma + 1) : name;
+      let jobs = 0;
+      for (const tube of server.stats || []) {
+        for (const state of STATES) jobs += Number(tube[state]) || 0;
+      }
+      byAddress.set(address, { server: server, jobs: jobs });
+    }
+    const seen = new Set();
+    for (const server of health.servers || []) {
+      const address = String(server.address);
+      seen.add(address);
+      const entry = serverRow(address);
+      const known = byAddress.get(address);
+      const up = Boolean(server.up);
+      entry.row.dataset.up = up ? "true" : "false";
+      setText(entry.cells.status, up ? "up" : "down");
+      entry.cells.status.dataset.state = up ? "up" : "down";
+      setText(entry.cells.address, address);
+      setText(entry.cells.server_id, server.server_id || "—");
+      setText(entry.cells.jobs, known ? numbers.format(known.jobs) : "—");
+      setText(entry.cells.job_put, known ? numbers.format(known.server.job_put) : "—");
+      setText(entry.cells.job_get, known ? numbers.format(known.server.job_get) : "—");
+      const draining = server.draining || (known && known.server.draining);
+      setText(entry.cells.placement, draining ? "draining" : up ? "taking jobs" : "—");
+      entry.cells.placement.className = draining ? "warn" : "muted";
+      if (entry.row.parentNode !== tbody) tbody.appendChild(entry.row);
+    }
+    for (const [address, entry] of serverRows) {
+      if (!seen.has(address)) {
+        entry.row.remove();
+        serverRows.delete(address);
+      }
+    }
+  }
+
+  // -- tubes ------------------------------------------------------------------
+
+  function sumTubes(stats) {
+    const tubes = new Map();
+    for (const server of stats) {
+      for (const tube of server.stats || []) {
+        const name = String(tube.tube);
+        let total = tubes.get(name);
+        if (!total) {
+          total = { tube: name, tps: 0, paused: false, draining: false };
+          for (const state of STATES) total[state] = 0;
+          tubes.set(name, total);
+        }
+        for (const state of STATES) total[state] += Number(tube[state]) || 0;
+        total.tps += Number(tube.tps) || 0;
+        total.paused = total.paused || Boolean(tube.paused);
+        total.draining = total.draining || Boolean(tube.draining);
+      }
+    }
+    return tubes;
+  }
+
+  function button(label, action, title, className) {
+    const node = el("button", "btn" + (className ? " " + className : ""), label);
+    node.type = "button";
+    node.dataset.action = action;
+    node.title = title;
+    return node;
+  }
+
+  function tubeRow(name) {
+    let entry = tubeRows.get(name);
+    if (entry) return entry;
+    const row = el("tr");
+    row.dataset.tube = name;
+    const cells = {};
+    cells.tube = el("td", "mono tube-name", name);
+    cells.tube.dataset.field = "tube";
+    row.appendChild(cells.tube);
+    for (const field of STATES.concat(["tps"])) {
+      cells[field] = el("td", "num");
+      cells[field].dataset.field = field;
+      row.appendChild(cells[field]);
+    }
+    cells.state = el("td");
+    cells.state.dataset.field = "state";
+    row.appendChild(cells.state);
+    const actions = el("td", "actions");
+    const buttons = {
+      peek: button("Peek", "peek", "show the next ready job without reserving it"),
+      peekBuried: button("Peek buried", "peek-buried", "show the first buried job"),
+      kick: button("Kick", "kick", "make every buried job of this tube ready again", "primary"),
+      pause: button("Pause", "pause", "stop handing out this tube's jobs on every server"),
+      clear: button("Clear", "clear", "delete every job of this tube on every server", "danger"),
+    };
+    for (const node of Object.values(buttons)) actions.appendChild(node);
+    row.appendChild(actions);
+    entry = { row: row, cells: cells, buttons: buttons, data: null };
+    buttons.peek.addEventListener("click", () => peek(entry.data.tube, false));
+    buttons.peekBuried.addEventListener("click", () => peek(entry.data.tube, true));
+    buttons.kick.addEventListener("click", () => kick(entry));
+    buttons.pause.addEventListener("click", () => pause(entry));
+    buttons.clear.addEventListener("click", () => clear(entry));
+    tubeRows.set(name, entry);
+    return entry;
+  }
+
+  function renderTubes(stats, known) {
+    const tbody = byId("tubes").tBodies[0];
+    const tubes = sumTubes(stats);
+    const names = Array.from(tubes.keys()).sort();
+    for (const name of names) {
+      const data = tubes.get(name);
+      const entry = tubeRow(name);
+      entry.data = data;
+      for (const state of STATES) {
+        setText(entry.cells[state], numbers.format(data[state]));
+        entry.cells[state].classList.toggle("zero", data[state] === 0);
+      }
+      entry.cells.buried.classList.toggle("alert", data.buried > 0);
+      setText(entry.cells.tps, data.tps.toFixed(2));
+      entry.cells.tps.classList.toggle("zero", data.tps === 0);
+      renderState(entry.cells.state, data);
+      entry.buttons.peekBuried.disabled = data.buried === 0;
+      entry.buttons.kick.disabled = data.buried === 0;
+      setText(entry.buttons.kick, data.buried > 0 ? "Kick " + numbers.format(data.buried) : "Kick");
+      setText(entry.buttons.pause, data.paused ? "Resume" : "Pause");
+      entry.buttons.pause.dataset.action = data.paused ? "unpause" : "pause";
+      entry.buttons.pause.title = data.paused
+        ? "hand out this tube's jobs again on every server"
+        : "stop handing out this tube's jobs on every server";
+    }
+    for (const [name, entry] of tubeRows) {
+      if (!tubes.has(name)) {
+        entry.row.remove();
+        tubeRows.delete(name);
+      }
+    }
+    // Re-append only when the order changed: moving a row would cancel a click on it.
+    const current = Array.from(tbody.rows, (row) => row.dataset.tube);
+    if (current.length !== names.length || current.some((name, i) => name !== names[i])) {
+      for (const name of names) tbody.appendChild(tubeRows.get(name).row);
+    }
+    byId("no-tubes").hidden = names.length > 0 || !known;
+    return tubes;
+  }
+
+  function renderState(cell, data) {
+    const wanted = [];
+    if (data.paused) wanted.push("paused");
+    if (data.draining) wanted.push("draining");
+    const key = wanted.join(" ");
+    if (cell.dataset.state === key && cell.childNodes.length) return;
+    cell.dataset.state = key;
+    cell.replaceChildren();
+    if (!wanted.length) {
+      cell.appendChild(el("span", "badge ok", "active"));
+    }
+    for (const word of wanted) cell.appendChild(el("span", "badge " + word, word));
+  }
+
+  // -- actions ----------------------------------------------------------------
+
+  async function act(entry, method, path, params, describe) {
+    const buttons = Object.values(entry.buttons);
+    for (const node of buttons) node.classList.add("busy");
+    try {
+      const reply = await call(method, path, params);
+      if (reply.status >= 400) {
+        toast(entry.data.tube + ": " + errorText(reply), "error");
+      } else {
+        toast(describe(reply.body || {}), "ok");
+      }
+    } catch (e) {
+      toast("request failed: " + e.message, "error");
+    } finally {
+      for (const node of buttons) node.classList.remove("busy");
+      refreshNow();
+    }
+  }
+
+  function kick(entry) {
+    const tube = entry.data.tube;
+    const count = Math.max(entry.data.buried, 1);
+    return act(entry, "PUT", "kick", { tube: tube, count: count }, (body) => {
+      const kicked = (body.job_ids || []).length;
+      return "Kicked " + numbers.format(kicked) + " buried job" + (kicked === 1 ? "" : "s") +
+        " in " + tube;
+    });
+  }
+
+  function pause(entry) {
+    const tube = entry.data.tube;
+    const paused = entry.data.paused;
+    return act(entry, "PUT", paused ? "unpause" : "pause", { tube: tube }, () =>
+      (paused ? "Resumed " : "Paused ") + tube);
+  }
+
+  function clear(entry) {
+    const tube = entry.data.tube;
+    if (!window.confirm("Delete every job of tube \u201c" + tube + "\u201d on every server?")) {
+      return null;
+    }
+    return act(entry, "DELETE", "tube", { tube: tube }, (body) => {
+      const cleared = Number(body.cleared) || 0;
+      return "Cleared " + numbers.format(cleared) + " job" + (cleared === 1 ? "" : "s") +
+        " from " + tube;
+    });
+  }
+
+  async function peek(tube, buried) {
+    const panel = byId("peek");
+    setText(byId("peek-title"), (buried ? "First buried job in " : "Next ready job in ") + tube);
+    let reply;
+    try {
+      reply = await call("GET", "peek", buried ? { tube: tube, buried: "true" } : { tube: tube });
+    } catch (e) {
+      toast("request failed: " + e.message, "error");
+      return;
+    }
+    if (reply.status >= 400) {
+      toast(tube + ": " + errorText(reply), "error");
+      return;
+    }
+    const job = reply.body || {};
+    const empty = !job.id;
+    byId("peek-empty").hidden = !empty;
+    byId("peek-meta").hidden = empty;
+    byId("peek-body").hidden = empty;
+    if (empty) {
+      setText(byId("peek-empty"), "No " + (buried ? "buried" : "ready") + " job in " + tube + ".");
+    } else {
+      for (const field of ["id", "tube", "expireds", "releases"]) {
+        setText(panel.querySelector('[data-field="' + field + '"]'), job[field]);
+      }
+      let body = String(job.body);
+      if (body.length > PEEK_LIMIT) {
+        body = body.slice(0, PEEK_LIMIT) + "\n… (" + numbers.format(job.body.length) +
+          " characters, first " + numbers.format(PEEK_LIMIT) + " shown)";
+      }
+      byId("peek-body").textContent = body;
+    }
+    panel.hidden = false;
+  }
+
+  // -- polling ----------------------------------------------------------------
+
+  async function refresh() {
+    const live = byId("live");
+    try {
+      const [health, stats] = await Promise.all([call("GET", "health"), call("GET", "stats")]);
+      if (!health.body || !Array.isArray(health.body.servers)) {
+        throw new Error("/health answered " + health.status);
+      }
+      const known = stats.status === 200 && Array.isArray(stats.body);
+      const statsList = known ? stats.body : [];
+      renderServers(health.body, statsList);
+      const tubes = renderTubes(statsList, known);
+      let jobs = 0;
+      for (const tube of tubes.values()) for (const state of STATES) jobs += tube[state];
+      const up = health.body.up;
+      const total = health.body.total;
+      const counts = known
+        ? numbers.format(tubes.size) + " tubes · " + numbers.format(jobs) + " jobs"
+        : "counts unknown";
+      setText(byId("summary-text"), up + "/" + total + " servers up · " + counts +
+        " · updated " + new Date().toLocaleTimeString("en-GB"));
+      if (up === 0) {
+        banner("No server is reachable: the counts below are unknown until one is back.");
+      } else if (stats.status !== 200) {
+        banner("Stats unavailable: " + errorText(stats));
+      } else {
+        banner(null);
+      }
+      live.dataset.state = up === 0 ? "error" : up === total ? "ok" : "degraded";
+    } catch (e) {
+      live.dataset.state = "error";
+      setText(byId("summary-text"), "client unreachable");
+      banner("Cannot reach the allq client: " + e.message);
+    }
+  }
+
+  function schedule() {
+    clearTimeout(timer);
+    timer = setTimeout(tick, POLL_MS);
+  }
+
+  async function tick() {
+    await refresh();
+    schedule();
+  }
+
+  function refreshNow() {
+    clearTimeout(timer);
+    tick();
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    byId("peek-close").addEventListener("click", () => { byId("peek").hidden = true; });
+    tick();
+  });
+})();
