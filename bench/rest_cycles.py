@@ -1,0 +1,1375 @@
+"""REST cycles per second through ``allq-client`` beside beanstalkd.
+
+Run from the repository root::
+
+    .venv/bin/python bench/rest_cycles.py [--seconds S] [--repeats R] [--quick]
+
+Starts ONE ``allq-server``, ONE ``allq-client`` (pointed at that server) and ONE
+beanstalkd, all on 127.0.0.1 with free ports and a fresh key set made by
+``allq keys generate`` in a temporary directory, then measures (R repeats of S
+seconds each, interleaved, after a warm-up; medians are shown):
+
+``single``    N workers (1, 10, 100, 1000), each running lock-step cycles of three
+              separate HTTP calls: ``POST /job``, ``GET /job?tube=T``,
+              ``DELETE /job?job_id=ID``. cycles/s, and p50/p99 latency per call
+              and per cycle.
+``batched``   N workers (10, 100), each running rounds of: 100 ``POST /job`` one
+              after another, one ``GET /multiple_job?tube=T&count=100``, then the
+              100 ``DELETE /job`` one after another. A *batched cycle* is one job
+              through put, multiple_job get and delete; reported as jobs/s (only
+              the get is batched: the REST API has no batch put or delete).
+``longpoll``  1,000 workers each holding ``GET /job?tube=LP&wait=10`` open on one
+              allq-client while a separate producer process puts 5,000 jobs at a
+              steady rate; a worker that gets a job deletes it and polls again.
+              Reports errors (any non-200 or connection error), jobs delivered,
+              duplicates, jobs never delivered, and wait-to-delivery (from the
+              producer sending the job's POST to a worker receiving the job).
+``beanstalkd`` the reference: ``--bs-procs`` (8) greenstalk processes, each doing
+              lock-step put / reserve / delete (``server_cycles.greenstalk_worker``),
+              cycles/s summed. Targets: single-job REST >= 0.15x, batched >= 0.5x.
+
+The HTTP load comes from ``--procs`` load-generator processes (Twisted ``Agent``
+with a persistent ``HTTPConnectionPool``, one connection per worker, no HTTP
+pipelining), the workers split evenly between them. This parent process runs no
+reactor: it starts, synchronises, samples and stops things. Every process it
+starts is stopped by PID in a ``finally`` (also on Ctrl-C, SIGTERM or an error),
+and every loop is bounded in time.
+
+Shared code (beanstalkd start, greenstalk reference worker, process bookkeeping,
+machine facts) is imported from the sibling ``server_cycles.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import queue as queue_module
+import re
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import server_cycles as sc  # noqa: E402  (the sibling bench script)
+
+ROOT = Path(__file__).resolve().parent.parent
+BODY_BYTES = 100
+START_TIMEOUT = 30.0   # seconds for a daemon to come up / load generators to connect
+DRAIN_TIMEOUT = 30.0   # seconds in-flight cycles (a batched round: 100 DELETEs) may take to end
+ERROR_PAUSE = 0.05     # a worker whose call failed waits this long before going on
+LP_PRODUCER_CONNECTIONS = 32  # the long-poll producer's connections = puts in flight at most
+TARGETS = {"single": 0.15, "batched": 0.5}
+SERVER_LISTENING = re.compile(r"allq-server \S+ id (\S+) listening on (\S+):(\d+)")
+CLIENT_SERVING = re.compile(r"serving REST on (\S+):(\d+)")
+
+
+# -- load-generator processes ----------------------------------------------------------
+
+
+def _ignore_sigint() -> None:
+    """Children leave Ctrl-C to the parent, which stops them by PID."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _wait_until(deadline: float) -> None:
+    delay = deadline - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def _raise_child_errors(result_q) -> None:
+    with contextlib.suppress(queue_module.Empty):
+        while True:
+            kind, name, payload = result_q.get_nowait()
+            if kind == "error":
+                raise RuntimeError(f"process {name} failed:\n{payload}")
+
+
+def _raise_nofile(wanted: int) -> int:
+    """Raise this process's open-file soft limit to ``wanted`` (up to the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+class _Http:
+    """A minimal HTTP client over ``Agent`` + a persistent ``HTTPConnectionPool``.
+
+    ``call`` fires with ``(status, body bytes)``; connection errors fail it.
+    """
+
+    def __init__(self, reactor, base: str, connections: int) -> None:
+        from twisted.web.client import Agent, HTTPConnectionPool
+        from twisted.web.http_headers import Headers
+
+        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self.pool.maxPersistentPerHost = connections
+        self.pool.retryAutomatically = False  # a silently repeated GET /job would reserve twice
+        self.agent = Agent(reactor, pool=self.pool, connectTimeout=START_TIMEOUT)
+        self.base = base.encode("ascii")
+        self.json_headers = Headers({b"content-type": [b"application/json"]})
+
+    def call(self, method: bytes, path: bytes, body: bytes | None = None):
+        from twisted.web.client import readBody
+
+        producer = None if body is None else _BytesProducer(body)
+        d = self.agent.request(method, self.base + path,
+                               self.json_headers if body is not None else None, producer)
+        return d.addCallback(lambda response: readBody(response).addCallback(
+            lambda data: (response.code, data)))
+
+    def close(self):
+        return self.pool.closeCachedConnections()
+
+
+class _RawHttp:
+    """The same interface over a minimal HTTP/1.1 keep-alive client (``--http-client raw``).
+
+    One Twisted ``Protocol`` per connection writes the request bytes in one call and
+    parses just the status, ``Content-Length`` or chunked framing, and the body: no
+    ``Agent``, no header objects, no body producers. Idle connections are kept in a
+    list and reused; one request at a time per connection (no pipelining).
+    """
+
+    def __init__(self, reactor, base: str, connections: int) -> None:
+        host, _, port = base.removeprefix("http://").partition(":")
+        self._reactor = reactor
+        self._host, self._port = host, int(port)
+        self._host_header = f"Host: {host}:{port}\r\n".encode()
+        self._idle: list = []
+        self._all: set = set()
+
+    def call(self, method: bytes, path: bytes, body: bytes | None = None):
+        from twisted.internet.defer import Deferred
+
+        head = method + b" " + path + b" HTTP/1.1\r\n" + self._host_header
+        if body is None:
+            data = head + b"\r\n"
+        else:
+            data = (head + b"Content-Type: application/json\r\nContent-Length: "
+                    + str(len(body)).encode() + b"\r\n\r\n" + body)
+        if self._idle:
+            return self._idle.pop().request(data)
+        d = Deferred()
+        connected = Deferred()
+        self._reactor.connectTCP(self._host, self._port, _RawFactory(self, connected),
+                                 timeout=START_TIMEOUT)
+        connected.addCallback(lambda protocol: protocol.request(data)).chainDeferred(d)
+        return d
+
+    def _release(self, protocol) -> None:
+        self._idle.append(protocol)
+
+    def close(self):
+        from twisted.internet.defer import succeed
+
+        for protocol in list(self._all):
+            protocol.transport.loseConnection()
+        return succeed(None)
+
+
+def _raw_classes():
+    from twisted.internet.defer import Deferred
+    from twisted.internet.error import ConnectionLost
+    from twisted.internet.protocol import ClientFactory, Protocol
+
+    class RawConnection(Protocol):
+        def __init__(self, owner: _RawHttp, connected: Deferred) -> None:
+            self._owner = owner
+            self._connected = connected
+            self._waiting: Deferred | None = None
+            self._buffer = b""
+            self._status = 0
+            self._length: int | None = None  # body bytes still expected; None: in headers
+            self._chunked = False
+            self._body: list[bytes] = []
+
+        def connectionMade(self) -> None:
+            self._owner._all.add(self)
+            self._connected.callback(self)
+
+        def request(self, data: bytes) -> Deferred:
+            def cancel(_d: Deferred) -> None:  # e.g. a long poll cut short at the end
+                self._waiting = None
+                self.transport.abortConnection()
+
+            self._waiting = Deferred(cancel)
+            self.transport.write(data)
+            return self._waiting
+
+        def dataReceived(self, data: bytes) -> None:
+            self._buffer += data
+            while self._waiting is not None and self._step():
+                pass
+
+        def _step(self) -> bool:
+            buffer = self._buffer
+            if self._length is None:  # status line and headers
+                end = buffer.find(b"\r\n\r\n")
+                if end < 0:
+                    return False
+                head, self._buffer = buffer[:end].lower(), buffer[end + 4:]
+                self._status = int(head[9:12])
+                self._body = []
+                at = head.find(b"\r\ncontent-length:")
+                if at >= 0:
+                    self._chunked = False
+                    line_end = head.find(b"\r\n", at + 2)
+                    self._length = int(head[at + 17:line_end if line_end >= 0 else len(head)])
+                else:
+                    self._chunked = b"transfer-encoding: chunked" in head
+                    self._length = 0 if self._chunked else -1
+                    if not self._chunked:
+                        self._fail("neither Content-Length nor chunked")
+                        return False
+                return True
+            if not self._chunked:
+                if len(buffer) < self._length:
+                    return False
+                self._body.append(buffer[:self._length])
+                self._buffer = buffer[self._length:]
+                self._done()
+                return True
+            line_end = buffer.find(b"\r\n")  # chunked: "<hex size>\r\n<data>\r\n"
+            if line_end < 0:
+                return False
+            size = int(buffer[:line_end].split(b";")[0], 16)
+            if len(buffer) < line_end + 2 + size + 2:
+                return False
+            if size == 0:
+                self._buffer = buffer[line_end + 4:]  # no trailers from twisted.web
+                self._done()
+                return True
+            self._body.append(buffer[line_end + 2:line_end + 2 + size])
+            self._buffer = buffer[line_end + 2 + size + 2:]
+            return True
+
+        def _done(self) -> None:
+            d, self._waiting = self._waiting, None
+            self._length = None
+            self._owner._release(self)
+            d.callback((self._status, b"".join(self._body)))
+
+        def _fail(self, why: str) -> None:
+            d, self._waiting = self._waiting, None
+            self.transport.loseConnection()
+            d.errback(ConnectionLost(why))
+
+        def connectionLost(self, reason) -> None:
+            self._owner._all.discard(self)
+            if self in self._owner._idle:
+                self._owner._idle.remove(self)
+            if self._waiting is not None:
+                d, self._waiting = self._waiting, None
+                d.errback(ConnectionLost(f"connection lost: {reason.getErrorMessage()}"))
+
+    class RawFactory(ClientFactory):
+        noisy = False
+
+        def __init__(self, owner: _RawHttp, connected: Deferred) -> None:
+            self._owner = owner
+            self._connected = connected
+
+        def buildProtocol(self, addr):
+            return RawConnection(self._owner, self._connected)
+
+        def clientConnectionFailed(self, connector, reason) -> None:
+            self._connected.errback(reason)
+
+    return RawFactory
+
+
+_RawFactory = None  # set in the load-generator process (needs Twisted imported)
+
+
+def _make_http(reactor, spec: dict, connections: int):
+    """The HTTP client ``spec["http_client"]`` names, for a load-generator process."""
+    global _BytesProducer, _RawFactory
+    if spec.get("http_client", "agent") == "raw":
+        _RawFactory = _raw_classes()
+        return _RawHttp(reactor, spec["base"], connections)
+    _BytesProducer = _bytes_producer_class()
+    return _Http(reactor, spec["base"], connections)
+
+
+def _bytes_producer_class():
+    from twisted.internet.defer import succeed
+    from twisted.web.iweb import IBodyProducer
+    from zope.interface import implementer
+
+    @implementer(IBodyProducer)
+    class BytesProducer:
+        """Writes a bytes body at once (``FileBodyProducer`` would wait a reactor turn)."""
+
+        def __init__(self, data: bytes) -> None:
+            self._data = data
+            self.length = len(data)
+
+        def startProducing(self, consumer):
+            consumer.write(self._data)
+            return succeed(None)
+
+        def pauseProducing(self) -> None:
+            pass
+
+        def resumeProducing(self) -> None:
+            pass
+
+        def stopProducing(self) -> None:
+            pass
+
+    return BytesProducer
+
+
+_BytesProducer = None  # set in the load-generator process (needs Twisted imported)
+
+
+class _Window:
+    """What one load-generator process counts inside the measured window."""
+
+    def __init__(self, warm_end: float, end: float) -> None:
+        self.warm_end = warm_end
+        self.end = end
+        self.stopping = False
+        self.cycles = 0
+        #: batched mode: POSTs plus DELETEs that succeeded in the window; each job has
+        #: one of each, so in steady state jobs/s = halves / 2 / seconds. (Counting only
+        #: deletes would depend on where the window cuts the long rounds.)
+        self.halves = 0
+        #: single mode, the same idea: successful POSTs, GETs that got a job and
+        #: DELETEs in the window, three per cycle. With 1,000 lock-step workers the
+        #: calls move in waves and a whole cycle can take longer than the window, so
+        #: counting only finished cycles would swing between 0 and twice the rate.
+        self.thirds = 0
+        self.errors = 0
+        self.empty_gets = 0
+        self.first_error: str | None = None
+        self.active = 0
+        self.latency: dict[str, list[float]] = {}
+
+    def inside(self, at: float) -> bool:
+        return self.warm_end <= at < self.end
+
+    def note(self, kind: str, started: float, ended: float) -> None:
+        if self.warm_end <= ended < self.end:
+            self.latency.setdefault(kind, []).append(ended - started)
+
+    def third(self) -> None:
+        if self.warm_end <= time.monotonic() < self.end:
+            self.thirds += 1
+
+    def error(self, what: str) -> None:
+        self.errors += 1
+        if self.first_error is None:
+            self.first_error = what[:300]
+
+
+async def _checked(http: _Http, window: _Window, kind: str, method: bytes, path: bytes,
+                   body: bytes | None = None):
+    """One HTTP call: its decoded JSON on 200, else ``None`` (an error is counted)."""
+    started = time.monotonic()
+    try:
+        status, data = await http.call(method, path, body)
+    except Exception as e:  # noqa: BLE001 - connection errors are results here
+        window.error(f"{kind}: {type(e).__name__}: {e}")
+        return None
+    ended = time.monotonic()
+    if status != 200:
+        window.error(f"{kind}: HTTP {status}: {data[:200]!r}")
+        return None
+    window.note(kind, started, ended)
+    return json.loads(data)
+
+
+async def _connect_all(http: _Http, count: int) -> None:
+    """Open ``count`` pooled connections (``count`` concurrent ``GET /health``) so the
+    window measures cycles, not TCP connects. Raises on the first failure."""
+    from twisted.internet.defer import gatherResults
+
+    async def one() -> None:
+        status, data = await http.call(b"GET", b"/health")
+        if status != 200:
+            raise RuntimeError(f"GET /health answered {status}: {data[:200]!r}")
+
+    await gatherResults([_deferred_from(one()) for _ in range(count)], consumeErrors=True)
+
+
+def _deferred_from(coroutine):
+    """``Deferred.fromCoroutine`` (Twisted is imported only in the child processes)."""
+    from twisted.internet.defer import Deferred
+
+    return Deferred.fromCoroutine(coroutine)
+
+
+async def _pause(reactor, seconds: float) -> None:
+    from twisted.internet.task import deferLater
+
+    await deferLater(reactor, seconds, lambda: None)
+
+
+async def _single_worker(reactor, http: _Http, window: _Window, tube: str) -> None:
+    """Lock-step POST /job -> GET /job -> DELETE /job until the window closes."""
+    put_body = json.dumps({"tube": tube, "body": "x" * BODY_BYTES}).encode()
+    get_path = f"/job?tube={tube}".encode()
+    window.active += 1
+    try:
+        while not window.stopping:
+            started = time.monotonic()
+            put = await _checked(http, window, "POST /job", b"POST", b"/job", put_body)
+            if put is None:
+                await _pause(reactor, ERROR_PAUSE)
+                continue
+            window.third()
+            job = await _checked(http, window, "GET /job", b"GET", get_path)
+            if job is None:
+                await _pause(reactor, ERROR_PAUSE)
+                continue
+            if not job:
+                window.empty_gets += 1
+                continue
+            window.third()
+            done = await _checked(http, window, "DELETE /job", b"DELETE",
+                                  b"/job?job_id=" + job["id"].encode())
+            if done is None:
+                await _pause(reactor, ERROR_PAUSE)
+                continue
+            window.third()
+            window.note("cycle", started, time.monotonic())
+    finally:
+        window.active -= 1
+
+
+async def _batched_worker(reactor, http: _Http, window: _Window, tube: str, size: int) -> None:
+    """Rounds of ``size`` POSTs, one GET /multiple_job, ``size`` DELETEs; counts jobs."""
+    put_body = json.dumps({"tube": tube, "body": "x" * BODY_BYTES}).encode()
+    get_path = f"/multiple_job?tube={tube}&count={size}".encode()
+    window.active += 1
+    try:
+        while not window.stopping:
+            started = time.monotonic()
+            put = 0
+            while put < size and not window.stopping:  # the window may close mid-round
+                if await _checked(http, window, "POST /job", b"POST", b"/job", put_body) is None:
+                    await _pause(reactor, ERROR_PAUSE)
+                    continue
+                put += 1
+                if window.inside(time.monotonic()):
+                    window.halves += 1
+            if not put:
+                continue
+            got = await _checked(http, window, "GET /multiple_job", b"GET",
+                                 get_path if put == size else
+                                 f"/multiple_job?tube={tube}&count={put}".encode())
+            if got is None:
+                await _pause(reactor, ERROR_PAUSE)
+                continue
+            jobs = got["jobs"]
+            window.empty_gets += max(put - len(jobs), 0)
+            for job in jobs:
+                done = await _checked(http, window, "DELETE /job", b"DELETE",
+                                      b"/job?job_id=" + job["id"].encode())
+                if done is not None and window.inside(time.monotonic()):
+                    window.halves += 1
+            window.note(f"round ({size} jobs)", started, time.monotonic())
+    finally:
+        window.active -= 1
+
+
+def rest_worker(spec: dict, ready_q, go, go_at, result_q) -> None:
+    """One load-generator process: ``spec["workers"]`` workers of ``spec["mode"]``."""
+    _ignore_sigint()
+    name = spec["name"]
+    try:
+        _raise_nofile(spec["workers"] * 2 + 256)
+        from twisted.internet import reactor
+        from twisted.internet.defer import Deferred
+
+        http = _make_http(reactor, spec, spec["workers"])
+        outcome: dict = {}
+
+        def started() -> None:
+            ready_q.put(("ready", name))
+            # Blocking the reactor here is fine: nothing is in flight yet.
+            if not go.wait(START_TIMEOUT * 2):
+                outcome["error"] = "never told to start"
+                reactor.stop()
+                return
+            warm_end = go_at.value + spec["warmup"]
+            window = _Window(warm_end, warm_end + spec["seconds"])
+            cpu: dict[str, float] = {}
+
+            def opens() -> None:
+                cpu["start"] = time.process_time()
+
+            def closes() -> None:
+                cpu["end"] = time.process_time()
+                window.stopping = True
+                drained(time.monotonic() + DRAIN_TIMEOUT)
+
+            def drained(deadline: float) -> None:
+                if window.active > 0 and time.monotonic() < deadline:
+                    reactor.callLater(0.01, drained, deadline)
+                    return
+                outcome["result"] = {
+                    "cycles": window.cycles + window.halves / 2 + window.thirds / 3,
+                    "errors": window.errors,
+                    "empty_gets": window.empty_gets, "first_error": window.first_error,
+                    "undrained": window.active, "latency": window.latency,
+                    "cpu": cpu.get("end", 0.0) - cpu.get("start", cpu.get("end", 0.0)),
+                }
+                d = http.close()
+                d.addBoth(lambda _: reactor.callLater(0.05, reactor.stop))
+
+            def worker_failed(failure) -> None:
+                window.error(f"worker crashed: {failure.getTraceback()}")
+
+            now = time.monotonic()
+            reactor.callLater(max(warm_end - now, 0), opens)
+            reactor.callLater(max(window.end - now, 0), closes)
+            for _ in range(spec["workers"]):
+                if spec["mode"] == "batched":
+                    coroutine = _batched_worker(reactor, http, window, spec["tube"],
+                                                spec["batch"])
+                else:
+                    coroutine = _single_worker(reactor, http, window, spec["tube"])
+                Deferred.fromCoroutine(coroutine).addErrback(worker_failed)
+
+        def connect_then_start() -> None:
+            def failed(failure) -> None:
+                outcome["error"] = f"could not connect: {failure.getTraceback()}"
+                reactor.stop()
+
+            _deferred_from(_connect_all(http, spec["workers"])).addCallbacks(
+                lambda _: started(), failed)
+
+        reactor.callWhenRunning(connect_then_start)
+        reactor.callLater(
+            START_TIMEOUT * 3 + spec["warmup"] + spec["seconds"] + DRAIN_TIMEOUT,
+            lambda: (outcome.setdefault("error", "load generator ran out of time"),
+                     reactor.stop()))
+        reactor.run(installSignalHandlers=False)
+        if "result" in outcome:
+            result_q.put(("result", name, outcome["result"]))
+        else:
+            result_q.put(("error", name, outcome.get("error", "no result")))
+    except BaseException:
+        result_q.put(("error", name, traceback.format_exc()))
+
+
+# -- the long-poll test: workers and producer --------------------------------------------
+
+
+def longpoll_workers(spec: dict, ready_q, go, go_at, result_q) -> None:
+    """``spec["workers"]`` long-polling workers: GET wait -> DELETE -> GET again.
+
+    Ends when every one of ``spec["jobs"]`` jobs has been seen (plus a short linger
+    to catch late duplicates) or at the deadline; polls still open then are
+    cancelled and not counted as errors.
+    """
+    _ignore_sigint()
+    name = spec["name"]
+    try:
+        _raise_nofile(spec["workers"] * 2 + 256)
+        from twisted.internet import reactor
+        from twisted.internet.defer import Deferred
+
+        http = _make_http(reactor, spec, spec["workers"])
+        outcome: dict = {}
+        state = {"stopping": False, "delivered": 0, "empty_polls": 0, "errors": 0,
+                 "first_error": None, "waits": [], "seen": set(), "polls": set(),
+                 "last_new": None}
+        get_path = f"/job?tube={spec['tube']}&wait={spec['wait']:g}".encode()
+
+        def error(what: str) -> None:
+            if state["stopping"]:
+                return
+            state["errors"] += 1
+            if state["first_error"] is None:
+                state["first_error"] = what[:300]
+
+        async def worker() -> None:
+            while not state["stopping"]:
+                d = http.call(b"GET", get_path)
+                state["polls"].add(d)
+                try:
+                    status, data = await d
+                except Exception as e:  # noqa: BLE001
+                    error(f"GET wait: {type(e).__name__}: {e}")
+                    if not state["stopping"]:
+                        await _pause(reactor, ERROR_PAUSE)
+                    continue
+                finally:
+                    state["polls"].discard(d)
+                received = time.monotonic()
+                if status != 200:
+                    error(f"GET wait: HTTP {status}: {data[:200]!r}")
+                    await _pause(reactor, ERROR_PAUSE)
+                    continue
+                job = json.loads(data)
+                if not job:
+                    state["empty_polls"] += 1
+                    continue
+                body = json.loads(job["body"])
+                state["delivered"] += 1
+                state["waits"].append(received - body["sent"])
+                if body["seq"] not in state["seen"]:
+                    state["seen"].add(body["seq"])
+                    state["last_new"] = received
+                try:
+                    status, data = await http.call(
+                        b"DELETE", b"/job?job_id=" + job["id"].encode())
+                except Exception as e:  # noqa: BLE001
+                    error(f"DELETE: {type(e).__name__}: {e}")
+                    continue
+                if status != 200:
+                    error(f"DELETE: HTTP {status}: {data[:200]!r}")
+
+        def started() -> None:
+            ready_q.put(("ready", name))
+            if not go.wait(START_TIMEOUT * 2):
+                outcome["error"] = "never told to start"
+                reactor.stop()
+                return
+            deadline = go_at.value + spec["deadline"]
+            cpu0 = time.process_time()
+
+            def check() -> None:
+                now = time.monotonic()
+                all_seen = len(state["seen"]) >= spec["jobs"]
+                if now < deadline and not (all_seen and now - state["last_new"] >= 1.0):
+                    reactor.callLater(0.05, check)
+                    return
+                state["stopping"] = True
+                outcome["result"] = {
+                    "delivered": state["delivered"], "distinct": len(state["seen"]),
+                    "seen": sorted(state["seen"]),
+                    "errors": state["errors"], "first_error": state["first_error"],
+                    "empty_polls": state["empty_polls"], "waits": state["waits"],
+                    "open_polls": len(state["polls"]), "cpu": time.process_time() - cpu0,
+                    "seen_at": now - go_at.value,
+                }
+                for d in list(state["polls"]):
+                    d.cancel()
+                reactor.callLater(0.2, reactor.stop)
+
+            def worker_failed(failure) -> None:
+                error(f"worker crashed: {failure.getTraceback()}")
+
+            reactor.callLater(max(go_at.value - time.monotonic(), 0), check)
+            for _ in range(spec["workers"]):
+                Deferred.fromCoroutine(worker()).addErrback(worker_failed)
+
+        def connect_then_start() -> None:
+            def failed(failure) -> None:
+                outcome["error"] = f"could not connect: {failure.getTraceback()}"
+                reactor.stop()
+
+            _deferred_from(_connect_all(http, spec["workers"])).addCallbacks(
+                lambda _: started(), failed)
+
+        reactor.callWhenRunning(connect_then_start)
+        reactor.callLater(START_TIMEOUT * 3 + spec["deadline"] + 5,
+                          lambda: (outcome.setdefault("error", "long-poll workers ran out of time"),
+                                   reactor.stop()))
+        reactor.run(installSignalHandlers=False)
+        if "result" in outcome:
+            result_q.put(("result", name, outcome["result"]))
+        else:
+            result_q.put(("error", name, outcome.get("error", "no result")))
+    except BaseException:
+        result_q.put(("error", name, traceback.format_exc()))
+
+
+def longpoll_producer(spec: dict, ready_q, go, go_at, result_q) -> None:
+    """Puts ``spec["jobs"]`` jobs at ``spec["rate"]``/s, on a 10 ms tick.
+
+    At most ``spec["connections"]`` puts are in flight (one per pooled connection):
+    when the client cannot keep up, the producer falls behind its schedule (the
+    achieved rate is reported) instead of piling up connections on the client.
+    """
+    _ignore_sigint()
+    name = spec["name"]
+    try:
+        from twisted.internet import reactor
+        from twisted.internet.task import LoopingCall
+
+        http = _make_http(reactor, spec, spec["connections"])
+        outcome: dict = {}
+        state = {"issued": 0, "ok": 0, "ok_seqs": [], "errors": 0, "first_error": None,
+                 "latency": [],
+                 "in_flight": 0, "max_in_flight": 0}
+
+        def put(seq: int) -> None:
+            sent = time.monotonic()
+            body = json.dumps({"tube": spec["tube"],
+                               "body": json.dumps({"seq": seq, "sent": sent})}).encode()
+            state["in_flight"] += 1
+            state["max_in_flight"] = max(state["max_in_flight"], state["in_flight"])
+
+            def answered(result) -> None:
+                state["in_flight"] -= 1
+                status, data = result
+                if status == 200:
+                    state["ok"] += 1
+                    state["ok_seqs"].append(seq)
+                    state["latency"].append(time.monotonic() - sent)
+                else:
+                    failed_with(f"HTTP {status}: {data[:200]!r}")
+
+            def failed(failure) -> None:
+                state["in_flight"] -= 1
+                failed_with(f"{failure.type.__name__}: {failure.getErrorMessage()}")
+
+            def failed_with(what: str) -> None:
+                state["errors"] += 1
+                if state["first_error"] is None:
+                    state["first_error"] = f"POST /job: {what}"[:300]
+
+            http.call(b"POST", b"/job", body).addCallbacks(answered, failed)
+
+        def started() -> None:
+            ready_q.put(("ready", name))
+            if not go.wait(START_TIMEOUT * 2):
+                outcome["error"] = "never told to start"
+                reactor.stop()
+                return
+            start = go_at.value + spec["delay"]
+            cpu: dict[str, float] = {}
+
+            def tick() -> None:
+                now = time.monotonic()
+                if now < start:
+                    return
+                cpu.setdefault("start", time.process_time())
+                due = min(spec["jobs"], int((now - start) * spec["rate"]) + 1)
+                while state["issued"] < due and state["in_flight"] < spec["connections"]:
+                    put(state["issued"])
+                    state["issued"] += 1
+                if state["issued"] >= spec["jobs"] or now >= go_at.value + spec["deadline"]:
+                    loop.stop()
+                    state["last_issued"] = now - start
+                    finish(now + DRAIN_TIMEOUT)
+
+            def finish(deadline: float) -> None:
+                if state["in_flight"] and time.monotonic() < deadline:
+                    reactor.callLater(0.01, finish, deadline)
+                    return
+                outcome["result"] = {
+                    "issued": state["issued"], "ok": state["ok"], "errors": state["errors"],
+                    "first_error": state["first_error"], "latency": state["latency"],
+                    "spread": state["last_issued"], "max_in_flight": state["max_in_flight"],
+                    "unanswered": state["in_flight"], "ok_seqs": state["ok_seqs"],
+                    "cpu": time.process_time() - cpu.get("start", time.process_time()),
+                }
+                reactor.callLater(0.05, reactor.stop)
+
+            loop = LoopingCall(tick)
+            loop.start(0.01, now=False)
+
+        def connect_then_start() -> None:
+            def failed(failure) -> None:
+                outcome["error"] = f"could not connect: {failure.getTraceback()}"
+                reactor.stop()
+
+            _deferred_from(_connect_all(http, spec["connections"])).addCallbacks(
+                lambda _: started(), failed)
+
+        reactor.callWhenRunning(connect_then_start)
+        reactor.callLater(START_TIMEOUT * 3 + spec["deadline"] + DRAIN_TIMEOUT + 5,
+                          lambda: (outcome.setdefault("error", "producer ran out of time"),
+                                   reactor.stop()))
+        reactor.run(installSignalHandlers=False)
+        if "result" in outcome:
+            result_q.put(("result", name, outcome["result"]))
+        else:
+            result_q.put(("error", name, outcome.get("error", "no result")))
+    except BaseException:
+        result_q.put(("error", name, traceback.format_exc()))
+
+
+# -- the parent: daemons ---------------------------------------------------------------------
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _log_problems(path: Path, limit: int = 8) -> list[str]:
+    """Warning and error lines of a daemon's log (twistd's default format)."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    hits = [line for line in lines
+            if re.search(r"Traceback|Unhandled|Error|error|warn|down \(|refus", line)]
+    if len(hits) > limit:
+        hits = hits[:limit // 2] + [f"... {len(hits) - limit} more ..."] + hits[-limit // 2:]
+    return hits
+
+
+def _daemon_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("ALLQ_", "A_CURVE_"))
+           and k not in ("SERVER_PORT", "SERVER_STRING", "HTTP_SERVER_PORT", "SIZE_LIMIT",
+                         "DEFAULT_TTL", "CONFIG_ONLY", "PYTHONPATH")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "src")])
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _twistd() -> list[str]:
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+#: twistd under cProfile with a CPU-time clock (``twistd --profile`` uses wall time,
+#: which on a shared machine charges other processes' time slices to whatever
+#: function was running). The stats are written when the reactor shuts down.
+_CPU_PROFILED_TWISTD = """\
+import cProfile, sys, time
+out = sys.argv.pop(1)
+from twisted.internet import reactor
+profile = cProfile.Profile(time.process_time)
+def dump():
+    profile.disable()
+    profile.dump_stats(out)
+reactor.addSystemEventTrigger("after", "shutdown", dump)
+profile.enable()
+from twisted.scripts.twistd import run
+run()
+"""
+
+
+def _profiled_twistd(path: str) -> list[str]:
+    return [sys.executable, "-c", _CPU_PROFILED_TWISTD, str(Path(path).resolve())]
+
+
+def _wait_for(proc: subprocess.Popen, log: Path, pattern: re.Pattern, what: str) -> re.Match:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        match = pattern.search(log.read_text(errors="replace"))
+        if match:
+            return match
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not come up; its log ends:\n{_tail(log)}")
+
+
+def start_allq(procs: sc.Processes, tmp: Path, client_options: list[str],
+               client_profile: str | None = None, server_profile: str | None = None) -> dict:
+    """Generate keys with ``allq keys generate``, start a server and a client on it.
+
+    :returns: pids, ports, the REST base URL and the log paths.
+    """
+    keys = tmp / "keys"
+    env = _daemon_env()
+    made = subprocess.run([sys.executable, "-m", "allq.cli", "keys", "generate", str(keys)],
+                          env=env, capture_output=True, text=True, timeout=60)
+    if made.returncode != 0:
+        raise RuntimeError(f"allq keys generate failed: {made.stderr[-2000:]}")
+    server_log = tmp / "allq-server.log"
+    server = procs.start_server(
+        [*(_profiled_twistd(server_profile) if server_profile else _twistd()),
+         "-n", "--pidfile=", "allq-server", "--keys", str(keys),
+         "--listen", "tcp:0:interface=127.0.0.1"], server_log, env)
+    match = _wait_for(server, server_log, SERVER_LISTENING, "allq-server")
+    server_port = int(match.group(3))
+    client_log = tmp / "allq-client.log"
+    client = procs.start_server(
+        [*(_profiled_twistd(client_profile) if client_profile else _twistd()),
+         "-n", "--pidfile=", "allq-client",
+         "--keys", str(keys), "--servers", f"127.0.0.1:{server_port}",
+         "--http", "tcp:0:interface=127.0.0.1", *client_options], client_log, env)
+    match = _wait_for(client, client_log, CLIENT_SERVING, "allq-client")
+    base = f"http://127.0.0.1:{match.group(2)}"
+    # Serving REST does not mean connected to the server yet: wait for /health 200.
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(base + "/health", timeout=2) as answer:
+                if answer.status == 200:
+                    break
+        if client.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"allq-client never reached its server; its log ends:\n"
+                               f"{_tail(client_log)}")
+        time.sleep(0.1)
+    return {"server": server, "client": client, "server_port": server_port, "base": base,
+            "server_log": server_log, "client_log": client_log}
+
+
+# -- the parent: one measurement -------------------------------------------------------------
+
+
+def measure(ctx, procs: sc.Processes, jobs: list[tuple[object, dict]], pids: dict[str, int],
+            window: tuple[float, float], result_timeout: float) -> dict:
+    """Start the processes in ``jobs``, let them connect, start them together, collect.
+
+    :param jobs: (target, spec) per process; targets speak server_cycles' protocol
+        (``ready`` on ready_q, wait for ``go``, start at ``go_at``, one result).
+    :param pids: processes whose CPU is sampled over ``window``.
+    :param window: (start, end) seconds after ``go_at`` over which CPU is sampled.
+    :returns: ``results`` (one payload per process, in ``jobs`` order) and the CPU
+        shares (1.0 = one core) of each pid, of the machine and of the rest.
+    """
+    ready_q, result_q = ctx.Queue(), ctx.Queue()
+    go, go_at = ctx.Event(), ctx.Value("d", 0.0)
+    names = []
+    for target, spec in jobs:
+        names.append(spec["name"])
+        procs.start_child(ctx, target, (spec, ready_q, go, go_at, result_q))
+    try:
+        ready, deadline = 0, time.monotonic() + START_TIMEOUT * 2
+        while ready < len(jobs):
+            try:
+                ready_q.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue_module.Empty:
+                _raise_child_errors(result_q)
+                raise RuntimeError(f"{len(jobs) - ready} process(es) never got ready") from None
+            ready += 1
+        _raise_child_errors(result_q)
+        go_at.value = time.monotonic() + 0.1
+        go.set()
+        _wait_until(go_at.value + window[0])
+        cpu0 = {k: sc.cpu_seconds(pid) for k, pid in pids.items()}
+        busy0 = sc.machine_busy_seconds()
+        _wait_until(go_at.value + window[1])
+        cpu1 = {k: sc.cpu_seconds(pid) for k, pid in pids.items()}
+        busy1 = sc.machine_busy_seconds()
+        results: dict[str, dict] = {}
+        deadline = time.monotonic() + result_timeout
+        while len(results) < len(jobs):
+            try:
+                kind, name, payload = result_q.get(
+                    timeout=max(deadline - time.monotonic(), 0.01))
+            except queue_module.Empty:
+                raise RuntimeError(f"{len(jobs) - len(results)} process(es) "
+                                   "sent no result in time") from None
+            if kind == "error":
+                raise RuntimeError(f"process {name} failed:\n{payload}")
+            results[name] = payload
+    except BaseException:
+        procs.stop_children()  # interrupted or failed: no grace period
+        raise
+    procs.reap_children()
+    span = window[1] - window[0]
+    cpu = {k: (cpu1[k] - cpu0[k]) / span for k in pids}
+    generators = sum(r.get("cpu", 0.0) for r in results.values()) / span
+    busy = (busy1 - busy0) / span
+    return {"results": [results[n] for n in names], "cpu": cpu, "gen_cpu": generators,
+            "other_cpu": max(busy - sum(cpu.values()) - generators, 0.0)}
+
+
+def _split(total: int, parts: int) -> list[int]:
+    parts = max(1, min(parts, total))
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))]
+
+
+def _warmup(args, workers: int) -> float:
+    """Warm-up before the window: longer for many workers, whose first lock-step
+    cycles all start together and take seconds when there are 1,000 of them."""
+    return args.warmup + workers / 500
+
+
+def run_rest(ctx, procs, daemons, args, mode: str, workers: int, label: str) -> dict:
+    warmup = _warmup(args, workers)
+    common = {"warmup": warmup, "seconds": args.seconds, "base": daemons["base"],
+              "http_client": args.http_client,
+              "tube": f"bench-{label}", "mode": mode, "batch": args.batch}
+    jobs = [(rest_worker, dict(common, name=f"{label}-{i}", workers=n))
+            for i, n in enumerate(_split(workers, args.procs))]
+    m = measure(ctx, procs, jobs,
+                {"client": daemons["client"].pid, "server": daemons["server"].pid},
+                (warmup, warmup + args.seconds), warmup + args.seconds + DRAIN_TIMEOUT + 30)
+    latency: dict[str, list[float]] = {}
+    for r in m["results"]:
+        for kind, values in r["latency"].items():
+            latency.setdefault(kind, []).extend(values)
+    rs = m["results"]
+    return {
+        "rate": sum(r["cycles"] for r in rs) / args.seconds,
+        "errors": sum(r["errors"] for r in rs),
+        "empty_gets": sum(r["empty_gets"] for r in rs),
+        "undrained": sum(r["undrained"] for r in rs),
+        "first_error": next((r["first_error"] for r in rs if r["first_error"]), None),
+        "p50": {k: _pct(v, 0.50) for k, v in latency.items()},
+        "p99": {k: _pct(v, 0.99) for k, v in latency.items()},
+        "calls_per_s": sum(len(v) for k, v in latency.items()
+                           if k.startswith(("POST", "GET", "DELETE"))) / args.seconds,
+        "client_cpu": m["cpu"]["client"], "server_cpu": m["cpu"]["server"],
+        "gen_cpu": m["gen_cpu"], "gen_procs": len(jobs), "other_cpu": m["other_cpu"],
+    }
+
+
+def run_beanstalkd(ctx, procs, bs_proc, bs_port: int, args, label: str) -> dict:
+    common = {"warmup": args.warmup, "seconds": args.seconds, "port": bs_port,
+              "tube": f"bench-{label}"}
+    jobs = [(sc.greenstalk_worker, dict(common, name=f"{label}-{i}"))
+            for i in range(args.bs_procs)]
+    m = measure(ctx, procs, jobs, {"server": bs_proc.pid},
+                (args.warmup, args.warmup + args.seconds),
+                args.warmup + args.seconds + DRAIN_TIMEOUT + 30)
+    rs = m["results"]
+    return {
+        "rate": sum(r["cycles"] for r in rs) / args.seconds,
+        "errors": sum(r["errors"] for r in rs),
+        "empty_gets": sum(r["empty_gets"] for r in rs),
+        "undrained": 0, "first_error": next((r["first_error"] for r in rs
+                                             if r["first_error"]), None),
+        "client_cpu": 0.0, "server_cpu": m["cpu"]["server"], "gen_cpu": m["gen_cpu"],
+        "gen_procs": len(jobs), "other_cpu": m["other_cpu"],
+    }
+
+
+def run_longpoll(ctx, procs, daemons, args, label: str) -> dict:
+    delay = 1.5  # let every worker park its first poll before the first put
+    spread = args.lp_jobs / args.lp_rate
+    deadline = delay + 2 * spread + args.lp_wait + 10.0  # bounded even if the client lags
+    common = {"base": daemons["base"], "tube": f"LP-{label}", "jobs": args.lp_jobs,
+              "http_client": args.http_client}
+    jobs = [
+        (longpoll_workers, dict(common, name=f"{label}-workers", workers=args.lp_workers,
+                                wait=args.lp_wait, deadline=deadline)),
+        (longpoll_producer, dict(common, name=f"{label}-producer", rate=args.lp_rate,
+                                 delay=delay, connections=LP_PRODUCER_CONNECTIONS,
+                                 deadline=delay + 2 * spread + 5.0)),
+    ]
+    m = measure(ctx, procs, jobs,
+                {"client": daemons["client"].pid, "server": daemons["server"].pid},
+                (delay, delay + spread), deadline + DRAIN_TIMEOUT + 30)
+    workers, producer = m["results"]
+    waits = workers["waits"]
+    return {
+        "workers": args.lp_workers, "jobs": args.lp_jobs, "rate": args.lp_rate,
+        "put_ok": producer["ok"], "put_errors": producer["errors"],
+        "put_issued": producer["issued"], "put_unanswered": producer["unanswered"],
+        "put_p50": _pct(producer["latency"], 0.5), "put_p99": _pct(producer["latency"], 0.99),
+        "spread": producer["spread"],
+        "delivered": workers["delivered"], "distinct": workers["distinct"],
+        "duplicates": workers["delivered"] - workers["distinct"],
+        # acknowledged puts no worker received (a put whose answer was lost may
+        # still have stored its job: those count as delivered, not as missing)
+        "missing": len(set(producer["ok_seqs"]) - set(workers["seen"])),
+        "errors": workers["errors"] + producer["errors"],
+        "first_error": workers["first_error"] or producer["first_error"],
+        "empty_polls": workers["empty_polls"], "open_polls": workers["open_polls"],
+        "wait_p50": _pct(waits, 0.5), "wait_p99": _pct(waits, 0.99),
+        "wait_max": max(waits) if waits else float("nan"),
+        "client_cpu": m["cpu"]["client"], "server_cpu": m["cpu"]["server"],
+        "gen_cpu": m["gen_cpu"], "other_cpu": m["other_cpu"],
+    }
+
+
+# -- the parent: report ---------------------------------------------------------------------
+
+
+def _ms(seconds: float) -> str:
+    if seconds != seconds:  # nan
+        return "-"
+    ms = seconds * 1000
+    return f"{ms:.1f}" if ms < 100 else f"{ms:.0f}"
+
+
+def _lat(rs: list[dict], kind: str) -> str:
+    p50 = [r["p50"][kind] for r in rs if kind in r["p50"]]
+    p99 = [r["p99"][kind] for r in rs if kind in r["p99"]]
+    if not p50:
+        return "-"
+    return f"{_ms(statistics.median(p50))}/{_ms(statistics.median(p99))}"
+
+
+def report(args, runs: dict, longpolls: list[dict], facts: dict) -> str:
+    med = lambda rs, f: statistics.median(r[f] for r in rs)  # noqa: E731
+    bs_runs = runs.get(("beanstalkd", args.bs_procs))
+    bs = med(bs_runs, "rate") if bs_runs else float("nan")
+    out = []
+    head = (f"{'mode':<10} {'workers':>7} {'rate':>9} {'unit':<7} {'x bstalk':>8} "
+            f"{'target':>7} {'':<4} {'POST':>11} {'GET':>11} {'DELETE':>11} "
+            f"{'cycle/round':>13}  {'CPU cli/srv/gen/other':>22}")
+    out.append("latency columns: p50/p99 in ms, medians over repeats")
+    out.append(head)
+    out.append("-" * len(head))
+    best: dict[str, float] = {}
+    for (mode, workers), rs in runs.items():
+        rate = med(rs, "rate")
+        ratio = rate / bs if bs else float("nan")
+        target = TARGETS.get(mode)
+        verdict = "" if target is None else ("PASS" if ratio >= target else "MISS")
+        if target is not None:
+            best[mode] = max(best.get(mode, 0.0), ratio) if ratio == ratio else ratio
+        unit = "jobs/s" if mode == "batched" else "cyc/s"
+        get_kind = "GET /multiple_job" if mode == "batched" else "GET /job"
+        round_kind = f"round ({args.batch} jobs)" if mode == "batched" else "cycle"
+        cpu = (f"{med(rs, 'client_cpu'):.0%}/{med(rs, 'server_cpu'):.0%}/"
+               f"{med(rs, 'gen_cpu'):.0%}/{med(rs, 'other_cpu'):.0%}")
+        if mode == "beanstalkd":
+            note = f"({workers} greenstalk procs, lock-step put/reserve/delete)"
+            bs_cpu = "-/" + cpu.split("/", 1)[1]
+            out.append(f"{'beanstalkd':<10} {str(workers) + 'p':>7} {rate:>9,.0f} {'cyc/s':<7} "
+                       f"{1.0:>8.3f} {'':>7} {'':<4} {note:<49}  {bs_cpu:>22}")
+            continue
+        out.append(
+            f"{mode:<10} {workers:>7,} {rate:>9,.0f} {unit:<7} {ratio:>8.3f} "
+            f"{'>=' + format(target, 'g') + 'x':>7} {verdict:<4} {_lat(rs, 'POST /job'):>11} "
+            f"{_lat(rs, get_kind):>11} {_lat(rs, 'DELETE /job'):>11} {_lat(rs, round_kind):>13}"
+            f"  {cpu:>22}")
+    out.append("")
+    out.append(f"rate: median of {args.repeats} repeat(s) of {args.seconds:g} s (after "
+               f"{args.warmup:g} s warm-up + 1 s per 500 workers). single = cycles/s = "
+               f"successful calls in the window / 3 (POST, GET with a job, DELETE); batched = "
+               f"jobs/s = (POSTs + DELETEs) / 2 (rounds of {args.batch} POSTs, 1 GET "
+               f"/multiple_job count={args.batch}, {args.batch} DELETEs); beanstalkd = "
+               f"{args.bs_procs} greenstalk processes, finished cycles summed.")
+    client_text = ("Twisted Agent + persistent HTTPConnectionPool" if args.http_client == "agent"
+                   else "minimal keep-alive HTTP/1.1 Twisted protocol (--http-client raw)")
+    out.append(f"load: {args.procs} load-generator process(es), {client_text}, one "
+               f"connection per worker, workers split evenly.")
+    out.append("CPU: allq-client / allq-server (beanstalkd for its row) / all load "
+               f"generators / rest of the machine, during the window; 100% = one core of "
+               f"{os.cpu_count()}.")
+    for mode, ratio in best.items():
+        out.append(f"best {mode}: {ratio:.3f}x beanstalkd, target >= {TARGETS[mode]:g}x: "
+                   f"{'PASS' if ratio >= TARGETS[mode] else 'MISS'}")
+    if longpolls:
+        out.append("")
+        lp = longpolls
+        total = lambda f: sum(r[f] for r in lp)  # noqa: E731
+        m = lambda f: statistics.median(r[f] for r in lp)  # noqa: E731
+        ok = not (total("errors") or total("duplicates") or total("missing")
+                  or total("put_unanswered"))
+        out.append(
+            f"long-poll: {lp[0]['workers']:,} workers holding GET /job?tube=LP&wait="
+            f"{args.lp_wait:g} on one allq-client; producer puts {lp[0]['jobs']:,} jobs at "
+            f"{lp[0]['rate']:,.0f}/s; {len(lp)} run(s), totals over runs:")
+        out.append(
+            f"  errors {total('errors')} (must be 0)   delivered {total('delivered'):,}   "
+            f"duplicates {total('duplicates')} (must be 0)   never delivered "
+            f"{total('missing')}   puts: {total('put_ok'):,} answered 200 of "
+            f"{total('put_issued'):,} sent ({total('jobs'):,} meant), "
+            f"{total('put_unanswered')} unanswered at the end")
+        out.append(
+            f"  wait-to-delivery (POST sent -> worker has the job): p50 {_ms(m('wait_p50'))} ms,"
+            f" p99 {_ms(m('wait_p99'))} ms, max {_ms(max(r['wait_max'] for r in lp))} ms; "
+            f"POST p50/p99 {_ms(m('put_p50'))}/{_ms(m('put_p99'))} ms; puts took "
+            f"{m('spread'):.1f} s (achieved {m('put_issued') / max(m('spread'), 1e-9):,.0f}/s, "
+            f"at most {LP_PRODUCER_CONNECTIONS} in flight)")
+        out.append(
+            f"  empty polls (wait ran out) {total('empty_polls')}; CPU during the puts: "
+            f"client {m('client_cpu'):.0%}, server {m('server_cpu'):.0%}, generators "
+            f"{m('gen_cpu'):.0%}, other {m('other_cpu'):.0%}; "
+            f"verdict: {'PASS' if ok else 'FAIL'}")
+        if any(r["first_error"] for r in lp):
+            out.append("  first error: " + next(r["first_error"] for r in lp if r["first_error"]))
+    problems = []
+    for (mode, workers), rs in runs.items():
+        for r in rs:
+            if r["errors"] or r["undrained"]:
+                problems.append(f"  {mode} x{workers}: {r['errors']} errors, {r['undrained']} "
+                                f"workers undrained, first: {r['first_error']}")
+            if r["empty_gets"]:
+                problems.append(f"  {mode} x{workers}: {r['empty_gets']} gets found no job")
+    busiest = max(r["other_cpu"] for rs in runs.values() for r in rs)
+    if busiest > 0.5:
+        problems.append(f"  other work used up to {busiest:.0%} CPU during a window: on this "
+                        f"{os.cpu_count()}-core machine the figures are depressed and noisy")
+    if problems:
+        out.append("")
+        out.append("warnings:")
+        out.extend(sorted(set(problems)))
+    out.append("")
+    out.append(f"allq-client pid {facts['client_pid']}, allq-server pid {facts['server_pid']}, "
+               f"beanstalkd {facts['bs_binary']} ({facts['bs_version']}); body "
+               f"{BODY_BYTES} bytes")
+    return "\n".join(out)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured window (5)")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats; medians shown (3)")
+    parser.add_argument("--quick", action="store_true",
+                        help="1 s windows, 1 repeat, 1,000 long-poll jobs")
+    parser.add_argument("--warmup", type=float, default=None, help="warm-up seconds (1; quick 0.5)")
+    parser.add_argument("--workers", default="1,10,100,1000",
+                        help="single-job worker counts (1,10,100,1000)")
+    parser.add_argument("--batch-workers", default="10,100",
+                        help="batched worker counts (10,100)")
+    parser.add_argument("--batch", type=int, default=100, help="jobs per batched round (100)")
+    parser.add_argument("--procs", type=int, default=1,
+                        help="load-generator processes the workers are split over (1)")
+    parser.add_argument("--http-client", choices=("agent", "raw"), default="agent",
+                        help="load generators' HTTP client: Twisted Agent + persistent "
+                             "HTTPConnectionPool (agent, the default), or a minimal "
+                             "keep-alive HTTP/1.1 protocol that costs far less CPU per call (raw)")
+    parser.add_argument("--bs-procs", type=int, default=8,
+                        help="greenstalk processes for the beanstalkd reference (8)")
+    parser.add_argument("--lp-workers", type=int, default=1000, help="long-poll workers (1000)")
+    parser.add_argument("--lp-jobs", type=int, default=None,
+                        help="jobs the long-poll producer puts (5000; quick 1000)")
+    parser.add_argument("--lp-rate", type=float, default=100.0,
+                        help="long-poll producer puts per second (100: each job costs the "
+                             "client 3 HTTP calls; keep it well under its capacity)")
+    parser.add_argument("--lp-runs", type=int, default=1,
+                        help="long-poll runs, after the repeats (1)")
+    parser.add_argument("--lp-wait", type=float, default=10.0, help="long-poll wait= (10)")
+    parser.add_argument("--no-longpoll", action="store_true", help="skip the long-poll test")
+    parser.add_argument("--no-beanstalkd", action="store_true",
+                        help="skip the beanstalkd reference (e.g. while profiling allq)")
+    parser.add_argument("--client-option", action="append", default=[],
+                        help="extra allq-client option (repeatable), e.g. --client-option=--max-body=4096")
+    parser.add_argument("--client-profile", metavar="FILE",
+                        help="run allq-client under cProfile (CPU time); pstats written to "
+                             "FILE when it stops")
+    parser.add_argument("--server-profile", metavar="FILE",
+                        help="the same for allq-server")
+    parser.add_argument("--json", metavar="PATH", help="also write every run as JSON here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds, args.repeats = 1.0, 1
+    if args.warmup is None:
+        args.warmup = 0.5 if args.quick else 1.0
+    if args.quick:
+        args.lp_runs = 1
+    if args.lp_jobs is None:
+        args.lp_jobs = 1000 if args.quick else 5000
+    try:
+        args.workers = [int(x) for x in args.workers.split(",") if x.strip()]
+        args.batch_workers = [int(x) for x in args.batch_workers.split(",") if x.strip()]
+    except ValueError:
+        parser.error("--workers and --batch-workers take comma-separated integers")
+    for name in ("seconds", "repeats", "batch", "procs", "bs_procs", "lp_workers", "lp_jobs",
+                 "lp_rate", "lp_wait", "lp_runs"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    if any(n <= 0 for n in args.workers + args.batch_workers):
+        parser.error("worker counts must be positive")
+    if args.batch > 1000:
+        parser.error("--batch is at most 1000 (GET /multiple_job's count limit)")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+
+    def terminated(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminated)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    most_connections = max(args.workers + args.batch_workers + [args.lp_workers])
+    # Children (daemons, load generators) inherit this limit: each side of every
+    # connection is one descriptor, plus the pools' spares.
+    nofile = _raise_nofile(most_connections * 2 + 1024)
+    print("rest_cycles: REST cycles/s through allq-client (one allq-server) vs beanstalkd")
+    for fact in sc.machine_facts():
+        print("  " + fact)
+    print(f"  open-file limit: {nofile}")
+    print(flush=True)
+    if most_connections * 2 + 64 > nofile:
+        print(f"warning: open-file limit {nofile} is low for {most_connections} connections",
+              file=sys.stderr)
+    bs_binary = sc.find_beanstalkd()
+    bs_version = subprocess.run([bs_binary, "-v"], capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+    ctx = mp.get_context("spawn")
+    procs = sc.Processes()
+    runs: dict[tuple[str, int], list[dict]] = {}
+    longpolls: list[dict] = []
+    tmp = Path(tempfile.mkdtemp(prefix="allq-rest-bench-"))
+    try:
+        daemons = start_allq(procs, tmp, args.client_option, args.client_profile,
+                             args.server_profile)
+        bs_proc, bs_port = sc.start_beanstalkd(procs, tmp, bs_binary)
+        print(f"allq-server pid {daemons['server'].pid} on 127.0.0.1:{daemons['server_port']};"
+              f" allq-client pid {daemons['client'].pid} on {daemons['base']}; "
+              f"beanstalkd pid {bs_proc.pid} on 127.0.0.1:{bs_port}", flush=True)
+
+        def alive() -> None:
+            for what, proc, log in (("allq-server", daemons["server"], daemons["server_log"]),
+                                    ("allq-client", daemons["client"], daemons["client_log"])):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{what} exited; its log ends:\n{_tail(log)}")
+
+        plan = [] if args.no_beanstalkd else [("beanstalkd", args.bs_procs)]
+        plan += [("single", n) for n in args.workers]
+        plan += [("batched", n) for n in args.batch_workers]
+        for repeat in range(args.repeats):
+            for mode, workers in plan:
+                alive()
+                label = f"{mode}-{workers}-{repeat}"
+                if mode == "beanstalkd":
+                    r = run_beanstalkd(ctx, procs, bs_proc, bs_port, args, label)
+                else:
+                    r = run_rest(ctx, procs, daemons, args, mode, workers, label)
+                runs.setdefault((mode, workers), []).append(r)
+                unit = "jobs/s" if mode == "batched" else "cycles/s"
+                print(f"  [{repeat + 1}/{args.repeats}] {mode:<10} x{workers:<5} "
+                      f"{r['rate']:>9,.0f} {unit:<8} (client CPU {r['client_cpu']:.0%}, "
+                      f"server {r['server_cpu']:.0%}, generators {r['gen_cpu']:.0%}, "
+                      f"other {r['other_cpu']:.0%}; errors {r['errors']})", flush=True)
+        for run in range(0 if args.no_longpoll else args.lp_runs):
+            alive()
+            r = run_longpoll(ctx, procs, daemons, args, f"{run}")
+            longpolls.append(r)
+            print(f"  [{run + 1}/{args.lp_runs}] long-poll  x{args.lp_workers:<5} "
+                  f"delivered {r['delivered']:,} (put {r['put_ok']:,}), duplicates "
+                  f"{r['duplicates']}, errors {r['errors']}, wait p50/p99 "
+                  f"{_ms(r['wait_p50'])}/{_ms(r['wait_p99'])} ms (client CPU "
+                  f"{r['client_cpu']:.0%}, other {r['other_cpu']:.0%})", flush=True)
+        alive()
+        print()
+        for what, log in (("allq-client", daemons["client_log"]),
+                          ("allq-server", daemons["server_log"])):
+            problems = _log_problems(log)
+            if problems:
+                print(f"{what} log, warning/error lines:")
+                print("\n".join("  " + line[:300] for line in problems))
+        print(report(args, runs, longpolls, {
+            "client_pid": daemons["client"].pid, "server_pid": daemons["server"].pid,
+            "bs_binary": bs_binary, "bs_version": bs_version}))
+        if args.json:
+            Path(args.json).write_text(json.dumps(
+                {"args": vars(args), "facts": sc.machine_facts(),
+                 "runs": {f"{m}/{w}": rs for (m, w), rs in runs.items()},
+                 "longpoll": longpolls}, indent=2))
+        return 0
+    except KeyboardInterrupt:
+        print("\ninterrupted; stopping everything", file=sys.stderr)
+        return 130
+    except SystemExit as e:
+        if isinstance(e.code, int) and e.code > 128:
+            print(f"\nsignal {e.code - 128}; stopping everything", file=sys.stderr)
+        raise
+    finally:
+        procs.stop_all()
+        for what, path in (("allq-client", args.client_profile),
+                           ("allq-server", args.server_profile)):
+            if path:
+                print(f"{what} CPU profile (written if it stopped in order): {path}")
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
