@@ -128,26 +128,27 @@ def report(args, runs: dict, bs_version: str) -> str:
     def median(key):
         return statistics.median(r["cycles_per_s"] for r in runs[key])
 
-    def cpu(key):
-        return statistics.median(r["server_cpu"] for r in runs[key])
+    def per_cpu(key):
+        """Cycles per server CPU-second: steadier than cycles/s on a busy machine,
+        but meaningless where the server waits for the disk (fsync on every write)."""
+        return statistics.median(r["cycles_per_s"] / r["server_cpu"] for r in runs[key]
+                                 if r["server_cpu"] > 0)
 
     out = []
     for mode in args.modes:
-        out.append(f"mode {mode}: median cycles/s of {args.repeats} x {args.seconds:g} s "
-                   f"(server CPU, 100% = one core)")
-        out.append(f"  {'allq-server':<22}{'cycles/s':>10}{'vs mem':>8}{'cpu':>6}   "
-                   f"{'beanstalkd':<15}{'cycles/s':>10}{'vs mem':>8}{'cpu':>6}   "
-                   f"{'allq/bs':>8}")
-        allq_base = median((mode, "allq", ALLQ_CONFIGS[0][0]))
-        bs_base = median((mode, "beanstalkd", BEANSTALKD_CONFIGS[0][0]))
+        out.append(f"mode {mode}: medians of {args.repeats} x {args.seconds:g} s; "
+                   f"/cpu-s = cycles per server CPU-second")
+        out.append(f"  {'allq-server':<20}{'cycles/s':>9}{'vs mem':>7}{'/cpu-s':>8}{'vs mem':>7}"
+                   f"  | {'beanstalkd':<13}{'cycles/s':>9}{'vs mem':>7}{'/cpu-s':>8}"
+                   f"  | {'allq/bs':>7}")
+        a0, b0 = (mode, "allq", ALLQ_CONFIGS[0][0]), (mode, "beanstalkd", BEANSTALKD_CONFIGS[0][0])
         for (a_label, _), (b_label, _) in zip(ALLQ_CONFIGS, BEANSTALKD_CONFIGS):
-            a = median((mode, "allq", a_label))
-            b = median((mode, "beanstalkd", b_label))
+            a, b = (mode, "allq", a_label), (mode, "beanstalkd", b_label)
             out.append(
-                f"  {a_label:<22}{a:>10,.0f}{a / allq_base:>8.2f}"
-                f"{cpu((mode, 'allq', a_label)):>6.0%}   "
-                f"{b_label:<15}{b:>10,.0f}{b / bs_base:>8.2f}"
-                f"{cpu((mode, 'beanstalkd', b_label)):>6.0%}   {a / b:>8.2f}")
+                f"  {a_label:<20}{median(a):>9,.0f}{median(a) / median(a0):>7.2f}"
+                f"{per_cpu(a):>8,.0f}{per_cpu(a) / per_cpu(a0):>7.2f}"
+                f"  | {b_label:<13}{median(b):>9,.0f}{median(b) / median(b0):>7.2f}"
+                f"{per_cpu(b):>8,.0f}  | {median(a) / median(b):>7.2f}")
         out.append("")
     problems = []
     for key, rs in runs.items():
