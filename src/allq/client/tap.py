@@ -7,11 +7,12 @@ serving even when no server is reachable yet (the API answers 503 until one is).
 """
 
 import os
+from functools import partial
 
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
 
 from allq import __version__
 from allq.client.connection import DEFAULT_REQUEST_TIMEOUT
@@ -41,7 +42,7 @@ class Options(usage.Options):
 
     optParameters = [
         ["http", None, None,
-         "Twisted endpoint for the REST API [default: tcp:8090:interface=127.0.0.1; "
+         "Twisted endpoint for the REST API [default: tcp:8090:interface=127.0.0.1:backlog=1024; "
          "env HTTP_SERVER_PORT sets the port, ALLQ_HTTP the endpoint]"],
         ["servers", None, None,
          f"comma-separated host:port of the servers [default: {DEFAULT_SERVERS}; "
@@ -65,7 +66,8 @@ class Options(usage.Options):
         http = resolve(self, "http", env, "ALLQ_HTTP")
         if http is None:
             port = positive_int("http", env.get("HTTP_SERVER_PORT") or 8090)
-            http = f"tcp:{port}:interface=127.0.0.1"
+            # A deep accept backlog: a thousand workers may connect at once.
+            http = f"tcp:{port}:interface=127.0.0.1:backlog=1024"
         self["http"] = http
         self["access-log"] = bool(self["access-log"]) or env.get("ALLQ_ACCESS_LOG", "") == "true"
         servers = resolve(self, "servers", env, "SERVER_STRING") or DEFAULT_SERVERS
@@ -122,6 +124,9 @@ def makeService(config: Options, reactor=None) -> MultiService:
     StatsRefresher(federation, metrics, reactor).setServiceParent(service)
     site = build_site(api.resource(), metrics, Dashboard(),
                       site_class=Site if config["access-log"] else QuietSite)
+    # The API takes JSON, never HTML form posts: skip twisted.web's per-POST form
+    # parsing (an email-package Content-Type parse, ~5% of a REST call's CPU).
+    site.requestFactory = partial(Request, parsePOSTFormSubmission=False)
 
     def listening(port) -> None:
         address = port.getHost()

@@ -1,0 +1,85 @@
+"""``twistd allq-client`` wiring: options, environment fallbacks, service assembly."""
+
+import pytest
+from twisted.application.service import IServiceMaker, MultiService
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import getPlugins
+from twisted.python import usage
+
+from allq.client.tap import Options, makeService
+from allq.wire.keys import generate_keys
+
+
+def parse(args=(), environ=None):
+    options = Options()
+    options.environ = environ or {}
+    options.parseOptions(list(args))
+    return options
+
+
+def test_defaults():
+    """With no flags and no environment the client serves loopback:8090 for 127.0.0.1:5555."""
+    options = parse()
+    assert options["http"] == "tcp:8090:interface=127.0.0.1:backlog=1024"
+    assert options["servers"] == ["127.0.0.1:5555"]
+    assert options["keys"] is None
+    assert options["request-timeout"] == 10.0
+    assert options["retry-budget"] == 5.0
+    assert options["access-log"] is False
+
+
+def test_environment_fallbacks_and_flags_win():
+    """AllQueue's variables configure the client; flags override them."""
+    env = {"SERVER_STRING": "a:1, b:2", "HTTP_SERVER_PORT": "9000", "ALLQ_KEYS_DIR": "/k",
+           "ALLQ_RETRY_BUDGET": "2.5", "SIZE_LIMIT": "4096", "ALLQ_ACCESS_LOG": "true"}
+    options = parse(environ=env)
+    assert options["servers"] == ["a:1", "b:2"]
+    assert options["http"] == "tcp:9000:interface=127.0.0.1:backlog=1024"
+    assert (options["keys"], options["retry-budget"], options["max-body"]) == ("/k", 2.5, 4096)
+    assert options["access-log"] is True
+    options = parse(["--servers", "c:3", "--http", "tcp:0"], environ=env)
+    assert (options["servers"], options["http"]) == (["c:3"], "tcp:0")
+
+
+@pytest.mark.parametrize("args, env, named", [
+    (["--servers", "nohost"], {}, "--servers"),
+    (["--servers", "h:70000"], {}, "--servers"),
+    (["--servers", " , "], {}, "--servers"),
+    (["--retry-budget", "-1"], {}, "--retry-budget"),
+    (["--request-timeout", "soon"], {}, "--request-timeout"),
+    (["--max-body", "10"], {}, "--max-body"),
+    ([], {"HTTP_SERVER_PORT": "http"}, "--http"),
+])
+def test_bad_values_name_the_option(args, env, named):
+    """A bad value stops start-up with a message naming the option."""
+    with pytest.raises(usage.UsageError, match=named):
+        parse(args, env)
+
+
+def test_make_service_listens_on_the_configured_port(tmp_path):
+    """makeService wires a MultiService that listens where --http says, even with
+    no server reachable yet."""
+    generate_keys(str(tmp_path / "keys"))
+    reactor = MemoryReactorClock()
+    service = makeService(parse(["--keys", str(tmp_path / "keys"),
+                                 "--http", "tcp:8123:interface=127.0.0.1"]), reactor=reactor)
+    assert isinstance(service, MultiService)
+    service.startService()
+    try:
+        ports = [(port, interface) for port, _, _, interface in reactor.tcpServers]
+        assert (8123, "127.0.0.1") in ports
+    finally:
+        service.stopService()
+
+
+def test_make_service_without_keys_refuses(tmp_path):
+    """Without keys the client exits with a message saying how to make them."""
+    with pytest.raises(SystemExit, match="allq keys generate"):
+        makeService(parse(["--keys", str(tmp_path / "none")]), reactor=MemoryReactorClock())
+
+
+def test_plugin_is_discoverable():
+    """twistd finds the allq-client plugin."""
+    import twisted.plugins
+
+    assert "allq-client" in {p.tapname for p in getPlugins(IServiceMaker, twisted.plugins)}
