@@ -709,7 +709,8 @@ def test_tube_stats_counts_per_tube():
     q.put("a", "y", now=T0, delay=1)
     assert q.tube_stats(T0) == [
         TubeStats("a", ready=1, reserved=0, delayed=1, buried=0, parents=0, tps=0.0, avg=0.0),
-        TubeStats("b", ready=1, reserved=1, delayed=1, buried=1, parents=0, tps=0.0, avg=0.0),
+        TubeStats("b", ready=1, reserved=1, delayed=1, buried=1, parents=0, tps=0.0, avg=0.0,
+                  buried_total=1),
     ]
     assert q.tube_names() == ["a", "b"]
 
