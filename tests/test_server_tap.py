@@ -29,6 +29,9 @@ DEFAULTS = {
     "max-line-length": max_line_length(1024 * 1024),
     "default-ttl": 3600.0,
     "server-id": None,
+    "data-dir": None,
+    "fsync": "interval:50",
+    "metrics": None,
 }
 
 
@@ -207,3 +210,18 @@ def test_the_plugin_is_discoverable():
     """twistd finds a service maker named allq-server that uses this module's Options."""
     [maker] = [p for p in getPlugins(IServiceMaker, twisted.plugins) if p.tapname == "allq-server"]
     assert maker.options is Options
+
+
+def test_metrics_endpoint_is_off_by_default_and_listens_when_asked(tmp_path):
+    """--metrics (or ALLQ_METRICS) adds a Prometheus endpoint beside the queue port."""
+    keys = str(tmp_path / "keys")
+    generate_keys(keys)
+    assert parse([], {"ALLQ_METRICS": "tcp:9555"})["metrics"] == "tcp:9555"
+    reactor = MemoryReactorClock()
+    service = makeService(parse(["--keys", keys, "--listen", "tcp:5555:interface=127.0.0.1",
+                                 "--metrics", "tcp:9555:interface=127.0.0.1"]), reactor=reactor)
+    service.startService()
+    try:
+        assert sorted(port for port, *_ in reactor.tcpServers) == [5555, 9555]
+    finally:
+        service.stopService()

@@ -69,6 +69,13 @@ class ServerProtocol(LineOnlyReceiver):
         self._cancel_handshake_timeout()
         self._session = None
 
+    def dataReceived(self, data: bytes) -> None:
+        LineOnlyReceiver.dataReceived(self, data)
+        # The replies to these frames wait in the transport's buffer until this
+        # returns to the reactor: make the changes they acknowledge durable first
+        # (one journal commit per read, not per frame).
+        self._factory.after_data()
+
     def lineReceived(self, line: bytes) -> None:
         if self._session is None:
             self._hello(line)
@@ -137,6 +144,9 @@ class ServerFactory(Factory):
     :param clock: for handshake timeouts.
     :param server_id: a callable giving this server's id.
     :param after_frame: called after each handled frame (re-arms the deadline timer).
+    :param after_data: called after the frames of each read, before their replies
+        are written out (commits the journal); it may raise to drop the connection
+        unanswered.
     """
 
     noisy = False
@@ -150,6 +160,7 @@ class ServerFactory(Factory):
         max_job_size: int,
         max_line_length: int,
         after_frame: Callable[[], None] = lambda: None,
+        after_data: Callable[[], None] = lambda: None,
     ) -> None:
         self.authenticator = authenticator
         self.dispatcher = dispatcher
@@ -158,6 +169,7 @@ class ServerFactory(Factory):
         self.max_job_size = max_job_size
         self.max_line_length = max_line_length
         self.after_frame = after_frame
+        self.after_data = after_data
 
     def buildProtocol(self, addr) -> ServerProtocol:
         return ServerProtocol(self)

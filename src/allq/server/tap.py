@@ -1,9 +1,12 @@
 """``twistd allq-server``: options and service assembly. Wiring only.
 
 :func:`makeService` builds the queue core, the deadline timer and the listening
-endpoint under one :class:`MultiService`. Keys are loaded here, at start-up;
-without any, the server refuses to start and prints a freshly generated set and
-how to use it (AllQueue's ``CONFIG_ONLY=true`` prints it and exits 0).
+endpoint under one :class:`MultiService`; with ``--data-dir`` it first reads the
+directory back into the core (:mod:`allq.server.recovery`) and adds the journal
+(:mod:`allq.server.journal`) as the first service, so it stops last. Keys are
+loaded here, at start-up; without any, the server refuses to start and prints a
+freshly generated set and how to use it (AllQueue's ``CONFIG_ONLY=true`` prints
+it and exits 0).
 """
 
 import base64
@@ -22,7 +25,10 @@ from allq.config import positive_float, positive_int, resolve
 from allq.listening import listening_service
 from allq.core.queue import DEFAULT_EXPIRED_LIMIT, DEFAULT_MAX_JOB_SIZE, DEFAULT_TTL, Queue, QueueConfig
 from allq.server.dispatch import Dispatcher
+from allq.server.journal import DEFAULT_FSYNC, FsyncPolicy, Journal
+from allq.server.metrics import ServerMetrics, metrics_site
 from allq.server.protocol import ServerFactory
+from allq.server.recovery import DataDirError, recover, restore_queue
 from allq.server.timer import DeadlineTimer
 from allq.wire.crypto import Authenticator
 from allq.wire.keys import KeyConfigError, MissingKeys, load_server_keys, suggested_setup_text
@@ -59,6 +65,16 @@ class Options(usage.Options):
         ["server-id", None, None,
          "this server's id, the prefix of its job ids [default: derived from host name and "
          "port; env ALLQ_SERVER_ID]"],
+        ["data-dir", None, None,
+         "keep jobs in a journal in this directory so they survive restarts [default: "
+         "memory only; env ALLQ_DATA_DIR, or SERIALIZER_DIR (default /tmp/allq) when "
+         "SERIALIZE=true]"],
+        ["fsync", None, None,
+         f"with --data-dir: always (before each reply), interval:MS (at most every MS ms) "
+         f"or never [default: {DEFAULT_FSYNC}; env ALLQ_FSYNC]"],
+        ["metrics", None, None,
+         "Twisted endpoint serving Prometheus metrics over plain HTTP, e.g. "
+         "tcp:9555:interface=127.0.0.1 [default: off; env ALLQ_METRICS]"],
     ]
 
     def postOptions(self) -> None:
@@ -90,6 +106,18 @@ class Options(usage.Options):
             raise usage.UsageError(
                 "--server-id must be 1-64 characters of letters, digits, '_' and '-'")
         self["server-id"] = server_id
+        data_dir = resolve(self, "data-dir", env, "ALLQ_DATA_DIR")
+        if data_dir is None and env.get("SERIALIZE") == "true":  # exactly "true", as AllQueue
+            data_dir = env.get("SERIALIZER_DIR") or "/tmp/allq"
+        if data_dir is not None and os.path.exists(data_dir) and not os.path.isdir(data_dir):
+            raise usage.UsageError(f"--data-dir {data_dir[:80]!r} is not a directory")
+        self["data-dir"] = data_dir
+        self["metrics"] = resolve(self, "metrics", env, "ALLQ_METRICS")
+        fsync = resolve(self, "fsync", env, "ALLQ_FSYNC") or DEFAULT_FSYNC
+        try:
+            self["fsync"] = str(FsyncPolicy.parse(fsync))  # normalized: "interval:50"
+        except ValueError as e:
+            raise usage.UsageError(f"--fsync {e}") from None
 
 
 def derived_server_id(host_name: str, port: int) -> str:
@@ -116,17 +144,25 @@ def makeService(config: Options, reactor=None) -> MultiService:
         raise SystemExit(f"allq-server: {e}")
 
     now = reactor.seconds()
+    # Ids grow from the start time in microseconds, so a restarted server
+    # never reuses an id a client may still hold (nor one in its journal).
+    first_id = int(now * 1_000_000)
+    journal = recovered = None
+    if config["data-dir"] is not None:
+        journal, recovered = _open_data_dir(config, reactor, now)
+        first_id = max(first_id, recovered.max_id + 1)
     queue = Queue(
         QueueConfig(
             default_ttl=config["default-ttl"],
             expired_limit=config["expiry-limit"],
             max_job_size=config["max-job-size"],
         ),
-        # Ids grow from the start time in microseconds, so a restarted server
-        # never reuses an id a client may still hold.
-        first_id=int(now * 1_000_000),
+        first_id=first_id,
         started=now,
+        on_change=None if journal is None else journal.on_change,
     )
+    if journal is not None:
+        _restore(queue, journal, recovered, config["data-dir"], now, reactor)
     server_id = [config["server-id"]]
     timer = DeadlineTimer(queue, reactor)
     factory = ServerFactory(
@@ -137,6 +173,7 @@ def makeService(config: Options, reactor=None) -> MultiService:
         max_job_size=config["max-job-size"],
         max_line_length=config["max-line-length"],
         after_frame=timer.poke,
+        after_data=(lambda: None) if journal is None else journal.commit,
     )
 
     def listening(port) -> None:
@@ -151,8 +188,67 @@ def makeService(config: Options, reactor=None) -> MultiService:
         )
 
     service = MultiService()
+    if journal is not None:
+        # First in, last out: the journal starts before anything can change the
+        # queue and is stopped (flushed, fsynced) after the listener.
+        journal.setServiceParent(service)
+        reactor.addSystemEventTrigger("after", "shutdown", journal.close)
     timer.setServiceParent(service)
     listening_service(reactor, config["listen"], factory, listening).setServiceParent(service)
+    if config["metrics"] is not None:
+        def metrics_listening(port) -> None:
+            address = port.getHost()
+            _log.info("allq-server metrics at http://{host}:{port}/metrics",
+                      host=address.host, port=address.port)
+
+        metrics = ServerMetrics(queue, reactor, lambda: server_id[0])
+        listening_service(reactor, config["metrics"], metrics_site(metrics),
+                          metrics_listening).setServiceParent(service)
     return service
 
 
+def _open_data_dir(config: Options, reactor, now: float):
+    """Lock and read back the data directory; the journal that goes on from it."""
+    directory = config["data-dir"]
+    try:
+        recovered = recover(directory, now)
+    except DataDirError as e:
+        raise SystemExit(f"allq-server: {e}")
+    except OSError as e:
+        raise SystemExit(f"allq-server: cannot read data directory {directory}: {e}")
+
+    def run_blocking(f):
+        from twisted.internet.threads import deferToThreadPool
+
+        return deferToThreadPool(reactor, reactor.getThreadPool(), f)
+
+    def stop() -> None:
+        if reactor.running:
+            reactor.stop()
+
+    journal = Journal(
+        directory, FsyncPolicy.parse(config["fsync"]), reactor,
+        generation=recovered.generation, snapshot_bytes=recovered.snapshot_bytes,
+        max_id=recovered.max_id, lock_fd=recovered.lock_fd,
+        run_blocking=run_blocking, on_failure=stop,
+    )
+    return journal, recovered
+
+
+def _restore(queue: Queue, journal: Journal, recovered, directory: str, now: float,
+             reactor) -> None:
+    restored = restore_queue(queue, recovered, now)
+    journal.attach(queue)
+    for note in recovered.damaged:
+        _log.warn("data directory damaged: {note}", note=note)
+    if restored.invalid:
+        _log.warn("{count} stored jobs could not be restored (invalid records)",
+                  count=restored.invalid)
+    _log.info(
+        "restored {total} jobs ({ready} ready, {delayed} delayed, {buried} buried, "
+        "{waiting} waiting) from {directory} in {took:.3f} s; skipped {skipped} corrupt "
+        "records; fsync {fsync}",
+        total=restored.total, ready=restored.ready, delayed=restored.delayed,
+        buried=restored.buried, waiting=restored.waiting, directory=directory,
+        took=reactor.seconds() - now, skipped=recovered.skipped, fsync=journal.policy,
+    )

@@ -47,6 +47,7 @@ import hmac
 import os
 
 import attrs
+from nacl.bindings import crypto_box_easy_afternm, crypto_box_open_easy_afternm
 from nacl.exceptions import CryptoError
 from nacl.public import Box, PublicKey
 
@@ -149,6 +150,7 @@ class Session:
     peer_public: bytes = attrs.field(repr=False)
     _send_prefix: bytes = attrs.field(init=False, repr=False)
     _receive_prefix: bytes = attrs.field(init=False, repr=False)
+    _shared_key: bytes = attrs.field(init=False, repr=False)
     _send_counter: int = attrs.field(init=False, default=0)
     _receive_counter: int = attrs.field(init=False, default=0)
 
@@ -158,6 +160,11 @@ class Session:
         head = self._challenge[:_PREFIX_BYTES]
         self._send_prefix = head + bytes([self._sending])
         self._receive_prefix = head + bytes([1 - self._sending])
+        # Frames call the libsodium bindings with the Box's precomputed key, which is
+        # what Box.encrypt/decrypt do underneath (same bytes on the wire) minus their
+        # per-frame wrapping (EncryptedMessage, encoders, checks), about a tenth of a
+        # server's time per request.
+        self._shared_key = self._box.shared_key()
 
     def seal(self, plaintext: bytes) -> bytes:
         """Encrypt one message into one line, using the next nonce of our direction.
@@ -165,12 +172,13 @@ class Session:
         :param plaintext: the message.
         :returns: the line to send, without ``\\n``.
         """
-        if self._send_counter > _MAX_COUNTER:
+        counter = self._send_counter
+        if counter > _MAX_COUNTER:
             raise WireError("frame counter exhausted; reconnect")
-        nonce = self._send_prefix + self._send_counter.to_bytes(8, "big")
-        sealed = self._box.encrypt(plaintext, nonce)
-        self._send_counter += 1
-        return _b64(bytes(sealed))
+        nonce = self._send_prefix + counter.to_bytes(8, "big")
+        ciphertext = crypto_box_easy_afternm(plaintext, nonce, self._shared_key)
+        self._send_counter = counter + 1
+        return _b64(nonce + ciphertext)
 
     def open(self, line: bytes) -> bytes:
         """Decrypt one received line, which must carry the next nonce of the peer's direction.
@@ -193,7 +201,9 @@ class Session:
         if int.from_bytes(raw[_PREFIX_BYTES + 1 : NONCE_BYTES], "big") != self._receive_counter:
             raise ReplayedFrame("frame out of sequence")
         try:
-            plaintext = self._box.decrypt(raw)
+            plaintext = crypto_box_open_easy_afternm(
+                raw[NONCE_BYTES:], raw[:NONCE_BYTES], self._shared_key
+            )
         except CryptoError:
             raise TamperedFrame("frame failed authentication") from None
         self._receive_counter += 1

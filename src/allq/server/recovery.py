@@ -1,0 +1,336 @@
+"""Reading a data directory back at start-up: snapshot + journals -> a queue.
+
+Responsibility: lock the directory, load the newest installed snapshot, replay
+the journals of its generation and later, stop reading a file at its first torn
+or damaged record (never refuse to start over the good prefix), cut a damaged
+tail off (keeping a copy for forensics), remove what a finished compaction left
+behind, and place every job back through the core's restore API
+(:meth:`Queue.restore`). The file layout and record format are described in
+:mod:`allq.server.journal`.
+
+This runs in ``makeService``, before the reactor does: its blocking file I/O
+happens before any client is served, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gc
+import os
+
+import attrs
+
+from allq.core.job import Job, JobState, ParentInfo
+from allq.errors import AllQError
+from allq.server.journal import (
+    FORMAT_VERSION,
+    LOCK_FILE,
+    generation_of,
+    fsync_directory,
+    journal_name,
+    snapshot_name,
+    unframe,
+)
+
+#: Field positions in a ``j`` record.
+_MUTABLE = slice(10, 15)  # state, deadline, expireds, releases, parent
+_STATES = {state.value: state for state in JobState}
+
+
+@contextlib.contextmanager
+def _bulk_load():
+    """No cyclic GC while millions of long-lived objects are made: it would scan
+    them again and again (it halves recovery time), and none of them form cycles."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+class DataDirError(Exception):
+    """The data directory cannot be used (in use, unreadable, a newer format)."""
+
+
+@attrs.define
+class Recovered:
+    """What a data directory holds, replayed.
+
+    :ivar jobs: each live job's ``j`` record (its latest state), in put order.
+    :ivar tubes: each tube's latest ``t`` record.
+    :ivar draining: the server's drain flag.
+    :ivar max_id: the largest job id ever recorded (ids above it are new).
+    :ivar generation: the journal generation to go on appending to.
+    :ivar snapshot_bytes: size of the snapshot loaded (0: none).
+    :ivar records: records applied.
+    :ivar skipped: lines not applied: the first damaged one of a file and all after it.
+    :ivar damaged: one line per damaged file, saying what was cut off and where it went.
+    :ivar lock_fd: the open lock file; closing it releases the directory.
+    """
+
+    directory: str
+    jobs: dict[int, list] = attrs.Factory(dict)
+    tubes: dict[str, list] = attrs.Factory(dict)
+    draining: bool = False
+    max_id: int = 0
+    generation: int = 1
+    snapshot_generation: int | None = None
+    snapshot_bytes: int = 0
+    records: int = 0
+    skipped: int = 0
+    orphans: int = 0
+    damaged: list[str] = attrs.Factory(list)
+    lock_fd: int | None = None
+
+
+@attrs.frozen
+class Restored:
+    """How many jobs :func:`restore_queue` placed, by the state they are in now."""
+
+    ready: int = 0
+    delayed: int = 0
+    buried: int = 0
+    waiting: int = 0
+    invalid: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.ready + self.delayed + self.buried + self.waiting
+
+
+def lock_directory(directory: str) -> int:
+    """Create ``directory`` if needed and take its lock for this process.
+
+    :returns: the lock file's descriptor (the lock lasts until it is closed or
+        the process ends, however it ends).
+    :raises DataDirError: it cannot be created, or another server holds it.
+    """
+    try:
+        # Job bodies are stored as the server sees them (decrypted): owner only.
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd = os.open(os.path.join(directory, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        raise DataDirError(f"cannot use data directory {directory}: {e}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise DataDirError(
+            f"data directory {directory} is in use by another allq-server") from None
+    return fd
+
+
+def recover(directory: str, now: float) -> Recovered:
+    """Lock ``directory`` and read back everything it holds.
+
+    :param now: the wall-clock time, used to name a damaged tail's copy.
+    :raises DataDirError: the directory is unusable or was written by a newer format.
+    """
+    state = Recovered(directory, lock_fd=lock_directory(directory))
+    try:
+        with _bulk_load():
+            _recover(state, now)
+    except BaseException:
+        os.close(state.lock_fd)
+        raise
+    return state
+
+
+def _recover(state: Recovered, now: float) -> None:
+    directory = state.directory
+    journals: list[int] = []
+    snapshots: list[int] = []
+    for name in os.listdir(directory):
+        generation = generation_of(name)
+        if generation is None:
+            continue
+        if name == journal_name(generation):
+            journals.append(generation)
+        elif name == snapshot_name(generation):
+            snapshots.append(generation)
+    if snapshots:
+        base = max(snapshots)
+        state.snapshot_generation = base
+        _load_snapshot(state, os.path.join(directory, snapshot_name(base)))
+        state.snapshot_bytes = os.path.getsize(os.path.join(directory, snapshot_name(base)))
+    else:
+        base = min(journals, default=1)
+    replayed = sorted(g for g in journals if g >= base)
+    for generation in replayed:
+        _replay_journal(state, os.path.join(directory, journal_name(generation)), now)
+    state.generation = max(replayed, default=base)
+    _remove_leftovers(directory, base if snapshots else None)
+
+
+def _remove_leftovers(directory: str, snapshot: int | None) -> None:
+    """Remove unfinished snapshots and, once a snapshot is in place, what it replaced."""
+    removed = False
+    for name in os.listdir(directory):
+        generation = generation_of(name)
+        if generation is None:
+            continue
+        if name.endswith(".tmp") or (snapshot is not None and generation < snapshot):
+            os.unlink(os.path.join(directory, name))
+            removed = True
+    if removed:
+        fsync_directory(directory)
+
+
+def _read_records(path: str):
+    """Yield ``(offset, line, record)`` for each line; ``record`` is ``None`` from
+    the first damaged line on (the rest is counted, not trusted)."""
+    offset = 0
+    damaged = False
+    with open(path, "rb") as f:
+        for line in f:
+            record = None if damaged else unframe(line)
+            damaged = record is None
+            yield offset, line, record
+            offset += len(line)
+
+
+def _load_snapshot(state: Recovered, path: str) -> None:
+    header = None
+    end = None
+    loaded = skipped = 0
+    for _, _, record in _read_records(path):
+        if record is not None and not skipped and end is None:
+            if header is None:
+                header = _check_header(record, "snapshot", path)
+                state.max_id = max(state.max_id, header[3] - 1)
+                continue
+            if record[0] == "end":
+                end = record
+                continue
+            if _apply(state, record):
+                loaded += 1
+                continue
+        skipped += 1
+    state.records += loaded
+    state.skipped += skipped
+    if header is None or end is None or skipped or end[1] != loaded:
+        # Only a finished, fsynced snapshot is ever renamed into place: this is
+        # damage on disk. Go on with what could be read.
+        state.damaged.append(
+            f"snapshot {path} is damaged: loaded {loaded} records"
+            + ("" if end is None else f" of {end[1]}") + f", skipped {skipped} lines")
+
+
+def _replay_journal(state: Recovered, path: str, now: float) -> None:
+    header = None
+    good = 0
+    skipped = 0
+    tail_at = None
+    for offset, line, record in _read_records(path):
+        if record is not None and tail_at is None:
+            if header is None:
+                header = _check_header(record, "journal", path)
+                good = offset + len(line)
+                continue
+            if _apply(state, record):
+                state.records += 1
+                good = offset + len(line)
+                continue
+        # The first bad record ends the good prefix: what follows it is not
+        # applied, even if it reads well (a record may be missing in between).
+        skipped += 1
+        if tail_at is None:
+            tail_at = offset
+    if tail_at is None:
+        return
+    state.skipped += skipped
+    # Keep the bad tail for forensics, then cut it off so new records follow
+    # the good prefix (a record appended after garbage could never be read).
+    copy = f"{path}.corrupt-{int(now)}"
+    with open(path, "rb") as f:
+        f.seek(tail_at)
+        tail = f.read()
+    with open(copy, "wb") as out:
+        out.write(tail)
+        out.flush()
+        os.fsync(out.fileno())
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.ftruncate(fd, good)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_directory(os.path.dirname(path) or ".")
+    state.damaged.append(
+        f"journal {path}: skipped {skipped} damaged or torn records from byte {tail_at} "
+        f"of {tail_at + len(tail)}; the tail was saved as {copy}")
+
+
+def _check_header(record: list, kind: str, path: str) -> list:
+    if record[0] != kind or len(record) < 3:
+        raise DataDirError(f"{path} does not start with a {kind} header")
+    if record[1] != FORMAT_VERSION:
+        raise DataDirError(
+            f"{path} has format version {record[1]!r}; this allq reads version {FORMAT_VERSION}")
+    return record
+
+
+def _apply(state: Recovered, record: list) -> bool:
+    """Apply one record to the replayed state; ``False``: not a known record."""
+    kind = record[0]
+    size = len(record)
+    if kind == "j" and size == 15 and type(record[1]) is int:
+        state.jobs[record[1]] = record
+        if record[1] > state.max_id:
+            state.max_id = record[1]
+    elif kind == "s" and size == 7:
+        job = state.jobs.get(record[1])
+        if job is None:
+            # A job that changed and was deleted while a fuzzy snapshot was
+            # written (it is absent from it); its "d" record follows.
+            state.orphans += 1
+        else:
+            job[_MUTABLE] = record[2:7]
+    elif kind == "d" and size == 2:
+        state.jobs.pop(record[1], None)
+    elif kind == "t" and size == 7 and isinstance(record[1], str):
+        state.tubes[record[1]] = record
+    elif kind == "S" and size == 2:
+        state.draining = bool(record[1])
+    else:
+        return False
+    return True
+
+
+def restore_queue(queue, recovered: Recovered, now: float) -> Restored:
+    """Place what was recovered into an empty ``queue``.
+
+    Tube settings come first (a fair setting decides how ready jobs line up),
+    then jobs in put order, then the drain flag. A record the core refuses
+    (it would take a bug to write one) is counted in ``invalid``, not fatal.
+    """
+    for name, (_, _, throttle, paused, draining, fair, max_size) in recovered.tubes.items():
+        try:
+            queue.restore_tube(name, now=now, throttle=throttle, paused=paused,
+                               draining=draining, fair=fair, max_size=max_size)
+        except (AllQError, TypeError, ValueError):
+            pass
+    counts = {JobState.READY: 0, JobState.DELAYED: 0, JobState.BURIED: 0, JobState.WAITING: 0}
+    invalid = 0
+    restore = queue.restore
+    with _bulk_load():
+        for record in recovered.jobs.values():
+            try:
+                (_, job_id, tube, body, priority, ttl, expired_limit, created, shard_key,
+                 parent_id, state, deadline, expireds, releases, parent) = record
+                job = Job(id=job_id, tube=tube, body=body, priority=priority, ttl=ttl,
+                          expired_limit=expired_limit, created=created, state=_STATES[state],
+                          deadline=deadline, expireds=expireds, releases=releases,
+                          shard_key=shard_key, parent_id=parent_id)
+                restore(job, now=now, parent=None if parent is None else ParentInfo(*parent))
+            except (AllQError, TypeError, ValueError, KeyError):
+                invalid += 1
+                continue
+            counts[job.state] += 1
+    queue.draining = recovered.draining
+    return Restored(ready=counts[JobState.READY], delayed=counts[JobState.DELAYED],
+                    buried=counts[JobState.BURIED], waiting=counts[JobState.WAITING],
+                    invalid=invalid)
