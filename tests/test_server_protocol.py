@@ -426,3 +426,55 @@ class ClientAgainstServerTests(SynchronousTestCase):
         self.assertEqual(self.client_clock.getDelayedCalls(), [])
         self.assertEqual(self.server_clock.getDelayedCalls(), [])
         self.failureResultOf(self.client.request("ping"), ConnectionLost)
+
+
+class CoalescingClientTests(SynchronousTestCase):
+    """A coalescing :class:`ServerConnection` sends one frame per reactor turn."""
+
+    def setUp(self) -> None:
+        self.server_clock = Clock()
+        self.client_clock = Clock()
+        self.factory = make_factory(self.server_clock)
+        self.server = self.factory.buildProtocol(None)
+        self.client = ServerConnection(CLIENT_KEYS, self.client_clock, request_timeout=5,
+                                       coalesce=True)
+        self.pump = connect(
+            self.server, FakeTransport(self.server, isServer=True),
+            self.client, FakeTransport(self.client, isServer=False),
+        )
+        self.assertIs(self.successResultOf(self.client.ready), self.client)
+
+    def test_requests_of_one_turn_share_a_frame_and_resolve_separately(self):
+        """Requests made in one turn go out as one frame; each gets its own result or error."""
+        frames = []
+        self.factory.after_frame = lambda: frames.append(1)
+        puts = [self.client.request("put", {"tube": "t", "body": str(n)}) for n in range(5)]
+        bad = self.client.request("done", {"job_id": f"{SERVER_ID},424242"})
+        self.pump.flush()
+        self.assertNoResult(puts[0])  # nothing sent before the turn ends
+        self.client_clock.advance(0)
+        self.pump.flush()
+        self.assertEqual(len(frames), 1)
+        self.assertEqual(len({self.successResultOf(d)["job_id"] for d in puts}), 5)
+        self.failureResultOf(bad, NotFound)
+        batch = self.client.batch([("ping", {}), ("ping", {})])
+        single = self.client.request("ping")
+        self.client_clock.advance(0)
+        self.pump.flush()
+        self.assertEqual(len(self.successResultOf(batch)), 2)
+        self.assertEqual(self.successResultOf(single), {"server_id": SERVER_ID})
+        self.assertEqual(self.client.pending, 0)
+
+    def test_a_full_outbox_goes_out_at_once_and_loss_leaves_no_timer(self):
+        """At MAX_COALESCED requests the frame leaves without waiting; losing the
+        connection fails queued requests and cancels the flush."""
+        from allq.client.connection import MAX_COALESCED
+
+        ds = [self.client.request("ping") for _ in range(MAX_COALESCED)]
+        self.pump.flush()
+        self.assertEqual(self.successResultOf(ds[-1]), {"server_id": SERVER_ID})
+        queued = self.client.request("ping")
+        self.server.transport.loseConnection()
+        self.pump.flush()
+        self.failureResultOf(queued, ConnectionLost)
+        self.assertEqual(self.client_clock.getDelayedCalls(), [])

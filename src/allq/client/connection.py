@@ -16,7 +16,7 @@ from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, fail, fail
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
@@ -38,6 +38,8 @@ DEFAULT_REQUEST_TIMEOUT = 10.0
 #: Requests per batch frame; the server refuses other sizes with an error that names
 #: no request id, so such a batch could only time out (allq.server.protocol.MAX_BATCH).
 MAX_BATCH = 1000
+#: Requests made in one reactor turn that go out together in one frame at most.
+MAX_COALESCED = 100
 _ERROR_PREFIX = b"ERROR "
 
 
@@ -47,6 +49,9 @@ class ServerConnection(LineOnlyReceiver):
     :param keys: the client's keys (and the server's public key).
     :param clock: for request timeouts.
     :param request_timeout: seconds a request may wait for its reply.
+    :param coalesce: send the requests made during one reactor turn together, as
+        one batch frame (each still resolves on its own): pipelined callers then
+        pay one encryption and one frame per turn instead of one per request.
     :ivar ready: fires with this connection once the server's welcome arrived, or
         fails with the handshake error.
     :ivar welcome: the server's welcome (``server_id``, ``version``, limits).
@@ -62,10 +67,15 @@ class ServerConnection(LineOnlyReceiver):
         clock: IReactorTime,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         max_job_size: int = 16 * 1024 * 1024,
+        coalesce: bool = False,
     ) -> None:
         self._keys = keys
         self._clock = clock
         self._timeout = request_timeout
+        self._coalesce = coalesce
+        self._outbox: list[dict] = []
+        self._flush_call: IDelayedCall | None = None
+        self._batches: set[int] = set()  # first ids of explicit batches in flight
         self.MAX_LENGTH = max_line_length(max_job_size)
         self._session: Session | None = None
         self._pending: dict[int, Deferred] = {}
@@ -111,7 +121,12 @@ class ServerConnection(LineOnlyReceiver):
             encode_request(first + offset, action, params)
             for offset, (action, params) in enumerate(requests)
         ]
-        return self._send(first, frame)
+        self._batches.add(first)
+        return self._send(first, frame).addBoth(self._batch_done, first)
+
+    def _batch_done(self, result, first: int):
+        self._batches.discard(first)
+        return result
 
     def close(self) -> None:
         """Close the connection; pending requests fail with ConnectionLost."""
@@ -132,9 +147,28 @@ class ServerConnection(LineOnlyReceiver):
 
         d = Deferred(cancel)
         self._pending[key] = d
-        self.sendLine(self._session.seal(dumps(frame)))
+        if self._coalesce and isinstance(frame, dict):
+            self._outbox.append(frame)
+            if len(self._outbox) >= MAX_COALESCED:
+                self._flush()
+            elif self._flush_call is None:
+                self._flush_call = self._clock.callLater(0, self._flush)
+        else:
+            self.sendLine(self._session.seal(dumps(frame)))
         d.addTimeout(self._timeout, self._clock, onTimeoutCancel=self._timed_out)
         return d
+
+    def _flush(self) -> None:
+        """Send the requests queued this turn: alone, or as one batch frame."""
+        self._cancel_flush()
+        outbox, self._outbox = self._outbox, []
+        if outbox and not self.closed:
+            self.sendLine(self._session.seal(dumps(outbox[0] if len(outbox) == 1 else outbox)))
+
+    def _cancel_flush(self) -> None:
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
 
     def _timed_out(self, result, timeout):
         if isinstance(result, Failure) and result.check(CancelledError):
@@ -158,7 +192,13 @@ class ServerConnection(LineOnlyReceiver):
         if not self.welcome:
             self._welcomed(message)
         elif isinstance(message, list):
-            self._resolve(message[0].get("id") if message else None, message, batch=True)
+            first = message[0].get("id") if message and isinstance(message[0], dict) else None
+            if first in self._batches:
+                self._resolve(first, message, batch=True)
+            else:  # requests coalesced into one frame: each resolves on its own
+                for reply in message:
+                    if isinstance(reply, dict):
+                        self._resolve(reply.get("id"), reply, batch=False)
         elif isinstance(message, dict):
             self._resolve(message.get("id"), message, batch=False)
 
@@ -201,6 +241,8 @@ class ServerConnection(LineOnlyReceiver):
 
     def connectionLost(self, reason: Failure = None) -> None:
         self.closed = True
+        self._cancel_flush()
+        self._outbox = []
         self._fail_all(ConnectionLost("connection to the server was lost"))
         self.lost.callback(None)
 
@@ -226,13 +268,16 @@ class ServerConnectionFactory(Factory):
 
     noisy = False
 
-    def __init__(self, keys: ClientKeys, clock: IReactorTime, request_timeout: float) -> None:
+    def __init__(self, keys: ClientKeys, clock: IReactorTime, request_timeout: float,
+                 coalesce: bool = True) -> None:
         self._keys = keys
         self._clock = clock
         self._request_timeout = request_timeout
+        self._coalesce = coalesce
 
     def buildProtocol(self, addr) -> ServerConnection:
-        return ServerConnection(self._keys, self._clock, self._request_timeout)
+        return ServerConnection(self._keys, self._clock, self._request_timeout,
+                                coalesce=self._coalesce)
 
 
 def connect(
