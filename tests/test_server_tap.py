@@ -32,6 +32,9 @@ DEFAULTS = {
     "data-dir": None,
     "fsync": "interval:50",
     "metrics": None,
+    "max-jobs": None,
+    "fair-prefix": "fq-",
+    "fair-suffix": None,
 }
 
 
@@ -223,5 +226,26 @@ def test_metrics_endpoint_is_off_by_default_and_listens_when_asked(tmp_path):
     service.startService()
     try:
         assert sorted(port for port, *_ in reactor.tcpServers) == [5555, 9555]
+    finally:
+        service.stopService()
+
+
+def test_fair_queue_naming_and_server_bound_reach_the_queue(tmp_path):
+    """FQ_PREFIX / FQ_SUFFIX / ALLQ_MAX_JOBS (or their flags) configure the queue core."""
+    options = parse([], {"FQ_SUFFIX": "-fair", "ALLQ_MAX_JOBS": "2"})
+    assert (options["fair-suffix"], options["max-jobs"]) == ("-fair", 2)
+    assert parse(["--fair-prefix", "f_"], {"FQ_PREFIX": "x"})["fair-prefix"] == "f_"
+    with pytest.raises(usage.UsageError, match="--max-jobs"):
+        parse(["--max-jobs", "0"])
+    keys = str(tmp_path / "keys")
+    generate_keys(keys)
+    reactor = MemoryReactorClock()
+    service = makeService(parse(["--keys", keys, "--listen", "tcp:5555"],
+                                {"FQ_SUFFIX": "-fair", "ALLQ_MAX_JOBS": "2"}), reactor=reactor)
+    service.startService()
+    try:
+        factory = reactor.tcpServers[0][1]
+        queue = factory.dispatcher._queue
+        assert (queue.config.fair_suffix, queue.config.max_jobs) == ("-fair", 2)
     finally:
         service.stopService()

@@ -23,7 +23,14 @@ from twisted.python import usage
 from allq import __version__
 from allq.config import positive_float, positive_int, resolve
 from allq.listening import listening_service
-from allq.core.queue import DEFAULT_EXPIRED_LIMIT, DEFAULT_MAX_JOB_SIZE, DEFAULT_TTL, Queue, QueueConfig
+from allq.core.queue import (
+    DEFAULT_EXPIRED_LIMIT,
+    DEFAULT_FAIR_PREFIX,
+    DEFAULT_MAX_JOB_SIZE,
+    DEFAULT_TTL,
+    Queue,
+    QueueConfig,
+)
 from allq.server.dispatch import Dispatcher
 from allq.server.journal import DEFAULT_FSYNC, FsyncPolicy, Journal
 from allq.server.metrics import ServerMetrics, metrics_site
@@ -72,6 +79,15 @@ class Options(usage.Options):
         ["fsync", None, None,
          f"with --data-dir: always (before each reply), interval:MS (at most every MS ms) "
          f"or never [default: {DEFAULT_FSYNC}; env ALLQ_FSYNC]"],
+        ["max-jobs", None, None,
+         "the most jobs this server holds; puts beyond are refused with 'full' "
+         "[default: no limit; env ALLQ_MAX_JOBS]"],
+        ["fair-prefix", None, None,
+         f"tubes named with this prefix are fair queues [default: {DEFAULT_FAIR_PREFIX}; "
+         "env FQ_PREFIX]"],
+        ["fair-suffix", None, None,
+         "if set, tubes named with this suffix are fair queues instead of the prefix rule "
+         "[env FQ_SUFFIX]"],
         ["metrics", None, None,
          "Twisted endpoint serving Prometheus metrics over plain HTTP, e.g. "
          "tcp:9555:interface=127.0.0.1 [default: off; env ALLQ_METRICS]"],
@@ -113,6 +129,10 @@ class Options(usage.Options):
             raise usage.UsageError(f"--data-dir {data_dir[:80]!r} is not a directory")
         self["data-dir"] = data_dir
         self["metrics"] = resolve(self, "metrics", env, "ALLQ_METRICS")
+        max_jobs = resolve(self, "max-jobs", env, "ALLQ_MAX_JOBS")
+        self["max-jobs"] = None if max_jobs is None else positive_int("max-jobs", max_jobs)
+        self["fair-prefix"] = resolve(self, "fair-prefix", env, "FQ_PREFIX") or DEFAULT_FAIR_PREFIX
+        self["fair-suffix"] = resolve(self, "fair-suffix", env, "FQ_SUFFIX")
         fsync = resolve(self, "fsync", env, "ALLQ_FSYNC") or DEFAULT_FSYNC
         try:
             self["fsync"] = str(FsyncPolicy.parse(fsync))  # normalized: "interval:50"
@@ -156,6 +176,9 @@ def makeService(config: Options, reactor=None) -> MultiService:
             default_ttl=config["default-ttl"],
             expired_limit=config["expiry-limit"],
             max_job_size=config["max-job-size"],
+            fair_prefix=config["fair-prefix"],
+            fair_suffix=config["fair-suffix"],
+            max_jobs=config["max-jobs"],
         ),
         first_id=first_id,
         started=now,
