@@ -8,7 +8,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from allq import __version__
-from allq.core.queue import Queue
+from allq.core.queue import Queue, QueueConfig
 from allq.server.dispatch import Dispatcher
 
 SERVER_ID = "srv1"
@@ -18,10 +18,10 @@ T0 = 1000.0
 class Harness:
     """A dispatcher over a fresh queue, plus helpers that build requests."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: QueueConfig = QueueConfig()) -> None:
         self.clock = Clock()
         self.clock.advance(T0)
-        self.queue = Queue(started=T0)
+        self.queue = Queue(config, started=T0)
         self.dispatcher = Dispatcher(self.queue, self.clock, lambda: SERVER_ID)
         self._next_id = 0
 
@@ -30,7 +30,10 @@ class Harness:
         return {"id": self._next_id, "action": action, "params": params}
 
     def reply(self, action: str, **params: object) -> dict:
-        return self.dispatcher.handle(self.request(action, **params))
+        request = self.request(action, **params)
+        reply = self.dispatcher.handle(request)
+        assert reply["id"] == request["id"]
+        return reply
 
     def ok(self, action: str, **params: object) -> dict:
         reply = self.reply(action, **params)

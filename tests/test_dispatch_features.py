@@ -9,44 +9,14 @@ decoded-JSON values, exactly what the protocol hands the dispatcher.
 """
 
 import pytest
-from twisted.internet.task import Clock
 
-from allq.core.queue import Queue, QueueConfig
-from allq.server.dispatch import Dispatcher
-
-SERVER_ID = "srv1"
-T0 = 1000.0
+from allq.core.queue import QueueConfig
+from tests.test_dispatch import SERVER_ID, T0
+from tests.test_dispatch import Harness as BaseHarness
 
 
-class Harness:
-    """A dispatcher over a fresh queue, plus helpers that build requests."""
-
-    def __init__(self, config: QueueConfig = QueueConfig()) -> None:
-        self.clock = Clock()
-        self.clock.advance(T0)
-        self.queue = Queue(config, started=T0)
-        self.dispatcher = Dispatcher(self.queue, self.clock, lambda: SERVER_ID)
-        self._next_id = 0
-
-    def reply(self, action: str, **params: object) -> dict:
-        self._next_id += 1
-        request = {"id": self._next_id, "action": action, "params": params}
-        reply = self.dispatcher.handle(request)
-        assert reply["id"] == self._next_id
-        return reply
-
-    def ok(self, action: str, **params: object) -> dict:
-        reply = self.reply(action, **params)
-        assert "error" not in reply, reply
-        return reply["result"]
-
-    def error(self, action: str, **params: object) -> dict:
-        reply = self.reply(action, **params)
-        assert "result" not in reply, reply
-        return reply["error"]
-
-    def put(self, body: str = "x", tube: str = "t", **params: object) -> str:
-        return self.ok("put", tube=tube, body=body, **params)["job_id"]
+class Harness(BaseHarness):
+    """The dispatcher harness of ``test_dispatch``, with helpers for parents and stats."""
 
     def put_parent(self, body: str = "p", tube: str = "t", **params: object) -> str:
         return self.ok("put_parent", tube=tube, body=body, **params)["job_id"]
