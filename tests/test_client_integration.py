@@ -213,3 +213,26 @@ def test_long_poll_through_the_daemons(daemons):
     started = time.monotonic()
     status, job = api.call("GET", "/job", tube="lp", wait=1)
     assert (status, job) == (200, {}) and 0.9 < time.monotonic() - started < 5
+
+
+def test_sigterm_answers_waiting_long_polls_then_exits(daemons):
+    """On SIGTERM the client stops accepting, answers a waiting long poll with {}
+    (not a dropped connection) and shuts down in order."""
+    import threading
+
+    keys = daemons.generate_keys()
+    servers = daemons.start_servers(1, keys)
+    api = start_client(daemons, keys, servers)
+    client = daemons.started[-1]
+    api.wait_until(lambda h: h["up"] == 1)
+    outcome = {}
+    poller = threading.Thread(
+        target=lambda: outcome.update(reply=api.call("GET", "/job", tube="lp", wait=30)))
+    poller.start()
+    time.sleep(0.5)  # let the long poll reach the client (a real process: no Clock here)
+    client.terminate()
+    poller.join(20)
+    assert outcome.get("reply") == (200, {})
+    client.process.wait(20)
+    log = client.log()
+    assert "Server Shut Down" in log and "Traceback" not in log

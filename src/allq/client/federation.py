@@ -574,14 +574,18 @@ class Federation(MultiService):
 
     # -- lifecycle -------------------------------------------------------------
 
-    def stopService(self):
-        for d in list(self._sleeps):
-            d.cancel()
+    def end_long_polls(self) -> None:
+        """Answer every waiting long poll now, with no job (a client shutting down)."""
         for waiters in self._waiters.values():
             while waiters:
                 waiter = waiters.popleft()
                 if not waiter.deferred.called:
                     waiter.deferred.callback([])
+
+    def stopService(self):
+        for d in list(self._sleeps):
+            d.cancel()
+        self.end_long_polls()
         return super().stopService()
 
 

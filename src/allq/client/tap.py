@@ -7,17 +7,17 @@ serving even when no server is reachable yet (the API answers 503 until one is).
 """
 
 import os
-from functools import partial
 
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web.server import Request, Site
+from twisted.web.server import Site
 
 from allq import __version__
 from allq.client.connection import DEFAULT_REQUEST_TIMEOUT
 from allq.client.dashboard import Dashboard
 from allq.client.federation import DEFAULT_RETRY_BUDGET, Federation
+from allq.client.graceful import GracefulClient, InFlight
 from allq.client.link import ServerLink, parse_address
 from allq.client.metrics import ClientMetrics, InstrumentedFederation, StatsRefresher
 from allq.client.rest import DEFAULT_MAX_BODY, RestApi
@@ -119,14 +119,13 @@ def makeService(config: Options, reactor=None) -> MultiService:
     metrics = ClientMetrics(reactor, health=federation.health)
     api = RestApi(InstrumentedFederation(federation, metrics), reactor,
                   max_body=config["max-body"])
-    service = MultiService()
+    in_flight = InFlight()
+    service = GracefulClient(None, in_flight, federation.end_long_polls, reactor)
     federation.setServiceParent(service)
     StatsRefresher(federation, metrics, reactor).setServiceParent(service)
     site = build_site(api.resource(), metrics, Dashboard(),
                       site_class=Site if config["access-log"] else QuietSite)
-    # The API takes JSON, never HTML form posts: skip twisted.web's per-POST form
-    # parsing (an email-package Content-Type parse, ~5% of a REST call's CPU).
-    site.requestFactory = partial(Request, parsePOSTFormSubmission=False)
+    site.requestFactory = in_flight.request_factory()
 
     def listening(port) -> None:
         address = port.getHost()
@@ -136,7 +135,9 @@ def makeService(config: Options, reactor=None) -> MultiService:
             servers=",".join(config["servers"]),
         )
 
-    listening_service(reactor, config["http"], site, listening).setServiceParent(service)
+    http = listening_service(reactor, config["http"], site, listening)
+    http.setServiceParent(service)
+    service.set_http(http)
     return service
 
 
