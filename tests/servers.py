@@ -259,18 +259,20 @@ class Daemons:
         *,
         name: str | None = None,
         env: Mapping[str, str] | None = None,
+        twistd_args: Sequence[str] = (),
     ) -> Daemon:
-        """Start ``twistd -n --pidfile= <tapname> <args>`` without waiting for anything.
+        """Start ``twistd -n --pidfile= <twistd_args> <tapname> <args>`` without waiting.
 
         :param name: the label and log file stem; by default the tap name and a number.
         :param env: extra environment variables (see :func:`daemon_environment`).
+        :param twistd_args: options for twistd itself (e.g. ``--logger``).
         """
         name = name or f"{tapname}-{len(self._started) + 1}"
         log_path = self._directory / f"{name}.log"
         self._directory.mkdir(parents=True, exist_ok=True)
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
-                [*TWISTD, "-n", "--pidfile=", tapname, *args],
+                [*TWISTD, "-n", "--pidfile=", *twistd_args, tapname, *args],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -236,3 +236,45 @@ def test_sigterm_answers_waiting_long_polls_then_exits(daemons):
     client.process.wait(20)
     log = client.log()
     assert "Server Shut Down" in log and "Traceback" not in log
+
+
+def test_one_job_can_be_followed_in_json_logs_of_client_and_server(daemons):
+    """With --logger allq.logs.json_observer and --log-jobs, client and server both
+    log JSON events carrying the same job_id for its put, get and delete."""
+    import socket
+
+    keys = daemons.generate_keys()
+    with socket.socket() as probe:  # a free port, so the JSON-logging server needs no log parse
+        probe.bind((LOCALHOST, 0))
+        port = probe.getsockname()[1]
+    json_logs = ["--logger", "allq.logs.json_observer"]
+    server = daemons.spawn("allq-server", ["--keys", str(keys.directory), "--log-jobs",
+                                           "--listen", f"tcp:{port}:interface={LOCALHOST}"],
+                           name="json-server", twistd_args=json_logs)
+    wait_for_greeting(RunningServer(server, LOCALHOST, port, "?"))
+    client = daemons.spawn("allq-client", ["--keys", str(keys.directory), "--log-jobs",
+                                           "--servers", f"{LOCALHOST}:{port}",
+                                           "--http", f"tcp:0:interface={LOCALHOST}"],
+                           name="json-client", twistd_args=json_logs)
+    http_port = None
+    deadline = time.monotonic() + 20
+    while http_port is None and time.monotonic() < deadline:
+        for event in map(json.loads, filter(None, client.log().splitlines())):
+            if "serving REST" in event.get("log_format", "") and "port" in event:
+                http_port = event["port"]
+        time.sleep(0.1)
+    api = Api(http_port)
+    api.wait_until(lambda h: h["up"] == 1)
+    job_id = api.put("followed", "x")
+    status, job = api.call("GET", "/job", tube="followed")
+    assert api.call("DELETE", "/job", job_id=job["id"])[0] == 200
+
+    def actions(daemon):
+        events = [json.loads(line) for line in daemon.log().splitlines() if line.strip()]
+        return [e.get("action") for e in events if e.get("job_id") == job_id]
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(actions(server)) < 3:
+        time.sleep(0.1)
+    assert actions(client) == ["put", "get", "delete"]
+    assert actions(server) == ["put", "get", "delete"]

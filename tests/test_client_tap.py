@@ -26,6 +26,7 @@ def test_defaults():
     assert options["request-timeout"] == 10.0
     assert options["retry-budget"] == 5.0
     assert options["access-log"] is False
+    assert options["log-jobs"] is False
 
 
 def test_environment_fallbacks_and_flags_win():
@@ -37,6 +38,8 @@ def test_environment_fallbacks_and_flags_win():
     assert options["http"] == "tcp:9000:interface=127.0.0.1:backlog=1024"
     assert (options["keys"], options["retry-budget"], options["max-body"]) == ("/k", 2.5, 4096)
     assert options["access-log"] is True
+    inside_a_container = parse(environ={"HTTP_SERVER_PORT": "9000", "ALLQ_HTTP_INTERFACE": "0.0.0.0"})
+    assert inside_a_container["http"] == "tcp:9000:interface=0.0.0.0:backlog=1024"
     options = parse(["--servers", "c:3", "--http", "tcp:0"], environ=env)
     assert (options["servers"], options["http"]) == (["c:3"], "tcp:0")
 

@@ -35,6 +35,7 @@ DEFAULTS = {
     "max-jobs": None,
     "fair-prefix": "fq-",
     "fair-suffix": None,
+    "log-jobs": False,
 }
 
 

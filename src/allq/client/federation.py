@@ -113,6 +113,8 @@ class Federation(MultiService):
         #: Called as ``on_retry(operation, address)`` each time a call is retried
         #: (``address`` is ``None`` for a backoff round); metrics count these.
         self.on_retry: Callable[[str, str | None], None] | None = None
+        #: Log one event per job operation, with its ``job_id`` (``--log-jobs``).
+        self.log_jobs = False
         addresses = list(addresses)
         if not addresses:
             raise BadRequest("at least one server address is needed")
@@ -233,6 +235,13 @@ class Federation(MultiService):
             "timeout": timeout, "run_on_timeout": run_on_timeout, "limit": limit,
         })
 
+    def _stored(self, action: str, tube: str, job_id: str, link: ServerLink) -> str:
+        self._wake_pollers(tube)
+        if self.log_jobs:
+            self._log.info("{action} job {job_id} on {server}", action=action, job_id=job_id,
+                           tube=tube, server=link.address)
+        return job_id
+
     async def _store(self, action: str, params: dict) -> str:
         tube = check_tube(params["tube"])
         params["idempotency_key"] = uuid.uuid4().hex
@@ -262,8 +271,7 @@ class Federation(MultiService):
                                    address=link.address, error=e.message)
                     self._retried(action, link.address)
                     break
-                self._wake_pollers(tube)
-                return result["job_id"]
+                return self._stored(action, tube, result["job_id"], link)
             if unsure is None:
                 refusal = self._refusal(refused)
                 if refusal is not None:
@@ -288,8 +296,7 @@ class Federation(MultiService):
                                address=link.address, error=e.message)
                 self._retried(action, link.address)
             else:
-                self._wake_pollers(params["tube"])
-                return result["job_id"]
+                return self._stored(action, params["tube"], result["job_id"], link)
             attempt = await self._backoff(attempt, deadline, action)
 
     def _put_candidates(self, unsure: ServerLink | None,
@@ -355,14 +362,17 @@ class Federation(MultiService):
         if not 0 <= wait <= MAX_WAIT:
             raise BadRequest(f"wait must be between 0 and {MAX_WAIT:g} seconds")
         jobs = await self._get_once(tube, count, delete)
-        if jobs or wait <= 0:
-            return jobs
-        waiter = _Waiter(count, self._clock.seconds() + wait)
-        key = (tube, delete)
-        self._waiters.setdefault(key, deque()).append(waiter)
-        if key not in self._pollers:
-            self._pollers[key] = Deferred.fromCoroutine(self._poll(key))
-        return await waiter.deferred
+        if not jobs and wait > 0:
+            waiter = _Waiter(count, self._clock.seconds() + wait)
+            key = (tube, delete)
+            self._waiters.setdefault(key, deque()).append(waiter)
+            if key not in self._pollers:
+                self._pollers[key] = Deferred.fromCoroutine(self._poll(key))
+            jobs = await waiter.deferred
+        if self.log_jobs:
+            for job in jobs:
+                self._log.info("got job {job_id}", action="get", job_id=job["job_id"], tube=tube)
+        return jobs
 
     async def _get_once(self, tube: str, count: int, delete: bool) -> list[dict]:
         deadline = self._clock.seconds() + self._retry_budget
@@ -458,7 +468,11 @@ class Federation(MultiService):
         """Apply ``done``/``delete``/``touch``/``release``/``bury``/``kick`` or
         ``set_children_started`` to a job on the server its id names."""
         link = self._link_for_job(job_id)
-        return await link.request(action, {"job_id": job_id, **params})
+        result = await link.request(action, {"job_id": job_id, **params})
+        if self.log_jobs:
+            self._log.info("{action} job {job_id} on {server}", action=action, job_id=job_id,
+                           server=link.address)
+        return result
 
     # -- fan-out ---------------------------------------------------------------
 

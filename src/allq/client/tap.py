@@ -38,12 +38,15 @@ class Options(usage.Options):
 
     optFlags = [
         ["access-log", None, "log one line per HTTP request [env ALLQ_ACCESS_LOG=true]"],
+        ["log-jobs", None, "log one event per job operation, with its job_id "
+                           "[env ALLQ_LOG_JOBS=true]"],
     ]
 
     optParameters = [
         ["http", None, None,
          "Twisted endpoint for the REST API [default: tcp:8090:interface=127.0.0.1:backlog=1024; "
-         "env HTTP_SERVER_PORT sets the port, ALLQ_HTTP the endpoint]"],
+         "env HTTP_SERVER_PORT sets the port and ALLQ_HTTP_INTERFACE the interface, "
+         "ALLQ_HTTP the whole endpoint]"],
         ["servers", None, None,
          f"comma-separated host:port of the servers [default: {DEFAULT_SERVERS}; "
          "env SERVER_STRING]"],
@@ -67,9 +70,11 @@ class Options(usage.Options):
         if http is None:
             port = positive_int("http", env.get("HTTP_SERVER_PORT") or 8090)
             # A deep accept backlog: a thousand workers may connect at once.
-            http = f"tcp:{port}:interface=127.0.0.1:backlog=1024"
+            interface = env.get("ALLQ_HTTP_INTERFACE") or "127.0.0.1"
+            http = f"tcp:{port}:interface={interface}:backlog=1024"
         self["http"] = http
         self["access-log"] = bool(self["access-log"]) or env.get("ALLQ_ACCESS_LOG", "") == "true"
+        self["log-jobs"] = bool(self["log-jobs"]) or env.get("ALLQ_LOG_JOBS", "") == "true"
         servers = resolve(self, "servers", env, "SERVER_STRING") or DEFAULT_SERVERS
         addresses = [s.strip() for s in servers.split(",") if s.strip()]
         if not addresses:
@@ -114,6 +119,7 @@ def makeService(config: Options, reactor=None) -> MultiService:
         reactor,
         retry_budget=config["retry-budget"],
     )
+    federation.log_jobs = config["log-jobs"]
     # Metrics count what the facade asks of the federation, time its requests,
     # and read server stats from a snapshot refreshed in the background.
     metrics = ClientMetrics(reactor, health=federation.health)

@@ -39,7 +39,9 @@ class Dispatcher:
         clock: IReactorTime,
         server_id: Callable[[], str],
         idempotency: IdempotencyKeys | None = None,
+        log_jobs: bool = False,
     ) -> None:
+        self._log_jobs = log_jobs
         self._queue = queue
         self._clock = clock
         self._server_id = server_id
@@ -51,9 +53,20 @@ class Dispatcher:
         try:
             request = decode_request(obj)
             handler = getattr(self, "_do_" + request.action)
-            return result_reply(request.id, handler(self._clock.seconds(), **request.params))
+            result = handler(self._clock.seconds(), **request.params)
+            if self._log_jobs:
+                self._log_job(request.action, result)
+            return result_reply(request.id, result)
         except AllQError as error:
             return error_reply(request_id_of(obj), error)
+
+    def _log_job(self, action: str, result: dict) -> None:
+        """One event per job touched, carrying ``job_id`` (``--log-jobs``)."""
+        for job in result.get("jobs", ()):
+            self._log.info("{action} job {job_id}", action=action, job_id=job["job_id"],
+                           tube=job["tube"])
+        if "job_id" in result:
+            self._log.info("{action} job {job_id}", action=action, job_id=result["job_id"])
 
     def handle_frame(self, obj: object) -> object:
         """Apply a frame's content: one request, or a list of them (a batch)."""

@@ -50,6 +50,11 @@ class Options(usage.Options):
 
     environ = os.environ  # tests replace this
 
+    optFlags = [
+        ["log-jobs", None, "log one event per job operation, with its job_id "
+                           "[env ALLQ_LOG_JOBS=true]"],
+    ]
+
     optParameters = [
         ["listen", None, None,
          "Twisted endpoint to listen on [default: tcp:5555; env SERVER_PORT sets the port, "
@@ -129,6 +134,7 @@ class Options(usage.Options):
             raise usage.UsageError(f"--data-dir {data_dir[:80]!r} is not a directory")
         self["data-dir"] = data_dir
         self["metrics"] = resolve(self, "metrics", env, "ALLQ_METRICS")
+        self["log-jobs"] = bool(self["log-jobs"]) or env.get("ALLQ_LOG_JOBS", "") == "true"
         max_jobs = resolve(self, "max-jobs", env, "ALLQ_MAX_JOBS")
         self["max-jobs"] = None if max_jobs is None else positive_int("max-jobs", max_jobs)
         self["fair-prefix"] = resolve(self, "fair-prefix", env, "FQ_PREFIX") or DEFAULT_FAIR_PREFIX
@@ -190,7 +196,7 @@ def makeService(config: Options, reactor=None) -> MultiService:
     timer = DeadlineTimer(queue, reactor)
     factory = ServerFactory(
         authenticator=Authenticator(keys),
-        dispatcher=Dispatcher(queue, reactor, lambda: server_id[0]),
+        dispatcher=Dispatcher(queue, reactor, lambda: server_id[0], log_jobs=config["log-jobs"]),
         clock=reactor,
         server_id=lambda: server_id[0],
         max_job_size=config["max-job-size"],
