@@ -186,14 +186,13 @@ def decode_request(obj: object) -> Request:
         unknown = raw.keys() - schema.keys()
         raise BadRequest(f"{action}: unknown param {sorted(unknown)[0][:40]!r}")
     params = {}
-    exact_types = _EXACT_TYPES
     for name, (type_name, default) in schema.items():
         value = raw.get(name)
         if value is None:
             if default is _REQUIRED:
                 raise BadRequest(f"{action}: {name} is required")
             params[name] = default
-        elif type(value) in exact_types.get(type_name, ()) or _TYPES[type_name][0](value):
+        elif type(value) in _EXACT_TYPES.get(type_name, ()) or _TYPES[type_name][0](value):
             params[name] = value
         else:
             raise BadRequest(f"{action}: {name} must be {_TYPES[type_name][1]}")
@@ -243,24 +242,13 @@ def welcome(server_id: str, version: str, max_job_size: int, max_line_length: in
 # that encoder's encode() a C encoder, on every call; json.loads on bytes sniffs the
 # encoding first. Both are done once here.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-if json.encoder.c_make_encoder is not None:
-    #: Ids of the containers being encoded, to detect cycles as json.dumps does. Shared
-    #: between calls, so only for one thread (the reactor's) at a time.
-    _markers: dict = {}
-    _c_encoder = json.encoder.c_make_encoder(
-        _markers, _ENCODER.default, json.encoder.encode_basestring, None,
-        _ENCODER.key_separator, _ENCODER.item_separator, False, False, True)
-
-    def _encode_json(obj: object) -> str:
-        try:
-            return "".join(_c_encoder(obj, 0))
-        except BaseException:
-            # A failed encode leaves its containers' ids behind; they must not be
-            # mistaken for a cycle by a later call.
-            _markers.clear()
-            raise
-else:  # pragma: no cover - Pythons without the C accelerator
-    _encode_json = _ENCODER.encode
+#: Ids of the containers being encoded, to detect cycles as json.dumps does. Shared
+#: between calls, so for one thread (the reactor's) at a time.
+_markers: dict = {}
+#: What _ENCODER.encode builds on each call; None on Pythons without the C accelerator.
+_c_encoder = json.encoder.c_make_encoder and json.encoder.c_make_encoder(
+    _markers, _ENCODER.default, json.encoder.encode_basestring, None,
+    _ENCODER.key_separator, _ENCODER.item_separator, False, False, True)
 #: The C scanner behind json.loads, without its per-call set-up.
 _scan_json = json.JSONDecoder().scan_once
 _JSON_OPENERS = (b"{", b"[")
@@ -269,7 +257,15 @@ _JSON_OPENERS = (b"{", b"[")
 def dumps(obj: object) -> bytes:
     """Compact JSON bytes for a frame's plaintext (what ``json.dumps(obj,
     separators=(",", ":"), ensure_ascii=False)`` gives, UTF-8 encoded)."""
-    return _encode_json(obj).encode("utf-8")
+    if _c_encoder is None:  # pragma: no cover
+        return _ENCODER.encode(obj).encode("utf-8")
+    try:
+        return "".join(_c_encoder(obj, 0)).encode("utf-8")
+    except BaseException:
+        # A failed encode leaves its containers' ids behind; a later call must not
+        # mistake them for a cycle.
+        _markers.clear()
+        raise
 
 
 def loads(data: bytes) -> object:
