@@ -124,7 +124,7 @@ class FakeFederation:
     # -- test switches -----------------------------------------------------------
 
     def fail_next(self, error: BaseException) -> None:
-        """Make the next coroutine call raise ``error``."""
+        """Make the next coroutine call raise ``error`` (``None``: let it through)."""
         self._failures.append(error)
 
     def server(self, index: int = 0) -> FakeServer:
@@ -310,7 +310,9 @@ class FakeFederation:
     async def _enter(self, name: str, args: tuple, kwargs: dict) -> None:
         self.calls.append((name, args, kwargs))
         if self._failures:
-            raise self._failures.pop(0)
+            error = self._failures.pop(0)
+            if error is not None:
+                raise error
         if self.hang:
             await Deferred()  # cancelling the call is the only way out
         if self.unreachable or not self._up():

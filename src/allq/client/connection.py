@@ -14,7 +14,7 @@ benchmarks (:func:`connect` is the whole public entry point for a script).
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, fail, fail
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
+from allq.client.expiry import Expiry
 from allq.errors import (
     AllQError,
     BadRequest,
@@ -79,6 +80,7 @@ class ServerConnection(LineOnlyReceiver):
         self.MAX_LENGTH = max_line_length(max_job_size)
         self._session: Session | None = None
         self._pending: dict[int, Deferred] = {}
+        self._expiry = Expiry(clock)
         self._next_id = 1
         self.welcome: Mapping[str, Any] = {}
         self.ready: Deferred = Deferred()
@@ -155,8 +157,7 @@ class ServerConnection(LineOnlyReceiver):
                 self._flush_call = self._clock.callLater(0, self._flush)
         else:
             self.sendLine(self._session.seal(dumps(frame)))
-        d.addTimeout(self._timeout, self._clock, onTimeoutCancel=self._timed_out)
-        return d
+        return self._expiry.watch(d, self._timeout, self._timed_out)
 
     def _flush(self) -> None:
         """Send the requests queued this turn: alone, or as one batch frame."""
@@ -170,10 +171,8 @@ class ServerConnection(LineOnlyReceiver):
             self._flush_call.cancel()
         self._flush_call = None
 
-    def _timed_out(self, result, timeout):
-        if isinstance(result, Failure) and result.check(CancelledError):
-            raise Timeout(f"no reply within {timeout:g} s; the outcome is unknown")
-        return result
+    def _timed_out(self) -> Timeout:
+        return Timeout(f"no reply within {self._timeout:g} s; the outcome is unknown")
 
     # -- receiving -------------------------------------------------------------
 
@@ -244,6 +243,7 @@ class ServerConnection(LineOnlyReceiver):
         self._cancel_flush()
         self._outbox = []
         self._fail_all(ConnectionLost("connection to the server was lost"))
+        self._expiry.stop()
         self.lost.callback(None)
 
     def _fail_all(self, error: AllQError) -> None:

@@ -225,6 +225,40 @@ def _schemas(job_id_pattern: str, max_run_at: int, fair_settings: tuple[str, ...
         "Job": job,
         "JobOrEmpty": {"oneOf": [_ref("schemas", "Job"),
                                  {"type": "object", "maxProperties": 0}]},
+        "NewJobBatch": {
+            "type": "object", "required": ["jobs"], "additionalProperties": False,
+            "properties": {
+                **{name: schema for name, schema in new_job.items() if name != "body"},
+                "jobs": {"type": "array", "minItems": 1, "maxItems": MAX_COUNT,
+                         "items": {"type": "object", "additionalProperties": False,
+                                   "properties": new_job},
+                         "description": "the jobs, each a NewJob; the top-level fields "
+                         "are defaults for every job (a job's own field wins)"},
+            },
+        },
+        "JobIdBatch": {
+            "type": "object", "required": ["job_ids"], "additionalProperties": False,
+            "properties": {"job_ids": {"type": "array", "minItems": 1, "maxItems": MAX_COUNT,
+                                       "items": job_id}},
+        },
+        "BatchResult": {
+            "type": "object", "required": ["action", "job_ids"],
+            "properties": {
+                "action": {"enum": ["put", "delete"]},
+                "job_ids": {"type": "array", "items": {"oneOf": [job_id, {"type": "null"}]},
+                            "description": "in request order; null where that job failed "
+                            "(only in an error answer)"},
+                "error": {"type": "string", "description": "error answers: the first "
+                          "failed job's code (its HTTP status is the answer's)"},
+                "detail": {"type": "string"},
+                "errors": {"type": "array", "description": "error answers: one entry per "
+                           "failed job", "items": {
+                               "type": "object", "required": ["index", "error", "detail"],
+                               "properties": {"index": {"type": "integer", "minimum": 0},
+                                              "error": {"type": "string"},
+                                              "detail": {"type": "string"}}}},
+            },
+        },
         "MultipleJobResponse": {
             "type": "object", "required": ["jobs"],
             "properties": {"jobs": {"type": "array", "items": _ref("schemas", "Job")}},
@@ -420,6 +454,20 @@ def document(*, max_body: int, max_wait: float, job_id_pattern: str,
                        _json(_ref("schemas", "MultipleJobResponse"),
                              "The jobs (a list, possibly empty)"),
                        ("400", *_FEDERATED), ("tube", "tube_name", "count", "delete", "wait")),
+            "post": _op("multiple_job_post", "actions", "Put a batch of up to "
+                        f"{MAX_COUNT} jobs, each placed as POST /job places one (one frame per "
+                        "server carries them). Every job is validated before any is put. "
+                        "200 when every job was stored; otherwise the first failure's status, "
+                        "and the body still lists the ids of the jobs that were stored."
+                        + body_note,
+                        _json(_ref("schemas", "BatchResult"), "The new jobs' ids, in order"),
+                        _PUT_ERRORS, body=body("NewJobBatch")),
+            "delete": _op("multiple_job_delete", "actions", f"Finish or delete up to "
+                          f"{MAX_COUNT} jobs, as DELETE /job does one. 200 when every job was "
+                          "deleted; otherwise the first failure's status, and the body lists "
+                          "the ids that were deleted (null for the others) and each error.",
+                          _json(_ref("schemas", "BatchResult"), "The deleted jobs' ids"),
+                          _JOB_ERRORS, body=body("JobIdBatch")),
         },
         "/touch": {"put": _op("touch_put", "actions", "Restart a reserved job's ttl.",
                               action, _JOB_ERRORS, ("job_id",))},
