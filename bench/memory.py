@@ -27,13 +27,12 @@ import sys
 import time
 from pathlib import Path
 
-try:
-    from allq.core.queue import Queue
-except ImportError:  # run from a checkout without an install
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-    from allq.core.queue import Queue
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BODY_BYTES, use_source_tree  # noqa: E402  (bench/common.py)
 
-BODY_BYTES = 100
+use_source_tree()
+from allq.core.queue import Queue  # noqa: E402
+
 TUBES = ("bench-0", "bench-1", "bench-2", "bench-3")
 PRIORITIES = (0, 1, 2, 3)
 GET_RUNS = 3

@@ -15,7 +15,7 @@ prints the median cycles/s of each, its cost against the same server without
 persistence, and allq / beanstalkd for the matching policy.
 
 Modes (as in ``server_cycles.py``, whose client processes and measurement code
-this script imports):
+this script imports; daemon start-up and process bookkeeping come from ``common.py``):
 
 ``pipelined``  allq: ``--connections`` (8) connections over ``--allq-procs`` (2)
                Twisted processes, ``--depth`` (64) cycle chains in flight on each.
@@ -34,20 +34,15 @@ import contextlib
 import multiprocessing as mp
 import os
 import re
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import server_cycles as sc  # noqa: E402 - the sibling benchmark's helpers
+import common  # noqa: E402  (bench/common.py: processes, daemons, measurement)
+import server_cycles as sc  # noqa: E402  (the sibling benchmark's client processes)
 
-ROOT = sc.ROOT
 #: (label, allq-server options) and (label, beanstalkd options), paired by row.
 ALLQ_CONFIGS = [
     ("memory only", None),
@@ -63,65 +58,26 @@ BEANSTALKD_CONFIGS = [
 ]
 
 
-def start_allq(procs: sc.Processes, tmp: Path, keys: Path, name: str,
-               fsync: str | None) -> tuple[subprocess.Popen, int]:
-    """An ``allq-server`` on a free port; with ``fsync``, on a fresh data directory."""
-    twistd = Path(sys.executable).parent / "twistd"
-    if not twistd.exists():
-        twistd = Path(shutil.which("twistd") or "twistd")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT), str(ROOT / "src")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    argv = [str(twistd), "-n", "--pidfile=", "allq-server", "--keys", str(keys),
-            "--listen", "tcp:0:interface=127.0.0.1"]
-    if fsync is not None:
-        argv += ["--data-dir", str(tmp / f"data-{name}"), "--fsync", fsync]
-    log = tmp / f"allq-{name}.log"
-    proc = procs.start_server(argv, log, env)
-    deadline = time.monotonic() + sc.START_TIMEOUT
-    while time.monotonic() < deadline:
-        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", log.read_text(errors="replace"))
-        if match:
-            return proc, int(match.group(1))
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    raise RuntimeError(f"allq server {name} did not come up; its log ends:\n{sc._tail(log)}")
-
-
-def start_beanstalkd(procs: sc.Processes, tmp: Path, binary: str, name: str,
-                     options: list[str] | None) -> tuple[subprocess.Popen, int]:
-    """A beanstalkd on a free port; with ``options``, a binlog in a fresh directory."""
-    extra = [] if options is None else ["-b", str(tmp / f"binlog-{name}"), *options]
-    if options is not None:
-        (tmp / f"binlog-{name}").mkdir()
-    for _attempt in range(5):
-        port = sc.free_port()
-        log = tmp / f"beanstalkd-{name}.log"
-        proc = procs.start_server([binary, "-l", "127.0.0.1", "-p", str(port), *extra], log)
-        deadline = time.monotonic() + sc.START_TIMEOUT
-        while time.monotonic() < deadline and proc.poll() is None:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                return proc, port
-            time.sleep(0.05)
-        if proc.poll() is None:
-            raise RuntimeError(f"beanstalkd {name} did not accept connections:\n{sc._tail(log)}")
-    raise RuntimeError(f"beanstalkd {name} would not start; its log ends:\n{sc._tail(log)}")
+def allq_options(tmp: Path, name: str, fsync: str | None) -> list[str]:
+    """allq-server options for one row: with ``fsync``, a fresh data directory."""
+    if fsync is None:
+        return []
+    return ["--data-dir", str(tmp / f"data-{name}"), "--fsync", fsync]
 
 
 def specs_for(args, mode: str, side: str, port: int, keys: str, label: str) -> list[dict]:
-    common = {"warmup": args.warmup, "seconds": args.seconds}
+    shared = {"warmup": args.warmup, "seconds": args.seconds}
     tube = f"bench-{mode}-{re.sub('[^a-z0-9]+', '-', label)}"
     if side == "allq":
         if mode == "lockstep":
-            return [dict(common, name="allq-lockstep", port=port, keys=keys, tube=tube,
+            return [dict(shared, name="allq-lockstep", port=port, keys=keys, tube=tube,
                          connections=1, depth=1, batch=0)]
         procs = max(1, min(args.allq_procs, args.connections))
-        return [dict(common, name=f"allq-{i}", port=port, keys=keys, tube=tube,
+        return [dict(shared, name=f"allq-{i}", port=port, keys=keys, tube=tube,
                      connections=n, depth=args.depth, batch=0)
-                for i, n in enumerate(sc._split(args.connections, procs))]
+                for i, n in enumerate(common.split(args.connections, procs))]
     count = 1 if mode == "lockstep" else args.bs_procs
-    return [dict(common, name=f"bs-{i}", port=port, tube=tube) for i in range(count)]
+    return [dict(shared, name=f"bs-{i}", port=port, tube=tube) for i in range(count)]
 
 
 def report(args, runs: dict, bs_version: str) -> str:
@@ -150,22 +106,15 @@ def report(args, runs: dict, bs_version: str) -> str:
                 f"  | {b_label:<13}{median(b):>9,.0f}{median(b) / median(b0):>7.2f}"
                 f"{per_cpu(b):>8,.0f}  | {median(a) / median(b):>7.2f}")
         out.append("")
-    problems = []
-    for key, rs in runs.items():
-        for r in rs:
-            if r["errors"] or r["undrained"]:
-                problems.append(f"  {key}: {r['errors']} errors, {r['undrained']} undrained, "
-                                f"first: {r['first_error']}")
-    busiest = max(r["other_cpu"] for rs in runs.values() for r in rs)
-    if busiest > 0.5:
-        problems.append(f"  other work used up to {busiest:.0%} CPU during a window (of "
-                        f"{os.cpu_count() * 100}%): absolute figures are depressed; the "
-                        f"interleaved ratios hold up better")
+    problems = common.run_warnings(
+        runs, str, "undrained",
+        f" (of {os.cpu_count() * 100}%): absolute figures are depressed; the interleaved "
+        f"ratios hold up better", empty_gets=False)
     if problems:
         out.append("warnings:")
-        out.extend(sorted(set(problems)))
+        out.extend(problems)
         out.append("")
-    out.append(f"beanstalkd {bs_version}; body {sc.BODY_BYTES} bytes; data on "
+    out.append(f"beanstalkd {bs_version}; body {common.BODY_BYTES} bytes; data on "
                f"{filesystem_of(tempfile.gettempdir())}")
     return "\n".join(out)
 
@@ -183,10 +132,7 @@ def filesystem_of(path: str) -> str:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=5.0, help="measured window (5)")
-    parser.add_argument("--repeats", type=int, default=3, help="repeats; medians shown (3)")
-    parser.add_argument("--quick", action="store_true", help="1 s windows, 1 repeat")
-    parser.add_argument("--warmup", type=float, default=None, help="warm-up seconds (1)")
+    common.add_window_options(parser, quick_warmup=0.3)
     parser.add_argument("--connections", type=int, default=8, help="allq connections (8)")
     parser.add_argument("--depth", type=int, default=64, help="chains per connection (64)")
     parser.add_argument("--allq-procs", type=int, default=2, help="allq client processes (2)")
@@ -197,51 +143,35 @@ def parse_args(argv=None):
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not args.modes or set(args.modes) - {"pipelined", "lockstep"}:
         parser.error("--modes: pipelined and/or lockstep")
-    if args.quick:
-        args.seconds, args.repeats = 1.0, 1
-    if args.warmup is None:
-        args.warmup = 0.3 if args.quick else 1.0
+    common.settle_window_options(args, quick_warmup=0.3)
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-
-    def terminated(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, terminated)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    print("persistence: put -> get -> done cycles/s by fsync policy, allq vs beanstalkd")
-    for fact in sc.machine_facts():
-        print("  " + fact)
-    print(flush=True)
-    bs_binary = sc.find_beanstalkd()
-    bs_version = subprocess.run([bs_binary, "-v"], capture_output=True, text=True,
-                                timeout=10).stdout.strip()
+    common.stop_on_signals()
+    common.print_header(
+        "persistence: put -> get -> done cycles/s by fsync policy, allq vs beanstalkd")
+    bs_binary, bs_version = common.reference_beanstalkd()
     ctx = mp.get_context("spawn")
-    procs = sc.Processes()
-    tmp = Path(tempfile.mkdtemp(prefix="allq-bench-persist-"))
     runs: dict[tuple[str, str, str], list[dict]] = {}
-    try:
-        sys.path[:0] = [str(ROOT / "src")]
-        from allq.wire.keys import generate_keys
-
-        keys = tmp / "keys"
-        generate_keys(str(keys))
+    with common.session("allq-bench-persist-") as (procs, tmp):
+        keys = common.generate_keys(tmp)
         servers = []
         for i, (label, fsync) in enumerate(ALLQ_CONFIGS):
-            proc, port = start_allq(procs, tmp, keys, f"a{i}", fsync)
+            proc, port = common.start_allq_server(procs, tmp, keys, name=f"allq-a{i}",
+                                                  options=allq_options(tmp, f"a{i}", fsync))
             servers.append(("allq", label, proc, port))
         for i, (label, options) in enumerate(BEANSTALKD_CONFIGS):
-            proc, port = start_beanstalkd(procs, tmp, bs_binary, f"b{i}", options)
+            proc, port = common.start_beanstalkd(procs, tmp, bs_binary, f"beanstalkd-b{i}",
+                                                 options)
             servers.append(("beanstalkd", label, proc, port))
         for repeat in range(args.repeats):
             for mode in args.modes:
                 for side, label, proc, port in servers:
                     if proc.poll() is not None:
                         raise RuntimeError(f"{side} {label} exited")
-                    worker = sc.allq_worker if side == "allq" else sc.greenstalk_worker
+                    worker = sc.allq_worker if side == "allq" else common.greenstalk_worker
                     specs = specs_for(args, mode, side, port, str(keys), label)
                     result = sc.measure(ctx, procs, worker, specs, proc.pid, args)
                     runs.setdefault((mode, side, label), []).append(result)
@@ -251,13 +181,7 @@ def main(argv=None) -> int:
                           f"others {result['other_cpu']:.0%})", flush=True)
         print()
         print(report(args, runs, bs_version))
-        return 0
-    except KeyboardInterrupt:
-        print("\ninterrupted; stopping everything", file=sys.stderr)
-        return 130
-    finally:
-        procs.stop_all()
-        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
 
 
 if __name__ == "__main__":

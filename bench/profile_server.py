@@ -25,18 +25,17 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import multiprocessing as mp
 import os
 import pstats
 import signal
 import sys
-import tempfile
-import multiprocessing as mp
-import shutil
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import server_cycles as sc  # noqa: E402  (the sibling bench script)
+import common  # noqa: E402  (bench/common.py: processes, daemons, the profiled twistd)
+import server_cycles as sc  # noqa: E402  (the sibling bench script's client processes)
 
 
 def print_stats(stats: pstats.Stats, top: int) -> None:
@@ -50,39 +49,19 @@ def print_stats(stats: pstats.Stats, top: int) -> None:
         print(text[start:] if start >= 0 else text)
 
 
-# -- the real server under twistd --profile ---------------------------------------------------
-
-
-#: twistd under cProfile with a CPU-time clock. ``twistd --profile`` uses wall time,
-#: which on a shared machine charges other processes' time slices (and the wait in
-#: epoll) to whatever function was running. Stats are written at reactor shutdown.
-_CPU_PROFILED_TWISTD = """\
-import cProfile, sys, time
-out = sys.argv.pop(1)
-from twisted.internet import reactor
-profile = cProfile.Profile(time.process_time)
-def dump():
-    profile.disable()
-    profile.dump_stats(out)
-reactor.addSystemEventTrigger("after", "shutdown", dump)
-profile.enable()
-from twisted.scripts.twistd import run
-run()
-"""
+# -- the real server under cProfile (CPU time) ------------------------------------------------
 
 
 def profile_twistd(args) -> None:
     ctx = mp.get_context("spawn")
-    procs = sc.Processes()
-    tmp = Path(tempfile.mkdtemp(prefix="allq-profile-"))
-    stats_path = Path(args.out) if args.out else tmp / "server.pstats"
-    try:
-        server, port, keys = sc.start_allq(
-            procs, tmp,
-            twistd_command=[sys.executable, "-c", _CPU_PROFILED_TWISTD, str(stats_path.resolve())])
+    with common.session("allq-profile-") as (procs, tmp):
+        stats_path = Path(args.out) if args.out else tmp / "server.pstats"
+        keys = common.generate_keys(tmp)
+        server, port = common.start_allq_server(procs, tmp, keys, profile=stats_path)
         args.modes = [args.mode]
         specs = [
-            s for s in sc.plans(args, port, keys, 0) if s[0] == args.mode and s[1] == "allq"
+            s for s in sc.plans(args, port, str(keys), 0)
+            if s[0] == args.mode and s[1] == "allq"
         ][0][3]
         result = sc.measure(ctx, procs, sc.allq_worker, specs, server.pid, args)
         print(f"{args.mode} under cProfile: {result['cycles_per_s']:,.0f} cycles/s, "
@@ -90,15 +69,11 @@ def profile_twistd(args) -> None:
               f"everything else {result['other_cpu']:.0%} (errors {result['errors']})")
         os.kill(server.pid, signal.SIGTERM)
         server.wait(30)
-    finally:
         procs.stop_all()
-    try:
         stats = pstats.Stats(str(stats_path))
         print(f"CPU-time profile of the whole server run (start-up, warm-up, window, "
               f"drain): {stats.total_tt:.2f} s of CPU")
         print_stats(stats.strip_dirs(), args.top)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # -- the server's per-frame work, in process ----------------------------------------------------
@@ -114,7 +89,7 @@ def _frames(args, client, server_id: str, first_id: int, cycles: int) -> list[li
     """
     from allq.wire.messages import dumps, encode_request
 
-    body = "x" * sc.BODY_BYTES
+    body = "x" * common.BODY_BYTES
     next_request = iter(range(1, 10**9))
     chunks: list[list[bytes]] = []
 
@@ -152,7 +127,7 @@ def _frames(args, client, server_id: str, first_id: int, cycles: int) -> list[li
 
 
 def profile_inproc(args) -> None:
-    sys.path[:0] = [str(sc.ROOT / "src")]
+    common.use_source_tree()
     from nacl.public import PrivateKey
     from twisted.internet.task import Clock
     from twisted.internet.testing import StringTransport
@@ -236,13 +211,8 @@ def main(argv=None) -> int:
     parser.add_argument("--top", type=int, default=25, help="functions to list (25)")
     parser.add_argument("--out", metavar="PATH", help="keep the pstats file here")
     args = parser.parse_args(argv)
-
-    def terminated(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, terminated)
-    for fact in sc.machine_facts():
-        print("  " + fact)
+    common.stop_on_signals()
+    common.print_machine_facts()
     if args.where == "twistd":
         profile_twistd(args)
     else:

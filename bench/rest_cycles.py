@@ -13,11 +13,12 @@ seconds each, interleaved, after a warm-up; medians are shown):
               separate HTTP calls: ``POST /job``, ``GET /job?tube=T``,
               ``DELETE /job?job_id=ID``. cycles/s, and p50/p99 latency per call
               and per cycle.
-``batched``   N workers (10, 100), each running rounds of: 100 ``POST /job`` one
-              after another, one ``GET /multiple_job?tube=T&count=100``, then the
-              100 ``DELETE /job`` one after another. A *batched cycle* is one job
-              through put, multiple_job get and delete; reported as jobs/s (only
-              the get is batched: the REST API has no batch put or delete).
+``batched``   N workers (10, 100), each running rounds of three batch calls: one
+              ``POST /multiple_job`` with ``--batch`` (100) jobs, ``GET
+              /multiple_job?tube=T&count=100`` (repeated until it has the round's
+              jobs or answers none), one ``DELETE /multiple_job`` with the ids it
+              got. Reported as jobs/s (jobs deleted in the window), and p50/p99
+              latency per call kind and per round.
 ``longpoll``  1,000 workers each holding ``GET /job?tube=LP&wait=10`` open on one
               allq-client while a separate producer process puts 5,000 jobs at a
               steady rate; a worker that gets a job deletes it and polls again.
@@ -25,18 +26,23 @@ seconds each, interleaved, after a warm-up; medians are shown):
               duplicates, jobs never delivered, and wait-to-delivery (from the
               producer sending the job's POST to a worker receiving the job).
 ``beanstalkd`` the reference: ``--bs-procs`` (8) greenstalk processes, each doing
-              lock-step put / reserve / delete (``server_cycles.greenstalk_worker``),
+              lock-step put / reserve / delete (``common.greenstalk_worker``),
               cycles/s summed. Targets: single-job REST >= 0.15x, batched >= 0.5x.
 
-The HTTP load comes from ``--procs`` load-generator processes (Twisted ``Agent``
-with a persistent ``HTTPConnectionPool``, one connection per worker, no HTTP
-pipelining), the workers split evenly between them. This parent process runs no
-reactor: it starts, synchronises, samples and stops things. Every process it
-starts is stopped by PID in a ``finally`` (also on Ctrl-C, SIGTERM or an error),
-and every loop is bounded in time.
+The HTTP load comes from ``--procs`` load-generator processes, one keep-alive
+connection per worker, no HTTP pipelining, the workers split evenly between
+them. ``--http-client raw`` (the default) is a minimal keep-alive HTTP/1.1
+Twisted protocol: it costs the load generator far less CPU per call than
+Twisted's ``Agent``, so the figures measure allq-client rather than the
+generator; ``--http-client agent`` uses ``Agent`` with a persistent
+``HTTPConnectionPool`` (what treq uses). This parent process runs no reactor: it
+starts, synchronises, samples and stops things. Every process it starts is
+stopped by PID in a ``finally`` (also on Ctrl-C, SIGTERM or an error), and every
+loop is bounded in time.
 
-Shared code (beanstalkd start, greenstalk reference worker, process bookkeeping,
-machine facts) is imported from the sibling ``server_cycles.py``.
+Shared code (daemon start-up, beanstalkd, the greenstalk reference worker,
+process bookkeeping, the measurement protocol, machine facts) is imported from
+the sibling ``common.py``.
 """
 
 from __future__ import annotations
@@ -46,54 +52,32 @@ import contextlib
 import json
 import multiprocessing as mp
 import os
-import queue as queue_module
 import re
 import resource
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import traceback
 import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import server_cycles as sc  # noqa: E402  (the sibling bench script)
+import common  # noqa: E402  (bench/common.py: processes, daemons, measurement)
+from common import BODY_BYTES, START_TIMEOUT  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-BODY_BYTES = 100
-START_TIMEOUT = 30.0   # seconds for a daemon to come up / load generators to connect
-DRAIN_TIMEOUT = 30.0   # seconds in-flight cycles (a batched round: 100 DELETEs) may take to end
+DRAIN_TIMEOUT = 30.0   # seconds in-flight cycles and rounds may take to end after the window
 ERROR_PAUSE = 0.05     # a worker whose call failed waits this long before going on
 LP_PRODUCER_CONNECTIONS = 32  # the long-poll producer's connections = puts in flight at most
 TARGETS = {"single": 0.15, "batched": 0.5}
-SERVER_LISTENING = re.compile(r"allq-server \S+ id (\S+) listening on (\S+):(\d+)")
 CLIENT_SERVING = re.compile(r"serving REST on (\S+):(\d+)")
+#: latency kinds per mode: (POST, GET, DELETE) as the workers note them
+CALL_KINDS = {
+    "single": ("POST /job", "GET /job", "DELETE /job"),
+    "batched": ("POST /multiple_job", "GET /multiple_job", "DELETE /multiple_job"),
+}
 
 
 # -- load-generator processes ----------------------------------------------------------
-
-
-def _ignore_sigint() -> None:
-    """Children leave Ctrl-C to the parent, which stops them by PID."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _wait_until(deadline: float) -> None:
-    delay = deadline - time.monotonic()
-    if delay > 0:
-        time.sleep(delay)
-
-
-def _raise_child_errors(result_q) -> None:
-    with contextlib.suppress(queue_module.Empty):
-        while True:
-            kind, name, payload = result_q.get_nowait()
-            if kind == "error":
-                raise RuntimeError(f"process {name} failed:\n{payload}")
 
 
 def _raise_nofile(wanted: int) -> int:
@@ -136,7 +120,8 @@ class _Http:
 
 
 class _RawHttp:
-    """The same interface over a minimal HTTP/1.1 keep-alive client (``--http-client raw``).
+    """The same interface over a minimal HTTP/1.1 keep-alive client (``--http-client raw``,
+    the default).
 
     One Twisted ``Protocol`` per connection writes the request bytes in one call and
     parses just the status, ``Content-Length`` or chunked framing, and the body: no
@@ -158,7 +143,7 @@ class _RawHttp:
         head = method + b" " + path + b" HTTP/1.1\r\n" + self._host_header
         if body is None:
             data = head + b"\r\n"
-        else:
+        else:  # any method with a body, DELETE /multiple_job included, says its length
             data = (head + b"Content-Type: application/json\r\nContent-Length: "
                     + str(len(body)).encode() + b"\r\n\r\n" + body)
         if self._idle:
@@ -298,7 +283,7 @@ _RawFactory = None  # set in the load-generator process (needs Twisted imported)
 def _make_http(reactor, spec: dict, connections: int):
     """The HTTP client ``spec["http_client"]`` names, for a load-generator process."""
     global _BytesProducer, _RawFactory
-    if spec.get("http_client", "agent") == "raw":
+    if spec.get("http_client", "raw") == "raw":
         _RawFactory = _raw_classes()
         return _RawHttp(reactor, spec["base"], connections)
     _BytesProducer = _bytes_producer_class()
@@ -337,58 +322,45 @@ def _bytes_producer_class():
 _BytesProducer = None  # set in the load-generator process (needs Twisted imported)
 
 
-class _Window:
-    """What one load-generator process counts inside the measured window."""
+class _Window(common.WindowCounts):
+    """What one load-generator process counts inside the measured window.
+
+    batched mode counts jobs deleted in the window in ``cycles``; single mode counts
+    ``thirds``: successful POSTs, GETs that got a job and DELETEs in the window,
+    three per cycle. With 1,000 lock-step workers the calls move in waves and a
+    whole cycle can take longer than the window, so counting only finished cycles
+    would swing between 0 and twice the rate.
+    """
 
     def __init__(self, warm_end: float, end: float) -> None:
-        self.warm_end = warm_end
-        self.end = end
-        self.stopping = False
-        self.cycles = 0
-        #: batched mode: POSTs plus DELETEs that succeeded in the window; each job has
-        #: one of each, so in steady state jobs/s = halves / 2 / seconds. (Counting only
-        #: deletes would depend on where the window cuts the long rounds.)
-        self.halves = 0
-        #: single mode, the same idea: successful POSTs, GETs that got a job and
-        #: DELETEs in the window, three per cycle. With 1,000 lock-step workers the
-        #: calls move in waves and a whole cycle can take longer than the window, so
-        #: counting only finished cycles would swing between 0 and twice the rate.
+        super().__init__(warm_end, end)
         self.thirds = 0
-        self.errors = 0
-        self.empty_gets = 0
-        self.first_error: str | None = None
-        self.active = 0
         self.latency: dict[str, list[float]] = {}
-
-    def inside(self, at: float) -> bool:
-        return self.warm_end <= at < self.end
 
     def note(self, kind: str, started: float, ended: float) -> None:
         if self.warm_end <= ended < self.end:
             self.latency.setdefault(kind, []).append(ended - started)
 
     def third(self) -> None:
-        if self.warm_end <= time.monotonic() < self.end:
+        if self.inside(time.monotonic()):
             self.thirds += 1
 
-    def error(self, what: str) -> None:
-        self.errors += 1
-        if self.first_error is None:
-            self.first_error = what[:300]
 
-
-async def _checked(http: _Http, window: _Window, kind: str, method: bytes, path: bytes,
-                   body: bytes | None = None):
-    """One HTTP call: its decoded JSON on 200, else ``None`` (an error is counted)."""
+async def _checked(reactor, http: _Http, window: _Window, kind: str, method: bytes,
+                   path: bytes, body: bytes | None = None):
+    """One HTTP call: its decoded JSON on 200, else ``None`` after counting the error
+    and pausing ``ERROR_PAUSE`` (a failing worker must not spin)."""
     started = time.monotonic()
     try:
         status, data = await http.call(method, path, body)
     except Exception as e:  # noqa: BLE001 - connection errors are results here
         window.error(f"{kind}: {type(e).__name__}: {e}")
+        await _pause(reactor, ERROR_PAUSE)
         return None
     ended = time.monotonic()
     if status != 200:
         window.error(f"{kind}: HTTP {status}: {data[:200]!r}")
+        await _pause(reactor, ERROR_PAUSE)
         return None
     window.note(kind, started, ended)
     return json.loads(data)
@@ -420,125 +392,124 @@ async def _pause(reactor, seconds: float) -> None:
     await deferLater(reactor, seconds, lambda: None)
 
 
+async def _until_window_closes(window: _Window, step: Callable[[], Awaitable[None]]) -> None:
+    """Run ``step`` again and again until the window closes; ``window.active`` counts
+    this worker meanwhile, so the process waits for its last step (drain)."""
+    window.active += 1
+    try:
+        while not window.stopping:
+            await step()
+    finally:
+        window.active -= 1
+
+
 async def _single_worker(reactor, http: _Http, window: _Window, tube: str) -> None:
     """Lock-step POST /job -> GET /job -> DELETE /job until the window closes."""
     put_body = json.dumps({"tube": tube, "body": "x" * BODY_BYTES}).encode()
     get_path = f"/job?tube={tube}".encode()
-    window.active += 1
-    try:
-        while not window.stopping:
-            started = time.monotonic()
-            put = await _checked(http, window, "POST /job", b"POST", b"/job", put_body)
-            if put is None:
-                await _pause(reactor, ERROR_PAUSE)
-                continue
-            window.third()
-            job = await _checked(http, window, "GET /job", b"GET", get_path)
-            if job is None:
-                await _pause(reactor, ERROR_PAUSE)
-                continue
-            if not job:
-                window.empty_gets += 1
-                continue
-            window.third()
-            done = await _checked(http, window, "DELETE /job", b"DELETE",
-                                  b"/job?job_id=" + job["id"].encode())
-            if done is None:
-                await _pause(reactor, ERROR_PAUSE)
-                continue
-            window.third()
-            window.note("cycle", started, time.monotonic())
-    finally:
-        window.active -= 1
+    put_kind, get_kind, delete_kind = CALL_KINDS["single"]
+
+    async def cycle() -> None:
+        started = time.monotonic()
+        if await _checked(reactor, http, window, put_kind, b"POST", b"/job", put_body) is None:
+            return
+        window.third()
+        job = await _checked(reactor, http, window, get_kind, b"GET", get_path)
+        if job is None:
+            return
+        if not job:
+            window.empty_gets += 1
+            return
+        window.third()
+        if await _checked(reactor, http, window, delete_kind, b"DELETE",
+                          b"/job?job_id=" + job["id"].encode()) is None:
+            return
+        window.third()
+        window.note("cycle", started, time.monotonic())
+
+    await _until_window_closes(window, cycle)
 
 
 async def _batched_worker(reactor, http: _Http, window: _Window, tube: str, size: int) -> None:
-    """Rounds of ``size`` POSTs, one GET /multiple_job, ``size`` DELETEs; counts jobs."""
-    put_body = json.dumps({"tube": tube, "body": "x" * BODY_BYTES}).encode()
-    get_path = f"/multiple_job?tube={tube}&count={size}".encode()
-    window.active += 1
-    try:
-        while not window.stopping:
-            started = time.monotonic()
-            put = 0
-            while put < size and not window.stopping:  # the window may close mid-round
-                if await _checked(http, window, "POST /job", b"POST", b"/job", put_body) is None:
-                    await _pause(reactor, ERROR_PAUSE)
-                    continue
-                put += 1
-                if window.inside(time.monotonic()):
-                    window.halves += 1
-            if not put:
-                continue
-            got = await _checked(http, window, "GET /multiple_job", b"GET",
-                                 get_path if put == size else
-                                 f"/multiple_job?tube={tube}&count={put}".encode())
+    """Rounds of one POST /multiple_job with ``size`` jobs, GET /multiple_job until it
+    has them (or gets none), one DELETE /multiple_job of the ids got; counts the
+    jobs deleted in the window. A round once put is finished after the window
+    closes too, so the tube drains."""
+    put_kind, get_kind, delete_kind = CALL_KINDS["batched"]
+    round_kind = f"round ({size} jobs)"
+    put_body = json.dumps({"tube": tube, "jobs": [{"body": "x" * BODY_BYTES}] * size}).encode()
+
+    async def one_round() -> None:
+        started = time.monotonic()
+        put = await _checked(reactor, http, window, put_kind, b"POST", b"/multiple_job",
+                             put_body)
+        if put is None:
+            return
+        wanted = len(put["job_ids"])
+        ids: list[str] = []
+        while len(ids) < wanted:
+            got = await _checked(reactor, http, window, get_kind, b"GET",
+                                 f"/multiple_job?tube={tube}&count={wanted - len(ids)}".encode())
             if got is None:
-                await _pause(reactor, ERROR_PAUSE)
-                continue
-            jobs = got["jobs"]
-            window.empty_gets += max(put - len(jobs), 0)
-            for job in jobs:
-                done = await _checked(http, window, "DELETE /job", b"DELETE",
-                                      b"/job?job_id=" + job["id"].encode())
-                if done is not None and window.inside(time.monotonic()):
-                    window.halves += 1
-            window.note(f"round ({size} jobs)", started, time.monotonic())
-    finally:
-        window.active -= 1
+                break
+            if not got["jobs"]:
+                window.empty_gets += wanted - len(ids)
+                break
+            ids.extend(job["id"] for job in got["jobs"])
+        if not ids:
+            return
+        done = await _checked(reactor, http, window, delete_kind, b"DELETE", b"/multiple_job",
+                              json.dumps({"job_ids": ids}).encode())
+        if done is None:
+            return
+        if window.inside(time.monotonic()):
+            window.cycles += len(done.get("job_ids", ids))
+        window.note(round_kind, started, time.monotonic())
+
+    await _until_window_closes(window, one_round)
+
+
+def _connect_then(child: common.ReactorChild, http: _Http, count: int,
+                  started: Callable[[], None]) -> None:
+    """Once the reactor runs, open ``count`` connections (:func:`_connect_all`), then
+    call ``started``; a failure to connect ends the process with that error."""
+    def connect() -> None:
+        _deferred_from(_connect_all(http, count)).addCallbacks(
+            lambda _: started(),
+            lambda failure: child.fail(f"could not connect: {failure.getTraceback()}"))
+
+    child.reactor.callWhenRunning(connect)
 
 
 def rest_worker(spec: dict, ready_q, go, go_at, result_q) -> None:
     """One load-generator process: ``spec["workers"]`` workers of ``spec["mode"]``."""
-    _ignore_sigint()
-    name = spec["name"]
-    try:
+
+    def prepare(child: common.ReactorChild) -> None:
         _raise_nofile(spec["workers"] * 2 + 256)
-        from twisted.internet import reactor
         from twisted.internet.defer import Deferred
 
+        reactor = child.reactor
         http = _make_http(reactor, spec, spec["workers"])
-        outcome: dict = {}
 
         def started() -> None:
-            ready_q.put(("ready", name))
-            # Blocking the reactor here is fine: nothing is in flight yet.
-            if not go.wait(START_TIMEOUT * 2):
-                outcome["error"] = "never told to start"
-                reactor.stop()
+            if not child.ready():
                 return
             warm_end = go_at.value + spec["warmup"]
             window = _Window(warm_end, warm_end + spec["seconds"])
-            cpu: dict[str, float] = {}
 
-            def opens() -> None:
-                cpu["start"] = time.process_time()
-
-            def closes() -> None:
-                cpu["end"] = time.process_time()
-                window.stopping = True
-                drained(time.monotonic() + DRAIN_TIMEOUT)
-
-            def drained(deadline: float) -> None:
-                if window.active > 0 and time.monotonic() < deadline:
-                    reactor.callLater(0.01, drained, deadline)
-                    return
-                outcome["result"] = {
-                    "cycles": window.cycles + window.halves / 2 + window.thirds / 3,
+            def drained(cpu: float) -> None:
+                result = {
+                    "cycles": window.cycles + window.thirds / 3,
                     "errors": window.errors,
                     "empty_gets": window.empty_gets, "first_error": window.first_error,
-                    "undrained": window.active, "latency": window.latency,
-                    "cpu": cpu.get("end", 0.0) - cpu.get("start", cpu.get("end", 0.0)),
+                    "undrained": window.active, "latency": window.latency, "cpu": cpu,
                 }
-                d = http.close()
-                d.addBoth(lambda _: reactor.callLater(0.05, reactor.stop))
+                http.close().addBoth(lambda _: child.finish(result))
 
             def worker_failed(failure) -> None:
                 window.error(f"worker crashed: {failure.getTraceback()}")
 
-            now = time.monotonic()
-            reactor.callLater(max(warm_end - now, 0), opens)
-            reactor.callLater(max(window.end - now, 0), closes)
+            window.schedule(reactor, DRAIN_TIMEOUT, drained)
             for _ in range(spec["workers"]):
                 if spec["mode"] == "batched":
                     coroutine = _batched_worker(reactor, http, window, spec["tube"],
@@ -547,26 +518,12 @@ def rest_worker(spec: dict, ready_q, go, go_at, result_q) -> None:
                     coroutine = _single_worker(reactor, http, window, spec["tube"])
                 Deferred.fromCoroutine(coroutine).addErrback(worker_failed)
 
-        def connect_then_start() -> None:
-            def failed(failure) -> None:
-                outcome["error"] = f"could not connect: {failure.getTraceback()}"
-                reactor.stop()
+        _connect_then(child, http, spec["workers"], started)
 
-            _deferred_from(_connect_all(http, spec["workers"])).addCallbacks(
-                lambda _: started(), failed)
-
-        reactor.callWhenRunning(connect_then_start)
-        reactor.callLater(
-            START_TIMEOUT * 3 + spec["warmup"] + spec["seconds"] + DRAIN_TIMEOUT,
-            lambda: (outcome.setdefault("error", "load generator ran out of time"),
-                     reactor.stop()))
-        reactor.run(installSignalHandlers=False)
-        if "result" in outcome:
-            result_q.put(("result", name, outcome["result"]))
-        else:
-            result_q.put(("error", name, outcome.get("error", "no result")))
-    except BaseException:
-        result_q.put(("error", name, traceback.format_exc()))
+    common.run_reactor_child(
+        spec, ready_q, go, result_q,
+        START_TIMEOUT * 3 + spec["warmup"] + spec["seconds"] + DRAIN_TIMEOUT,
+        "load generator", prepare)
 
 
 # -- the long-poll test: workers and producer --------------------------------------------
@@ -579,15 +536,13 @@ def longpoll_workers(spec: dict, ready_q, go, go_at, result_q) -> None:
     to catch late duplicates) or at the deadline; polls still open then are
     cancelled and not counted as errors.
     """
-    _ignore_sigint()
-    name = spec["name"]
-    try:
+
+    def prepare(child: common.ReactorChild) -> None:
         _raise_nofile(spec["workers"] * 2 + 256)
-        from twisted.internet import reactor
         from twisted.internet.defer import Deferred
 
+        reactor = child.reactor
         http = _make_http(reactor, spec, spec["workers"])
-        outcome: dict = {}
         state = {"stopping": False, "delivered": 0, "empty_polls": 0, "errors": 0,
                  "first_error": None, "waits": [], "seen": set(), "polls": set(),
                  "last_new": None}
@@ -638,10 +593,7 @@ def longpoll_workers(spec: dict, ready_q, go, go_at, result_q) -> None:
                     error(f"DELETE: HTTP {status}: {data[:200]!r}")
 
         def started() -> None:
-            ready_q.put(("ready", name))
-            if not go.wait(START_TIMEOUT * 2):
-                outcome["error"] = "never told to start"
-                reactor.stop()
+            if not child.ready():
                 return
             deadline = go_at.value + spec["deadline"]
             cpu0 = time.process_time()
@@ -653,17 +605,16 @@ def longpoll_workers(spec: dict, ready_q, go, go_at, result_q) -> None:
                     reactor.callLater(0.05, check)
                     return
                 state["stopping"] = True
-                outcome["result"] = {
+                child.finish({
                     "delivered": state["delivered"], "distinct": len(state["seen"]),
                     "seen": sorted(state["seen"]),
                     "errors": state["errors"], "first_error": state["first_error"],
                     "empty_polls": state["empty_polls"], "waits": state["waits"],
                     "open_polls": len(state["polls"]), "cpu": time.process_time() - cpu0,
                     "seen_at": now - go_at.value,
-                }
+                }, after=0.2)
                 for d in list(state["polls"]):
                     d.cancel()
-                reactor.callLater(0.2, reactor.stop)
 
             def worker_failed(failure) -> None:
                 error(f"worker crashed: {failure.getTraceback()}")
@@ -672,25 +623,11 @@ def longpoll_workers(spec: dict, ready_q, go, go_at, result_q) -> None:
             for _ in range(spec["workers"]):
                 Deferred.fromCoroutine(worker()).addErrback(worker_failed)
 
-        def connect_then_start() -> None:
-            def failed(failure) -> None:
-                outcome["error"] = f"could not connect: {failure.getTraceback()}"
-                reactor.stop()
+        _connect_then(child, http, spec["workers"], started)
 
-            _deferred_from(_connect_all(http, spec["workers"])).addCallbacks(
-                lambda _: started(), failed)
-
-        reactor.callWhenRunning(connect_then_start)
-        reactor.callLater(START_TIMEOUT * 3 + spec["deadline"] + 5,
-                          lambda: (outcome.setdefault("error", "long-poll workers ran out of time"),
-                                   reactor.stop()))
-        reactor.run(installSignalHandlers=False)
-        if "result" in outcome:
-            result_q.put(("result", name, outcome["result"]))
-        else:
-            result_q.put(("error", name, outcome.get("error", "no result")))
-    except BaseException:
-        result_q.put(("error", name, traceback.format_exc()))
+    common.run_reactor_child(spec, ready_q, go, result_q,
+                             START_TIMEOUT * 3 + spec["deadline"] + 5, "long-poll workers",
+                             prepare)
 
 
 def longpoll_producer(spec: dict, ready_q, go, go_at, result_q) -> None:
@@ -700,14 +637,12 @@ def longpoll_producer(spec: dict, ready_q, go, go_at, result_q) -> None:
     when the client cannot keep up, the producer falls behind its schedule (the
     achieved rate is reported) instead of piling up connections on the client.
     """
-    _ignore_sigint()
-    name = spec["name"]
-    try:
-        from twisted.internet import reactor
+
+    def prepare(child: common.ReactorChild) -> None:
         from twisted.internet.task import LoopingCall
 
+        reactor = child.reactor
         http = _make_http(reactor, spec, spec["connections"])
-        outcome: dict = {}
         state = {"issued": 0, "ok": 0, "ok_seqs": [], "errors": 0, "first_error": None,
                  "latency": [],
                  "in_flight": 0, "max_in_flight": 0}
@@ -741,10 +676,7 @@ def longpoll_producer(spec: dict, ready_q, go, go_at, result_q) -> None:
             http.call(b"POST", b"/job", body).addCallbacks(answered, failed)
 
         def started() -> None:
-            ready_q.put(("ready", name))
-            if not go.wait(START_TIMEOUT * 2):
-                outcome["error"] = "never told to start"
-                reactor.stop()
+            if not child.ready():
                 return
             start = go_at.value + spec["delay"]
             cpu: dict[str, float] = {}
@@ -767,47 +699,25 @@ def longpoll_producer(spec: dict, ready_q, go, go_at, result_q) -> None:
                 if state["in_flight"] and time.monotonic() < deadline:
                     reactor.callLater(0.01, finish, deadline)
                     return
-                outcome["result"] = {
+                child.finish({
                     "issued": state["issued"], "ok": state["ok"], "errors": state["errors"],
                     "first_error": state["first_error"], "latency": state["latency"],
                     "spread": state["last_issued"], "max_in_flight": state["max_in_flight"],
                     "unanswered": state["in_flight"], "ok_seqs": state["ok_seqs"],
                     "cpu": time.process_time() - cpu.get("start", time.process_time()),
-                }
-                reactor.callLater(0.05, reactor.stop)
+                })
 
             loop = LoopingCall(tick)
             loop.start(0.01, now=False)
 
-        def connect_then_start() -> None:
-            def failed(failure) -> None:
-                outcome["error"] = f"could not connect: {failure.getTraceback()}"
-                reactor.stop()
+        _connect_then(child, http, spec["connections"], started)
 
-            _deferred_from(_connect_all(http, spec["connections"])).addCallbacks(
-                lambda _: started(), failed)
-
-        reactor.callWhenRunning(connect_then_start)
-        reactor.callLater(START_TIMEOUT * 3 + spec["deadline"] + DRAIN_TIMEOUT + 5,
-                          lambda: (outcome.setdefault("error", "producer ran out of time"),
-                                   reactor.stop()))
-        reactor.run(installSignalHandlers=False)
-        if "result" in outcome:
-            result_q.put(("result", name, outcome["result"]))
-        else:
-            result_q.put(("error", name, outcome.get("error", "no result")))
-    except BaseException:
-        result_q.put(("error", name, traceback.format_exc()))
+    common.run_reactor_child(spec, ready_q, go, result_q,
+                             START_TIMEOUT * 3 + spec["deadline"] + DRAIN_TIMEOUT + 5, "producer",
+                             prepare)
 
 
 # -- the parent: daemons ---------------------------------------------------------------------
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def _log_problems(path: Path, limit: int = 8) -> list[str]:
@@ -823,80 +733,21 @@ def _log_problems(path: Path, limit: int = 8) -> list[str]:
     return hits
 
 
-def _daemon_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("ALLQ_", "A_CURVE_"))
-           and k not in ("SERVER_PORT", "SERVER_STRING", "HTTP_SERVER_PORT", "SIZE_LIMIT",
-                         "DEFAULT_TTL", "CONFIG_ONLY", "PYTHONPATH")}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "src")])
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def _twistd() -> list[str]:
-    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-
-
-#: twistd under cProfile with a CPU-time clock (``twistd --profile`` uses wall time,
-#: which on a shared machine charges other processes' time slices to whatever
-#: function was running). The stats are written when the reactor shuts down.
-_CPU_PROFILED_TWISTD = """\
-import cProfile, sys, time
-out = sys.argv.pop(1)
-from twisted.internet import reactor
-profile = cProfile.Profile(time.process_time)
-def dump():
-    profile.disable()
-    profile.dump_stats(out)
-reactor.addSystemEventTrigger("after", "shutdown", dump)
-profile.enable()
-from twisted.scripts.twistd import run
-run()
-"""
-
-
-def _profiled_twistd(path: str) -> list[str]:
-    return [sys.executable, "-c", _CPU_PROFILED_TWISTD, str(Path(path).resolve())]
-
-
-def _wait_for(proc: subprocess.Popen, log: Path, pattern: re.Pattern, what: str) -> re.Match:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        match = pattern.search(log.read_text(errors="replace"))
-        if match:
-            return match
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} did not come up; its log ends:\n{_tail(log)}")
-
-
-def start_allq(procs: sc.Processes, tmp: Path, client_options: list[str],
+def start_allq(procs: common.Processes, tmp: Path, client_options: list[str],
                client_profile: str | None = None, server_profile: str | None = None) -> dict:
     """Generate keys with ``allq keys generate``, start a server and a client on it.
 
     :returns: pids, ports, the REST base URL and the log paths.
     """
-    keys = tmp / "keys"
-    env = _daemon_env()
-    made = subprocess.run([sys.executable, "-m", "allq.cli", "keys", "generate", str(keys)],
-                          env=env, capture_output=True, text=True, timeout=60)
-    if made.returncode != 0:
-        raise RuntimeError(f"allq keys generate failed: {made.stderr[-2000:]}")
-    server_log = tmp / "allq-server.log"
-    server = procs.start_server(
-        [*(_profiled_twistd(server_profile) if server_profile else _twistd()),
-         "-n", "--pidfile=", "allq-server", "--keys", str(keys),
-         "--listen", "tcp:0:interface=127.0.0.1"], server_log, env)
-    match = _wait_for(server, server_log, SERVER_LISTENING, "allq-server")
-    server_port = int(match.group(3))
+    keys = common.generate_keys(tmp)
+    server, server_port = common.start_allq_server(procs, tmp, keys, profile=server_profile)
     client_log = tmp / "allq-client.log"
     client = procs.start_server(
-        [*(_profiled_twistd(client_profile) if client_profile else _twistd()),
-         "-n", "--pidfile=", "allq-client",
+        [*common.twistd(client_profile), "-n", "--pidfile=", "allq-client",
          "--keys", str(keys), "--servers", f"127.0.0.1:{server_port}",
-         "--http", "tcp:0:interface=127.0.0.1", *client_options], client_log, env)
-    match = _wait_for(client, client_log, CLIENT_SERVING, "allq-client")
+         "--http", "tcp:0:interface=127.0.0.1", *client_options], client_log,
+        common.daemon_env())
+    match = common.wait_for_log(client, client_log, CLIENT_SERVING, "allq-client")
     base = f"http://127.0.0.1:{match.group(2)}"
     # Serving REST does not mean connected to the server yet: wait for /health 200.
     deadline = time.monotonic() + START_TIMEOUT
@@ -907,77 +758,13 @@ def start_allq(procs: sc.Processes, tmp: Path, client_options: list[str],
                     break
         if client.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"allq-client never reached its server; its log ends:\n"
-                               f"{_tail(client_log)}")
+                               f"{common.tail(client_log)}")
         time.sleep(0.1)
     return {"server": server, "client": client, "server_port": server_port, "base": base,
-            "server_log": server_log, "client_log": client_log}
+            "server_log": tmp / "allq-server.log", "client_log": client_log}
 
 
 # -- the parent: one measurement -------------------------------------------------------------
-
-
-def measure(ctx, procs: sc.Processes, jobs: list[tuple[object, dict]], pids: dict[str, int],
-            window: tuple[float, float], result_timeout: float) -> dict:
-    """Start the processes in ``jobs``, let them connect, start them together, collect.
-
-    :param jobs: (target, spec) per process; targets speak server_cycles' protocol
-        (``ready`` on ready_q, wait for ``go``, start at ``go_at``, one result).
-    :param pids: processes whose CPU is sampled over ``window``.
-    :param window: (start, end) seconds after ``go_at`` over which CPU is sampled.
-    :returns: ``results`` (one payload per process, in ``jobs`` order) and the CPU
-        shares (1.0 = one core) of each pid, of the machine and of the rest.
-    """
-    ready_q, result_q = ctx.Queue(), ctx.Queue()
-    go, go_at = ctx.Event(), ctx.Value("d", 0.0)
-    names = []
-    for target, spec in jobs:
-        names.append(spec["name"])
-        procs.start_child(ctx, target, (spec, ready_q, go, go_at, result_q))
-    try:
-        ready, deadline = 0, time.monotonic() + START_TIMEOUT * 2
-        while ready < len(jobs):
-            try:
-                ready_q.get(timeout=max(deadline - time.monotonic(), 0.01))
-            except queue_module.Empty:
-                _raise_child_errors(result_q)
-                raise RuntimeError(f"{len(jobs) - ready} process(es) never got ready") from None
-            ready += 1
-        _raise_child_errors(result_q)
-        go_at.value = time.monotonic() + 0.1
-        go.set()
-        _wait_until(go_at.value + window[0])
-        cpu0 = {k: sc.cpu_seconds(pid) for k, pid in pids.items()}
-        busy0 = sc.machine_busy_seconds()
-        _wait_until(go_at.value + window[1])
-        cpu1 = {k: sc.cpu_seconds(pid) for k, pid in pids.items()}
-        busy1 = sc.machine_busy_seconds()
-        results: dict[str, dict] = {}
-        deadline = time.monotonic() + result_timeout
-        while len(results) < len(jobs):
-            try:
-                kind, name, payload = result_q.get(
-                    timeout=max(deadline - time.monotonic(), 0.01))
-            except queue_module.Empty:
-                raise RuntimeError(f"{len(jobs) - len(results)} process(es) "
-                                   "sent no result in time") from None
-            if kind == "error":
-                raise RuntimeError(f"process {name} failed:\n{payload}")
-            results[name] = payload
-    except BaseException:
-        procs.stop_children()  # interrupted or failed: no grace period
-        raise
-    procs.reap_children()
-    span = window[1] - window[0]
-    cpu = {k: (cpu1[k] - cpu0[k]) / span for k in pids}
-    generators = sum(r.get("cpu", 0.0) for r in results.values()) / span
-    busy = (busy1 - busy0) / span
-    return {"results": [results[n] for n in names], "cpu": cpu, "gen_cpu": generators,
-            "other_cpu": max(busy - sum(cpu.values()) - generators, 0.0)}
-
-
-def _split(total: int, parts: int) -> list[int]:
-    parts = max(1, min(parts, total))
-    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -995,14 +782,14 @@ def _warmup(args, workers: int) -> float:
 
 def run_rest(ctx, procs, daemons, args, mode: str, workers: int, label: str) -> dict:
     warmup = _warmup(args, workers)
-    common = {"warmup": warmup, "seconds": args.seconds, "base": daemons["base"],
+    shared = {"warmup": warmup, "seconds": args.seconds, "base": daemons["base"],
               "http_client": args.http_client,
               "tube": f"bench-{label}", "mode": mode, "batch": args.batch}
-    jobs = [(rest_worker, dict(common, name=f"{label}-{i}", workers=n))
-            for i, n in enumerate(_split(workers, args.procs))]
-    m = measure(ctx, procs, jobs,
-                {"client": daemons["client"].pid, "server": daemons["server"].pid},
-                (warmup, warmup + args.seconds), warmup + args.seconds + DRAIN_TIMEOUT + 30)
+    jobs = [(rest_worker, dict(shared, name=f"{label}-{i}", workers=n))
+            for i, n in enumerate(common.split(workers, args.procs))]
+    m = common.measure(ctx, procs, jobs,
+                       {"client": daemons["client"].pid, "server": daemons["server"].pid},
+                       (warmup, warmup + args.seconds), warmup + args.seconds + DRAIN_TIMEOUT + 30)
     latency: dict[str, list[float]] = {}
     for r in m["results"]:
         for kind, values in r["latency"].items():
@@ -1024,13 +811,13 @@ def run_rest(ctx, procs, daemons, args, mode: str, workers: int, label: str) -> 
 
 
 def run_beanstalkd(ctx, procs, bs_proc, bs_port: int, args, label: str) -> dict:
-    common = {"warmup": args.warmup, "seconds": args.seconds, "port": bs_port,
+    shared = {"warmup": args.warmup, "seconds": args.seconds, "port": bs_port,
               "tube": f"bench-{label}"}
-    jobs = [(sc.greenstalk_worker, dict(common, name=f"{label}-{i}"))
+    jobs = [(common.greenstalk_worker, dict(shared, name=f"{label}-{i}"))
             for i in range(args.bs_procs)]
-    m = measure(ctx, procs, jobs, {"server": bs_proc.pid},
-                (args.warmup, args.warmup + args.seconds),
-                args.warmup + args.seconds + DRAIN_TIMEOUT + 30)
+    m = common.measure(ctx, procs, jobs, {"server": bs_proc.pid},
+                       (args.warmup, args.warmup + args.seconds),
+                       args.warmup + args.seconds + DRAIN_TIMEOUT + 30)
     rs = m["results"]
     return {
         "rate": sum(r["cycles"] for r in rs) / args.seconds,
@@ -1047,18 +834,18 @@ def run_longpoll(ctx, procs, daemons, args, label: str) -> dict:
     delay = 1.5  # let every worker park its first poll before the first put
     spread = args.lp_jobs / args.lp_rate
     deadline = delay + 2 * spread + args.lp_wait + 10.0  # bounded even if the client lags
-    common = {"base": daemons["base"], "tube": f"LP-{label}", "jobs": args.lp_jobs,
+    shared = {"base": daemons["base"], "tube": f"LP-{label}", "jobs": args.lp_jobs,
               "http_client": args.http_client}
     jobs = [
-        (longpoll_workers, dict(common, name=f"{label}-workers", workers=args.lp_workers,
+        (longpoll_workers, dict(shared, name=f"{label}-workers", workers=args.lp_workers,
                                 wait=args.lp_wait, deadline=deadline)),
-        (longpoll_producer, dict(common, name=f"{label}-producer", rate=args.lp_rate,
+        (longpoll_producer, dict(shared, name=f"{label}-producer", rate=args.lp_rate,
                                  delay=delay, connections=LP_PRODUCER_CONNECTIONS,
                                  deadline=delay + 2 * spread + 5.0)),
     ]
-    m = measure(ctx, procs, jobs,
-                {"client": daemons["client"].pid, "server": daemons["server"].pid},
-                (delay, delay + spread), deadline + DRAIN_TIMEOUT + 30)
+    m = common.measure(ctx, procs, jobs,
+                       {"client": daemons["client"].pid, "server": daemons["server"].pid},
+                       (delay, delay + spread), deadline + DRAIN_TIMEOUT + 30)
     workers, producer = m["results"]
     waits = workers["waits"]
     return {
@@ -1120,7 +907,7 @@ def report(args, runs: dict, longpolls: list[dict], facts: dict) -> str:
         if target is not None:
             best[mode] = max(best.get(mode, 0.0), ratio) if ratio == ratio else ratio
         unit = "jobs/s" if mode == "batched" else "cyc/s"
-        get_kind = "GET /multiple_job" if mode == "batched" else "GET /job"
+        put_kind, get_kind, delete_kind = CALL_KINDS.get(mode, CALL_KINDS["single"])
         round_kind = f"round ({args.batch} jobs)" if mode == "batched" else "cycle"
         cpu = (f"{med(rs, 'client_cpu'):.0%}/{med(rs, 'server_cpu'):.0%}/"
                f"{med(rs, 'gen_cpu'):.0%}/{med(rs, 'other_cpu'):.0%}")
@@ -1132,16 +919,18 @@ def report(args, runs: dict, longpolls: list[dict], facts: dict) -> str:
             continue
         out.append(
             f"{mode:<10} {workers:>7,} {rate:>9,.0f} {unit:<7} {ratio:>8.3f} "
-            f"{'>=' + format(target, 'g') + 'x':>7} {verdict:<4} {_lat(rs, 'POST /job'):>11} "
-            f"{_lat(rs, get_kind):>11} {_lat(rs, 'DELETE /job'):>11} {_lat(rs, round_kind):>13}"
+            f"{'>=' + format(target, 'g') + 'x':>7} {verdict:<4} {_lat(rs, put_kind):>11} "
+            f"{_lat(rs, get_kind):>11} {_lat(rs, delete_kind):>11} {_lat(rs, round_kind):>13}"
             f"  {cpu:>22}")
     out.append("")
     out.append(f"rate: median of {args.repeats} repeat(s) of {args.seconds:g} s (after "
                f"{args.warmup:g} s warm-up + 1 s per 500 workers). single = cycles/s = "
                f"successful calls in the window / 3 (POST, GET with a job, DELETE); batched = "
-               f"jobs/s = (POSTs + DELETEs) / 2 (rounds of {args.batch} POSTs, 1 GET "
-               f"/multiple_job count={args.batch}, {args.batch} DELETEs); beanstalkd = "
-               f"{args.bs_procs} greenstalk processes, finished cycles summed.")
+               f"jobs/s = jobs deleted in the window (rounds of 1 POST /multiple_job with "
+               f"{args.batch} jobs, GET /multiple_job count={args.batch} until it has them, "
+               f"1 DELETE /multiple_job; its POST/GET/DELETE columns are per call, GET per "
+               f"GET call); beanstalkd = {args.bs_procs} greenstalk processes, finished cycles "
+               f"summed.")
     client_text = ("Twisted Agent + persistent HTTPConnectionPool" if args.http_client == "agent"
                    else "minimal keep-alive HTTP/1.1 Twisted protocol (--http-client raw)")
     out.append(f"load: {args.procs} load-generator process(es), {client_text}, one "
@@ -1182,22 +971,13 @@ def report(args, runs: dict, longpolls: list[dict], facts: dict) -> str:
             f"verdict: {'PASS' if ok else 'FAIL'}")
         if any(r["first_error"] for r in lp):
             out.append("  first error: " + next(r["first_error"] for r in lp if r["first_error"]))
-    problems = []
-    for (mode, workers), rs in runs.items():
-        for r in rs:
-            if r["errors"] or r["undrained"]:
-                problems.append(f"  {mode} x{workers}: {r['errors']} errors, {r['undrained']} "
-                                f"workers undrained, first: {r['first_error']}")
-            if r["empty_gets"]:
-                problems.append(f"  {mode} x{workers}: {r['empty_gets']} gets found no job")
-    busiest = max(r["other_cpu"] for rs in runs.values() for r in rs)
-    if busiest > 0.5:
-        problems.append(f"  other work used up to {busiest:.0%} CPU during a window: on this "
-                        f"{os.cpu_count()}-core machine the figures are depressed and noisy")
+    problems = common.run_warnings(
+        runs, lambda key: f"{key[0]} x{key[1]}", "workers undrained",
+        f": on this {os.cpu_count()}-core machine the figures are depressed and noisy")
     if problems:
         out.append("")
         out.append("warnings:")
-        out.extend(sorted(set(problems)))
+        out.extend(problems)
     out.append("")
     out.append(f"allq-client pid {facts['client_pid']}, allq-server pid {facts['server_pid']}, "
                f"beanstalkd {facts['bs_binary']} ({facts['bs_version']}); body "
@@ -1207,22 +987,20 @@ def report(args, runs: dict, longpolls: list[dict], facts: dict) -> str:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=5.0, help="measured window (5)")
-    parser.add_argument("--repeats", type=int, default=3, help="repeats; medians shown (3)")
-    parser.add_argument("--quick", action="store_true",
-                        help="1 s windows, 1 repeat, 1,000 long-poll jobs")
-    parser.add_argument("--warmup", type=float, default=None, help="warm-up seconds (1; quick 0.5)")
+    common.add_window_options(parser, quick_warmup=0.5,
+                              quick_help="1 s windows, 1 repeat, 1,000 long-poll jobs")
     parser.add_argument("--workers", default="1,10,100,1000",
                         help="single-job worker counts (1,10,100,1000)")
     parser.add_argument("--batch-workers", default="10,100",
                         help="batched worker counts (10,100)")
-    parser.add_argument("--batch", type=int, default=100, help="jobs per batched round (100)")
+    parser.add_argument("--batch", type=int, default=100,
+                        help="jobs per batched round: per POST / DELETE /multiple_job (100)")
     parser.add_argument("--procs", type=int, default=1,
                         help="load-generator processes the workers are split over (1)")
-    parser.add_argument("--http-client", choices=("agent", "raw"), default="agent",
-                        help="load generators' HTTP client: Twisted Agent + persistent "
-                             "HTTPConnectionPool (agent, the default), or a minimal "
-                             "keep-alive HTTP/1.1 protocol that costs far less CPU per call (raw)")
+    parser.add_argument("--http-client", choices=("agent", "raw"), default="raw",
+                        help="load generators' HTTP client: a minimal keep-alive HTTP/1.1 "
+                             "protocol that costs far less CPU per call (raw, the default), or "
+                             "Twisted Agent + persistent HTTPConnectionPool (agent)")
     parser.add_argument("--bs-procs", type=int, default=8,
                         help="greenstalk processes for the beanstalkd reference (8)")
     parser.add_argument("--lp-workers", type=int, default=1000, help="long-poll workers (1000)")
@@ -1246,10 +1024,7 @@ def parse_args(argv=None):
                         help="the same for allq-server")
     parser.add_argument("--json", metavar="PATH", help="also write every run as JSON here")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.seconds, args.repeats = 1.0, 1
-    if args.warmup is None:
-        args.warmup = 0.5 if args.quick else 1.0
+    common.settle_window_options(args, quick_warmup=0.5)
     if args.quick:
         args.lp_runs = 1
     if args.lp_jobs is None:
@@ -1272,103 +1047,90 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-
-    def terminated(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, terminated)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    common.stop_on_signals()
     most_connections = max(args.workers + args.batch_workers + [args.lp_workers])
     # Children (daemons, load generators) inherit this limit: each side of every
     # connection is one descriptor, plus the pools' spares.
     nofile = _raise_nofile(most_connections * 2 + 1024)
-    print("rest_cycles: REST cycles/s through allq-client (one allq-server) vs beanstalkd")
-    for fact in sc.machine_facts():
-        print("  " + fact)
-    print(f"  open-file limit: {nofile}")
-    print(flush=True)
+    common.print_header(
+        "rest_cycles: REST cycles/s through allq-client (one allq-server) vs beanstalkd",
+        f"open-file limit: {nofile}")
     if most_connections * 2 + 64 > nofile:
         print(f"warning: open-file limit {nofile} is low for {most_connections} connections",
               file=sys.stderr)
-    bs_binary = sc.find_beanstalkd()
-    bs_version = subprocess.run([bs_binary, "-v"], capture_output=True, text=True,
-                                timeout=10).stdout.strip()
+    bs_binary, bs_version = common.reference_beanstalkd()
     ctx = mp.get_context("spawn")
-    procs = sc.Processes()
-    runs: dict[tuple[str, int], list[dict]] = {}
-    longpolls: list[dict] = []
-    tmp = Path(tempfile.mkdtemp(prefix="allq-rest-bench-"))
     try:
-        daemons = start_allq(procs, tmp, args.client_option, args.client_profile,
-                             args.server_profile)
-        bs_proc, bs_port = sc.start_beanstalkd(procs, tmp, bs_binary)
-        print(f"allq-server pid {daemons['server'].pid} on 127.0.0.1:{daemons['server_port']};"
-              f" allq-client pid {daemons['client'].pid} on {daemons['base']}; "
-              f"beanstalkd pid {bs_proc.pid} on 127.0.0.1:{bs_port}", flush=True)
-
-        def alive() -> None:
-            for what, proc, log in (("allq-server", daemons["server"], daemons["server_log"]),
-                                    ("allq-client", daemons["client"], daemons["client_log"])):
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{what} exited; its log ends:\n{_tail(log)}")
-
-        plan = [] if args.no_beanstalkd else [("beanstalkd", args.bs_procs)]
-        plan += [("single", n) for n in args.workers]
-        plan += [("batched", n) for n in args.batch_workers]
-        for repeat in range(args.repeats):
-            for mode, workers in plan:
-                alive()
-                label = f"{mode}-{workers}-{repeat}"
-                if mode == "beanstalkd":
-                    r = run_beanstalkd(ctx, procs, bs_proc, bs_port, args, label)
-                else:
-                    r = run_rest(ctx, procs, daemons, args, mode, workers, label)
-                runs.setdefault((mode, workers), []).append(r)
-                unit = "jobs/s" if mode == "batched" else "cycles/s"
-                print(f"  [{repeat + 1}/{args.repeats}] {mode:<10} x{workers:<5} "
-                      f"{r['rate']:>9,.0f} {unit:<8} (client CPU {r['client_cpu']:.0%}, "
-                      f"server {r['server_cpu']:.0%}, generators {r['gen_cpu']:.0%}, "
-                      f"other {r['other_cpu']:.0%}; errors {r['errors']})", flush=True)
-        for run in range(0 if args.no_longpoll else args.lp_runs):
-            alive()
-            r = run_longpoll(ctx, procs, daemons, args, f"{run}")
-            longpolls.append(r)
-            print(f"  [{run + 1}/{args.lp_runs}] long-poll  x{args.lp_workers:<5} "
-                  f"delivered {r['delivered']:,} (put {r['put_ok']:,}), duplicates "
-                  f"{r['duplicates']}, errors {r['errors']}, wait p50/p99 "
-                  f"{_ms(r['wait_p50'])}/{_ms(r['wait_p99'])} ms (client CPU "
-                  f"{r['client_cpu']:.0%}, other {r['other_cpu']:.0%})", flush=True)
-        alive()
-        print()
-        for what, log in (("allq-client", daemons["client_log"]),
-                          ("allq-server", daemons["server_log"])):
-            problems = _log_problems(log)
-            if problems:
-                print(f"{what} log, warning/error lines:")
-                print("\n".join("  " + line[:300] for line in problems))
-        print(report(args, runs, longpolls, {
-            "client_pid": daemons["client"].pid, "server_pid": daemons["server"].pid,
-            "bs_binary": bs_binary, "bs_version": bs_version}))
-        if args.json:
-            Path(args.json).write_text(json.dumps(
-                {"args": vars(args), "facts": sc.machine_facts(),
-                 "runs": {f"{m}/{w}": rs for (m, w), rs in runs.items()},
-                 "longpoll": longpolls}, indent=2))
-        return 0
-    except KeyboardInterrupt:
-        print("\ninterrupted; stopping everything", file=sys.stderr)
-        return 130
-    except SystemExit as e:
-        if isinstance(e.code, int) and e.code > 128:
-            print(f"\nsignal {e.code - 128}; stopping everything", file=sys.stderr)
-        raise
+        with common.session("allq-rest-bench-") as (procs, tmp):
+            measure_all(ctx, procs, tmp, args, bs_binary, bs_version)
     finally:
-        procs.stop_all()
         for what, path in (("allq-client", args.client_profile),
                            ("allq-server", args.server_profile)):
             if path:
                 print(f"{what} CPU profile (written if it stopped in order): {path}")
-        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def measure_all(ctx, procs: common.Processes, tmp: Path, args, bs_binary: str,
+                bs_version: str) -> None:
+    """Start the daemons, run every measurement and print the report."""
+    runs: dict[tuple[str, int], list[dict]] = {}
+    longpolls: list[dict] = []
+    daemons = start_allq(procs, tmp, args.client_option, args.client_profile,
+                         args.server_profile)
+    bs_proc, bs_port = common.start_beanstalkd(procs, tmp, bs_binary)
+    print(f"allq-server pid {daemons['server'].pid} on 127.0.0.1:{daemons['server_port']};"
+          f" allq-client pid {daemons['client'].pid} on {daemons['base']}; "
+          f"beanstalkd pid {bs_proc.pid} on 127.0.0.1:{bs_port}", flush=True)
+
+    def alive() -> None:
+        for what, proc, log in (("allq-server", daemons["server"], daemons["server_log"]),
+                                ("allq-client", daemons["client"], daemons["client_log"])):
+            if proc.poll() is not None:
+                raise RuntimeError(f"{what} exited; its log ends:\n{common.tail(log)}")
+
+    plan = [] if args.no_beanstalkd else [("beanstalkd", args.bs_procs)]
+    plan += [("single", n) for n in args.workers]
+    plan += [("batched", n) for n in args.batch_workers]
+    for repeat in range(args.repeats):
+        for mode, workers in plan:
+            alive()
+            label = f"{mode}-{workers}-{repeat}"
+            if mode == "beanstalkd":
+                r = run_beanstalkd(ctx, procs, bs_proc, bs_port, args, label)
+            else:
+                r = run_rest(ctx, procs, daemons, args, mode, workers, label)
+            runs.setdefault((mode, workers), []).append(r)
+            unit = "jobs/s" if mode == "batched" else "cycles/s"
+            print(f"  [{repeat + 1}/{args.repeats}] {mode:<10} x{workers:<5} "
+                  f"{r['rate']:>9,.0f} {unit:<8} (client CPU {r['client_cpu']:.0%}, "
+                  f"server {r['server_cpu']:.0%}, generators {r['gen_cpu']:.0%}, "
+                  f"other {r['other_cpu']:.0%}; errors {r['errors']})", flush=True)
+    for run in range(0 if args.no_longpoll else args.lp_runs):
+        alive()
+        r = run_longpoll(ctx, procs, daemons, args, f"{run}")
+        longpolls.append(r)
+        print(f"  [{run + 1}/{args.lp_runs}] long-poll  x{args.lp_workers:<5} "
+              f"delivered {r['delivered']:,} (put {r['put_ok']:,}), duplicates "
+              f"{r['duplicates']}, errors {r['errors']}, wait p50/p99 "
+              f"{_ms(r['wait_p50'])}/{_ms(r['wait_p99'])} ms (client CPU "
+              f"{r['client_cpu']:.0%}, other {r['other_cpu']:.0%})", flush=True)
+    alive()
+    print()
+    for what, log in (("allq-client", daemons["client_log"]),
+                      ("allq-server", daemons["server_log"])):
+        problems = _log_problems(log)
+        if problems:
+            print(f"{what} log, warning/error lines:")
+            print("\n".join("  " + line[:300] for line in problems))
+    print(report(args, runs, longpolls, {
+        "client_pid": daemons["client"].pid, "server_pid": daemons["server"].pid,
+        "bs_binary": bs_binary, "bs_version": bs_version}))
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"args": vars(args), "facts": common.machine_facts(),
+             "runs": {f"{m}/{w}": rs for (m, w), rs in runs.items()},
+             "longpoll": longpolls}, indent=2))
 
 
 if __name__ == "__main__":

@@ -113,6 +113,10 @@ class ClientMetrics:
             "REST requests, from routing to the last byte written, by method, route and "
             "status class (aborted: the caller went away first).",
             ["method", "route", "status"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        # The labelled children of the hot metrics, by label values: ``labels()``
+        # validates and locks on every call, a noticeable cost per request.
+        self._job_counters: dict[tuple[str, str], Any] = {}
+        self._latencies: dict[tuple[str, str, str], Any] = {}
         self.registry.register(_SnapshotCollector(self))
         if process:
             ProcessCollector(registry=self.registry)
@@ -122,7 +126,11 @@ class ClientMetrics:
     def count_jobs(self, action: str, tube: str, count: int = 1) -> None:
         """Count ``count`` jobs of ``tube`` (``""``: unknown) that went through ``action``."""
         if count > 0:
-            self._jobs.labels(tube=tube, action=action).inc(count)
+            key = (tube, action)
+            child = self._job_counters.get(key)
+            if child is None:
+                child = self._job_counters[key] = self._jobs.labels(tube=tube, action=action)
+            child.inc(count)
 
     def count_error(self, operation: str, code: str) -> None:
         """Count one failed federation operation by its error code."""
@@ -135,7 +143,12 @@ class ClientMetrics:
 
     def observe_request(self, method: str, route: str, status: str, seconds: float) -> None:
         """Record one finished REST request."""
-        self._latency.labels(method=method, route=route, status=status).observe(max(seconds, 0.0))
+        key = (method, route, status)
+        child = self._latencies.get(key)
+        if child is None:
+            child = self._latencies[key] = self._latency.labels(
+                method=method, route=route, status=status)
+        child.observe(max(seconds, 0.0))
 
     def update_stats(self, servers: Iterable[Mapping]) -> None:
         """Replace the stats snapshot with the servers' latest replies."""
@@ -237,33 +250,40 @@ class InstrumentedFederation:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._federation, name)
 
-    async def _call(self, operation: str, call: Awaitable) -> Any:
-        try:
-            return await call
-        except AllQError as e:
-            self._recorder.count_error(operation, e.code)
-            raise
+    # Plain Deferred chains rather than coroutines: these run on every REST call.
 
-    async def put(self, tube: str, body: str, **params: Any) -> str:
+    def _call(self, operation: str, call: Awaitable) -> Deferred:
+        d = call if isinstance(call, Deferred) else ensureDeferred(call)
+        return d.addErrback(self._count_error, operation)
+
+    def _count_error(self, failure: Failure, operation: str) -> Failure:
+        if failure.check(AllQError):
+            self._recorder.count_error(operation, failure.value.code)
+        return failure
+
+    def put(self, tube: str, body: str, **params: Any) -> Deferred:
         """The federation's ``put``, counted as ``put`` in ``tube``."""
-        job_id = await self._call("put", self._federation.put(tube, body, **params))
-        self._recorder.count_jobs("put", tube)
-        self._remember(job_id, tube)
-        return job_id
+        d = self._call("put", self._federation.put(tube, body, **params))
+        return d.addCallback(self._stored, "put", tube)
 
-    async def put_parent(self, tube: str, body: str, **params: Any) -> str:
+    def put_parent(self, tube: str, body: str, **params: Any) -> Deferred:
         """The federation's ``put_parent``, counted as ``put_parent`` in ``tube``."""
-        job_id = await self._call("put_parent", self._federation.put_parent(tube, body, **params))
-        self._recorder.count_jobs("put_parent", tube)
+        d = self._call("put_parent", self._federation.put_parent(tube, body, **params))
+        return d.addCallback(self._stored, "put_parent", tube)
+
+    def _stored(self, job_id: str, action: str, tube: str) -> str:
+        self._recorder.count_jobs(action, tube)
         self._remember(job_id, tube)
         return job_id
 
-    async def get(self, tube: str, *, count: int = 1, delete: bool = False,
-                  wait: float = 0) -> list[dict]:
+    def get(self, tube: str, *, count: int = 1, delete: bool = False,
+            wait: float = 0) -> Deferred:
         """The federation's ``get``: each job handed out counts as ``get`` (and as
         ``delete`` too when taken with ``delete``)."""
-        jobs = await self._call(
-            "get", self._federation.get(tube, count=count, delete=delete, wait=wait))
+        d = self._call("get", self._federation.get(tube, count=count, delete=delete, wait=wait))
+        return d.addCallback(self._got, tube, delete)
+
+    def _got(self, jobs: list[dict], tube: str, delete: bool) -> list[dict]:
         self._recorder.count_jobs("get", tube, len(jobs))
         if delete:
             self._recorder.count_jobs("delete", tube, len(jobs))
@@ -272,10 +292,13 @@ class InstrumentedFederation:
                 self._remember(job["job_id"], job.get("tube", tube))
         return jobs
 
-    async def job_action(self, action: str, job_id: str, **params: Any) -> dict:
+    def job_action(self, action: str, job_id: str, **params: Any) -> Deferred:
         """The federation's ``job_action``, counted as ``action`` in the job's tube
         (``""`` when unknown)."""
-        result = await self._call(action, self._federation.job_action(action, job_id, **params))
+        d = self._call(action, self._federation.job_action(action, job_id, **params))
+        return d.addCallback(self._acted, action, job_id)
+
+    def _acted(self, result: Any, action: str, job_id: str) -> Any:
         tube = result.get("tube") if isinstance(result, Mapping) else None
         if not isinstance(tube, str):
             tube = self._tubes.get(job_id, "")
@@ -284,17 +307,19 @@ class InstrumentedFederation:
             self._tubes.pop(job_id, None)
         return result
 
-    async def kick_tube(self, tube: str, count: int = 1) -> list[str]:
+    def kick_tube(self, tube: str, count: int = 1) -> Deferred:
         """The federation's ``kick_tube``; each job kicked counts as ``kick``."""
-        job_ids = await self._call("kick_tube", self._federation.kick_tube(tube, count))
-        self._recorder.count_jobs("kick", tube, len(job_ids))
-        return job_ids
+        d = self._call("kick_tube", self._federation.kick_tube(tube, count))
+        return d.addCallback(self._counted, "kick", tube, len)
 
-    async def clear(self, tube: str, state: str = "all") -> int:
+    def clear(self, tube: str, state: str = "all") -> Deferred:
         """The federation's ``clear``; each job cleared counts as ``clear``."""
-        cleared = await self._call("clear", self._federation.clear(tube, state))
-        self._recorder.count_jobs("clear", tube, int(cleared))
-        return cleared
+        d = self._call("clear", self._federation.clear(tube, state))
+        return d.addCallback(self._counted, "clear", tube, int)
+
+    def _counted(self, result: Any, action: str, tube: str, how_many: Callable) -> Any:
+        self._recorder.count_jobs(action, tube, how_many(result))
+        return result
 
     def _remember(self, job_id: str, tube: str) -> None:
         self._tubes[job_id] = tube

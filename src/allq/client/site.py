@@ -6,6 +6,8 @@ the REST facade's resource (timed by the metrics). Routing only: no request is
 answered here.
 """
 
+from twisted.web.http import HTTPChannel
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
@@ -40,6 +42,29 @@ class SiteRoot(Resource):
         return self._api.render(request)
 
 
+class OneWriteHTTPChannel(HTTPChannel):
+    """An HTTP/1.1 channel that hands a response's status line and headers to the
+    transport as one string.
+
+    twisted.web passes them as some 25 small pieces to ``writeSequence``, which
+    type-checks each: several percent of a small JSON answer's CPU. The site uses
+    this channel directly rather than twisted.web's HTTP/2-negotiating wrapper,
+    which only matters behind TLS with ALPN (the client serves plain HTTP on
+    localhost).
+    """
+
+    def writeHeaders(self, version, code, reason, headers) -> None:
+        if not isinstance(headers, Headers):
+            super().writeHeaders(version, code, reason, headers)
+            return
+        parts = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                parts += (name, b": ", value, b"\r\n")
+        parts.append(b"\r\n")
+        self.transport.write(b"".join(parts))
+
+
 def build_site(api_resource: IResource, metrics: ClientMetrics | None,
                dashboard: IResource | None, *, routes: RouteNames | None = None,
                site_class: type[Site] = Site) -> Site:
@@ -62,5 +87,6 @@ def build_site(api_resource: IResource, metrics: ClientMetrics | None,
         api = metrics.instrument(api_resource, routes)
         metrics_resource = metrics.resource()
     site = site_class(SiteRoot(api, metrics_resource, dashboard))
+    site.protocol = OneWriteHTTPChannel
     site.noisy = False
     return site

@@ -1,0 +1,75 @@
+"""allq.client.site: the channel that writes each response head in one piece."""
+
+import re
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http import HTTPChannel
+from twisted.web.resource import Resource
+
+from allq.client.site import OneWriteHTTPChannel, build_site
+
+REQUEST = b"GET /anything HTTP/1.1\r\nHost: allq.test\r\n\r\n"
+
+
+class Hello(Resource):
+    isLeaf = True
+
+    def render(self, request):
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"x-two", b"a")
+        request.responseHeaders.addRawHeader(b"x-two", b"b")
+        return b'{"hello":1}'
+
+
+class RecordingTransport(StringTransport):
+    """Counts the writes that reach the transport."""
+
+    def __init__(self):
+        super().__init__()
+        self.writes = 0
+
+    def write(self, data):
+        self.writes += 1
+        super().write(data)
+
+    def writeSequence(self, data):
+        self.writes += 1
+        super().writeSequence(data)
+
+
+def serve(channel_class, requests=REQUEST):
+    site = build_site(Hello(), None, None)
+    site.protocol = channel_class
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 9))
+    transport = RecordingTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(requests)
+    channel.connectionLost(None)
+    return transport
+
+
+def without_date(raw: bytes) -> bytes:
+    return re.sub(rb"Date: [^\r]*\r\n", b"", raw)
+
+
+class OneWriteChannelTests(SynchronousTestCase):
+    def test_the_site_uses_it(self):
+        self.assertIs(build_site(Hello(), None, None).protocol, OneWriteHTTPChannel)
+
+    def test_same_bytes_as_twisted_writes(self):
+        ours = serve(OneWriteHTTPChannel)
+        theirs = serve(HTTPChannel)
+        self.assertEqual(without_date(ours.value()), without_date(theirs.value()))
+        self.assertTrue(ours.value().startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertIn(b"X-Two: a\r\nX-Two: b\r\n", ours.value())
+        self.assertTrue(ours.value().endswith(b'\r\n\r\n{"hello":1}'))
+
+    def test_head_and_body_are_two_writes(self):
+        self.assertEqual(serve(OneWriteHTTPChannel).writes, 2)
+
+    def test_keep_alive_requests_each_answered(self):
+        value = serve(OneWriteHTTPChannel, REQUEST * 3).value()
+        self.assertEqual(value.count(b"HTTP/1.1 200 OK\r\n"), 3)
+        self.assertEqual(value.count(b'{"hello":1}'), 3)
