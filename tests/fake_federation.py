@@ -143,6 +143,10 @@ class FakeFederation:
         await self._enter("put", (tube, body), params)
         return self._place("put", dict(tube=tube, body=body, **params))
 
+    async def put_many(self, jobs: list[dict]) -> list[str | AllQError]:
+        """Each job through :meth:`put`; its id or its error, in order."""
+        return [await _outcome(self.put(**job)) for job in jobs]
+
     async def put_parent(self, tube: str, body: str, *, priority: int | None = None,
                          ttl: float | None = None, expired_limit: int | None = None,
                          shard_key: str | None = None, parent_id: str | None = None,
@@ -196,6 +200,11 @@ class FakeFederation:
         """Send the action to the server the job id names."""
         await self._enter("job_action", (action, job_id), params)
         return self._server_of(job_id).call(action, job_id=job_id, **params)
+
+    async def job_action_many(self, action: str, job_ids: list[str],
+                              **params: Any) -> list[dict | AllQError]:
+        """Each job through :meth:`job_action`; its result or its error, in order."""
+        return [await _outcome(self.job_action(action, job_id, **params)) for job_id in job_ids]
 
     def _server_of(self, job_id: str, what: str = "job") -> FakeServer:
         server_id = job_id.split(",", 1)[0]
@@ -326,3 +335,11 @@ class FakeFederation:
         if self.unreachable or not servers:
             raise Unavailable("no server reachable")
         return servers
+
+
+async def _outcome(call) -> Any:
+    """The result of ``call``, or the AllQError it raised."""
+    try:
+        return await call
+    except AllQError as e:
+        return e

@@ -145,6 +145,40 @@ def test_federated_worker_loop_survives_a_killed_server(daemons):
     assert len(drain(api, "work")) == 12
 
 
+def test_batches_through_the_daemons(daemons):
+    """Batch put spreads one frame per server, batch get and delete empty the tube,
+    and after kill -9 of a server a batch put lands on the survivors."""
+    keys = daemons.generate_keys()
+    servers = daemons.start_servers(3, keys)
+    api = start_client(daemons, keys, servers, "--retry-budget", "5", "--request-timeout", "3")
+    api.wait_until(lambda h: h["up"] == 3)
+
+    status, reply = api.call("POST", "/multiple_job", {
+        "tube": "batch", "priority": 5, "jobs": [{"body": f"job {i}"} for i in range(30)]})
+    assert status == 200, reply
+    job_ids = reply["job_ids"]
+    assert Counter(j.split(",")[0] for j in job_ids) == {s.server_id: 10 for s in servers}
+    status, reply = api.call("GET", "/multiple_job", tube="batch", count=30)
+    assert status == 200 and len(reply["jobs"]) == 30
+    assert sorted(job["body"] for job in reply["jobs"]) == sorted(f"job {i}" for i in range(30))
+    status, reply = api.call("DELETE", "/multiple_job", {"job_ids": job_ids})
+    assert (status, reply) == (200, {"action": "delete", "job_ids": job_ids})
+    assert api.call("GET", "/job", tube="batch") == (200, {})
+
+    status, reply = api.call("DELETE", "/multiple_job", {"job_ids": [job_ids[0]]})
+    assert status == 404 and reply["job_ids"] == [None], reply
+    assert api.call("POST", "/multiple_job", {"jobs": [{"tube": "bad tube"}]})[0] == 400
+
+    victim = servers[0]
+    os.kill(victim.daemon.process.pid, signal.SIGKILL)
+    victim.daemon.process.wait(10)
+    status, reply = api.call("POST", "/multiple_job",
+                             {"tube": "batch", "jobs": [{"body": str(i)} for i in range(12)]})
+    assert status == 200, reply
+    assert not any(j.startswith(victim.server_id + ",") for j in reply["job_ids"])
+    assert len(drain(api, "batch")) == 12
+
+
 def test_client_serves_before_any_server_is_up(daemons):
     """With no server reachable the client still serves: 503s, then real answers
     once a server starts."""

@@ -40,6 +40,7 @@ class FakeLink(Service):
         self.requests: list[tuple[str, dict]] = []
         self.lose_next = 0  # the next N requests are applied, then the reply is lost
         self.hold: Deferred | None = None  # when set, replies wait for it
+        self.frames = 0  # batch frames received
 
     def request(self, action, params):
         if not self.up:
@@ -53,6 +54,22 @@ class FakeLink(Service):
         if "error" in reply:
             return fail(error_for_code(reply["error"]["code"], reply["error"]["message"]))
         return succeed(reply["result"])
+
+    def batch(self, requests):
+        if not self.up:
+            return fail(NotConnected(f"{self.address} down"))
+        self.frames += 1
+        replies = []
+        for action, params in requests:
+            self.requests.append((action, params))
+            reply = self.dispatcher.handle(encode_request(1, action, params))
+            replies.append(error_for_code(reply["error"]["code"], reply["error"]["message"])
+                           if "error" in reply else reply["result"])
+        if self.lose_next:
+            self.lose_next -= 1
+            self.up = False
+            return fail(ConnectionLost("lost"))
+        return succeed(replies)
 
     def tell_draining(self, draining):
         if not self.up:
@@ -575,3 +592,114 @@ def test_link_tells_a_wanted_drain_on_every_connection():
     third = StubConnection("srv")
     result(link._handshake(third))
     assert third.requests == []
+
+
+# -- batches -----------------------------------------------------------------------
+
+
+def jobs(n, tube="t", **fields):
+    return [{"tube": tube, "body": f"job {i}", **fields} for i in range(n)]
+
+
+def test_put_many_sends_one_frame_per_server_in_contiguous_slices(clock):
+    federation, links = make(clock)
+    outcomes = result(run(federation.put_many(jobs(10))))
+    assert len(set(outcomes)) == 10
+    owners = [owner(links, job_id) for job_id in outcomes]
+    # contiguous: each server's jobs form one run, and every server got one frame
+    runs = [owners[0]] + [b for a, b in zip(owners, owners[1:]) if a is not b]
+    assert len(runs) == 3 and set(runs) == set(links)
+    assert sorted(len(l.queue) for l in links) == [3, 3, 4]
+    assert [l.frames for l in links] == [1, 1, 1]
+    got = result(run(federation.get("t", count=10)))
+    assert sorted(job["body"] for job in got) == sorted(f"job {i}" for i in range(10))
+
+
+def test_put_many_after_a_lost_frame_retries_each_job_without_duplicates(clock):
+    """The frame's reply was lost: each job is retried on that server with its key."""
+    federation, links = make(clock, n=1)
+    link = links[0]
+    link.lose_next = 1
+    d = run(federation.put_many(jobs(5)))
+    assert not d.called and len(link.queue) == 5
+    link.up = True
+    clock.pump([0.05] * 10)
+    outcomes = result(d)
+    assert len(set(outcomes)) == 5 and len(link.queue) == 5
+    assert clock.getDelayedCalls() == []
+
+
+def test_put_many_moves_refused_jobs_to_other_servers(clock):
+    federation, links = make(clock)
+    links[0].queue.set_tube_draining("t", True)
+    links[1].queue.set_max_size("t", 1)
+    outcomes = result(run(federation.put_many(jobs(9))))
+    assert all(isinstance(o, str) for o in outcomes)
+    assert len(links[0].queue) == 0 and len(links[1].queue) == 1
+    assert len(links[2].queue) == 8
+
+
+def test_put_many_reports_each_jobs_own_error(clock):
+    """A job every server refuses fails alone; a job the server rejects fails alone."""
+    federation, links = make(clock, n=1)
+    links[0].queue.set_max_size("t", 2)
+    outcomes = result(run(federation.put_many(jobs(3) + jobs(1, tube="u", ttl=-1))))
+    assert [type(o) for o in outcomes[:2]] == [str, str]
+    assert isinstance(outcomes[2], QueueFull)
+    assert isinstance(outcomes[3], BadRequest)
+    assert len(links[0].queue) == 2
+
+
+def test_put_many_children_go_to_their_parents_server(clock):
+    federation, links = make(clock)
+    parent = result(run(federation.put_parent("flow", "p", limit=3)))
+    outcomes = result(run(federation.put_many(jobs(3, tube="work", parent_id=parent))))
+    assert all(owner(links, o) is owner(links, parent) for o in outcomes)
+
+
+def test_put_many_with_no_server_fails_each_job_after_the_retry_budget(clock):
+    federation, links = make(clock, retry_budget=1.0)
+    for link in links:
+        link.up = False
+    d = run(federation.put_many(jobs(2)))
+    clock.pump([0.1] * 15)
+    assert [type(o) for o in result(d)] == [Unavailable, Unavailable]
+    assert clock.getDelayedCalls() == []
+
+
+def test_put_many_checks_tubes_first(clock):
+    federation, links = make(clock)
+    with pytest.raises(BadRequest):
+        result(run(federation.put_many(jobs(2) + jobs(1, tube="bad tube!"))))
+    assert sum(len(l.queue) for l in links) == 0
+
+
+def test_job_action_many_groups_by_server(clock):
+    federation, links = make(clock)
+    job_ids = result(run(federation.put_many(jobs(6))))
+    frames = [l.frames for l in links]
+    result(run(federation.get("t", count=6)))
+    down = links[2]
+    on_down = [j for j in job_ids if owner(links, j) is down]
+    down.up = False
+    unknown_server = "nosuch,1"
+    unknown_job = links[0].server_id + ",999999"
+    ask = job_ids + [unknown_server, unknown_job]
+    outcomes = result(run(federation.job_action_many("delete", ask)))
+    for job_id, outcome in zip(ask, outcomes):
+        if job_id in on_down:
+            assert isinstance(outcome, Unavailable)
+        elif job_id in (unknown_server, unknown_job):
+            assert isinstance(outcome, NotFound)
+        else:
+            assert outcome["job_id"] == job_id
+    assert [l.frames - f for l, f in zip(links, frames)] == [1, 1, 0]
+    assert len(links[0].queue) == len(links[1].queue) == 0
+
+
+def test_job_action_many_lost_frame_is_unavailable_for_its_jobs(clock):
+    federation, links = make(clock, n=1)
+    job_ids = result(run(federation.put_many(jobs(2))))
+    links[0].lose_next = 1
+    outcomes = result(run(federation.job_action_many("delete", job_ids)))
+    assert [type(o) for o in outcomes] == [ConnectionLost, ConnectionLost]

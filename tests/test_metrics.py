@@ -158,6 +158,25 @@ class JobCounterTests(SiteTestCase):
         self.assertEqual(
             value(found, "allq_client_jobs_total", tube="emails", action="delete"), 1)
 
+    def test_batches_count_each_job(self):
+        """A batch put counts each job stored; a batch delete each job deleted, and
+        each job that failed as an error of its operation."""
+        reply = self.call("POST", "/multiple_job", json={
+            "tube": "emails", "jobs": [{"body": "a"}, {"body": "b"}, {"tube": "sms"}]})
+        job_ids = json.loads(reply.body)["job_ids"]
+        server_id = self.fake.server().server_id
+        reply = self.call("DELETE", "/multiple_job",
+                          json={"job_ids": job_ids + [f"{server_id},12345"]})
+        self.assertEqual(reply.code, 404)
+        found = self.scrape()
+        self.assertEqual(value(found, "allq_client_jobs_total", tube="emails", action="put"), 2)
+        self.assertEqual(value(found, "allq_client_jobs_total", tube="sms", action="put"), 1)
+        self.assertEqual(
+            value(found, "allq_client_jobs_total", tube="emails", action="delete"), 2)
+        self.assertEqual(value(found, "allq_client_jobs_total", tube="sms", action="delete"), 1)
+        self.assertEqual(value(found, "allq_client_operation_errors_total",
+                               operation="delete", error="not_found"), 1)
+
     def test_bury_and_kick_by_tube(self):
         """A bury of a job handed out here carries its tube; a tube kick counts each job."""
         self.put()

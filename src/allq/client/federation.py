@@ -47,6 +47,7 @@ import math
 import random
 import uuid
 from collections import deque
+from itertools import repeat
 from collections.abc import Callable, Iterable
 
 from twisted.application.service import MultiService
@@ -67,8 +68,31 @@ POLL_MAX = 0.5
 MAX_WAIT = 60.0
 
 
-def _transient(error: BaseException) -> bool:
-    return isinstance(error, Unavailable)
+def _put_params(tube: str, body: str, *, priority=None, ttl=None, delay=0,
+                expired_limit=None, run_at=None, shard_key=None, parent_id=None) -> dict:
+    """A put request's parameters, with a fresh idempotency key."""
+    return {
+        "tube": tube, "body": body, "priority": priority, "ttl": ttl, "delay": delay,
+        "expired_limit": expired_limit, "run_at": run_at, "shard_key": shard_key,
+        "parent_id": parent_id, "idempotency_key": uuid.uuid4().hex,
+    }
+
+
+def _slices(items: list, parts: int) -> list[list]:
+    """``items`` cut into ``parts`` contiguous slices whose sizes differ by one at most."""
+    if parts <= 0:
+        return []
+    size, extra = divmod(len(items), parts)
+    slices, start = [], 0
+    for part in range(parts):
+        end = start + size + (part < extra)
+        slices.append(items[start:end])
+        start = end
+    return slices
+
+
+def _outcome_name(outcome: object) -> str:
+    return outcome.code if isinstance(outcome, AllQError) else "ok"
 
 
 class _Waiter:
@@ -213,11 +237,71 @@ class Federation(MultiService):
         :raises QueueFull: every reachable server refused it, at least one as full.
         :raises NotFound: ``parent_id`` names no waiting job.
         """
-        return await self._store("put", {
-            "tube": tube, "body": body, "priority": priority, "ttl": ttl, "delay": delay,
-            "expired_limit": expired_limit, "run_at": run_at, "shard_key": shard_key,
-            "parent_id": parent_id,
-        })
+        return await self._store("put", _put_params(
+            tube, body, priority=priority, ttl=ttl, delay=delay, expired_limit=expired_limit,
+            run_at=run_at, shard_key=shard_key, parent_id=parent_id))
+
+    async def put_many(self, jobs: list[dict]) -> list[str | AllQError]:
+        """Store a batch of jobs (each a dict of :meth:`put`'s arguments, ``tube`` and
+        ``body`` included); per job, in order, its id or the error that kept it out.
+
+        Each job is placed as :meth:`put` places one, with its own idempotency
+        key, but the jobs without a parent go out as one batch frame per server:
+        the batch is cut into contiguous slices, one per server in round-robin
+        order. A job without a definite answer there (its frame's connection
+        failed, or its server said draining or full) goes on alone through
+        :meth:`put`'s retry and failover, from where it stands.
+        """
+        batch = [_put_params(**job) for job in jobs]
+        for params in batch:
+            check_tube(params["tube"])
+        key = uuid.uuid4().hex
+        for index, params in enumerate(batch):
+            params["idempotency_key"] = f"{key}.{index}"
+        outcomes: list[str | AllQError | None] = [None] * len(batch)
+        # (index, the server that may hold it, servers that refused it)
+        later: list[tuple[int, ServerLink | None, dict]] = [
+            (index, None, {}) for index, params in enumerate(batch)
+            if params["parent_id"] is not None]
+        placed = [index for index, params in enumerate(batch) if params["parent_id"] is None]
+        links = self._put_candidates(None, {}) if placed else []
+        slices = [(link, chunk) for link, chunk in zip(links, _slices(placed, len(links)))
+                  if chunk]
+        replies = await DeferredList(
+            [link.batch([("put", batch[index]) for index in chunk]) for link, chunk in slices],
+            consumeErrors=True)
+        for (link, chunk), (answered, value) in zip(slices, replies):
+            if not answered:
+                if not value.check(Unavailable):
+                    value.raiseException()
+                unsure = None if value.check(NotConnected) else link
+                if unsure is not None:
+                    self._log.info("batch put on {address} outcome unknown ({error}); "
+                                   "retrying each job", address=link.address,
+                                   error=value.value.message)
+                    self._retried("put", link.address)
+                later += [(index, unsure, {}) for index in chunk]
+                continue
+            for index, reply in zip(chunk, value):
+                if isinstance(reply, Draining | QueueFull):
+                    later.append((index, None, {link: reply}))
+                elif isinstance(reply, Unavailable):
+                    later.append((index, link, {}))
+                elif isinstance(reply, AllQError):
+                    outcomes[index] = reply
+                else:
+                    outcomes[index] = self._stored(
+                        "put", batch[index]["tube"], reply["job_id"], link)
+        if placed and not slices:
+            later += [(index, None, {}) for index in placed]
+        retried = await DeferredList(
+            [Deferred.fromCoroutine(self._store("put", batch[index], unsure, refused))
+             for index, unsure, refused in later], consumeErrors=True)
+        for (index, _, _), (stored, value) in zip(later, retried):
+            if not stored and not value.check(AllQError):
+                value.raiseException()
+            outcomes[index] = value if stored else value.value
+        return outcomes
 
     async def put_parent(self, tube: str, body: str, *, priority=None, ttl=None,
                          expired_limit=None, shard_key=None, parent_id=None,
@@ -233,6 +317,7 @@ class Federation(MultiService):
             "tube": tube, "body": body, "priority": priority, "ttl": ttl,
             "expired_limit": expired_limit, "shard_key": shard_key, "parent_id": parent_id,
             "timeout": timeout, "run_on_timeout": run_on_timeout, "limit": limit,
+            "idempotency_key": uuid.uuid4().hex,
         })
 
     def _stored(self, action: str, tube: str, job_id: str, link: ServerLink) -> str:
@@ -242,15 +327,21 @@ class Federation(MultiService):
                            tube=tube, server=link.address)
         return job_id
 
-    async def _store(self, action: str, params: dict) -> str:
+    async def _store(self, action: str, params: dict, unsure: ServerLink | None = None,
+                     refused: dict[ServerLink, AllQError] | None = None) -> str:
+        """Place one job (``params`` carry its idempotency key), retrying and failing
+        over until the retry budget is spent.
+
+        :param unsure: the server that may already hold the job (an earlier try's
+            outcome is unknown there).
+        :param refused: servers that already refused it as draining or full.
+        """
         tube = check_tube(params["tube"])
-        params["idempotency_key"] = uuid.uuid4().hex
         deadline = self._clock.seconds() + self._retry_budget
         if params.get("parent_id") is not None:
             link = self._link_for_job(params["parent_id"], "parent")
             return await self._store_on(link, action, params, deadline)
-        unsure: ServerLink | None = None  # the server that may already hold the job
-        refused: dict[ServerLink, AllQError] = {}  # servers that said draining/full
+        refused = {} if refused is None else refused
         attempt = 0
         while True:
             for link in self._put_candidates(unsure, refused):
@@ -473,6 +564,35 @@ class Federation(MultiService):
             self._log.info("{action} job {job_id} on {server}", action=action, job_id=job_id,
                            server=link.address)
         return result
+
+    async def job_action_many(self, action: str, job_ids: list[str],
+                              **params) -> list[dict | AllQError]:
+        """Apply one job action to many jobs: one batch frame per server holding
+        some of them. Per job, in order, the server's result or the error (a job
+        whose server is unknown or down, or whose frame's outcome is unknown,
+        gets that error; nothing is retried, as with :meth:`job_action`)."""
+        outcomes: list[dict | AllQError | None] = [None] * len(job_ids)
+        by_link: dict[ServerLink, list[int]] = {}
+        for index, job_id in enumerate(job_ids):
+            try:
+                by_link.setdefault(self._link_for_job(job_id), []).append(index)
+            except AllQError as e:
+                outcomes[index] = e
+        groups = list(by_link.items())
+        replies = await DeferredList(
+            [link.batch([(action, {"job_id": job_ids[index], **params}) for index in indexes])
+             for link, indexes in groups], consumeErrors=True)
+        for (link, indexes), (answered, value) in zip(groups, replies):
+            if not answered and not value.check(AllQError):
+                value.raiseException()
+            for index, outcome in zip(indexes, value if answered else repeat(value.value)):
+                outcomes[index] = outcome
+            if self.log_jobs:
+                for index in indexes:
+                    self._log.info("{action} job {job_id} on {server}", action=action,
+                                   job_id=job_ids[index], server=link.address,
+                                   outcome=_outcome_name(outcomes[index]))
+        return outcomes
 
     # -- fan-out ---------------------------------------------------------------
 

@@ -113,6 +113,19 @@ class ServerLink(ClientService):
             return fail(NotConnected(f"server {self.address} is not connected"))
         return connection.request(action, params).addErrback(self._on_error, connection)
 
+    def batch(self, requests: list[tuple[str, dict]]) -> Deferred:
+        """Send several requests in one frame on the live connection.
+
+        :returns: a Deferred firing with, per request, its result or its
+            :class:`AllQError`; it fails as a whole (at once with
+            :class:`NotConnected` when nothing was sent, later with
+            :class:`Unavailable` when the outcome is unknown).
+        """
+        connection = self.connection
+        if connection is None or connection.closed:
+            return fail(NotConnected(f"server {self.address} is not connected"))
+        return connection.batch(requests).addErrback(self._on_error, connection)
+
     def tell_draining(self, draining: bool) -> Deferred:
         """Tell the server to drain (refuse new jobs from every client) or to
         stop draining, now if connected, else on the next connection.

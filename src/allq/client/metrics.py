@@ -27,6 +27,7 @@ it names one, else from a bounded memory of the ids this client put or handed
 out (:data:`REMEMBERED_JOBS`); when neither knows it the ``tube`` label is empty.
 """
 
+from collections import Counter as Counter_
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
@@ -275,6 +276,37 @@ class InstrumentedFederation:
         self._recorder.count_jobs(action, tube)
         self._remember(job_id, tube)
         return job_id
+
+    def put_many(self, jobs: list[dict]) -> Deferred:
+        """The federation's ``put_many``: each job stored counts as ``put`` in its
+        tube, each job refused as an error of ``put``."""
+        d = self._call("put", self._federation.put_many(jobs))
+        return d.addCallback(self._stored_many, [job["tube"] for job in jobs])
+
+    def _stored_many(self, outcomes: list, tubes: list[str]) -> list:
+        stored: Counter_[str] = Counter_()
+        for tube, outcome in zip(tubes, outcomes):
+            if isinstance(outcome, AllQError):
+                self._recorder.count_error("put", outcome.code)
+            else:
+                stored[tube] += 1
+                self._remember(outcome, tube)
+        for tube, count in stored.items():
+            self._recorder.count_jobs("put", tube, count)
+        return outcomes
+
+    def job_action_many(self, action: str, job_ids: list[str], **params: Any) -> Deferred:
+        """The federation's ``job_action_many``, each job counted as ``job_action`` counts one."""
+        d = self._call(action, self._federation.job_action_many(action, job_ids, **params))
+        return d.addCallback(self._acted_many, action, job_ids)
+
+    def _acted_many(self, outcomes: list, action: str, job_ids: list[str]) -> list:
+        for job_id, outcome in zip(job_ids, outcomes):
+            if isinstance(outcome, AllQError):
+                self._recorder.count_error(action, outcome.code)
+            else:
+                self._acted(outcome, action, job_id)
+        return outcomes
 
     def get(self, tube: str, *, count: int = 1, delete: bool = False,
             wait: float = 0) -> Deferred:

@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Mapping
 from typing import Any, Protocol
 
 from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -129,7 +129,12 @@ class Federation(Protocol):
     async def get(self, tube: str, *, count: int = 1, delete: bool = False,
                   wait: float = 0) -> list[dict]: ...
 
+    async def put_many(self, jobs: list[dict]) -> list[str | AllQError]: ...
+
     async def job_action(self, action: str, job_id: str, **params: Any) -> dict: ...
+
+    async def job_action_many(self, action: str, job_ids: list[str],
+                              **params: Any) -> list[dict | AllQError]: ...
 
     async def kick_tube(self, tube: str, count: int = 1) -> list[str]: ...
 
@@ -517,11 +522,6 @@ def _batch_items(obj: Mapping) -> list[dict]:
     return batch
 
 
-def _gather(calls: list[Deferred]) -> Deferred:
-    """Each call's outcome, in order, as ``(succeeded, result or Failure)``."""
-    return DeferredList(calls, consumeErrors=True)
-
-
 def _put_reply(job_id: str, request: IRequest) -> bytes:
     return json_response(request, {"action": "put", "job_id": job_id})
 
@@ -538,25 +538,24 @@ def _jobs_reply(jobs: list, request: IRequest) -> bytes:
     return json_response(request, {"jobs": [rest_job(job) for job in jobs]})
 
 
-def _batch_reply(outcomes: list[tuple[bool, Any]], request: IRequest, action: str) -> bytes:
+def _batch_reply(outcomes: list, request: IRequest, action: str) -> bytes:
     """200 with every job id when each job succeeded; otherwise the first failure's
     status and error, with ``job_ids`` (``null`` where that job failed) and an
-    ``errors`` entry per failed job, so a caller knows exactly what was done."""
+    ``errors`` entry per failed job, so a caller knows exactly what was done.
+
+    :param outcomes: per job, its id (a put), the server's result (an action) or
+        the :class:`AllQError` it failed with.
+    """
     job_ids: list[str | None] = []
     errors: list[dict] = []
     first: AllQError | None = None
-    for index, (succeeded, value) in enumerate(outcomes):
-        if succeeded:
-            job_ids.append(value if isinstance(value, str) else value["job_id"])
+    for index, outcome in enumerate(outcomes):
+        if not isinstance(outcome, AllQError):
+            job_ids.append(outcome if isinstance(outcome, str) else outcome["job_id"])
             continue
         job_ids.append(None)
-        if value.check(AllQError):
-            error = value.value
-        else:
-            _log.failure("unhandled error in a batch {action}", value, action=action)
-            error = InternalError("internal error (logged)")
-        first = first or error
-        errors.append({"index": index, **error_body(error)})
+        first = first or outcome
+        errors.append({"index": index, **error_body(outcome)})
     if first is None:
         return json_response(request, {"action": action, "job_ids": job_ids})
     return json_response(request, {**error_body(first), "action": action,
@@ -625,12 +624,9 @@ class RestApi:
     def put_jobs(self, request: IRequest) -> Deferred:
         """Put a batch of jobs (``{"jobs": [NewJob, ...]}``, top-level fields being
         defaults for each) → ``{"action": "put", "job_ids": [...]}`` in order."""
-        batch = [_new_job(obj) for obj in _batch_items(read_json(request, self._max_body))]
-        calls = []
-        for args in batch:
-            tube, body = args.pop("tube"), args.pop("body")
-            calls.append(self._bounded(self._federation.put(tube, body, **args)))
-        return _gather(calls).addCallback(_batch_reply, request, "put")
+        batch = _batch_items(read_json(request, self._max_body))
+        d = self._bounded(self._federation.put_many(batch))
+        return d.addCallback(_batch_reply, request, "put")
 
     @app.route("/job", methods=["GET"])
     def get_job(self, request: IRequest) -> Deferred:
@@ -671,9 +667,8 @@ class RestApi:
             raise BadRequest(f"job_ids must be a list of 1 to {MAX_COUNT} job ids")
         for index, job_id in enumerate(job_ids):
             check_job_id(job_id, f"job_ids[{index}]")
-        calls = [self._bounded(self._federation.job_action("delete", job_id))
-                 for job_id in job_ids]
-        return _gather(calls).addCallback(_batch_reply, request, "delete")
+        d = self._bounded(self._federation.job_action_many("delete", job_ids))
+        return d.addCallback(_batch_reply, request, "delete")
 
     @app.route("/touch", methods=["PUT"])
     async def touch_job(self, request: IRequest) -> bytes:
