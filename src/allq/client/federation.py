@@ -47,11 +47,11 @@ import math
 import random
 import uuid
 from collections import deque
-from itertools import repeat
+from itertools import count, repeat
 from collections.abc import Callable, Iterable
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -68,13 +68,23 @@ POLL_MAX = 0.5
 MAX_WAIT = 60.0
 
 
+#: Idempotency keys: a random prefix per client process, then a counter. Unique
+#: across processes and restarts, and far cheaper per put than a uuid4.
+_KEY_PREFIX = uuid.uuid4().hex[:20] + "."
+_key_numbers = count()
+
+
+def _idempotency_key() -> str:
+    return _KEY_PREFIX + str(next(_key_numbers))
+
+
 def _put_params(tube: str, body: str, *, priority=None, ttl=None, delay=0,
                 expired_limit=None, run_at=None, shard_key=None, parent_id=None) -> dict:
     """A put request's parameters, with a fresh idempotency key."""
     return {
         "tube": tube, "body": body, "priority": priority, "ttl": ttl, "delay": delay,
         "expired_limit": expired_limit, "run_at": run_at, "shard_key": shard_key,
-        "parent_id": parent_id, "idempotency_key": uuid.uuid4().hex,
+        "parent_id": parent_id, "idempotency_key": _idempotency_key(),
     }
 
 
@@ -255,9 +265,6 @@ class Federation(MultiService):
         batch = [_put_params(**job) for job in jobs]
         for params in batch:
             check_tube(params["tube"])
-        key = uuid.uuid4().hex
-        for index, params in enumerate(batch):
-            params["idempotency_key"] = f"{key}.{index}"
         outcomes: list[str | AllQError | None] = [None] * len(batch)
         # (index, the server that may hold it, servers that refused it)
         later: list[tuple[int, ServerLink | None, dict]] = [
@@ -317,7 +324,7 @@ class Federation(MultiService):
             "tube": tube, "body": body, "priority": priority, "ttl": ttl,
             "expired_limit": expired_limit, "shard_key": shard_key, "parent_id": parent_id,
             "timeout": timeout, "run_on_timeout": run_on_timeout, "limit": limit,
-            "idempotency_key": uuid.uuid4().hex,
+            "idempotency_key": _idempotency_key(),
         })
 
     def _stored(self, action: str, tube: str, job_id: str, link: ServerLink) -> str:
@@ -555,14 +562,24 @@ class Federation(MultiService):
 
     # -- job operations --------------------------------------------------------
 
-    async def job_action(self, action: str, job_id: str, **params) -> dict:
+    def job_action(self, action: str, job_id: str, **params) -> Deferred:
         """Apply ``done``/``delete``/``touch``/``release``/``bury``/``kick`` or
-        ``set_children_started`` to a job on the server its id names."""
-        link = self._link_for_job(job_id)
-        result = await link.request(action, {"job_id": job_id, **params})
+        ``set_children_started`` to a job on the server its id names.
+
+        A plain Deferred (no coroutine): it runs on every job a worker finishes.
+        """
+        try:
+            link = self._link_for_job(job_id)
+        except AllQError:
+            return fail()
+        d = link.request(action, {"job_id": job_id, **params})
         if self.log_jobs:
-            self._log.info("{action} job {job_id} on {server}", action=action, job_id=job_id,
-                           server=link.address)
+            d.addCallback(self._acted, action, job_id, link)
+        return d
+
+    def _acted(self, result: dict, action: str, job_id: str, link: ServerLink) -> dict:
+        self._log.info("{action} job {job_id} on {server}", action=action, job_id=job_id,
+                       server=link.address)
         return result
 
     async def job_action_many(self, action: str, job_ids: list[str],

@@ -44,7 +44,7 @@ class SiteRoot(Resource):
 
 class OneWriteHTTPChannel(HTTPChannel):
     """An HTTP/1.1 channel that hands a response's status line and headers to the
-    transport as one string.
+    transport as one string, and asks the transport for its addresses once.
 
     twisted.web passes them as some 25 small pieces to ``writeSequence``, which
     type-checks each: several percent of a small JSON answer's CPU. The site uses
@@ -52,6 +52,22 @@ class OneWriteHTTPChannel(HTTPChannel):
     which only matters behind TLS with ALPN (the client serves plain HTTP on
     localhost).
     """
+
+    _host = None
+    _peer = None
+
+    # Every Request asks for both addresses; a TCP transport answers each with a
+    # system call. They cannot change while the connection lives.
+
+    def getHost(self):
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
+
+    def getPeer(self):
+        if self._peer is None:
+            self._peer = super().getPeer()
+        return self._peer
 
     def writeHeaders(self, version, code, reason, headers) -> None:
         if not isinstance(headers, Headers):
