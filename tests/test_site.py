@@ -73,3 +73,76 @@ class OneWriteChannelTests(SynchronousTestCase):
         value = serve(OneWriteHTTPChannel, REQUEST * 3).value()
         self.assertEqual(value.count(b"HTTP/1.1 200 OK\r\n"), 3)
         self.assertEqual(value.count(b'{"hello":1}'), 3)
+
+
+# -- the client's request class ------------------------------------------------------
+
+from twisted.internet.error import ConnectionDone  # noqa: E402
+from twisted.python.failure import Failure  # noqa: E402
+from twisted.web.server import NOT_DONE_YET  # noqa: E402
+from twisted.web.test.requesthelper import DummyRequest  # noqa: E402
+
+from allq.client.graceful import InFlight  # noqa: E402
+from allq.client.http_request import when_done  # noqa: E402
+
+
+class Later(Resource):
+    """Answers nothing until the test says so; records end hooks."""
+
+    isLeaf = True
+
+    def __init__(self):
+        super().__init__()
+        self.requests = []
+        self.ends = []
+
+    def render(self, request):
+        self.requests.append(request)
+        when_done(request, self.ends.append)
+        return NOT_DONE_YET
+
+
+class ClientRequestTests(SynchronousTestCase):
+    def setUp(self):
+        self.in_flight = InFlight()
+        self.resource = Later()
+        site = build_site(self.resource, None, None)
+        site.requestFactory = self.in_flight.request_factory()
+        self.channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 9))
+        self.transport = StringTransport()
+        self.channel.makeConnection(self.transport)
+
+    def test_counted_while_in_flight_and_hooks_see_completion(self):
+        self.channel.dataReceived(REQUEST)
+        self.assertEqual(self.in_flight.count, 1)
+        [request] = self.resource.requests
+        request.write(b"{}")
+        request.finish()
+        self.assertEqual((self.in_flight.count, self.resource.ends), (0, [True]))
+
+    def test_a_lost_client_ends_the_request_once(self):
+        self.channel.dataReceived(REQUEST)
+        self.channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual((self.in_flight.count, self.resource.ends), (0, [False]))
+
+    def test_a_request_lost_before_processing_is_not_counted(self):
+        self.channel.dataReceived(b"POST /job HTTP/1.1\r\nContent-Length: 10\r\n\r\n{")
+        self.channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual((self.in_flight.count, self.resource.requests), (0, []))
+
+    def test_no_form_parsing(self):
+        self.channel.dataReceived(
+            b"POST /x HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: 3\r\n\r\na=1")
+        [request] = self.resource.requests
+        self.assertEqual(request.args, {})
+
+    def test_when_done_falls_back_to_notify_finish(self):
+        ends = []
+        request = DummyRequest([b""])
+        when_done(request, ends.append)
+        request.finish()
+        other = DummyRequest([b""])
+        when_done(other, ends.append)
+        other.processingFailed(Failure(ConnectionDone()))
+        self.assertEqual(ends, [True, False])

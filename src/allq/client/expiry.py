@@ -49,6 +49,8 @@ class Expiry:
         The failure replaces the ``CancelledError`` of the cancellation, so later
         callbacks see only ``error()``. Returns ``d``.
         """
+        if d.called and not d.paused:  # answered already: nothing to watch
+            return d
         tick = math.ceil((self._clock.seconds() + seconds) / self._resolution)
         bucket = self._buckets.get(tick)
         if bucket is None:

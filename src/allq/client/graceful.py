@@ -11,7 +11,8 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.web.server import Request
+
+from allq.client.http_request import ClientRequest, request_class
 
 DEFAULT_GRACE = 10.0
 _POLL = 0.05
@@ -23,27 +24,14 @@ class InFlight:
     def __init__(self) -> None:
         self.count = 0
 
-    def request_factory(self):
-        """A ``Site.requestFactory`` whose requests are counted here.
+    def request_factory(self) -> type[ClientRequest]:
+        """A ``Site.requestFactory`` whose requests are counted here."""
+        return request_class(self)
 
-        The API takes JSON, never HTML form posts, so twisted.web's per-POST form
-        parsing is skipped too (an email-package parse, ~5% of a call's CPU).
-        """
-        tracker = self
+    def started(self) -> None:
+        self.count += 1
 
-        class CountedRequest(Request):
-            def __init__(self, *args, **kwargs):
-                kwargs["parsePOSTFormSubmission"] = False
-                super().__init__(*args, **kwargs)
-
-            def process(self):
-                tracker.count += 1
-                self.notifyFinish().addBoth(tracker._finished)
-                return super().process()
-
-        return CountedRequest
-
-    def _finished(self, _) -> None:
+    def ended(self) -> None:
         self.count -= 1
 
     async def idle(self, clock: IReactorTime, grace: float) -> None:

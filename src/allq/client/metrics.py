@@ -47,6 +47,7 @@ from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import HTTPException
 
 from allq import __version__
+from allq.client.http_request import when_done
 from allq.client.rest import json_response
 from allq.errors import AllQError
 from allq.stats_metrics import stats_families
@@ -427,15 +428,12 @@ class TimedResource(Resource):
         method = method if method in _METHODS else "other"
         route = self._routes.name(method, request.path)
 
-        def finished(result: object) -> None:
-            if isinstance(result, Failure):
-                status = "aborted"
-            else:
-                status = f"{int(request.code) // 100}xx"
+        def finished(completed: bool) -> None:
+            status = f"{int(request.code) // 100}xx" if completed else "aborted"
             self._metrics.observe_request(method, route, status,
                                           self._clock.seconds() - started)
 
-        request.notifyFinish().addBoth(finished)
+        when_done(request, finished)
         return self._inner.render(request)
 
 

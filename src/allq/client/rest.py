@@ -50,8 +50,10 @@ from werkzeug.routing import RequestRedirect
 
 from allq.client import openapi
 from allq.client.expiry import Expiry
+from allq.client.http_request import when_done
 from allq.core.queue import CLEAR_STATES, MAX_COUNT, check_priority, check_seconds, check_tube
 from allq.errors import AllQError, BadRequest, Timeout, TooLarge
+from allq.wire.messages import dumps
 
 SECONDS = 1.0
 KIB = 1024
@@ -177,7 +179,7 @@ def json_response(request: IRequest, obj: object, code: int = 200) -> bytes:
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"application/json")
     try:
-        data = _compact(obj).encode("utf-8")
+        data = dumps(obj)
     except UnicodeEncodeError:
         # A lone surrogate (from a "\ud800" escape) has no UTF-8 form; JSON's
         # \u escapes can still carry it.
@@ -186,8 +188,6 @@ def json_response(request: IRequest, obj: object, code: int = 200) -> bytes:
     request.setHeader(b"content-length", b"%d" % len(data))
     return data
 
-
-_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def read_body(request: IRequest, max_size: int) -> bytes:
@@ -987,12 +987,13 @@ class _Answer:
         self._request = request
         self._call = call
         self._gone = False
-        request.notifyFinish().addErrback(self._lost)
-        call.addCallbacks(self._write, self._failed).addErrback(self._broken)
+        when_done(request, self._ended)
+        call.addCallbacks(self._write, self._failed)
 
-    def _lost(self, _reason: Failure) -> None:
-        self._gone = True
-        self._call.cancel()
+    def _ended(self, completed: bool) -> None:
+        if not completed:
+            self._gone = True
+            self._call.cancel()
 
     def _failed(self, failure: Failure) -> None:
         if not self._gone:
@@ -1005,9 +1006,6 @@ class _Answer:
         if not self._gone:
             self._request.write(data)
             self._request.finish()
-
-    def _broken(self, failure: Failure) -> None:
-        _log.failure("could not answer {path}", failure, path=_path(self._request))
 
 
 def _drop_implicit_head(app: Klein) -> None:
