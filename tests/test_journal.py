@@ -20,6 +20,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.python import usage
 
+from allq.core.idempotency import DEFAULT_WINDOW, IdempotencyKeys
 from allq.core.job import Job, JobState, ParentInfo
 from allq.core.queue import Queue
 from allq.errors import AllQError, BadRequest
@@ -34,7 +35,7 @@ from allq.server.journal import (
     unframe,
 )
 from allq.server.protocol import ServerFactory
-from allq.server.recovery import DataDirError, recover, restore_queue
+from allq.server.recovery import DataDirError, recover, restore_keys, restore_queue
 from allq.server.tap import Options, makeService
 from allq.wire.crypto import Authenticator
 from allq.wire.keys import generate_keys
@@ -65,7 +66,9 @@ class Server:
         self.queue = Queue(first_id=self.recovered.max_id + 1, started=self.clock.seconds(),
                            on_change=self.journal.on_change)
         self.restored = restore_queue(self.queue, self.recovered, self.clock.seconds())
-        self.journal.attach(self.queue)
+        self.keys = IdempotencyKeys()
+        restore_keys(self.keys, self.recovered, self.clock.seconds())
+        self.journal.attach(self.queue, self.keys)
         self.journal.startService()
 
     @property
@@ -437,6 +440,35 @@ def test_a_data_directory_is_used_by_one_server_at_a_time(server):
 
 
 # -- compaction ----------------------------------------------------------------------------
+
+
+def test_idempotency_keys_survive_a_restart_and_a_crash(server, tmp_path):
+    """A put's key outlives the server: a retry after a restart finds its job."""
+    job = server.queue.put("t", "once", now=server.now)
+    server.keys.remember("retry-me", job.id, server.now)
+    crashed = server.crash_copy(tmp_path / "crashed")
+    assert crashed.keys.lookup("retry-me", crashed.now) == job.id
+    crashed.journal.close()
+    restarted = server.restart()
+    assert restarted.keys.lookup("retry-me", restarted.now) == job.id
+    restarted.journal.close()
+
+
+def test_idempotency_keys_survive_compaction_and_expire(server):
+    """Snapshots carry the live keys; a key past its window is not put back."""
+    q = server.queue
+    old = q.put("t", "old", now=server.now)
+    server.keys.remember("old", old.id, server.now)
+    server.advance(DEFAULT_WINDOW - 10)
+    new = q.put("t", "new", now=server.now)
+    server.keys.remember("new", new.id, server.now)
+    assert drain_compaction(server.clock, server.journal.compact()) is True
+    server.advance(20)  # "old" has expired, "new" has not
+    restarted = server.restart()
+    assert restarted.keys.lookup("new", restarted.now) == new.id
+    assert restarted.keys.lookup("old", restarted.now) is None
+    assert len(restarted.keys) == 1
+    restarted.journal.close()
 
 
 def test_compaction_replaces_the_journal_by_a_snapshot(server):

@@ -304,3 +304,28 @@ async def test_compaction_on_the_real_reactor_installs_the_snapshot_from_a_threa
     restored = Queue()
     assert restore_queue(restored, again, r.seconds()).ready == 3000 + puts_during
     os.close(again.lock_fd)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_put_retried_after_sigkill_and_restart_is_not_stored_twice(
+        daemons, keys, tmp_path):
+    """The idempotency key of an acknowledged put is journaled with the job, so the
+    client's retry (same key) after the server was killed and restarted gets the
+    first job's id back and stores nothing new."""
+    data = tmp_path / "data"
+    server = start(daemons, keys, data, "always")
+    connection = await open_connection(server, keys.client)
+    params = {"tube": "t", "body": "once", "idempotency_key": "client.42"}
+    first = await connection.request("put", params)
+    server.daemon.process.send_signal(signal.SIGKILL)
+    await connection.lost.addTimeout(TIMEOUT, reactor())
+    assert server.daemon.process.wait(TIMEOUT) == -signal.SIGKILL
+    again = start(daemons, keys, data, "always", port=server.port)
+    connection = await open_connection(again, keys.client)
+    try:
+        retried = await connection.request("put", params)
+        jobs = await take_all(connection, "t")
+    finally:
+        await close(connection)
+    assert retried["job_id"] == first["job_id"]
+    assert [job["body"] for job in jobs] == ["once"]

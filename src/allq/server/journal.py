@@ -28,6 +28,7 @@ mismatch or undecodable JSON marks the end of the good prefix. Records::
     ["d", id]                                               a job is gone
     ["t", tube, throttle, paused, draining, fair_setting, max_size]  tube settings
     ["S", draining]                                         the server's drain flag
+    ["k", key, id, expires]                                 a put's idempotency key
     ["snapshot", 1, G, next_id, created]                    first line of snapshot G
     ["end", records]                                        last line of a snapshot
 
@@ -310,6 +311,7 @@ class Journal(Service):
         self._run_blocking = run_blocking
         self._on_failure = on_failure
         self._queue = None
+        self._keys = None
         self._fd: int | None = None
         self._buffer: list[bytes] = []
         self._journal_bytes = 0
@@ -327,9 +329,19 @@ class Journal(Service):
         self.writes = 0
         self.compactions = 0
 
-    def attach(self, queue) -> None:
-        """Follow ``queue``: it gives parents' counters and the jobs for snapshots."""
+    def attach(self, queue, keys=None) -> None:
+        """Follow ``queue``: it gives parents' counters and the jobs for snapshots;
+        and ``keys`` (:class:`IdempotencyKeys`), whose new keys are journaled."""
         self._queue = queue
+        self._keys = keys
+        if keys is not None:
+            keys.on_remember = self.on_key
+
+    def on_key(self, key: str, job_id: int, expires: float) -> None:
+        """A put's idempotency key was remembered: buffer its record. It follows
+        the job's own record in the same commit, so a retry after a restart finds
+        the job instead of storing a duplicate."""
+        self._buffer.append(frame(["k", key, job_id, expires]))
 
     # -- the core's hook ----------------------------------------------------------------
 
@@ -658,6 +670,10 @@ class _Compaction:
         lines = [frame(tube_record(queue.tube(name))) for name in queue.tube_names()
                  if has_settings(queue.tube(name))]
         lines.append(frame(["S", bool(queue.draining)]))
+        keys = self._journal._keys
+        if keys is not None:
+            lines += [frame(["k", key, job_id, expires])
+                      for key, job_id, expires in keys.entries()]
         self._write(lines, records=len(lines))
         self._write([frame(["end", self._records])], records=0)
         self._jobs = []

@@ -62,6 +62,7 @@ class Recovered:
     :ivar jobs: each live job's ``j`` record (its latest state), in put order.
     :ivar tubes: each tube's latest ``t`` record.
     :ivar draining: the server's drain flag.
+    :ivar keys: each idempotency key's latest ``k`` record.
     :ivar max_id: the largest job id ever recorded (ids above it are new).
     :ivar generation: the journal generation to go on appending to.
     :ivar snapshot_bytes: size of the snapshot loaded (0: none).
@@ -75,6 +76,7 @@ class Recovered:
     jobs: dict[int, list] = attrs.Factory(dict)
     tubes: dict[str, list] = attrs.Factory(dict)
     draining: bool = False
+    keys: dict[str, list] = attrs.Factory(dict)
     max_id: int = 0
     generation: int = 1
     snapshot_generation: int | None = None
@@ -295,9 +297,27 @@ def _apply(state: Recovered, record: list) -> bool:
         state.tubes[record[1]] = record
     elif kind == "S" and size == 2:
         state.draining = bool(record[1])
+    elif kind == "k" and size == 4 and isinstance(record[1], str):
+        state.keys[record[1]] = record
     else:
         return False
     return True
+
+
+def restore_keys(keys, recovered: Recovered, now: float) -> int:
+    """Put the recovered idempotency keys that have not expired back into ``keys``
+    (:class:`IdempotencyKeys`), oldest first; how many were still valid."""
+    restored = 0
+    for _, key, job_id, expires in sorted(recovered.keys.values(), key=_expiry):
+        if isinstance(job_id, int) and isinstance(expires, int | float) and expires > now:
+            keys.restore(key, job_id, expires, now)
+            restored += 1
+    return restored
+
+
+def _expiry(record: list) -> float:
+    expires = record[3]
+    return expires if isinstance(expires, int | float) else 0.0
 
 
 def restore_queue(queue, recovered: Recovered, now: float) -> Restored:

@@ -22,7 +22,7 @@ from twisted.python import usage
 
 from allq import __version__
 from allq.config import positive_float, positive_int, resolve
-from allq.listening import listening_service
+from allq.core.idempotency import IdempotencyKeys
 from allq.core.queue import (
     DEFAULT_EXPIRED_LIMIT,
     DEFAULT_FAIR_PREFIX,
@@ -31,11 +31,12 @@ from allq.core.queue import (
     Queue,
     QueueConfig,
 )
+from allq.listening import listening_service
 from allq.server.dispatch import Dispatcher
 from allq.server.journal import DEFAULT_FSYNC, FsyncPolicy, Journal
 from allq.server.metrics import ServerMetrics, metrics_site
 from allq.server.protocol import ServerFactory
-from allq.server.recovery import DataDirError, recover, restore_queue
+from allq.server.recovery import DataDirError, recover, restore_keys, restore_queue
 from allq.server.timer import DeadlineTimer
 from allq.wire.crypto import Authenticator
 from allq.wire.keys import KeyConfigError, MissingKeys, load_server_keys, suggested_setup_text
@@ -190,13 +191,15 @@ def makeService(config: Options, reactor=None) -> MultiService:
         started=now,
         on_change=None if journal is None else journal.on_change,
     )
+    idempotency = IdempotencyKeys()
     if journal is not None:
-        _restore(queue, journal, recovered, config["data-dir"], now, reactor)
+        _restore(queue, idempotency, journal, recovered, config["data-dir"], now, reactor)
     server_id = [config["server-id"]]
     timer = DeadlineTimer(queue, reactor)
     factory = ServerFactory(
         authenticator=Authenticator(keys),
-        dispatcher=Dispatcher(queue, reactor, lambda: server_id[0], log_jobs=config["log-jobs"]),
+        dispatcher=Dispatcher(queue, reactor, lambda: server_id[0], idempotency,
+                              log_jobs=config["log-jobs"]),
         clock=reactor,
         server_id=lambda: server_id[0],
         max_job_size=config["max-job-size"],
@@ -264,10 +267,11 @@ def _open_data_dir(config: Options, reactor, now: float):
     return journal, recovered
 
 
-def _restore(queue: Queue, journal: Journal, recovered, directory: str, now: float,
-             reactor) -> None:
+def _restore(queue: Queue, idempotency: IdempotencyKeys, journal: Journal, recovered,
+             directory: str, now: float, reactor) -> None:
     restored = restore_queue(queue, recovered, now)
-    journal.attach(queue)
+    restore_keys(idempotency, recovered, now)
+    journal.attach(queue, idempotency)
     for note in recovered.damaged:
         _log.warn("data directory damaged: {note}", note=note)
     if restored.invalid:
