@@ -525,12 +525,25 @@ def machine_busy_seconds() -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc)."""
+    """User + system CPU seconds so far of a process and of its child processes
+    (an ``allq-client --workers N`` is one process tree; Linux /proc)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total = _own_cpu_ticks(Path(f"/proc/{pid}/stat").read_text())
     except (OSError, IndexError, ValueError):
         return float("nan")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            if int(text.rpartition(")")[2].split()[1]) == pid:
+                total += _own_cpu_ticks(text)
+        except (OSError, IndexError, ValueError):
+            continue  # it exited meanwhile
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_ticks(stat: str) -> int:
+    fields = stat.rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])
 
 
 def raise_child_errors(result_q) -> None:

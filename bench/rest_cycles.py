@@ -979,7 +979,9 @@ def report(args, runs: dict, longpolls: list[dict], facts: dict) -> str:
         out.append("warnings:")
         out.extend(problems)
     out.append("")
-    out.append(f"allq-client pid {facts['client_pid']}, allq-server pid {facts['server_pid']}, "
+    options = " ".join(args.client_option) or "(none)"
+    out.append(f"allq-client pid {facts['client_pid']} (extra options: {options}; its CPU "
+               f"includes its worker processes), allq-server pid {facts['server_pid']}, "
                f"beanstalkd {facts['bs_binary']} ({facts['bs_version']}); body "
                f"{BODY_BYTES} bytes")
     return "\n".join(out)

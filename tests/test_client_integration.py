@@ -179,6 +179,73 @@ def test_batches_through_the_daemons(daemons):
     assert len(drain(api, "batch")) == 12
 
 
+def test_workers_share_the_port_and_act_as_one_client(daemons):
+    """--workers 3: three processes answer on one port; jobs, admin changes and
+    metrics are the whole client's; SIGTERM to the primary stops them all."""
+    keys = daemons.generate_keys()
+    servers = daemons.start_servers(1, keys)
+    api = start_client(daemons, keys, servers, "--workers", "3")
+    pids = set()
+    deadline = time.monotonic() + 20
+    while len(pids) < 3:  # each call is a new connection: the kernel spreads them
+        assert time.monotonic() < deadline, f"only these processes answered: {pids}"
+        status, health = api.call("GET", "/health")
+        if status == 200:
+            pids.add(health["pid"])
+    job_ids = [api.put("spread", f"job {i}") for i in range(30)]
+    assert len(drain(api, "spread")) == 30
+
+    def metric(text: str, name: str) -> float:
+        match = re.search(re.escape(name) + r" ([0-9.e+]+)", text)
+        return float(match.group(1)) if match else 0.0
+
+    name = 'allq_client_jobs_total{action="put",tube="spread"}'
+    deadline = time.monotonic() + 10
+    while True:  # workers report every second; any process answers with the totals
+        text = urllib.request.urlopen(api.base + "/metrics", timeout=10).read().decode()
+        if metric(text, name) == len(job_ids):
+            break
+        assert time.monotonic() < deadline, metric(text, name)
+        time.sleep(0.2)
+
+    status, _ = api.call("POST", "/add_server", {"server_url": f"{LOCALHOST}:9"})
+    assert status == 200
+    seen: dict[int, int] = {}
+    deadline = time.monotonic() + 10
+    while len(seen) < 3 or set(seen.values()) != {2}:  # every process knows both servers
+        assert time.monotonic() < deadline, seen
+        health = api.call("GET", "/health")[1]
+        seen[health["pid"]] = health["total"]
+
+    workers = pids - {health_pid for health_pid in pids if _is_twistd(health_pid)}
+    assert len(workers) == 2
+    [client] = [d for d in daemons.started if d.name == "client"]
+    client.terminate()
+    assert client.wait(30) in (0, 143, -signal.SIGTERM)
+    for pid in workers:
+        deadline = time.monotonic() + 10
+        while _alive(pid):
+            assert time.monotonic() < deadline, f"worker {pid} outlived the primary"
+            time.sleep(0.1)
+
+
+def _is_twistd(pid: int) -> bool:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return b"twistd" in f.read()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
 def test_client_serves_before_any_server_is_up(daemons):
     """With no server reachable the client still serves: 503s, then real answers
     once a server starts."""

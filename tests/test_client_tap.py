@@ -52,11 +52,22 @@ def test_environment_fallbacks_and_flags_win():
     (["--request-timeout", "soon"], {}, "--request-timeout"),
     (["--max-body", "10"], {}, "--max-body"),
     ([], {"HTTP_SERVER_PORT": "http"}, "--http"),
+    (["--workers", "0"], {}, "--workers"),
+    (["--workers", "two"], {}, "--workers"),
+    (["--workers", "2", "--http", "unix:/tmp/allq.sock"], {}, "--workers 2 needs a tcp"),
+    ([], {"ALLQ_WORKERS": "-3"}, "--workers"),
 ])
 def test_bad_values_name_the_option(args, env, named):
     """A bad value stops start-up with a message naming the option."""
     with pytest.raises(usage.UsageError, match=named):
         parse(args, env)
+
+
+def test_workers_option():
+    """One process by default; --workers or ALLQ_WORKERS asks for more."""
+    assert parse()["workers"] == 1
+    assert parse(["--workers", "4"])["workers"] == 4
+    assert parse(environ={"ALLQ_WORKERS": "3"})["workers"] == 3
 
 
 def test_make_service_listens_on_the_configured_port(tmp_path):

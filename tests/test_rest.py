@@ -1,6 +1,7 @@
 """The REST facade (allq.client.rest) through StubTreq against the in-memory federation."""
 
 import json
+import os
 from io import BytesIO
 from urllib.parse import quote
 
@@ -871,11 +872,12 @@ class AdminTests(RestTestCase):
         self.assertEqual([n.split(",")[1] for n in names], [ADDRESS, "127.0.0.1:7712"])
 
     def test_health_up(self):
-        """/health answers 200 with the federation's report when a server is up."""
+        """/health answers 200 with the federation's report when a server is up, and
+        the pid of the process that answered."""
         self.assertEqual(self.ok("GET", "/health"), {
             "servers": [{"address": ADDRESS, "server_id": self.fake.server().server_id,
                          "up": True, "draining": False}],
-            "up": 1, "total": 1})
+            "up": 1, "total": 1, "pid": os.getpid()})
 
     def test_health_down(self):
         """/health answers 503 with the same body when no server is up."""

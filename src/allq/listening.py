@@ -40,7 +40,14 @@ def listening_service(
     Start-up fails loudly (twistd exits non-zero) when the port cannot be bound,
     as twistd's own ``strports`` services do.
     """
-    endpoint = _ReportingEndpoint(serverFromString(reactor, description), on_listening)
-    service = StreamServerEndpointService(endpoint, factory)
+    return endpoint_service(serverFromString(reactor, description), factory, on_listening)
+
+
+def endpoint_service(
+    endpoint: IStreamServerEndpoint, factory: Factory,
+    on_listening: Callable[[IListeningPort], None],
+) -> StreamServerEndpointService:
+    """:func:`listening_service` for an endpoint object rather than a description."""
+    service = StreamServerEndpointService(_ReportingEndpoint(endpoint, on_listening), factory)
     service._raiseSynchronously = True
     return service

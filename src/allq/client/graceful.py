@@ -60,17 +60,28 @@ class GracefulClient(MultiService):
         self._end_long_polls = end_long_polls
         self._clock = clock
         self._grace = grace
+        self._workers: IService | None = None
 
     def set_http(self, http: IService) -> None:
         """Name the HTTP service (already a child) to stop first."""
         self._http = http
 
+    def set_workers(self, workers: IService) -> None:
+        """Name the worker processes' service (already a child): they are told to
+        stop as HTTP stops here, and the links close only once they are gone."""
+        self._workers = workers
+
     def stopService(self) -> Deferred:
         d = maybeDeferred(self._http.disownServiceParent)  # stops listening
+        workers_gone = None
+        if self._workers is not None:
+            workers_gone = maybeDeferred(self._workers.disownServiceParent)
         d.addCallback(lambda _: self._end_long_polls())
         d.addCallback(lambda _: Deferred.fromCoroutine(
             self._in_flight.idle(self._clock, self._grace)))
         d.addCallback(self._report)
+        if workers_gone is not None:
+            d.addCallback(lambda _: workers_gone)
         d.addCallback(lambda _: super(GracefulClient, self).stopService())
         return d
 

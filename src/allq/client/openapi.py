@@ -325,6 +325,8 @@ def _schemas(job_id_pattern: str, max_run_at: int, fair_settings: tuple[str, ...
                                    "draining": {"type": "boolean"}}}},
                 "up": {"type": "integer"},
                 "total": {"type": "integer"},
+                "pid": {"type": "integer", "description": "the client process that answered "
+                        "(one of several with --workers)"},
             },
         },
         "ServerUrl": {

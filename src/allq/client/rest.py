@@ -33,6 +33,7 @@ request that never answers. No queue logic and no server knowledge lives here.
 
 import json
 import math
+import os
 import re
 from collections.abc import Awaitable, Mapping
 from typing import Any, Protocol
@@ -816,8 +817,9 @@ class RestApi:
 
     @app.route("/health", methods=["GET"])
     def health(self, request: IRequest) -> bytes:
-        """The federation's view of its servers: 200 when one is up, else 503."""
-        report = self._federation.health()
+        """The federation's view of its servers: 200 when one is up, else 503; ``pid``
+        names the client process that answered (one of several with ``--workers``)."""
+        report = {**self._federation.health(), "pid": os.getpid()}
         return json_response(request, report, 200 if report["up"] > 0 else 503)
 
     @app.route("/update_servers", methods=["PUT"])

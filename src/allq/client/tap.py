@@ -8,7 +8,7 @@ serving even when no server is reachable yet (the API answers 503 until one is).
 
 import os
 
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
@@ -22,7 +22,16 @@ from allq.client.link import ServerLink, parse_address
 from allq.client.metrics import ClientMetrics, InstrumentedFederation, StatsRefresher
 from allq.client.rest import DEFAULT_MAX_BODY, RestApi
 from allq.client.site import build_site
-from allq.listening import listening_service
+from allq.client.workers import (
+    ReusePortEndpoint,
+    SharedAdmin,
+    WorkerMetrics,
+    WorkerPool,
+    parse_tcp,
+    worker_command,
+    worker_control,
+)
+from allq.listening import endpoint_service, listening_service
 from allq.config import positive_float, positive_int, resolve
 from allq.errors import BadRequest
 from allq.wire.keys import KeyConfigError, MissingKeys, load_client_keys
@@ -62,6 +71,9 @@ class Options(usage.Options):
         ["max-body", None, None,
          f"largest HTTP request body in bytes [default: {DEFAULT_MAX_BODY}; "
          "env SIZE_LIMIT]"],
+        ["workers", None, None,
+         "client processes serving the HTTP port together (SO_REUSEPORT; needs a tcp: "
+         "--http endpoint) [default: 1; env ALLQ_WORKERS]"],
     ]
 
     def postOptions(self) -> None:
@@ -95,14 +107,99 @@ class Options(usage.Options):
         self["max-body"] = positive_int(
             "max-body", resolve(self, "max-body", env, "SIZE_LIMIT") or DEFAULT_MAX_BODY,
             minimum=1024)
+        self["workers"] = positive_int("workers", resolve(self, "workers", env, "ALLQ_WORKERS") or 1)
+        if self["workers"] > 1:
+            try:
+                parse_tcp(self["http"])
+            except ValueError as e:
+                raise usage.UsageError(
+                    f"--workers {self['workers']} needs a tcp:PORT --http endpoint: {e}") from None
 
 
 def makeService(config: Options, reactor=None) -> MultiService:
-    """Assemble the client: federation over the servers, REST facade over HTTP."""
+    """Assemble the client: federation over the servers, REST facade over HTTP,
+    and with ``--workers N`` the N-1 worker processes (:mod:`allq.client.workers`)."""
     if reactor is None:
         from twisted.internet import reactor
+    keys = _client_keys(config)
+    federation = _federation(config, keys, reactor)
+    # Metrics count what the facade asks of the federation, time its requests,
+    # and read server stats from a snapshot refreshed in the background.
+    metrics = ClientMetrics(reactor, health=federation.health)
+    instrumented = InstrumentedFederation(federation, metrics)
+    pool = None
+    bound = [None]  # the port, once listening (workers bind the same one)
+    if config["workers"] > 1:
+        interface, _, backlog = parse_tcp(config["http"])
+        relay = lambda message: pool.relay(message)  # noqa: E731 - the pool comes next
+        admin = SharedAdmin(instrumented, relay)
+        pool = WorkerPool(
+            reactor, config["workers"] - 1,
+            lambda index: worker_command(index, _worker_options(
+                config, federation, interface, bound[0], backlog)),
+            admin, metrics, replay=lambda: _drains(federation))
+        instrumented = admin
+    service, site = _client(config, instrumented, federation, metrics, reactor)
+    StatsRefresher(federation, metrics, reactor).setServiceParent(service)
+
+    def listening(port) -> None:
+        address = port.getHost()
+        bound[0] = address.port
+        _log.info(
+            "allq-client {version} serving REST on {host}:{port} for servers {servers}",
+            version=__version__, host=address.host, port=address.port,
+            servers=",".join(config["servers"]),
+        )
+        if pool is not None:
+            pool.spawn_all()
+
+    if pool is None:
+        http = listening_service(reactor, config["http"], site, listening)
+    else:
+        pool.setServiceParent(service)
+        service.set_workers(pool)
+        http = _reuse_port_service(reactor, config["http"], site, listening)
+    http.setServiceParent(service)
+    service.set_http(http)
+    return service
+
+
+def make_worker_service(config: Options, index: int, reactor) -> MultiService:
+    """One worker process of ``--workers N`` (run by ``python -m allq.client.worker``):
+    a whole client on the shared port, reporting to the primary over stdin/stdout."""
+    keys = _client_keys(config)
+    federation = _federation(config, keys, reactor)
+    channel = [None]
+
+    def send(message: dict) -> None:
+        channel[0].send(message)
+
+    metrics = WorkerMetrics(send, reactor)
+    admin = SharedAdmin(InstrumentedFederation(federation, metrics), send)
+
+    def received(message: dict) -> None:
+        if message.get("op") == "admin":
+            admin.apply(message)
+        elif message.get("op") == "metrics":
+            metrics.answered(message)
+
+    channel[0] = worker_control(reactor, received)
+    service, site = _client(config, admin, federation, metrics, reactor)
+    _Started(metrics.start, metrics.stop).setServiceParent(service)
+
+    def listening(port) -> None:
+        _log.info("worker {index} (pid {pid}) serving REST on port {port}",
+                  index=index, pid=os.getpid(), port=port.getHost().port)
+
+    http = _reuse_port_service(reactor, config["http"], site, listening)
+    http.setServiceParent(service)
+    service.set_http(http)
+    return service
+
+
+def _client_keys(config: Options):
     try:
-        keys = load_client_keys(config["keys"], config.environ)
+        return load_client_keys(config["keys"], config.environ)
     except MissingKeys as e:
         raise SystemExit(
             f"allq-client: refusing to start without keys ({e}).\n"
@@ -112,6 +209,8 @@ def makeService(config: Options, reactor=None) -> MultiService:
     except KeyConfigError as e:
         raise SystemExit(f"allq-client: {e}")
 
+
+def _federation(config: Options, keys, reactor) -> Federation:
     timeout = config["request-timeout"]
     federation = Federation(
         config["servers"],
@@ -120,31 +219,69 @@ def makeService(config: Options, reactor=None) -> MultiService:
         retry_budget=config["retry-budget"],
     )
     federation.log_jobs = config["log-jobs"]
-    # Metrics count what the facade asks of the federation, time its requests,
-    # and read server stats from a snapshot refreshed in the background.
-    metrics = ClientMetrics(reactor, health=federation.health)
-    api = RestApi(InstrumentedFederation(federation, metrics), reactor,
-                  max_body=config["max-body"])
+    return federation
+
+
+def _client(config: Options, federation_api, federation: Federation, metrics,
+            reactor) -> tuple[GracefulClient, Site]:
+    """The service tree and the site every client process has."""
+    api = RestApi(federation_api, reactor, max_body=config["max-body"])
     in_flight = InFlight()
     service = GracefulClient(None, in_flight, federation.end_long_polls, reactor)
     federation.setServiceParent(service)
-    StatsRefresher(federation, metrics, reactor).setServiceParent(service)
     site = build_site(api.resource(), metrics, Dashboard(),
                       site_class=Site if config["access-log"] else QuietSite)
     site.requestFactory = in_flight.request_factory()
+    return service, site
 
-    def listening(port) -> None:
-        address = port.getHost()
-        _log.info(
-            "allq-client {version} serving REST on {host}:{port} for servers {servers}",
-            version=__version__, host=address.host, port=address.port,
-            servers=",".join(config["servers"]),
-        )
 
-    http = listening_service(reactor, config["http"], site, listening)
-    http.setServiceParent(service)
-    service.set_http(http)
-    return service
+def _reuse_port_service(reactor, description: str, site: Site, on_listening):
+    interface, port, backlog = parse_tcp(description)
+    return endpoint_service(ReusePortEndpoint(reactor, interface, port, backlog), site,
+                            on_listening)
+
+
+def _worker_options(config: Options, federation: Federation, interface: str, port: int,
+                    backlog: int) -> list[str]:
+    """A worker's command-line options: this client's, on the port bound, with the
+    servers as they are now (a restarted worker starts from the current set)."""
+    options = [
+        "--http", f"tcp:{port}:interface={interface.replace(':', chr(92) + ':')}"
+                  f":backlog={backlog}",
+        "--servers", ",".join(link.address for link in federation.links()),
+        "--request-timeout", repr(config["request-timeout"]),
+        "--retry-budget", repr(config["retry-budget"]),
+        "--max-body", str(config["max-body"]),
+    ]
+    if config["keys"] is not None:
+        options += ["--keys", config["keys"]]
+    if config["access-log"]:
+        options.append("--access-log")
+    if config["log-jobs"]:
+        options.append("--log-jobs")
+    return options
+
+
+def _drains(federation: Federation) -> list[dict]:
+    """The admin changes a newly started worker needs: this client's server drains."""
+    return [{"op": "admin", "call": "drain_server", "args": [link.address, True]}
+            for link in federation.links() if link.draining]
+
+
+class _Started(Service):
+    """Calls ``start`` when started and ``stop`` when stopped."""
+
+    def __init__(self, start, stop) -> None:
+        self._start = start
+        self._stop = stop
+
+    def startService(self) -> None:
+        super().startService()
+        self._start()
+
+    def stopService(self):
+        super().stopService()
+        self._stop()
 
 
 class QuietSite(Site):
