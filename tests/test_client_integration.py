@@ -121,7 +121,7 @@ def test_federated_worker_loop_survives_a_killed_server(daemons):
     assert max(counts.values()) == 1, "a job was delivered twice"
     survivors = [j for j in acked if not j.startswith(victim.server_id + ",")]
     assert set(survivors) <= set(counts), "an acknowledged job on a surviving server was lost"
-    status, job = api.call("GET", f"/job", tube="work")
+    status, job = api.call("GET", "/job", tube="work")
     assert (status, job) == (200, {})
 
     # The job of a dead server: operations on it fail fast with 503.

@@ -18,7 +18,6 @@ from allq.errors import (
     Draining,
     NotFound,
     QueueFull,
-    Timeout,
     Unavailable,
     WrongState,
     error_for_code,

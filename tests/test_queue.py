@@ -22,41 +22,20 @@ from allq.core.queue import (
     Event,
     GlobalStats,
     Queue,
-    QueueConfig,
     TubeStats,
 )
 from allq.errors import BadRequest, NotFound, TooLarge, WrongState
 
-T0 = 1000.0
-
-
-def make_queue(**config: object) -> Queue:
-    return Queue(QueueConfig(**config), started=T0)
-
-
-def stats(q: Queue, tube: str = "t", now: float = T0) -> TubeStats:
-    (found,) = [s for s in q.tube_stats(now) if s.tube == tube]
-    return found
-
-
-def counts(q: Queue, tube: str = "t") -> dict[str, int]:
-    s = stats(q, tube)
-    return {
-        "ready": s.ready,
-        "reserved": s.reserved,
-        "delayed": s.delayed,
-        "buried": s.buried,
-    }
-
-
-def zero_counts(**overrides: int) -> dict[str, int]:
-    return {"ready": 0, "reserved": 0, "delayed": 0, "buried": 0, **overrides}
-
-
-def reserve_one(q: Queue, tube: str = "t", now: float = T0):
-    (job,) = q.get(tube, now=now)
-    return job
-
+from queues import (
+    T0,
+    SingleTimer,
+    counts,
+    make_queue,
+    reserve_one,
+    stats,
+    stats_or_none,
+    zero_counts,
+)
 
 def job_in_state(q: Queue, state: str, tube: str = "t", now: float = T0, **kwargs):
     """Put a job into ``tube`` and bring it to ``state``; the tube must have no ready job."""
@@ -69,11 +48,6 @@ def job_in_state(q: Queue, state: str, tube: str = "t", now: float = T0, **kwarg
         q.bury(job.id, now=now)
     assert job.state is JobState[state.upper()]
     return job
-
-
-def stats_or_none(q: Queue, tube: str) -> TubeStats | None:
-    found = [s for s in q.tube_stats(T0) if s.tube == tube]
-    return found[0] if found else None
 
 
 # -- put ----------------------------------------------------------------------
@@ -652,7 +626,8 @@ def test_clear_one_state(state):
     fill_every_state(q, "other")
     assert q.clear("t", state=state) == 1
     assert jobs[state].state is JobState.DELETED
-    assert counts(q, "t") == {s: 0 if s == state else 1 for s in zero_counts()}
+    states = ("ready", "reserved", "delayed", "buried")
+    assert counts(q, "t") == zero_counts(**{s: 0 if s == state else 1 for s in states})
     assert counts(q, "other") == zero_counts(ready=1, delayed=1, reserved=1, buried=1)
     assert len(q) == 7
     with pytest.raises(NotFound):
@@ -965,28 +940,7 @@ def test_next_deadline_is_the_earliest_delayed_or_reserved_deadline():
 # -- driving the core from a Clock --------------------------------------------
 
 
-class SingleTimer:
-    """The server's pattern in miniature: one IDelayedCall aimed at next_deadline()."""
 
-    def __init__(self, queue: Queue, clock: Clock) -> None:
-        self._queue = queue
-        self._clock = clock
-        self._call = None
-        self.events: list[Event] = []
-
-    def rearm(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-        deadline = self._queue.next_deadline()
-        if deadline is not None:
-            delay = max(deadline - self._clock.seconds(), 0.0)
-            self._call = self._clock.callLater(delay, self._fire)
-
-    def _fire(self) -> None:
-        self._call = None
-        self.events += self._queue.expire(self._clock.seconds())
-        self.rearm()
 
 
 def test_clock_driven_delay_and_ttl():

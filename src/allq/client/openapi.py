@@ -428,7 +428,6 @@ def document(*, max_body: int, max_wait: float, job_id_pattern: str,
     :param fair_settings: the ``policy`` values of ``PUT /fair``.
     :returns: a JSON-encodable dict.
     """
-    job = _ref("schemas", "Job")
     action = _json(_ref("schemas", "JobAction"), "{\"action\": <name>, \"job_id\"}")
     body_note = f" The body may be at most {max_body} bytes."
 

@@ -8,7 +8,7 @@ fair-queuing policy and a maximum size. Pure: no I/O, no clock.
 
 from collections.abc import Iterator
 
-from allq.core.job import Job, JobState
+from allq.core.job import Job
 from allq.core.ready import make_lines
 from allq.core.throttle import TokenBucket
 from allq.core.throughput import Throughput
