@@ -267,7 +267,9 @@ def test_delete_leaves_other_jobs_in_order():
     a, b, c = (q.put("t", n, now=T0) for n in "abc")
     q.delete(b.id, now=T0)
     assert counts(q) == zero_counts(ready=2)
+    assert b.body == ""  # its ready-line entry lingers until a get passes it; the body not
     assert q.get("t", now=T0, count=3) == [a, c]
+    assert (a.body, c.body) == ("a", "c")
 
 
 def test_delete_of_a_reserved_job_counts_as_finished():

@@ -302,7 +302,8 @@ class Queue:
             self._finish(job, now)
             return job
         tube = self._tubes[job.tube]
-        if job.state is JobState.READY:
+        ready = job.state is JobState.READY
+        if ready:
             tube.ready_count -= 1  # its deque entry is dropped lazily
         elif job.state is JobState.DELAYED:
             tube.delayed_count -= 1
@@ -314,6 +315,9 @@ class Queue:
         else:
             del tube.buried[job.id]
         self._forget(job)
+        if ready:
+            # The ready line keeps the job until a get passes it: not its body too.
+            job.body = ""
         return job
 
     def release(self, job_id: int, *, now: float, delay: float = 0) -> Job:
