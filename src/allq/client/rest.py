@@ -309,13 +309,15 @@ def _seconds_arg(request: IRequest, name: str, *, maximum: float | None = None) 
     return seconds
 
 
-def check_job_id(job_id: object, name: str = "job_id") -> str:
+def check_job_id(job_id: object, name: str = "job_id", *, in_query: bool = True) -> str:
     """Validate a client-side job id, ``<server_id>,<number>``.
 
+    :param in_query: the id came in a query string (where its comma is encoded).
     :raises BadRequest: anything else.
     """
     if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
-        raise BadRequest(f"{name} must look like <server_id>,<number> (URL-encoded)")
+        hint = " (URL-encoded)" if in_query else ""
+        raise BadRequest(f"{name} must look like <server_id>,<number>{hint}")
     return job_id
 
 
@@ -413,7 +415,7 @@ def _new_job(obj: Mapping, allowed: frozenset = _NEW_JOB_KEYS) -> dict:
     # "" means "none" in AllQueue, and Swagger clients may send it.
     parent_id = _field_str(obj, "parent_id") or None
     if parent_id is not None:
-        check_job_id(parent_id, "parent_id")
+        check_job_id(parent_id, "parent_id", in_query=False)
     return {
         "tube": tube,
         "body": "" if body is None else body,  # AllQueue's default body
@@ -667,7 +669,7 @@ class RestApi:
         if not isinstance(job_ids, list) or not 1 <= len(job_ids) <= MAX_COUNT:
             raise BadRequest(f"job_ids must be a list of 1 to {MAX_COUNT} job ids")
         for index, job_id in enumerate(job_ids):
-            check_job_id(job_id, f"job_ids[{index}]")
+            check_job_id(job_id, f"job_ids[{index}]", in_query=False)
         d = self._bounded(self._federation.job_action_many("delete", job_ids))
         return d.addCallback(_batch_reply, request, "delete")
 
