@@ -653,6 +653,27 @@ def test_clear_all():
     assert q.peek("other") is others["ready"]
 
 
+def test_clear_finds_every_scheduled_job_among_many():
+    """Delayed and reserved jobs of a tube, interleaved with other tubes' jobs, are
+    all dropped by a clear of their state, and nothing else is."""
+    q = make_queue()
+    delayed, reserved = [], []
+    for i in range(20):
+        delayed.append(q.put("t", f"d{i}", now=T0, delay=100))
+        q.put("other", f"o{i}", now=T0, delay=100)
+        q.put("t2", f"r{i}", now=T0)
+        reserved.append(q.put("t", f"r{i}", now=T0))
+        assert reserve_one(q, "t") is reserved[-1]
+    assert q.clear("t", state="delayed") == 20
+    assert q.clear("t", state="delayed") == 0
+    assert counts(q, "t") == zero_counts(reserved=20)
+    assert q.clear("t", state="reserved") == 20
+    assert all(job.state is JobState.DELETED for job in delayed + reserved)
+    assert counts(q, "t") == zero_counts()
+    assert counts(q, "other") == zero_counts(delayed=20)
+    assert counts(q, "t2") == zero_counts(ready=20)
+
+
 def test_clear_unknown_tube_is_zero():
     """clear of a tube that was never used drops nothing."""
     assert make_queue().clear("nothing") == 0

@@ -433,7 +433,19 @@ class Queue:
                       "delayed": (JobState.DELAYED,),
                       "reserved": (JobState.RESERVED,),
                       "parents": (JobState.WAITING,)}[state]
-            scheduled = [j for j in self._jobs.values() if j.tube == tube and j.state in wanted]
+            # These jobs are found by a scan of the server's jobs; the tube's counts
+            # say how many there are, so the scan is skipped or cut short.
+            needed = sum(count for held, count in ((JobState.DELAYED, tube_.delayed_count),
+                                                   (JobState.RESERVED, tube_.reserved_count),
+                                                   (JobState.WAITING, tube_.waiting_count))
+                         if held in wanted)
+            scheduled: list[Job] = []
+            if needed:
+                for job in self._jobs.values():
+                    if job.tube == tube and job.state in wanted:
+                        scheduled.append(job)
+                        if len(scheduled) == needed:
+                            break
             for job in scheduled:
                 self._deadlines.cancel(job)
                 if job.state is JobState.DELAYED:
