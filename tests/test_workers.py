@@ -290,13 +290,26 @@ def pool():
     pool = WorkerPool(reactor, 2, lambda i: worker_command(i, ["--servers", "h:1"]), admin,
                       PrimaryMetrics(), replay=lambda: [{"op": "admin", "call": "x"}])
     pool.startService()
-    pool.spawn_all()
+    assert reactor.spawned == []  # not before the primary listens
+    pool.listening()
     pool.reactor, pool.federation = reactor, federation
     return pool
 
 
 def lines(process):
     return [json.loads(line) for line in process.stdin.splitlines()]
+
+
+def test_workers_start_once_running_and_listening_whichever_comes_last():
+    reactor = ProcessReactor()
+    pool = WorkerPool(reactor, 1, lambda i: worker_command(i, []),
+                      SharedAdmin(FakeFederation(), list.append), PrimaryMetrics())
+    pool.listening()  # twistd binds in the privileged start, before startService
+    assert reactor.spawned == []
+    pool.startService()
+    assert len(reactor.spawned) == 1
+    pool.listening()  # never twice
+    assert len(reactor.spawned) == 1
 
 
 def test_workers_start_with_the_command_and_are_told_the_replay(pool):

@@ -151,7 +151,7 @@ def makeService(config: Options, reactor=None) -> MultiService:
             servers=",".join(config["servers"]),
         )
         if pool is not None:
-            pool.spawn_all()
+            pool.listening()
 
     if pool is None:
         http = listening_service(reactor, config["http"], site, listening)

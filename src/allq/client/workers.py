@@ -471,15 +471,27 @@ class WorkerPool(Service):
         self._restarts: dict[int, Any] = {}
         self._failures: dict[int, int] = {}
         self._stopping = False
+        self._listening = False
 
     @property
     def pids(self) -> list[int]:
         return [w.transport.pid for w in self._workers.values() if w.transport is not None]
 
-    def spawn_all(self) -> None:
-        """Start every worker (once the primary listens, so they can bind too)."""
-        for index in range(1, self._count + 1):
-            self._spawn(index)
+    def listening(self) -> None:
+        """The primary listens now: the workers can bind the port too."""
+        self._listening = True
+        self._spawn_all()
+
+    def startService(self) -> None:
+        # Under twistd the port is bound in the privileged start, and this runs
+        # after any --uid switch: the workers never run with more rights.
+        super().startService()
+        self._spawn_all()
+
+    def _spawn_all(self) -> None:
+        if self.running and self._listening and not self._workers and not self._stopping:
+            for index in range(1, self._count + 1):
+                self._spawn(index)
 
     def _spawn(self, index: int) -> None:
         self._restarts.pop(index, None)
