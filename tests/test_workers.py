@@ -346,10 +346,21 @@ def test_a_worker_that_dies_is_restarted_with_backoff(pool):
     restarted, args = pool.reactor.spawned[2]
     assert args[4] == "1"  # the same worker number
     restarted.processEnded(Failure(ProcessTerminated(exitCode=1)))
+    assert pool.status() == (2, 1)  # one worker down, one restart so far
     pool.reactor.advance(workers.RESTART_FIRST)
     assert len(pool.reactor.spawned) == 3  # the second restart waits twice as long
     pool.reactor.advance(workers.RESTART_FIRST)
     assert len(pool.reactor.spawned) == 4
+    assert pool.status() == (3, 2)
+
+
+def test_the_primary_exports_the_process_count_and_restarts(clock):
+    metrics = ClientMetrics(clock, process=False)
+    assert "allq_client_processes" not in metrics.exposition()[0].decode()
+    metrics.workers = lambda: (3, 1)
+    text = metrics.exposition()[0].decode()
+    assert "allq_client_processes 3.0" in text
+    assert "allq_client_worker_restarts_total 1.0" in text
 
 
 def test_stopping_terms_every_worker_and_waits(pool):

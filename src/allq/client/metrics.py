@@ -92,6 +92,8 @@ class ClientMetrics:
                  process: bool = True) -> None:
         self._clock = clock
         self._health = health
+        #: ``() -> (processes running, worker restarts so far)`` with ``--workers``.
+        self.workers: Callable[[], tuple[int, int]] | None = None
         self._snapshot: list[Mapping] = []
         self._snapshot_at: float | None = None
         self._refresh_failures = 0
@@ -210,6 +212,14 @@ class ClientMetrics:
                 draining.add_metric(labels, float(bool(server.get("draining", False))))
         yield up
         yield draining
+        if self.workers is not None:
+            running, restarts = self.workers()
+            yield GaugeMetricFamily(
+                "allq_client_processes", "Client processes serving the HTTP port "
+                "(the primary and its --workers).", value=running)
+            yield CounterMetricFamily(
+                "allq_client_worker_restarts", "Worker processes started again after "
+                "they exited.", value=restarts)
 
 
 class _SnapshotCollector:

@@ -138,6 +138,7 @@ def makeService(config: Options, reactor=None) -> MultiService:
             lambda index: worker_command(index, _worker_options(
                 config, federation, interface, bound[0], backlog)),
             admin, metrics, replay=lambda: _drains(federation))
+        metrics.workers = pool.status
         instrumented = admin
     service, site = _client(config, instrumented, federation, metrics, reactor)
     StatsRefresher(federation, metrics, reactor).setServiceParent(service)

@@ -472,10 +472,15 @@ class WorkerPool(Service):
         self._failures: dict[int, int] = {}
         self._stopping = False
         self._listening = False
+        self.restarts = 0
 
     @property
     def pids(self) -> list[int]:
         return [w.transport.pid for w in self._workers.values() if w.transport is not None]
+
+    def status(self) -> tuple[int, int]:
+        """(processes serving, the primary included; workers restarted so far)."""
+        return 1 + len(self._workers), self.restarts
 
     def listening(self) -> None:
         """The primary listens now: the workers can bind the port too."""
@@ -494,7 +499,8 @@ class WorkerPool(Service):
                 self._spawn(index)
 
     def _spawn(self, index: int) -> None:
-        self._restarts.pop(index, None)
+        if self._restarts.pop(index, None) is not None:
+            self.restarts += 1
         if self._stopping:
             return
         worker = _Worker(self, index)
