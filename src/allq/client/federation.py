@@ -47,8 +47,8 @@ import math
 import random
 import uuid
 from collections import deque
-from itertools import count, repeat
 from collections.abc import Callable, Iterable
+from itertools import count, repeat
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail

@@ -73,9 +73,10 @@ class Recorder(Protocol):
 
     def count_jobs(self, action: str, tube: str, count: int = 1) -> None: ...
 
-    def count_error(self, operation: str, code: str) -> None: ...
+    def count_error(self, operation: str, code: str, count: int = 1) -> None: ...
 
-    def count_retry(self, operation: str, address: str | None = None) -> None: ...
+    def count_retry(self, operation: str, address: str | None = None,
+                    count: int = 1) -> None: ...
 
 
 class ClientMetrics:
@@ -136,14 +137,15 @@ class ClientMetrics:
                 child = self._job_counters[key] = self._jobs.labels(tube=tube, action=action)
             child.inc(count)
 
-    def count_error(self, operation: str, code: str) -> None:
-        """Count one failed federation operation by its error code."""
-        self._errors.labels(operation=operation, error=code).inc()
+    def count_error(self, operation: str, code: str, count: int = 1) -> None:
+        """Count ``count`` failed federation operations by their error code."""
+        self._errors.labels(operation=operation, error=code).inc(count)
 
-    def count_retry(self, operation: str, address: str | None = None) -> None:
-        """Count one retry of ``operation`` after ``address`` (or no server) failed;
-        the federation's ``on_retry`` hook."""
-        self._retries.labels(operation=operation, server=address or "").inc()
+    def count_retry(self, operation: str, address: str | None = None,
+                    count: int = 1) -> None:
+        """Count ``count`` retries of ``operation`` after ``address`` (or no server)
+        failed; the federation's ``on_retry`` hook."""
+        self._retries.labels(operation=operation, server=address or "").inc(count)
 
     def observe_request(self, method: str, route: str, status: str, seconds: float) -> None:
         """Record one finished REST request."""

@@ -94,13 +94,6 @@ DEFAULT_PARENT_TIMEOUT = 3600 * SECONDS
 _log = Logger()
 
 
-class InternalError(AllQError):
-    """A bug: the request met an error nobody expected (it is logged)."""
-
-    code = "internal_error"
-    http_status = 500
-
-
 class NotSupported(BadRequest):
     """The request asks for a feature this version does not have yet."""
 
@@ -188,7 +181,6 @@ def json_response(request: IRequest, obj: object, code: int = 200) -> bytes:
     # A known length spares the chunked framing of a deferred answer.
     request.setHeader(b"content-length", b"%d" % len(data))
     return data
-
 
 
 def read_body(request: IRequest, max_size: int) -> bytes:
@@ -579,7 +571,6 @@ class RestApi:
     """
 
     app = Klein()
-    _log = _log
 
     def __init__(
         self,
@@ -914,10 +905,11 @@ class RestApi:
 
     @app.handle_errors
     def _unexpected(self, request: IRequest, failure: Failure) -> bytes:
-        self._log.failure(
+        _log.failure(
             "unhandled error serving {method} {path}", failure,
             method=request.method.decode("ascii", "replace"), path=_path(request))
-        return json_response(request, error_body(InternalError("internal error (logged)")), 500)
+        return json_response(
+            request, {"error": "internal_error", "detail": "internal error (logged)"}, 500)
 
 
 def _check_server_ref(name: str, value: str) -> str:

@@ -8,7 +8,7 @@ serving even when no server is reachable yet (the API answers 503 until one is).
 
 import os
 
-from twisted.application.service import MultiService, Service
+from twisted.application.service import MultiService
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
@@ -186,7 +186,7 @@ def make_worker_service(config: Options, index: int, reactor) -> MultiService:
 
     channel[0] = worker_control(reactor, received)
     service, site = _client(config, admin, federation, metrics, reactor)
-    _Started(metrics.start, metrics.stop).setServiceParent(service)
+    metrics.setServiceParent(service)
 
     def listening(port) -> None:
         _log.info("worker {index} (pid {pid}) serving REST on port {port}",
@@ -246,9 +246,9 @@ def _worker_options(config: Options, federation: Federation, interface: str, por
                     backlog: int) -> list[str]:
     """A worker's command-line options: this client's, on the port bound, with the
     servers as they are now (a restarted worker starts from the current set)."""
+    escaped = interface.replace(":", "\\:")  # endpoint syntax: an IPv6 address's colons
     options = [
-        "--http", f"tcp:{port}:interface={interface.replace(':', chr(92) + ':')}"
-                  f":backlog={backlog}",
+        "--http", f"tcp:{port}:interface={escaped}:backlog={backlog}",
         "--servers", ",".join(link.address for link in federation.links()),
         "--request-timeout", repr(config["request-timeout"]),
         "--retry-budget", repr(config["retry-budget"]),
@@ -267,22 +267,6 @@ def _drains(federation: Federation) -> list[dict]:
     """The admin changes a newly started worker needs: this client's server drains."""
     return [{"op": "admin", "call": "drain_server", "args": [link.address, True]}
             for link in federation.links() if link.draining]
-
-
-class _Started(Service):
-    """Calls ``start`` when started and ``stop`` when stopped."""
-
-    def __init__(self, start, stop) -> None:
-        self._start = start
-        self._stop = stop
-
-    def startService(self) -> None:
-        super().startService()
-        self._start()
-
-    def stopService(self):
-        super().stopService()
-        self._stop()
 
 
 class QuietSite(Site):

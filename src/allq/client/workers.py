@@ -37,7 +37,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import error
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.internet.task import LoopingCall
@@ -226,11 +226,9 @@ def apply_counts(metrics: Any, message: dict) -> None:
     for action, tube, n in jobs:
         metrics.count_jobs(action, tube, n)
     for operation, code, n in errors:
-        for _ in range(n):
-            metrics.count_error(operation, code)
+        metrics.count_error(operation, code, n)
     for operation, server, n in retries:
-        for _ in range(n):
-            metrics.count_retry(operation, server or None)
+        metrics.count_retry(operation, server or None, n)
     for method, route, status, values in latencies:
         for seconds in values:
             metrics.observe_request(method, route, status, seconds)
@@ -271,9 +269,10 @@ class ControlChannel(Protocol):
         self._on_closed()
 
 
-class WorkerMetrics:
+class WorkerMetrics(Service):
     """A worker's metrics: counted here, reported to the primary every
-    :data:`REPORT_INTERVAL` seconds; ``/metrics`` is the primary's answer.
+    :data:`REPORT_INTERVAL` seconds while running (and once more when stopped);
+    ``/metrics`` is the primary's answer.
 
     It has the interface the client's pieces use of :class:`ClientMetrics`
     (the ``Recorder`` methods, ``observe_request``, ``instrument``, ``resource``).
@@ -291,11 +290,13 @@ class WorkerMetrics:
         self._questions: dict[int, Deferred] = {}
         self._next_question = 0
 
-    def start(self) -> None:
+    def startService(self) -> None:
+        super().startService()
         self._reports.start(REPORT_INTERVAL, now=False)
 
-    def stop(self) -> None:
+    def stopService(self) -> None:
         """Send what is left and stop reporting; pending ``/metrics`` fail."""
+        super().stopService()
         if self._reports.running:
             self._reports.stop()
         self.report()
@@ -315,13 +316,14 @@ class WorkerMetrics:
             key = (action, tube)
             self._counts.jobs[key] = self._counts.jobs.get(key, 0) + count
 
-    def count_error(self, operation: str, code: str) -> None:
+    def count_error(self, operation: str, code: str, count: int = 1) -> None:
         key = (operation, code)
-        self._counts.errors[key] = self._counts.errors.get(key, 0) + 1
+        self._counts.errors[key] = self._counts.errors.get(key, 0) + count
 
-    def count_retry(self, operation: str, address: str | None = None) -> None:
+    def count_retry(self, operation: str, address: str | None = None,
+                    count: int = 1) -> None:
         key = (operation, address or "")
-        self._counts.retries[key] = self._counts.retries.get(key, 0) + 1
+        self._counts.retries[key] = self._counts.retries.get(key, 0) + count
 
     def observe_request(self, method: str, route: str, status: str, seconds: float) -> None:
         self._counts.latencies.setdefault((method, route, status), []).append(
@@ -567,8 +569,6 @@ class WorkerPool(Service):
         def all_ended(_) -> None:
             if kill.active():
                 kill.cancel()
-
-        from twisted.internet.defer import gatherResults
 
         return gatherResults([w.ended for w in workers]).addCallback(all_ended)
 
