@@ -33,3 +33,18 @@ def observe_errors():
     if errors:
         failure = errors[0].get("log_failure") or errors[0].get("failure")
         pytest.fail(f"{len(errors)} failure(s) logged; first: {failure.getTraceback()}")
+
+
+@pytest.fixture
+def daemons(tmp_path):
+    """Starts real daemons for an integration test and stops every one afterwards."""
+    from tests.servers import Daemons
+
+    with Daemons(tmp_path) as daemons:
+        yield daemons
+
+
+@pytest.fixture
+def keys(daemons):
+    """A key set for the test's daemons (``allq keys generate``)."""
+    return daemons.generate_keys()

@@ -343,3 +343,20 @@ async def _outcome(call) -> Any:
         return await call
     except AllQError as e:
         return e
+
+
+def result_with_flush(case, stub, clock: Clock, d: Deferred, step: float = POLL_INTERVAL,
+                      limit: int = 10_000) -> Any:
+    """The result of ``d``, a request through ``stub`` (a ``StubTreq``) to a facade
+    on ``clock``: alternate ``stub.flush()`` and ``clock.advance(step)`` until it fires.
+
+    :param case: the ``SynchronousTestCase`` that fails when it never fires.
+    """
+    fired = []
+    d.addBoth(lambda result: (fired.append(True), result)[1])
+    for _ in range(limit):
+        stub.flush()
+        if fired:
+            return case.successResultOf(d)
+        clock.advance(step)
+    case.fail(f"no response after {limit * step} seconds")

@@ -17,7 +17,7 @@ from collections import Counter
 
 import pytest
 
-from tests.servers import LOCALHOST, Daemons, wait_for_greeting, RunningServer, SERVER_LISTENING
+from tests.servers import LOCALHOST, wait_for_greeting, RunningServer, SERVER_LISTENING
 
 pytestmark = pytest.mark.integration
 
@@ -56,12 +56,6 @@ class Api:
                 return health
             assert time.monotonic() < deadline, f"health never matched: {health}"
             time.sleep(0.1)
-
-
-@pytest.fixture
-def daemons(tmp_path):
-    with Daemons(tmp_path) as daemons:
-        yield daemons
 
 
 def start_client(daemons, keys, servers, *args) -> Api:

@@ -14,15 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from test_client_integration import Api, start_client
-from tests.servers import Daemons
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def daemons(tmp_path):
-    with Daemons(tmp_path) as daemons:
-        yield daemons
 
 
 def federation(daemons, count: int) -> tuple[Api, list]:

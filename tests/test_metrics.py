@@ -32,7 +32,7 @@ from allq.core.queue import Queue, QueueConfig
 from allq.server.metrics import ServerMetrics, metrics_site
 from allq.stats_metrics import stats_families
 
-from fake_federation import POLL_INTERVAL, FakeFederation
+from fake_federation import POLL_INTERVAL, FakeFederation, result_with_flush
 
 ADDRESS = "127.0.0.1:7711"
 REQUEST_TIMEOUT = 5.0
@@ -87,14 +87,7 @@ class SiteTestCase(SynchronousTestCase):
         d = self.stub.request(method, BASE + path, **kwargs)
         d.addCallback(lambda r: r.content().addCallback(
             lambda body: Reply(r.code, r.headers, body)))
-        fired = []
-        d.addBoth(lambda result: (fired.append(True), result)[1])
-        for _ in range(limit):
-            self.stub.flush()
-            if fired:
-                return self.successResultOf(d)
-            self.clock.advance(POLL_INTERVAL)
-        self.fail("no response")
+        return result_with_flush(self, self.stub, self.clock, d, limit=limit)
 
     def json(self, method, path, **kwargs):
         reply = self.call(method, path, **kwargs)

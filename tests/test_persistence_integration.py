@@ -30,17 +30,6 @@ RESTORED = r"restored (?P<total>\d+) jobs \((?P<ready>\d+) ready, (?P<delayed>\d
            r"skipped (?P<skipped>\d+) corrupt records"
 
 
-@pytest.fixture
-def daemons(tmp_path) -> Daemons:
-    with Daemons(tmp_path) as daemons:
-        yield daemons
-
-
-@pytest.fixture
-def keys(daemons) -> KeySet:
-    return daemons.generate_keys()
-
-
 def reactor():
     """The global reactor, imported late: pytest-twisted installs it at start-up."""
     from twisted.internet import reactor

@@ -507,23 +507,12 @@ def test_throttle_and_pause_apply_to_every_key_of_a_fair_tube():
     assert q.clear("fq-t") == 15  # 13 ready and 2 reserved
 
 
-def test_peek_on_a_fair_tube_returns_the_next_get():
-    """peek on a fair tube always shows what the next get hands out."""
+@pytest.mark.parametrize("policy", [None, "weighted"])  # None: the fq- default
+def test_peek_on_a_fair_tube_returns_the_next_get(policy):
+    """peek on a fair tube (either policy) always shows what the next get hands out."""
     q = make_queue()
-    for key, n in (("A", 4), ("B", 1), ("C", 2)):
-        fill(q, n, tube="fq-t", shard_key=key)
-    while True:
-        peeked = q.peek("fq-t")
-        got = q.get("fq-t", now=T0)
-        assert got == ([] if peeked is None else [peeked])
-        if peeked is None:
-            break
-
-
-def test_peek_on_a_weighted_tube_returns_the_next_get():
-    """peek on a weighted fair tube shows what the next get hands out."""
-    q = make_queue()
-    q.set_fair("fq-t", "weighted")
+    if policy is not None:
+        q.set_fair("fq-t", policy)
     for key, n in (("A", 4), ("B", 1), ("C", 2)):
         fill(q, n, tube="fq-t", shard_key=key)
     while True:

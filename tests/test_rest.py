@@ -25,7 +25,7 @@ from allq.core.queue import DEFAULT_PRIORITY, QueueConfig
 from allq.core.queue import MAX_COUNT
 from allq.errors import BadRequest, Timeout, TooLarge, Unavailable
 
-from fake_federation import POLL_INTERVAL, FakeFederation
+from fake_federation import POLL_INTERVAL, FakeFederation, result_with_flush
 
 MAX_BODY = 4096
 MAX_JOB_SIZE = 1024
@@ -79,14 +79,7 @@ class RestTestCase(SynchronousTestCase):
 
     def result_of_with_flush(self, d, step=POLL_INTERVAL, limit=10_000):
         """Alternate ``stub.flush()`` and ``clock.advance(step)`` until ``d`` fires."""
-        fired = []
-        d.addBoth(lambda result: (fired.append(True), result)[1])
-        for _ in range(limit):
-            self.stub.flush()
-            if fired:
-                return self.successResultOf(d)
-            self.clock.advance(step)
-        self.fail(f"no response after {limit * step} seconds")
+        return result_with_flush(self, self.stub, self.clock, d, step, limit)
 
     def call(self, method, path, **kwargs):
         """Send a request and wait (on the clock) for its :class:`Reply`."""

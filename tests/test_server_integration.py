@@ -18,21 +18,10 @@ from allq.client.connection import ServerConnection, connect
 from allq.errors import ConnectionLost, TooLarge
 from allq.wire.keys import ClientKeys
 
-from tests.servers import Daemons, KeySet, RunningServer
+from tests.servers import RunningServer
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 10.0
-
-
-@pytest.fixture
-def daemons(tmp_path) -> Daemons:
-    with Daemons(tmp_path) as daemons:
-        yield daemons
-
-
-@pytest.fixture
-def keys(daemons) -> KeySet:
-    return daemons.generate_keys()
 
 
 @pytest.fixture

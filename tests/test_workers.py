@@ -151,7 +151,7 @@ def clock():
 def test_worker_metrics_report_totals_every_interval(clock):
     sent = []
     metrics = WorkerMetrics(sent.append, clock)
-    metrics.start()
+    metrics.startService()
     clock.advance(workers.REPORT_INTERVAL)
     assert sent == []  # nothing counted, nothing sent
     metrics.count_jobs("put", "t")
@@ -167,7 +167,7 @@ def test_worker_metrics_report_totals_every_interval(clock):
     assert report["retries"] == [["get", "", 1]]
     assert report["latencies"] == [["GET", "/job", "2xx", [0.0015]]]
     metrics.count_jobs("delete", "t")
-    metrics.stop()  # sends what is left, then nothing more
+    metrics.stopService()  # sends what is left, then nothing more
     assert sent[-1]["jobs"] == [["delete", "t", 1]]
     clock.advance(10)
     assert len(sent) == 2 and clock.getDelayedCalls() == []
