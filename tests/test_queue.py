@@ -12,12 +12,11 @@ from twisted.internet.task import Clock
 
 from allq.core import deadlines
 from allq.core.job import JobState
+from allq.vocabulary import MAX_COUNT, MAX_PRIORITY
 from allq.core.queue import (
     DEFAULT_EXPIRED_LIMIT,
     DEFAULT_PRIORITY,
     DEFAULT_TTL,
-    MAX_COUNT,
-    MAX_PRIORITY,
     MIB,
     Event,
     GlobalStats,

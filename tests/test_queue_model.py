@@ -20,7 +20,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from allq.core.queue import MAX_PRIORITY, Event, Queue
+from allq.core.queue import Event, Queue
+from allq.vocabulary import MAX_PRIORITY
 from allq.errors import NotFound, WrongState
 
 # tests/conftest.py registers the "ci" profile; register it here only when this

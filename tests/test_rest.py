@@ -22,7 +22,7 @@ from allq.client.rest import (
     read_json,
 )
 from allq.core.queue import DEFAULT_PRIORITY, QueueConfig
-from allq.core.queue import MAX_COUNT
+from allq.vocabulary import MAX_COUNT
 from allq.errors import BadRequest, Timeout, TooLarge, Unavailable
 
 from fake_federation import POLL_INTERVAL, FakeFederation, result_with_flush

@@ -57,7 +57,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from allq.client.link import NotConnected, ServerLink, normalize_address
-from allq.core.queue import MAX_COUNT, check_count, check_tube
+from allq.vocabulary import MAX_COUNT, check_count, check_tube
 from allq.errors import AllQError, BadRequest, Draining, NotFound, QueueFull, Unavailable
 
 DEFAULT_RETRY_BUDGET = 5.0

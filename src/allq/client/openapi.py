@@ -11,7 +11,7 @@ values the running facade enforces.
 """
 
 from allq import __version__
-from allq.core.queue import CLEAR_STATES, MAX_COUNT, MAX_PRIORITY, TUBE_NAME
+from allq.vocabulary import CLEAR_STATES, MAX_COUNT, MAX_PRIORITY, TUBE_NAME
 
 _BOOLEAN_WORDS = ("true", "false", "1", "0", "yes", "no")
 

@@ -52,7 +52,7 @@ from werkzeug.routing import RequestRedirect
 from allq.client import openapi
 from allq.client.expiry import Expiry
 from allq.client.http_request import when_done
-from allq.core.queue import CLEAR_STATES, MAX_COUNT, check_priority, check_seconds, check_tube
+from allq.vocabulary import CLEAR_STATES, MAX_COUNT, check_priority, check_seconds, check_tube
 from allq.errors import AllQError, BadRequest, Timeout, TooLarge
 from allq.wire.messages import dumps
 

@@ -21,19 +21,33 @@ not count. Every change of a job or a tube setting is reported to the optional
 ``on_change`` hook, which the server's journal uses for persistence.
 """
 
-import math
-import re
-
 import attrs
 
 from collections.abc import Callable
 
 from allq.core.deadlines import Deadlines
 from allq.core.job import Job, JobState, ParentInfo
-from allq.core.ready import FAIR_POLICIES
 from allq.core.throttle import TokenBucket
 from allq.core.tube import Tube
 from allq.errors import BadRequest, Draining, NotFound, QueueFull, TooLarge, WrongState
+from allq.vocabulary import (
+    CLEAR_STATES,
+    DEFAULT_PARENT_TIMEOUT,
+    FAIR_POLICIES,
+    MAX_CHILD_LIMIT,
+    MAX_COUNT,
+    MAX_EXPIRED_LIMIT,
+    MAX_KICK_COUNT,
+    MAX_OFFSET,
+    MAX_RUN_AT,
+    MAX_TUBE_SIZE,
+    check_count,
+    check_priority,
+    check_seconds,
+    check_shard_key,
+    check_tps,
+    check_tube,
+)
 
 SECONDS = 1.0
 MIB = 1024 * 1024
@@ -41,16 +55,7 @@ DEFAULT_TTL = 3600 * SECONDS
 DEFAULT_PRIORITY = 5
 DEFAULT_EXPIRED_LIMIT = 3
 DEFAULT_MAX_JOB_SIZE = 1 * MIB
-DEFAULT_PARENT_TIMEOUT = 3600 * SECONDS
 DEFAULT_FAIR_PREFIX = "fq-"
-MAX_PRIORITY = 2**32 - 1
-MAX_SECONDS = 10 * 365 * 24 * 3600 * SECONDS
-MAX_COUNT = 1000
-#: Letters, digits and ``_.:@$!#=+/-``, 1..200 characters, not starting with ``-``.
-TUBE_NAME = re.compile(r"[A-Za-z0-9_.:@$!#=+/][A-Za-z0-9_.:@$!#=+/-]{0,199}")
-CLEAR_STATES = ("all", "ready", "delayed", "buried", "reserved", "parents")
-#: ``shard_key``: what AllQueue's true round robin allowed, a little wider.
-SHARD_KEY = re.compile(r"[A-Za-z0-9_.:@$!#=+/-]{1,200}")
 
 
 @attrs.frozen
@@ -217,7 +222,7 @@ class Queue:
         if not isinstance(run_on_timeout, bool):
             raise BadRequest("run_on_timeout must be true or false")
         if limit is not None:
-            limit = check_count("limit", limit, minimum=0, maximum=2**31)
+            limit = check_count("limit", limit, minimum=0, maximum=MAX_CHILD_LIMIT)
         grandparent = self._parent_for_child(parent_id)
         tube_ = self._admit(tube, job, child=grandparent is not None)
         if grandparent is not None:
@@ -378,7 +383,7 @@ class Queue:
     def kick_tube(self, tube: str, *, now: float, count: int = 1) -> list[Job]:
         """Kick up to ``count`` buried jobs of ``tube``, oldest buried first."""
         check_tube(tube)
-        count = check_count("count", count, maximum=2**31)
+        count = check_count("count", count, maximum=MAX_KICK_COUNT)
         tube_ = self._tubes.get(tube)
         if tube_ is None:
             return []
@@ -394,7 +399,7 @@ class Queue:
     def peek(self, tube: str, *, buried: bool = False, offset: int = 0) -> Job | None:
         """The job ``offset`` places from the front of the ready (or buried) line."""
         check_tube(tube)
-        offset = check_count("offset", offset, minimum=0, maximum=2**31)
+        offset = check_count("offset", offset, minimum=0, maximum=MAX_OFFSET)
         tube_ = self._tubes.get(tube)
         if tube_ is None:
             return None
@@ -466,11 +471,9 @@ class Queue:
         """Cap how many jobs per second the tube hands out; ``None`` or a value
         <= 0 removes the cap. Gets beyond it find the tube empty."""
         check_tube(tube)
-        if tps is not None and (isinstance(tps, bool) or not isinstance(tps, int | float)
-                                or not math.isfinite(tps)):
-            raise BadRequest("tps must be a number")
+        tps = check_tps(tps)
         tube_ = self._tube(tube)
-        tube_.throttle = TokenBucket(tps, now) if tps is not None and tps > 0 else None
+        tube_.throttle = TokenBucket(tps, now) if tps is not None else None
         return self._tube_changed(tube_)
 
     def set_paused(self, tube: str, paused: bool) -> Tube:
@@ -504,7 +507,7 @@ class Queue:
         queued are never dropped; puts beyond the bound are refused."""
         check_tube(tube)
         if max_size is not None:
-            max_size = check_count("max_size", max_size, maximum=2**40)
+            max_size = check_count("max_size", max_size, maximum=MAX_TUBE_SIZE)
         tube_ = self._tube(tube)
         tube_.max_size = max_size
         return self._tube_changed(tube_)
@@ -634,13 +637,11 @@ class Queue:
         check_tube(name)
         if fair is not None and fair != "off" and fair not in FAIR_POLICIES:
             raise BadRequest(f"fair policy must be one of {', '.join(FAIR_POLICIES)}, off")
-        if throttle is not None and (isinstance(throttle, bool) or not isinstance(throttle, int | float)
-                                     or not math.isfinite(throttle)):
-            raise BadRequest("tps must be a number")
+        throttle = check_tps(throttle)
         if max_size is not None:
-            max_size = check_count("max_size", max_size, maximum=2**40)
+            max_size = check_count("max_size", max_size, maximum=MAX_TUBE_SIZE)
         tube = self._tube(name)
-        tube.throttle = TokenBucket(throttle, now) if throttle is not None and throttle > 0 else None
+        tube.throttle = TokenBucket(throttle, now) if throttle is not None else None
         tube.paused = bool(paused)
         tube.draining = bool(draining)
         tube.max_size = max_size
@@ -715,10 +716,8 @@ class Queue:
         check_tube(tube)
         self._check_body(body)
         config = self.config
-        if shard_key is not None and (
-                not isinstance(shard_key, str) or not SHARD_KEY.fullmatch(shard_key)):
-            raise BadRequest("shard_key must be 1-200 characters of letters, digits and "
-                             "_.:@$!#=+/-")
+        if shard_key is not None:
+            check_shard_key(shard_key)
         return Job(
             id=self._next_id,
             tube=tube,
@@ -728,7 +727,7 @@ class Queue:
             expired_limit=(
                 config.expired_limit
                 if expired_limit is None
-                else check_count("expired_limit", expired_limit, maximum=2**31)
+                else check_count("expired_limit", expired_limit, maximum=MAX_EXPIRED_LIMIT)
             ),
             created=now,
             shard_key=shard_key,
@@ -737,7 +736,7 @@ class Queue:
     def _delay(self, delay: float, run_at: float | None, now: float) -> float:
         delay = check_seconds("delay", delay)
         if run_at is not None:
-            check_seconds("run_at", run_at, maximum=2**40)
+            check_seconds("run_at", run_at, maximum=MAX_RUN_AT)
             if delay:
                 raise BadRequest("give delay or run_at, not both")
             delay = max(run_at - now, 0.0)
@@ -851,46 +850,3 @@ class Queue:
         # A str of n characters is at most 4n bytes in UTF-8: skip encoding small bodies.
         if len(body) * 4 > limit and len(body.encode("utf-8", "surrogatepass")) > limit:
             raise TooLarge(f"body is larger than the maximum job size of {limit} bytes")
-
-
-def check_tube(tube: object) -> str:
-    """Validate a tube name.
-
-    :raises BadRequest: not a string matching :data:`TUBE_NAME`.
-    """
-    if not isinstance(tube, str) or not TUBE_NAME.fullmatch(tube):
-        raise BadRequest(
-            "tube must be 1-200 characters of letters, digits and _.:@$!#=+/- "
-            "(not starting with -)"
-        )
-    return tube
-
-
-def check_priority(priority: object) -> int:
-    """Validate a priority: an integer from 0 (most urgent) to 2**32-1."""
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise BadRequest("priority must be an integer")
-    if not 0 <= priority <= MAX_PRIORITY:
-        raise BadRequest(f"priority must be between 0 and {MAX_PRIORITY}")
-    return priority
-
-
-def check_seconds(
-    name: str, value: object, *, positive: bool = False, maximum: float = MAX_SECONDS
-) -> float:
-    """Validate a duration (or time) in seconds: int or float, finite, not negative."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise BadRequest(f"{name} must be a number of seconds")
-    if value < 0 or (positive and value <= 0) or value > maximum:
-        qualifier = "greater than 0" if positive else "0 or more"
-        raise BadRequest(f"{name} must be {qualifier} and at most {maximum:.0f} seconds")
-    return value
-
-
-def check_count(name: str, value: object, *, minimum: int = 1, maximum: int) -> int:
-    """Validate an integer count within ``[minimum, maximum]``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise BadRequest(f"{name} must be an integer")
-    if not minimum <= value <= maximum:
-        raise BadRequest(f"{name} must be between {minimum} and {maximum}")
-    return value

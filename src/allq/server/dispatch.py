@@ -6,7 +6,6 @@ also the one place that maps exceptions to wire error codes. It knows nothing
 of sockets or encryption; the protocol feeds it plaintext JSON values.
 """
 
-import re
 from collections.abc import Callable
 
 from twisted.internet.interfaces import IReactorTime
@@ -17,9 +16,8 @@ from allq.core.idempotency import IdempotencyKeys
 from allq.core.job import Job
 from allq.core.queue import Queue
 from allq.errors import AllQError, BadRequest, NotFound
+from allq.vocabulary import JobRef
 from allq.wire.messages import decode_request, error_reply, request_id_of, result_reply
-
-_JOB_ID = re.compile(r"(?:([A-Za-z0-9_-]{1,64}),)?([0-9]{1,20})")
 
 
 class Dispatcher:
@@ -78,16 +76,14 @@ class Dispatcher:
 
     def job_ref(self, job: Job) -> str:
         """The id callers see: ``"<server_id>,<number>"``."""
-        return f"{self._server_id()},{job.id}"
+        return str(JobRef(self._server_id(), job.id))
 
     def _number(self, job_id: str) -> int:
-        match = _JOB_ID.fullmatch(job_id)
-        if match is None:
-            raise BadRequest("job_id must look like <server_id>,<number>")
-        server_id, number = match.groups()
-        if server_id is not None and server_id != self._server_id():
-            raise NotFound(f"job {job_id[:90]} belongs to server {server_id}, not this one")
-        return int(number)
+        own = self._server_id()
+        ref = JobRef.parse(job_id, own_server=own)
+        if ref.server_id != own:
+            raise NotFound(f"job {job_id[:90]} belongs to server {ref.server_id}, not this one")
+        return ref.number
 
     def _job_dict(self, job: Job) -> dict:
         return {

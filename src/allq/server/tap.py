@@ -38,12 +38,12 @@ from allq.server.metrics import ServerMetrics, metrics_site
 from allq.server.protocol import ServerFactory
 from allq.server.recovery import DataDirError, recover, restore_keys, restore_queue
 from allq.server.timer import DeadlineTimer
+from allq.vocabulary import SERVER_ID
 from allq.wire.crypto import Authenticator
 from allq.wire.keys import KeyConfigError, MissingKeys, load_server_keys, suggested_setup_text
 from allq.wire.messages import max_line_length
 
 _log = Logger()
-SERVER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class Options(usage.Options):

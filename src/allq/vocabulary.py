@@ -1,0 +1,192 @@
+"""The words every layer shares: limits, validators and job references.
+
+Ground floor: the standard library, attrs and :mod:`allq.errors` only, so the
+queue core, the wire, the server and every client front-end check a value by
+the same rule and quote the same limit in their messages (and the OpenAPI
+document states them). A request is validated at its edge (a front-end, or the
+server's dispatcher) with these functions, and once more by the core.
+"""
+
+import math
+import re
+
+import attrs
+
+from allq.errors import BadRequest
+
+SECONDS = 1.0
+
+# -- limits -------------------------------------------------------------------------
+
+#: Priorities: 0 is the most urgent.
+MAX_PRIORITY = 2**32 - 1
+#: The longest duration (ttl, delay, timeout) anywhere: ten years.
+MAX_SECONDS = 10 * 365 * 24 * 3600 * SECONDS
+#: The latest ``run_at`` (unix seconds).
+MAX_RUN_AT = 2**40
+#: The most jobs one get hands out, and the most jobs in one batch put or delete.
+MAX_COUNT = 1000
+MAX_BATCH = MAX_COUNT
+#: The longest long poll a ``wait`` may ask for.
+MAX_WAIT = 60 * SECONDS
+#: Counts that are not batch sizes: a tube kick, a peek offset, an expiry limit,
+#: a parent's child limit.
+MAX_KICK_COUNT = 2**31
+MAX_OFFSET = 2**31
+MAX_EXPIRED_LIMIT = 2**31
+MAX_CHILD_LIMIT = 2**31
+#: The largest ``max_size`` of a tube.
+MAX_TUBE_SIZE = 2**40
+#: How long a parent waits for its children unless told otherwise.
+DEFAULT_PARENT_TIMEOUT = 3600 * SECONDS
+#: A client's time limit on one request to one server: past it the outcome is
+#: unknown (a put is retried with its idempotency key).
+SERVER_REQUEST_TIMEOUT = 10 * SECONDS
+#: A front-end's time limit on one federation call, on top of its long-poll
+#: ``wait``: past it the caller is told the outcome is unknown (HTTP 504).
+FRONTEND_REQUEST_TIMEOUT = 60 * SECONDS
+
+#: Letters, digits and ``_.:@$!#=+/-``, 1..200 characters, not starting with ``-``.
+TUBE_NAME = re.compile(r"[A-Za-z0-9_.:@$!#=+/][A-Za-z0-9_.:@$!#=+/-]{0,199}")
+#: ``shard_key``: what AllQueue's true round robin allowed, a little wider.
+SHARD_KEY = re.compile(r"[A-Za-z0-9_.:@$!#=+/-]{1,200}")
+#: A server id: URL-safe, so a job id needs no escaping in a path.
+SERVER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: ``<server_id>,<number>`` (a server also takes a bare number as one of its own).
+JOB_ID = re.compile(r"([A-Za-z0-9_-]{1,64}),([0-9]{1,20})")
+_OWN_JOB_ID = re.compile(r"(?:([A-Za-z0-9_-]{1,64}),)?([0-9]{1,20})")
+#: What ``clear`` may drop.
+CLEAR_STATES = ("all", "ready", "delayed", "buried", "reserved", "parents")
+#: Fair-queuing settings of a tube: the server's policies, ``off`` and ``default``
+#: (back to the name convention, e.g. ``fq-`` tubes are round robin).
+FAIR_POLICIES = ("round_robin", "weighted")
+FAIR_SETTINGS = (*FAIR_POLICIES, "off", "default")
+
+
+# -- job references -------------------------------------------------------------------
+
+
+@attrs.frozen
+class JobRef:
+    """Where a job lives and which it is there: the id callers see is
+    ``"<server_id>,<number>"`` (:meth:`parse` and :func:`str` are inverses)."""
+
+    server_id: str
+    number: int
+
+    @classmethod
+    def parse(cls, text: object, name: str = "job_id", *,
+              own_server: str | None = None) -> "JobRef":
+        """Read a job id.
+
+        :param name: what the value is called in the error message.
+        :param own_server: the reader's own server id: a bare ``<number>`` is
+            then accepted as a job of that server.
+        :raises BadRequest: not a string of the form ``<server_id>,<number>``.
+        """
+        pattern = JOB_ID if own_server is None else _OWN_JOB_ID
+        match = pattern.fullmatch(text) if isinstance(text, str) else None
+        if match is None:
+            raise BadRequest(f"{name} must look like <server_id>,<number>")
+        return cls(match[1] or own_server, int(match[2]))
+
+    def __str__(self) -> str:
+        return f"{self.server_id},{self.number}"
+
+
+def check_job_id(text: object, name: str = "job_id") -> str:
+    """Validate a job id and return it as given."""
+    JobRef.parse(text, name)
+    return text  # type: ignore[return-value]
+
+
+def check_server_id(server_id: object, name: str = "server id") -> str:
+    if not isinstance(server_id, str) or not SERVER_ID.fullmatch(server_id):
+        raise BadRequest(f"{name} must be 1-64 letters, digits, _ or -")
+    return server_id
+
+
+# -- validators --------------------------------------------------------------------------
+
+
+def check_tube(tube: object) -> str:
+    """Validate a tube name.
+
+    :raises BadRequest: not a string matching :data:`TUBE_NAME`.
+    """
+    if not isinstance(tube, str) or not TUBE_NAME.fullmatch(tube):
+        raise BadRequest(
+            "tube must be 1-200 characters of letters, digits and _.:@$!#=+/- "
+            "(not starting with -)"
+        )
+    return tube
+
+
+def check_shard_key(shard_key: object) -> str:
+    if not isinstance(shard_key, str) or not SHARD_KEY.fullmatch(shard_key):
+        raise BadRequest("shard_key must be 1-200 characters of letters, digits and "
+                         "_.:@$!#=+/-")
+    return shard_key
+
+
+def check_priority(priority: object) -> int:
+    """Validate a priority: an integer from 0 (most urgent) to 2**32-1."""
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise BadRequest("priority must be an integer")
+    if not 0 <= priority <= MAX_PRIORITY:
+        raise BadRequest(f"priority must be between 0 and {MAX_PRIORITY}")
+    return priority
+
+
+def check_seconds(
+    name: str, value: object, *, positive: bool = False, maximum: float = MAX_SECONDS
+) -> float:
+    """Validate a duration (or time) in seconds: int or float, finite, not negative."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadRequest(f"{name} must be a number of seconds")
+    # Checked before math.isfinite, which overflows on an int beyond a float's range.
+    if not (0 <= value <= maximum) or (positive and value <= 0) or not math.isfinite(value):
+        qualifier = "greater than 0" if positive else "0 or more"
+        raise BadRequest(f"{name} must be {qualifier} and at most {maximum:.0f} seconds")
+    return value
+
+
+def check_count(name: str, value: object, *, minimum: int = 1, maximum: int) -> int:
+    """Validate an integer count within ``[minimum, maximum]``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"{name} must be an integer")
+    if not minimum <= value <= maximum:
+        raise BadRequest(f"{name} must be between {minimum} and {maximum}")
+    return value
+
+
+def check_wait(wait: object) -> float:
+    """Validate a long-poll ``wait``: 0 to :data:`MAX_WAIT` seconds."""
+    return check_seconds("wait", wait, maximum=MAX_WAIT)
+
+
+def check_clear_state(state: object) -> str:
+    if state not in CLEAR_STATES:
+        raise BadRequest(f"cache_type must be one of {', '.join(CLEAR_STATES)}")
+    return state  # type: ignore[return-value]
+
+
+def check_fair_setting(policy: object) -> str:
+    if policy not in FAIR_SETTINGS:
+        raise BadRequest(f"policy must be one of {', '.join(FAIR_SETTINGS)}")
+    return policy  # type: ignore[return-value]
+
+
+def check_tps(tps: object) -> float | None:
+    """A throttle in jobs per second: a finite number, or ``None`` (or <= 0) for none."""
+    if tps is None:
+        return None
+    if isinstance(tps, bool) or not isinstance(tps, int | float):
+        raise BadRequest("tps must be a number or null")
+    try:
+        tps = float(tps)
+    except OverflowError:
+        raise BadRequest("tps is too large") from None
+    if not math.isfinite(tps):
+        raise BadRequest("tps must be a number or null")
+    return tps if tps > 0 else None
