@@ -165,7 +165,7 @@ def test_put_after_ambiguous_loss_retries_same_server_without_duplicate(clock):
 def test_put_fails_over_when_the_unsure_server_stays_down(clock):
     """While the server that may hold the job stays down, the put goes elsewhere."""
     federation, links = make(clock, n=2)
-    first = links[federation._round_robin ^ 1]  # the server the next put picks
+    first = links[federation._placement._round_robin ^ 1]  # the server the next put picks
     first.lose_next = 1
     d = run(federation.put("t", "x"))
     clock.pump([0.05] * 5)
@@ -189,8 +189,8 @@ def test_get_finds_a_job_on_any_server(clock):
     links[2].queue.put("t", "only", now=0)
     for _ in range(5):
         [job] = result(run(federation.get("t")))
-        assert job["body"] == "only"
-        result(run(federation.job_action("release", job["job_id"])))
+        assert job.body == "only"
+        result(run(federation.job_action("release", job.job_id)))
     assert result(run(federation.get("nothing"))) == []
 
 
@@ -200,7 +200,7 @@ def test_get_count_collects_across_servers(clock):
     for link in links:
         link.queue.put("t", link.address, now=0)
     jobs = result(run(federation.get("t", count=10)))
-    assert sorted(j["body"] for j in jobs) == sorted(l.address for l in links)
+    assert sorted(j.body for j in jobs) == sorted(l.address for l in links)
 
 
 def test_get_when_no_server_answers_is_unavailable(clock):
@@ -222,7 +222,7 @@ def test_long_poll_answers_when_a_job_arrives(clock):
     assert not d.called
     links[1].queue.put("t", "late", now=clock.seconds())
     clock.pump([0.5] * 2)
-    assert [j["body"] for j in result(d)] == ["late"]
+    assert [j.body for j in result(d)] == ["late"]
     d = run(federation.get("t", wait=2))
     clock.pump([0.25] * 7)
     assert not d.called
@@ -238,7 +238,7 @@ def test_long_poll_is_woken_by_a_put_through_this_client(clock):
     clock.pump([0.3] * 10)  # the poll interval has backed off
     result(run(federation.put("t", "now")))
     clock.advance(0)
-    assert [j["body"] for j in result(d)] == ["now"]
+    assert [j.body for j in result(d)] == ["now"]
 
 
 def test_many_waiters_share_one_poller(clock):
@@ -253,7 +253,7 @@ def test_many_waiters_share_one_poller(clock):
     for i in range(1000):
         links[i % 3].queue.put("t", str(i), now=clock.seconds())
     clock.pump([0.5] * 3)
-    bodies = [j["body"] for d in waiting for j in result(d)]
+    bodies = [j.body for d in waiting for j in result(d)]
     assert sorted(bodies, key=int) == [str(i) for i in range(1000)]
 
 
@@ -262,12 +262,12 @@ def test_job_operations_route_by_id(clock):
     federation, links = make(clock)
     links[1].queue.put("t", "x", now=0)
     [job] = result(run(federation.get("t")))
-    assert job["job_id"].startswith(links[1].server_id + ",")
-    result(run(federation.job_action("touch", job["job_id"])))
-    result(run(federation.job_action("bury", job["job_id"])))
-    assert result(run(federation.kick_tube("t", 5))) == [job["job_id"]]
+    assert job.job_id.startswith(links[1].server_id + ",")
+    result(run(federation.job_action("touch", job.job_id)))
+    result(run(federation.job_action("bury", job.job_id)))
+    assert result(run(federation.kick_tube("t", 5))) == [job.job_id]
     [job] = result(run(federation.get("t")))
-    result(run(federation.job_action("done", job["job_id"])))
+    result(run(federation.job_action("done", job.job_id)))
     assert len(links[1].queue) == 0
     assert all(action != "done" for l in (links[0], links[2]) for action, _ in l.requests)
 
@@ -297,9 +297,9 @@ def test_stats_clear_and_peek_fan_out(clock):
             link.queue.put("t", f"{i}-{j}", now=0)
     links[0].up = False
     stats = result(run(federation.stats()))
-    assert sorted(s["address"] for s in stats) == sorted(l.address for l in links[1:])
+    assert sorted(s.address for s in stats) == sorted(l.address for l in links[1:])
     ordered = sorted(links[1:], key=lambda l: l.server_id)
-    bodies = [result(run(federation.peek("t", offset=k)))["body"] for k in range(4)]
+    bodies = [result(run(federation.peek("t", offset=k))).body for k in range(4)]
     assert bodies == [f"{links.index(l)}-{j}" for l in ordered for j in range(2)]
     assert result(run(federation.peek("t", offset=4))) is None
     assert result(run(federation.clear("t"))) == 4
@@ -482,9 +482,9 @@ def test_children_go_to_their_parents_server(clock):
     assert result(run(federation.get("flow", count=10))) == []
     for _ in children:
         [job] = result(run(federation.get("work")))
-        result(run(federation.job_action("done", job["job_id"])))
+        result(run(federation.job_action("done", job.job_id)))
     [job] = result(run(federation.get("flow")))
-    assert job["job_id"] == parent
+    assert job.job_id == parent
 
 
 def test_nested_parent_and_set_children_started(clock):
@@ -494,8 +494,7 @@ def test_nested_parent_and_set_children_started(clock):
     outer = result(run(federation.put_parent("flow", "outer")))
     inner = result(run(federation.put_parent("flow", "inner", parent_id=outer, limit=0)))
     assert owner(links, inner) is owner(links, outer)
-    assert result(run(federation.job_action("set_children_started", outer))) == {
-        "job_id": outer}
+    assert result(run(federation.job_action("set_children_started", outer))) == outer
 
 
 def test_child_of_a_missing_or_unreachable_parent(clock):
@@ -541,7 +540,7 @@ def test_run_at_and_shard_key_reach_the_server(clock):
     assert result(run(federation.get("t"))) == []
     clock.advance(10)
     links[0].queue.expire(clock.seconds())
-    assert [j["body"] for j in result(run(federation.get("t")))] == ["later"]
+    assert [j.body for j in result(run(federation.get("t")))] == ["later"]
     with pytest.raises(BadRequest):
         result(run(federation.put("fq-t", "x")))
     result(run(federation.put("fq-t", "x", shard_key="a")))
@@ -612,7 +611,7 @@ def test_put_many_sends_one_frame_per_server_in_contiguous_slices(clock):
     assert sorted(len(l.queue) for l in links) == [3, 3, 4]
     assert [l.frames for l in links] == [1, 1, 1]
     got = result(run(federation.get("t", count=10)))
-    assert sorted(job["body"] for job in got) == sorted(f"job {i}" for i in range(10))
+    assert sorted(job.body for job in got) == sorted(f"job {i}" for i in range(10))
 
 
 def test_put_many_after_a_lost_frame_retries_each_job_without_duplicates(clock):
@@ -692,7 +691,7 @@ def test_job_action_many_groups_by_server(clock):
         elif job_id in (unknown_server, unknown_job):
             assert isinstance(outcome, NotFound)
         else:
-            assert outcome["job_id"] == job_id
+            assert outcome == job_id
     assert [l.frames - f for l, f in zip(links, frames)] == [1, 1, 0]
     assert len(links[0].queue) == len(links[1].queue) == 0
 

@@ -6,7 +6,7 @@ import os
 import socket
 
 import pytest
-from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout
+from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout, succeed
 from twisted.internet.error import CannotListenError, ProcessDone, ProcessTerminated
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -14,9 +14,9 @@ from twisted.python.failure import Failure
 from allq.client import workers
 from allq.client.metrics import ClientMetrics
 from allq.client.workers import (
+    AdminRelay,
     ControlChannel,
     ReusePortEndpoint,
-    SharedAdmin,
     WorkerMetrics,
     WorkerPool,
     apply_counts,
@@ -96,38 +96,49 @@ def test_endpoint_listens_on_the_port_and_reports_bind_errors():
 
 
 class FakeFederation:
+    """Records admin calls and reports them to observers, as the real Federation
+    does (tests/test_federation.py checks that side)."""
+
     def __init__(self):
         self.calls = []
+        self.observers = []
+
+    def observe(self, observer):
+        self.observers.append(observer)
+
+    def _changed(self, call, args):
+        for observer in self.observers:
+            observer.admin_changed(call, args)
 
     def add_server(self, address):
         self.calls.append(("add_server", address))
+        self._changed("add_server", [address])
 
     def update_servers(self, addresses):
         self.calls.append(("update_servers", addresses))
+        self._changed("update_servers", [list(addresses)])
 
-    async def drain_server(self, server, draining=True):
+    def drain_server(self, server, draining=True):
         self.calls.append(("drain_server", server, draining))
-        return True
-
-    def health(self):
-        return {"up": 1}
+        self._changed("drain_server", [server, draining])
+        return succeed(True)
 
 
-def test_admin_changes_are_applied_and_relayed():
+def test_admin_changes_are_relayed():
     federation, relayed = FakeFederation(), []
-    admin = SharedAdmin(federation, relayed.append)
-    admin.add_server("h:1")
-    admin.update_servers(["h:1", "h:2"])
-    assert Deferred.fromCoroutine(admin.drain_server("h:1")).result is True
+    AdminRelay(federation, relayed.append)
+    federation.add_server("h:1")
+    federation.update_servers(["h:1", "h:2"])
+    assert federation.drain_server("h:1").result is True
     assert federation.calls == [("add_server", "h:1"), ("update_servers", ["h:1", "h:2"]),
                                 ("drain_server", "h:1", True)]
     assert [m["call"] for m in relayed] == ["add_server", "update_servers", "drain_server"]
-    assert admin.health() == {"up": 1}  # everything else is the federation's
+    assert relayed[2] == {"op": "admin", "call": "drain_server", "args": ["h:1", True]}
 
 
 def test_relayed_changes_are_applied_without_relaying_again():
     federation, relayed = FakeFederation(), []
-    admin = SharedAdmin(federation, relayed.append)
+    admin = AdminRelay(federation, relayed.append)
     for message in [{"op": "admin", "call": "add_server", "args": ["h:3"]},
                     {"op": "admin", "call": "update_servers", "args": [["h:3"]]},
                     {"op": "admin", "call": "drain_server", "args": ["h:3", False]},
@@ -230,10 +241,12 @@ class Transport:
 
 def test_control_channel_reads_lines_and_skips_garbage():
     got, closed = [], []
-    channel = ControlChannel(got.append, lambda: closed.append(True))
+    channel = ControlChannel(lambda: closed.append(True))
+    channel.handle("admin", got.append)
+    channel.handle("metrics", got.append)
     channel.makeConnection(Transport())
     channel.dataReceived(b'{"op": "admin"}\n{"op"')
-    channel.dataReceived(b': "metrics"}\nnot json\n[1, 2]\n')
+    channel.dataReceived(b': "metrics"}\nnot json\n[1, 2]\n{"op": "unknown"}\n')
     assert got == [{"op": "admin"}, {"op": "metrics"}]
     channel.send({"op": "counts"})
     assert channel.transport.written == b'{"op":"counts"}\n'
@@ -286,12 +299,13 @@ class PrimaryMetrics:
 def pool():
     reactor = ProcessReactor()
     federation, relayed = FakeFederation(), []
-    admin = SharedAdmin(federation, relayed.append)
-    pool = WorkerPool(reactor, 2, lambda i: worker_command(i, ["--servers", "h:1"]), admin,
+    admin = AdminRelay(federation, relayed.append)
+    pool = WorkerPool(reactor, 2, lambda i, port: worker_command(i, ["--servers", "h:1"]),
                       PrimaryMetrics(), replay=lambda: [{"op": "admin", "call": "x"}])
+    pool.admin = admin
     pool.startService()
     assert reactor.spawned == []  # not before the primary listens
-    pool.listening()
+    pool.listening(8090)
     pool.reactor, pool.federation = reactor, federation
     return pool
 
@@ -302,14 +316,16 @@ def lines(process):
 
 def test_workers_start_once_running_and_listening_whichever_comes_last():
     reactor = ProcessReactor()
-    pool = WorkerPool(reactor, 1, lambda i: worker_command(i, []),
-                      SharedAdmin(FakeFederation(), list.append), PrimaryMetrics())
-    pool.listening()  # twistd binds in the privileged start, before startService
+    ports = []
+    pool = WorkerPool(reactor, 1, lambda i, port: ports.append(port) or worker_command(i, []),
+                      PrimaryMetrics())
+    pool.listening(8090)  # twistd binds in the privileged start, before startService
     assert reactor.spawned == []
     pool.startService()
     assert len(reactor.spawned) == 1
-    pool.listening()  # never twice
+    pool.listening(8090)  # never twice
     assert len(reactor.spawned) == 1
+    assert ports == [8090]  # the worker serves the port the primary bound
 
 
 def test_workers_start_with_the_command_and_are_told_the_replay(pool):

@@ -31,14 +31,11 @@ from allq.errors import (
     Timeout,
     error_for_code,
 )
+from allq.vocabulary import MAX_BATCH, SERVER_REQUEST_TIMEOUT
 from allq.wire.crypto import FrameError, HandshakeError, Session, client_hello, parse_challenge_line
 from allq.wire.keys import ClientKeys
 from allq.wire.messages import dumps, encode_request, loads, max_line_length
 
-DEFAULT_REQUEST_TIMEOUT = 10.0
-#: Requests per batch frame; the server refuses other sizes with an error that names
-#: no request id, so such a batch could only time out (allq.server.protocol.MAX_BATCH).
-MAX_BATCH = 1000
 #: Requests made in one reactor turn that go out together in one frame at most.
 MAX_COALESCED = 100
 _ERROR_PREFIX = b"ERROR "
@@ -66,7 +63,7 @@ class ServerConnection(LineOnlyReceiver):
         self,
         keys: ClientKeys,
         clock: IReactorTime,
-        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        request_timeout: float = SERVER_REQUEST_TIMEOUT,
         max_job_size: int = 16 * 1024 * 1024,
         coalesce: bool = False,
     ) -> None:
@@ -284,7 +281,7 @@ def connect(
     reactor,
     endpoint: IStreamClientEndpoint | str,
     keys: ClientKeys,
-    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    request_timeout: float = SERVER_REQUEST_TIMEOUT,
 ) -> Deferred:
     """Open a connection and complete the handshake.
 

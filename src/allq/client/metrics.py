@@ -8,28 +8,20 @@ Responsibilities, each a small piece the service assembly wires together:
   collector, what it last heard from the servers (queue depths and server
   counters, :mod:`allq.stats_metrics`) plus each server's up/down from
   ``federation.health()``.
-* :class:`InstrumentedFederation` stands in front of the federation the REST
-  facade calls and counts what went through it; every other attribute is the
-  federation's own.
-* :class:`TimedResource` wraps the REST resource and observes each request from
-  ``render`` until the response is finished (``request.notifyFinish()``),
-  labelled by method, route (the Klein rule, so paths stay a bounded set;
-  anything unknown is ``other``) and status class.
+* :class:`JobCounter` observes the federation (:mod:`allq.client.observers`)
+  and counts what went through it.
 * :class:`StatsRefresher` is the service that fetches the servers' stats every
   few seconds into the snapshot that scrapes read.
+* The HTTP side (request timing, the ``/metrics`` resource) is
+  :mod:`allq.client.metrics_http`.
 
 A scrape never waits on the network: it reads the last snapshot and the
 federation's in-memory health. Nothing here blocks the reactor or decides
 anything about jobs.
-
-Job actions carry only a job id. The tube is taken from the server's reply when
-it names one, else from a bounded memory of the ids this client put or handed
-out (:data:`REMEMBERED_JOBS`); when neither knows it the ``tube`` label is empty.
 """
 
-from collections import Counter as Counter_
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
@@ -42,13 +34,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.iweb import IRequest
-from twisted.web.resource import IResource, Resource
-from werkzeug.exceptions import HTTPException
+from twisted.web.resource import IResource
 
 from allq import __version__
-from allq.client.http_request import when_done
-from allq.client.rest import json_response
+from allq.client.metrics_http import MetricsResource, RouteNames, TimedResource
+from allq.client.observers import FederationObserver
+from allq.client.records import FetchedJob, ServerStats
 from allq.errors import AllQError
 from allq.stats_metrics import stats_families
 
@@ -62,8 +53,6 @@ REMEMBERED_JOBS = 16384
 #: Request latency buckets: fast job calls up to the 60 s long poll.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0, 30.0, 60.0)
-#: Methods that get their own label value; others are ``other`` (bounded labels).
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 #: Job actions after which the job is gone.
 _FINISHING = frozenset({"done", "delete"})
 
@@ -156,9 +145,9 @@ class ClientMetrics:
                 method=method, route=route, status=status)
         child.observe(max(seconds, 0.0))
 
-    def update_stats(self, servers: Iterable[Mapping]) -> None:
+    def update_stats(self, servers: Iterable[ServerStats]) -> None:
         """Replace the stats snapshot with the servers' latest replies."""
-        self._snapshot = list(servers)
+        self._snapshot = [server.reply for server in servers]
         self._snapshot_at = self._clock.seconds()
 
     def stats_failed(self) -> None:
@@ -181,7 +170,7 @@ class ClientMetrics:
         """The ``/metrics`` resource."""
         return MetricsResource(self)
 
-    def instrument(self, resource: IResource, routes: "RouteNames") -> IResource:
+    def instrument(self, resource: IResource, routes: RouteNames) -> IResource:
         """``resource`` with each request's latency observed (see :class:`TimedResource`)."""
         return TimedResource(resource, self, routes, self._clock)
 
@@ -237,238 +226,55 @@ class _SnapshotCollector:
 # -- the federation, counted --------------------------------------------------------
 
 
-class InstrumentedFederation:
-    """A federation that counts jobs, errors and retries, for the REST facade.
+class JobCounter(FederationObserver):
+    """Counts what goes through the federation into a :class:`Recorder`: jobs by
+    tube and action once they succeed, every :class:`AllQError` by operation and
+    code, and every retry.
 
-    Counts ``put``/``put_parent``/``get``/job actions/``kick_tube``/``clear`` by tube
-    and action once they succeed, and every :class:`AllQError` they raise by
-    operation and code. Any other attribute is the wrapped federation's.
+    Job actions carry only a job id; their tube comes from a bounded memory of
+    the ids this client put or handed out (``""`` when unknown).
 
-    If the federation has an ``on_retry`` attribute that is unset (``None``), it is
-    pointed at :meth:`Recorder.count_retry`.
-
-    :param federation: the real federation (``allq.client.rest.Federation``).
-    :param recorder: where the counts go.
+    :param recorder: where the counts go (:class:`ClientMetrics`, or a worker's
+        :class:`allq.client.workers.WorkerMetrics`).
     :param remembered: how many job ids (→ tube) to remember for job actions.
     """
 
-    def __init__(self, federation: Any, recorder: Recorder, *,
-                 remembered: int = REMEMBERED_JOBS) -> None:
-        self._federation = federation
+    def __init__(self, recorder: Recorder, *, remembered: int = REMEMBERED_JOBS) -> None:
         self._recorder = recorder
         self._remembered = remembered
         self._tubes: OrderedDict[str, str] = OrderedDict()
-        if getattr(federation, "on_retry", False) is None:
-            federation.on_retry = recorder.count_retry
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._federation, name)
-
-    # Plain Deferred chains rather than coroutines: these run on every REST call.
-
-    def _call(self, operation: str, call: Awaitable) -> Deferred:
-        d = call if isinstance(call, Deferred) else ensureDeferred(call)
-        return d.addErrback(self._count_error, operation)
-
-    def _count_error(self, failure: Failure, operation: str) -> Failure:
-        if failure.check(AllQError):
-            self._recorder.count_error(operation, failure.value.code)
-        return failure
-
-    def put(self, tube: str, body: str, **params: Any) -> Deferred:
-        """The federation's ``put``, counted as ``put`` in ``tube``."""
-        d = self._call("put", self._federation.put(tube, body, **params))
-        return d.addCallback(self._stored, "put", tube)
-
-    def put_parent(self, tube: str, body: str, **params: Any) -> Deferred:
-        """The federation's ``put_parent``, counted as ``put_parent`` in ``tube``."""
-        d = self._call("put_parent", self._federation.put_parent(tube, body, **params))
-        return d.addCallback(self._stored, "put_parent", tube)
-
-    def _stored(self, job_id: str, action: str, tube: str) -> str:
+    def stored(self, action: str, tube: str, job_id: str, address: str) -> None:
         self._recorder.count_jobs(action, tube)
         self._remember(job_id, tube)
-        return job_id
 
-    def put_many(self, jobs: list[dict]) -> Deferred:
-        """The federation's ``put_many``: each job stored counts as ``put`` in its
-        tube, each job refused as an error of ``put``."""
-        d = self._call("put", self._federation.put_many(jobs))
-        return d.addCallback(self._stored_many, [job["tube"] for job in jobs])
-
-    def _stored_many(self, outcomes: list, tubes: list[str]) -> list:
-        stored: Counter_[str] = Counter_()
-        for tube, outcome in zip(tubes, outcomes):
-            if isinstance(outcome, AllQError):
-                self._recorder.count_error("put", outcome.code)
-            else:
-                stored[tube] += 1
-                self._remember(outcome, tube)
-        for tube, count in stored.items():
-            self._recorder.count_jobs("put", tube, count)
-        return outcomes
-
-    def job_action_many(self, action: str, job_ids: list[str], **params: Any) -> Deferred:
-        """The federation's ``job_action_many``, each job counted as ``job_action`` counts one."""
-        d = self._call(action, self._federation.job_action_many(action, job_ids, **params))
-        return d.addCallback(self._acted_many, action, job_ids)
-
-    def _acted_many(self, outcomes: list, action: str, job_ids: list[str]) -> list:
-        for job_id, outcome in zip(job_ids, outcomes):
-            if isinstance(outcome, AllQError):
-                self._recorder.count_error(action, outcome.code)
-            else:
-                self._acted(outcome, action, job_id)
-        return outcomes
-
-    def get(self, tube: str, *, count: int = 1, delete: bool = False,
-            wait: float = 0) -> Deferred:
-        """The federation's ``get``: each job handed out counts as ``get`` (and as
-        ``delete`` too when taken with ``delete``)."""
-        d = self._call("get", self._federation.get(tube, count=count, delete=delete, wait=wait))
-        return d.addCallback(self._got, tube, delete)
-
-    def _got(self, jobs: list[dict], tube: str, delete: bool) -> list[dict]:
+    def got(self, tube: str, jobs: Sequence[FetchedJob], deleted: bool) -> None:
         self._recorder.count_jobs("get", tube, len(jobs))
-        if delete:
+        if deleted:
             self._recorder.count_jobs("delete", tube, len(jobs))
         else:
             for job in jobs:
-                self._remember(job["job_id"], job.get("tube", tube))
-        return jobs
+                self._remember(job.job_id, job.tube)
 
-    def job_action(self, action: str, job_id: str, **params: Any) -> Deferred:
-        """The federation's ``job_action``, counted as ``action`` in the job's tube
-        (``""`` when unknown)."""
-        d = self._call(action, self._federation.job_action(action, job_id, **params))
-        return d.addCallback(self._acted, action, job_id)
-
-    def _acted(self, result: Any, action: str, job_id: str) -> Any:
-        tube = result.get("tube") if isinstance(result, Mapping) else None
-        if not isinstance(tube, str):
-            tube = self._tubes.get(job_id, "")
-        self._recorder.count_jobs(action, tube)
+    def acted(self, action: str, job_id: str, address: str) -> None:
+        self._recorder.count_jobs(action, self._tubes.get(job_id, ""))
         if action in _FINISHING:
             self._tubes.pop(job_id, None)
-        return result
 
-    def kick_tube(self, tube: str, count: int = 1) -> Deferred:
-        """The federation's ``kick_tube``; each job kicked counts as ``kick``."""
-        d = self._call("kick_tube", self._federation.kick_tube(tube, count))
-        return d.addCallback(self._counted, "kick", tube, len)
+    def counted(self, action: str, tube: str, count: int) -> None:
+        self._recorder.count_jobs(action, tube, count)
 
-    def clear(self, tube: str, state: str = "all") -> Deferred:
-        """The federation's ``clear``; each job cleared counts as ``clear``."""
-        d = self._call("clear", self._federation.clear(tube, state))
-        return d.addCallback(self._counted, "clear", tube, int)
+    def failed(self, operation: str, code: str, count: int = 1) -> None:
+        self._recorder.count_error(operation, code, count)
 
-    def _counted(self, result: Any, action: str, tube: str, how_many: Callable) -> Any:
-        self._recorder.count_jobs(action, tube, how_many(result))
-        return result
+    def retried(self, operation: str, address: str | None) -> None:
+        self._recorder.count_retry(operation, address)
 
     def _remember(self, job_id: str, tube: str) -> None:
         self._tubes[job_id] = tube
         self._tubes.move_to_end(job_id)
         while len(self._tubes) > self._remembered:
             self._tubes.popitem(last=False)
-
-
-# -- HTTP ---------------------------------------------------------------------------
-
-
-class RouteNames:
-    """Maps a request to its route template, so latency labels stay a bounded set.
-
-    :param url_map: the Klein app's ``url_map`` (``RestApi.app.url_map``); rules
-        with converters are matched by werkzeug, the rest by a set lookup.
-    """
-
-    OTHER = "other"
-
-    def __init__(self, url_map: Any) -> None:
-        rules = list(url_map.iter_rules())
-        self._static = frozenset(rule.rule for rule in rules if not rule.arguments)
-        self._dynamic = any(rule.arguments for rule in rules)
-        self._adapter = url_map.bind("allq.invalid", "/")
-
-    @classmethod
-    def of(cls, paths: Iterable[str]) -> "RouteNames":
-        """Names for a fixed list of plain paths (tests, or a non-Klein resource)."""
-        from werkzeug.routing import Map, Rule
-
-        return cls(Map([Rule(path, endpoint=path) for path in paths]))
-
-    def name(self, method: str, path: bytes) -> str:
-        """The route template ``path`` matches, or ``other``."""
-        try:
-            text = path.decode("utf-8")
-        except UnicodeDecodeError:
-            return self.OTHER
-        if text in self._static:
-            return text
-        if not self._dynamic:
-            return self.OTHER
-        try:
-            rule, _ = self._adapter.match(text, method=method, return_rule=True)
-        except HTTPException:
-            return self.OTHER
-        return rule.rule
-
-
-class TimedResource(Resource):
-    """Observes how long each request to ``inner`` takes, until its response ends.
-
-    :param inner: a leaf resource (the REST facade's).
-    :param metrics: where observations go.
-    :param routes: names the route of each request.
-    :param clock: the time source.
-    """
-
-    isLeaf = True
-
-    def __init__(self, inner: IResource, metrics: ClientMetrics, routes: RouteNames,
-                 clock: IReactorTime) -> None:
-        super().__init__()
-        self._inner = inner
-        self._metrics = metrics
-        self._routes = routes
-        self._clock = clock
-
-    def render(self, request: IRequest) -> bytes | int:
-        started = self._clock.seconds()
-        method = request.method.decode("ascii", "replace")
-        method = method if method in _METHODS else "other"
-        route = self._routes.name(method, request.path)
-
-        def finished(completed: bool) -> None:
-            status = f"{int(request.code) // 100}xx" if completed else "aborted"
-            self._metrics.observe_request(method, route, status,
-                                          self._clock.seconds() - started)
-
-        when_done(request, finished)
-        return self._inner.render(request)
-
-
-class MetricsResource(Resource):
-    """``GET /metrics``: the registry in Prometheus (or OpenMetrics) text format."""
-
-    isLeaf = True
-
-    def __init__(self, metrics: ClientMetrics) -> None:
-        super().__init__()
-        self._metrics = metrics
-
-    def render(self, request: IRequest) -> bytes:
-        if request.method not in (b"GET", b"HEAD"):
-            request.setHeader(b"allow", b"GET, HEAD")
-            return json_response(request, {
-                "error": "method_not_allowed", "detail": "/metrics accepts GET"}, 405)
-        accept = request.getHeader(b"accept")
-        body, content_type = self._metrics.exposition(
-            None if accept is None else accept.decode("latin-1"))
-        request.setHeader(b"content-type", content_type.encode("ascii"))
-        request.setHeader(b"cache-control", b"no-store")
-        return body
 
 
 # -- the stats snapshot -------------------------------------------------------------
@@ -482,7 +288,7 @@ class StatsRefresher(Service):
     the next one succeeds; failures are logged once per outage, not per try.
     Stopping cancels a fetch in flight and leaves no timer behind.
 
-    :param federation: has ``async stats() -> list[dict]``.
+    :param federation: has ``async stats() -> list[ServerStats]``.
     :param metrics: receives the snapshots.
     :param clock: schedules the fetches.
     """

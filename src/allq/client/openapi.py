@@ -11,7 +11,19 @@ values the running facade enforces.
 """
 
 from allq import __version__
-from allq.vocabulary import CLEAR_STATES, MAX_COUNT, MAX_PRIORITY, TUBE_NAME
+from allq.vocabulary import (
+    CLEAR_STATES,
+    FAIR_SETTINGS,
+    JOB_ID,
+    MAX_COUNT,
+    MAX_KICK_COUNT,
+    MAX_OFFSET,
+    MAX_PRIORITY,
+    MAX_RUN_AT,
+    MAX_TUBE_SIZE,
+    MAX_WAIT,
+    TUBE_NAME,
+)
 
 _BOOLEAN_WORDS = ("true", "false", "1", "0", "yes", "no")
 
@@ -411,23 +423,16 @@ def _responses() -> dict:
     }
 
 
-def document(*, max_body: int, max_wait: float, job_id_pattern: str,
-             max_kick_count: int, max_offset: int, max_run_at: int = 2**40,
-             max_tube_size: int = 2**40,
-             fair_settings: tuple[str, ...] = ("round_robin", "weighted", "off",
-                                               "default")) -> dict:
-    """The OpenAPI 3.1 document of the REST facade.
+def document(*, max_body: int) -> dict:
+    """The OpenAPI 3.1 document of the REST facade; its limits and patterns are
+    :mod:`allq.vocabulary`'s, the ones the facade checks.
 
     :param max_body: the largest request body accepted, in bytes.
-    :param max_wait: the longest long poll, in seconds.
-    :param job_id_pattern: the regular expression a job id must match.
-    :param max_kick_count: the largest ``count`` of ``PUT /kick?tube=``.
-    :param max_offset: the largest ``offset`` of ``GET /peek``.
-    :param max_run_at: the latest ``run_at`` of a put.
-    :param max_tube_size: the largest ``max_size`` of ``PUT /max_size``.
-    :param fair_settings: the ``policy`` values of ``PUT /fair``.
     :returns: a JSON-encodable dict.
     """
+    max_wait, job_id_pattern = MAX_WAIT, JOB_ID.pattern
+    max_kick_count, max_offset, max_run_at = MAX_KICK_COUNT, MAX_OFFSET, MAX_RUN_AT
+    max_tube_size, fair_settings = MAX_TUBE_SIZE, FAIR_SETTINGS
     action = _json(_ref("schemas", "JobAction"), "{\"action\": <name>, \"job_id\"}")
     body_note = f" The body may be at most {max_body} bytes."
 

@@ -12,7 +12,8 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
-from allq.client.metrics import ClientMetrics, RouteNames
+from allq.client.metrics import ClientMetrics
+from allq.client.metrics_http import RouteNames
 
 
 class SiteRoot(Resource):

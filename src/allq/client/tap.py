@@ -14,17 +14,18 @@ from twisted.python import usage
 from twisted.web.server import Site
 
 from allq import __version__
-from allq.client.connection import DEFAULT_REQUEST_TIMEOUT
 from allq.client.dashboard import Dashboard
-from allq.client.federation import DEFAULT_RETRY_BUDGET, Federation
+from allq.client.federation import Federation
 from allq.client.graceful import GracefulClient, InFlight
 from allq.client.link import ServerLink, parse_address
-from allq.client.metrics import ClientMetrics, InstrumentedFederation, StatsRefresher
+from allq.client.metrics import ClientMetrics, JobCounter, StatsRefresher
+from allq.client.observers import JobLog
 from allq.client.rest import DEFAULT_MAX_BODY, RestApi
+from allq.client.retry import DEFAULT_RETRY_BUDGET
 from allq.client.site import build_site
 from allq.client.workers import (
+    AdminRelay,
     ReusePortEndpoint,
-    SharedAdmin,
     WorkerMetrics,
     WorkerPool,
     parse_tcp,
@@ -34,6 +35,7 @@ from allq.client.workers import (
 from allq.listening import endpoint_service, listening_service
 from allq.config import positive_float, positive_int, resolve
 from allq.errors import BadRequest
+from allq.vocabulary import SERVER_REQUEST_TIMEOUT
 from allq.wire.keys import KeyConfigError, MissingKeys, load_client_keys
 
 _log = Logger()
@@ -64,7 +66,7 @@ class Options(usage.Options):
          "[env ALLQ_KEYS_DIR]"],
         ["request-timeout", None, None,
          f"seconds a server may take to answer one request [default: "
-         f"{DEFAULT_REQUEST_TIMEOUT:g}; env ALLQ_REQUEST_TIMEOUT]"],
+         f"{SERVER_REQUEST_TIMEOUT:g}; env ALLQ_REQUEST_TIMEOUT]"],
         ["retry-budget", None, None,
          f"seconds a put or get may spend retrying on other servers [default: "
          f"{DEFAULT_RETRY_BUDGET:g}; env ALLQ_RETRY_BUDGET]"],
@@ -100,7 +102,7 @@ class Options(usage.Options):
         self["keys"] = resolve(self, "keys", env, "ALLQ_KEYS_DIR")
         self["request-timeout"] = positive_float(
             "request-timeout",
-            resolve(self, "request-timeout", env, "ALLQ_REQUEST_TIMEOUT") or DEFAULT_REQUEST_TIMEOUT)
+            resolve(self, "request-timeout", env, "ALLQ_REQUEST_TIMEOUT") or SERVER_REQUEST_TIMEOUT)
         self["retry-budget"] = positive_float(
             "retry-budget",
             resolve(self, "retry-budget", env, "ALLQ_RETRY_BUDGET") or DEFAULT_RETRY_BUDGET)
@@ -121,44 +123,39 @@ def makeService(config: Options, reactor=None) -> MultiService:
     and with ``--workers N`` the N-1 worker processes (:mod:`allq.client.workers`)."""
     if reactor is None:
         from twisted.internet import reactor
-    keys = _client_keys(config)
-    federation = _federation(config, keys, reactor)
-    # Metrics count what the facade asks of the federation, time its requests,
-    # and read server stats from a snapshot refreshed in the background.
+    federation = _federation(config, _client_keys(config), reactor)
+    # Metrics count what the federation does, time the REST requests, and read
+    # server stats from a snapshot refreshed in the background.
     metrics = ClientMetrics(reactor, health=federation.health)
-    instrumented = InstrumentedFederation(federation, metrics)
+    federation.observe(JobCounter(metrics))
+    service, site = _client(config, federation, metrics, reactor)
+    StatsRefresher(federation, metrics, reactor).setServiceParent(service)
     pool = None
-    bound = [None]  # the port, once listening (workers bind the same one)
     if config["workers"] > 1:
         interface, _, backlog = parse_tcp(config["http"])
-        relay = lambda message: pool.relay(message)  # noqa: E731 - the pool comes next
-        admin = SharedAdmin(instrumented, relay)
         pool = WorkerPool(
             reactor, config["workers"] - 1,
-            lambda index: worker_command(index, _worker_options(
-                config, federation, interface, bound[0], backlog)),
-            admin, metrics, replay=lambda: _drains(federation))
+            lambda index, port: worker_command(index, _worker_options(
+                config, federation, interface, port, backlog)),
+            metrics, replay=lambda: _drains(federation))
+        pool.admin = AdminRelay(federation, pool.relay)
         metrics.workers = pool.status
-        instrumented = admin
-    service, site = _client(config, instrumented, federation, metrics, reactor)
-    StatsRefresher(federation, metrics, reactor).setServiceParent(service)
+        pool.setServiceParent(service)
+        service.set_workers(pool)
 
     def listening(port) -> None:
         address = port.getHost()
-        bound[0] = address.port
         _log.info(
             "allq-client {version} serving REST on {host}:{port} for servers {servers}",
             version=__version__, host=address.host, port=address.port,
             servers=",".join(config["servers"]),
         )
         if pool is not None:
-            pool.listening()
+            pool.listening(address.port)
 
     if pool is None:
         http = listening_service(reactor, config["http"], site, listening)
     else:
-        pool.setServiceParent(service)
-        service.set_workers(pool)
         http = _reuse_port_service(reactor, config["http"], site, listening)
     http.setServiceParent(service)
     service.set_http(http)
@@ -168,24 +165,13 @@ def makeService(config: Options, reactor=None) -> MultiService:
 def make_worker_service(config: Options, index: int, reactor) -> MultiService:
     """One worker process of ``--workers N`` (run by ``python -m allq.client.worker``):
     a whole client on the shared port, reporting to the primary over stdin/stdout."""
-    keys = _client_keys(config)
-    federation = _federation(config, keys, reactor)
-    channel = [None]
-
-    def send(message: dict) -> None:
-        channel[0].send(message)
-
-    metrics = WorkerMetrics(send, reactor)
-    admin = SharedAdmin(InstrumentedFederation(federation, metrics), send)
-
-    def received(message: dict) -> None:
-        if message.get("op") == "admin":
-            admin.apply(message)
-        elif message.get("op") == "metrics":
-            metrics.answered(message)
-
-    channel[0] = worker_control(reactor, received)
-    service, site = _client(config, admin, federation, metrics, reactor)
+    federation = _federation(config, _client_keys(config), reactor)
+    channel = worker_control(reactor)
+    metrics = WorkerMetrics(channel.send, reactor)
+    federation.observe(JobCounter(metrics))
+    channel.handle("admin", AdminRelay(federation, channel.send).apply)
+    channel.handle("metrics", metrics.answered)
+    service, site = _client(config, federation, metrics, reactor)
     metrics.setServiceParent(service)
 
     def listening(port) -> None:
@@ -219,14 +205,15 @@ def _federation(config: Options, keys, reactor) -> Federation:
         reactor,
         retry_budget=config["retry-budget"],
     )
-    federation.log_jobs = config["log-jobs"]
+    if config["log-jobs"]:
+        federation.observe(JobLog())
     return federation
 
 
-def _client(config: Options, federation_api, federation: Federation, metrics,
+def _client(config: Options, federation: Federation, metrics,
             reactor) -> tuple[GracefulClient, Site]:
     """The service tree and the site every client process has."""
-    api = RestApi(federation_api, reactor, max_body=config["max-body"])
+    api = RestApi(federation, reactor, max_body=config["max-body"])
     in_flight = InFlight()
     service = GracefulClient(None, in_flight, federation.end_long_polls, reactor)
     federation.setServiceParent(service)

@@ -48,8 +48,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from allq.client.metrics import TimedResource
-from allq.client.rest import json_response
+from allq.client.http import json_response
+from allq.client.metrics_http import TimedResource
+from allq.client.observers import FederationObserver
 
 #: Seconds between a worker's metric reports.
 REPORT_INTERVAL = 1.0
@@ -139,34 +140,30 @@ class ReusePortEndpoint:
 # -- what every process shares ------------------------------------------------------
 
 
-class SharedAdmin:
-    """The federation of one process, whose admin changes reach every process.
+class AdminRelay(FederationObserver):
+    """Makes one process's admin changes every process's.
 
-    :param federation: this process's federation (instrumented).
-    :param relay: sends a change to the other processes.
+    It observes this process's federation and sends each admin change it makes
+    (``add_server``, ``update_servers``, ``drain_server``) to the other processes
+    through ``send``; :meth:`apply` makes a change another process sent, without
+    sending it on again.
+
+    :param federation: this process's federation.
+    :param send: the way to the other processes (the primary's
+        :meth:`WorkerPool.relay`, or a worker's control channel).
     """
 
     _log = Logger()
 
-    def __init__(self, federation: Any, relay: Callable[[dict], None]) -> None:
+    def __init__(self, federation: Any, send: Callable[[dict], None]) -> None:
         self._federation = federation
-        self._relay = relay
+        self._send = send
+        self._applying = False
+        federation.observe(self)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._federation, name)
-
-    def add_server(self, address: str) -> None:
-        self._federation.add_server(address)
-        self._relay({"op": "admin", "call": "add_server", "args": [address]})
-
-    def update_servers(self, addresses: list[str]) -> None:
-        self._federation.update_servers(addresses)
-        self._relay({"op": "admin", "call": "update_servers", "args": [list(addresses)]})
-
-    async def drain_server(self, server: str, draining: bool = True) -> bool:
-        told = await self._federation.drain_server(server, draining)
-        self._relay({"op": "admin", "call": "drain_server", "args": [server, draining]})
-        return told
+    def admin_changed(self, call: str, args: list) -> None:
+        if not self._applying:
+            self._send({"op": "admin", "call": call, "args": args})
 
     def apply(self, message: dict) -> None:
         """Make a change another process relayed (without relaying it again)."""
@@ -175,16 +172,20 @@ class SharedAdmin:
             self._log.warn("ignored a relayed change without arguments: {message}",
                            message=message)
             return
-        if call == "add_server" and len(args) == 1:
-            self._federation.add_server(args[0])
-        elif call == "update_servers" and len(args) == 1:
-            self._federation.update_servers(args[0])
-        elif call == "drain_server" and len(args) == 2:
-            d = Deferred.fromCoroutine(self._federation.drain_server(*args))
-            d.addErrback(lambda f: self._log.failure("relayed drain of {server} failed", f,
-                                                     server=args[0]))
-        else:
-            self._log.warn("ignored an unknown relayed change: {message}", message=message)
+        self._applying = True
+        try:
+            if call == "add_server" and len(args) == 1:
+                self._federation.add_server(args[0])
+            elif call == "update_servers" and len(args) == 1:
+                self._federation.update_servers(args[0])
+            elif call == "drain_server" and len(args) == 2:
+                d = self._federation.drain_server(*args)
+                d.addErrback(lambda f: self._log.failure("relayed drain of {server} failed", f,
+                                                         server=args[0]))
+            else:
+                self._log.warn("ignored an unknown relayed change: {message}", message=message)
+        finally:
+            self._applying = False
 
 
 class Counts:
@@ -240,16 +241,22 @@ def apply_counts(metrics: Any, message: dict) -> None:
 class ControlChannel(Protocol):
     """A worker's end of the control channel (its stdin and stdout).
 
-    :param on_message: called with each object the primary sends.
+    Messages from the primary go to the handler registered for their ``op``
+    (:meth:`handle`), so the channel can be made before what it serves.
+
     :param on_closed: called when the primary is gone (stdin closed).
     """
 
     _log = Logger()
 
-    def __init__(self, on_message: Callable[[dict], None], on_closed: Callable[[], None]) -> None:
-        self._on_message = on_message
+    def __init__(self, on_closed: Callable[[], None]) -> None:
+        self._handlers: dict[str, Callable[[dict], None]] = {}
         self._on_closed = on_closed
         self._buffer = b""
+
+    def handle(self, op: str, handler: Callable[[dict], None]) -> None:
+        """Pass the messages whose ``op`` is ``op`` to ``handler``."""
+        self._handlers[op] = handler
 
     def send(self, message: dict) -> None:
         if self.transport is not None:
@@ -260,10 +267,11 @@ class ControlChannel(Protocol):
         *lines, self._buffer = self._buffer.split(b"\n")
         for line in lines:
             message = _decode(line)
-            if message is None:
+            handler = None if message is None else self._handlers.get(message.get("op"))
+            if handler is None:
                 self._log.warn("ignored a malformed control line ({size} bytes)", size=len(line))
             else:
-                self._on_message(message)
+                handler(message)
 
     def connectionLost(self, reason: Failure = None) -> None:
         self._on_closed()
@@ -391,7 +399,7 @@ class _PrimaryMetricsResource(Resource):
         return NOT_DONE_YET
 
 
-def worker_control(reactor, on_message: Callable[[dict], None]) -> ControlChannel:
+def worker_control(reactor) -> ControlChannel:
     """Connect this worker process's stdin and stdout to a :class:`ControlChannel`;
     the process stops when the primary goes away."""
     from twisted.internet.stdio import StandardIO
@@ -400,7 +408,7 @@ def worker_control(reactor, on_message: Callable[[dict], None]) -> ControlChanne
         if reactor.running:
             reactor.stop()
 
-    channel = ControlChannel(on_message, closed)
+    channel = ControlChannel(closed)
     StandardIO(channel, reactor=reactor)
     return channel
 
@@ -451,29 +459,30 @@ class WorkerPool(Service):
 
     :param reactor: spawns the processes and drives restarts.
     :param count: how many workers (N-1).
-    :param command: the command line of worker ``index``.
-    :param admin: this process's :class:`SharedAdmin`, to apply relayed changes.
+    :param command: the command line of worker ``index`` serving ``port``.
     :param metrics: the primary's ``ClientMetrics``.
+    :ivar admin: this process's :class:`AdminRelay`, which applies the changes
+        workers relay (set once made: it relays through this pool).
     :param replay: the admin changes a newly started worker must be told (its
         command line carries the current servers, not their drains).
     """
 
     log = Logger()
 
-    def __init__(self, reactor, count: int, command: Callable[[int], list[str]],
-                 admin: SharedAdmin, metrics: Any,
+    def __init__(self, reactor, count: int, command: Callable[[int, int], list[str]],
+                 metrics: Any,
                  replay: Callable[[], list[dict]] = list) -> None:
         self._reactor = reactor
         self._replay = replay
         self._count = count
         self._command = command
-        self._admin = admin
+        self.admin: AdminRelay | None = None
         self._metrics = metrics
         self._workers: dict[int, _Worker] = {}
         self._restarts: dict[int, Any] = {}
         self._failures: dict[int, int] = {}
         self._stopping = False
-        self._listening = False
+        self._port: int | None = None
         self.restarts = 0
 
     @property
@@ -484,9 +493,9 @@ class WorkerPool(Service):
         """(processes serving, the primary included; workers restarted so far)."""
         return 1 + len(self._workers), self.restarts
 
-    def listening(self) -> None:
-        """The primary listens now: the workers can bind the port too."""
-        self._listening = True
+    def listening(self, port: int) -> None:
+        """The primary listens on ``port`` now: the workers can bind it too."""
+        self._port = port
         self._spawn_all()
 
     def startService(self) -> None:
@@ -496,7 +505,7 @@ class WorkerPool(Service):
         self._spawn_all()
 
     def _spawn_all(self) -> None:
-        if self.running and self._listening and not self._workers and not self._stopping:
+        if self.running and self._port is not None and not self._workers and not self._stopping:
             for index in range(1, self._count + 1):
                 self._spawn(index)
 
@@ -506,7 +515,7 @@ class WorkerPool(Service):
         if self._stopping:
             return
         worker = _Worker(self, index)
-        command = self._command(index)
+        command = self._command(index, self._port)
         self._reactor.spawnProcess(worker, command[0], command, env=os.environ,
                                    childFDs={0: "w", 1: "r", 2: "r"})
         self._workers[index] = worker
@@ -525,7 +534,7 @@ class WorkerPool(Service):
         message = _decode(line)
         op = None if message is None else message.get("op")
         if op == "admin":
-            self._admin.apply(message)
+            self.admin.apply(message)
             self.relay(message, origin=worker)
         elif op == "counts":
             try:

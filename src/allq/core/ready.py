@@ -23,7 +23,6 @@ from collections import OrderedDict, deque
 from collections.abc import Iterator
 
 from allq.core.job import Job, JobState
-from allq.vocabulary import FAIR_POLICIES
 _COST_EMA = 0.2  # weight of the newest duration in a key's mean processing time
 _DEFAULT_COST = 1.0
 _MIN_COST = 0.001

@@ -1,0 +1,207 @@
+"""Placement: which server stores a new job, with one retry loop for every put.
+
+* A put (and a parent put) goes to the healthy servers this client is not
+  draining, in round-robin order. Round robin rather than least-loaded because
+  it needs no stats round trip on the hot path, spreads evenly when servers are
+  alike, and cannot herd every client onto the one server whose (stale) stats
+  looked emptiest.
+* Every put carries a fresh idempotency key. If the connection is lost or a
+  reply times out, the outcome is unknown: the put is retried on the *same*
+  server once it is back (the key makes that retry return the first job id
+  instead of storing a duplicate); while that server stays down it fails over
+  to the others (at-least-once: a duplicate is possible only if the lost server
+  had stored the job and comes back with it).
+* A server that answers ``draining`` or ``full`` did not store the job: the put
+  moves on, and fails with that error only when every reachable server refused.
+* A put naming a parent (``parent_id``) goes to the parent's server and nowhere
+  else: parent and children always live on one server. When that server is down
+  the put fails at once with :class:`Unavailable`.
+* A batch is cut into contiguous slices, one per server in round-robin order,
+  each sent as one frame; a job without a definite answer there goes on alone
+  through the same retry loop, from where it stands.
+
+A put is reported stored only on a server's reply, and failed only when the
+retry budget is spent or every reachable server refused it.
+"""
+
+import uuid
+from collections.abc import Callable
+from itertools import count
+
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.logger import Logger
+
+from allq.client.link import NotConnected, ServerLink
+from allq.client.membership import Membership
+from allq.client.retry import Retries
+from allq.errors import AllQError, Draining, QueueFull, Unavailable
+
+#: Idempotency keys: a random prefix per client process, then a counter. Unique
+#: across processes and restarts, and far cheaper per put than a uuid4.
+_KEY_PREFIX = uuid.uuid4().hex[:20] + "."
+_key_numbers = count()
+
+
+def idempotency_key() -> str:
+    return _KEY_PREFIX + str(next(_key_numbers))
+
+
+def _slices(items: list, parts: int) -> list[list]:
+    """``items`` cut into ``parts`` contiguous slices whose sizes differ by one at most."""
+    if parts <= 0:
+        return []
+    size, extra = divmod(len(items), parts)
+    slices, start = [], 0
+    for part in range(parts):
+        end = start + size + (part < extra)
+        slices.append(items[start:end])
+        start = end
+    return slices
+
+
+class Placement:
+    """Stores jobs on the federation's servers.
+
+    :param servers: the membership to place on.
+    :param retries: backoff and budget.
+    :param stored: told ``(action, tube, job_id, address)`` for every job stored.
+    :param retried: told ``(action, address)`` when a put's outcome on a server is unknown.
+    """
+
+    _log = Logger()
+
+    def __init__(self, servers: Membership, retries: Retries,
+                 stored: Callable[[str, str, str, str], None],
+                 retried: Callable[[str, str | None], None]) -> None:
+        self._servers = servers
+        self._retries = retries
+        self._stored = stored
+        self._retried = retried
+        self._round_robin = 0
+
+    def store(self, action: str, params: dict) -> Deferred:
+        """Place one job (``params``: the wire put's, with ``idempotency_key``);
+        fires with its job id."""
+        return Deferred.fromCoroutine(self._store(action, params))
+
+    async def store_many(self, batch: list[dict]) -> list[str | AllQError]:
+        """Place a batch of ``put`` jobs; per job, in order, its id or its error."""
+        outcomes: list[str | AllQError | None] = [None] * len(batch)
+        # (index, the server that may hold it, servers that refused it)
+        later: list[tuple[int, ServerLink | None, dict]] = [
+            (index, None, {}) for index, params in enumerate(batch)
+            if params["parent_id"] is not None]
+        placed = [index for index, params in enumerate(batch) if params["parent_id"] is None]
+        links = self._candidates(None, {}) if placed else []
+        slices = [(link, chunk) for link, chunk in zip(links, _slices(placed, len(links)))
+                  if chunk]
+        replies = await DeferredList(
+            [link.batch([("put", batch[index]) for index in chunk]) for link, chunk in slices],
+            consumeErrors=True)
+        for (link, chunk), (answered, value) in zip(slices, replies):
+            if not answered:
+                if not value.check(Unavailable):
+                    value.raiseException()
+                unsure = None if value.check(NotConnected) else link
+                if unsure is not None:
+                    self._log.info("batch put on {address} outcome unknown ({error}); "
+                                   "retrying each job", address=link.address,
+                                   error=value.value.message)
+                    self._retried("put", link.address)
+                later += [(index, unsure, {}) for index in chunk]
+                continue
+            for index, reply in zip(chunk, value):
+                if isinstance(reply, Draining | QueueFull):
+                    later.append((index, None, {link: reply}))
+                elif isinstance(reply, Unavailable):
+                    later.append((index, link, {}))
+                elif isinstance(reply, AllQError):
+                    outcomes[index] = reply
+                else:
+                    outcomes[index] = self._done("put", batch[index], reply, link)
+        if placed and not slices:
+            later += [(index, None, {}) for index in placed]
+        retried = await DeferredList(
+            [Deferred.fromCoroutine(self._store("put", batch[index], unsure, refused))
+             for index, unsure, refused in later], consumeErrors=True)
+        for (index, _, _), (stored, value) in zip(later, retried):
+            if not stored and not value.check(AllQError):
+                value.raiseException()
+            outcomes[index] = value if stored else value.value
+        return outcomes
+
+    def _done(self, action: str, params: dict, reply: dict, link: ServerLink) -> str:
+        job_id = reply["job_id"]
+        self._stored(action, params["tube"], job_id, link.address)
+        return job_id
+
+    async def _store(self, action: str, params: dict, unsure: ServerLink | None = None,
+                     refused: dict[ServerLink, AllQError] | None = None) -> str:
+        """The retry loop: try the candidates, back off, until stored or refused
+        everywhere or out of budget.
+
+        :param unsure: the server that may already hold the job (an earlier try's
+            outcome is unknown there).
+        :param refused: servers that already refused it as draining or full.
+        """
+        deadline = self._retries.deadline()
+        parent = params.get("parent_id")
+        # A child goes to its parent's server only: no failover, no refusal list.
+        holder = None if parent is None else self._servers.holder(parent, "parent")
+        refused = {} if refused is None else refused
+        attempt = 0
+        while True:
+            candidates = [holder] if holder is not None else self._candidates(unsure, refused)
+            for link in candidates:
+                try:
+                    result = await link.request(action, params)
+                except NotConnected:
+                    continue
+                except (Draining, QueueFull) as e:
+                    if holder is not None:
+                        raise
+                    # Refused before storing (an earlier try of this key would have
+                    # been answered with its job id), so another server may take it.
+                    refused[link] = e
+                    if link is unsure:
+                        unsure = None
+                    continue
+                except Unavailable as e:
+                    unsure = link
+                    self._log.info("put on {address} outcome unknown ({error}); retrying",
+                                   address=link.address, error=e.message)
+                    self._retried(action, link.address)
+                    break
+                return self._done(action, params, result, link)
+            if unsure is None:
+                if holder is not None:
+                    raise Unavailable(f"the server holding parent {parent[:90]} is down")
+                refusal = self._refusal(refused)
+                if refusal is not None:
+                    raise refusal
+            attempt = await self._retries.backoff(attempt, deadline, action)
+
+    def _candidates(self, unsure: ServerLink | None,
+                    refused: dict[ServerLink, AllQError]) -> list[ServerLink]:
+        if unsure is not None and unsure.up:
+            return [unsure]
+        links = [l for l in self._servers.healthy() if not l.draining and l not in refused]
+        if not links:
+            return []
+        self._round_robin = (self._round_robin + 1) % len(links)
+        return links[self._round_robin:] + links[:self._round_robin]
+
+    def _refusal(self, refused: dict[ServerLink, AllQError]) -> AllQError | None:
+        """The error to answer once every reachable server has refused a put, or
+        ``None`` while one may still take it (or none is reachable: retry then)."""
+        up = self._servers.healthy()
+        if not up or any(l not in refused and not l.draining for l in up):
+            return None
+        errors = [refused[l] for l in up if l in refused]
+        # "full" wins: the servers that would take new jobs at all have no room.
+        full = [e for e in errors if isinstance(e, QueueFull)]
+        if full:
+            return QueueFull(f"every reachable server is full ({full[0].message[:200]})")
+        if errors:
+            return Draining(f"every reachable server is draining ({errors[0].message[:200]})")
+        return Draining("every reachable server is drained by this client")
