@@ -29,13 +29,16 @@ How a request reaches its route (the client's site, :mod:`allq.client.site`)::
 
     SiteRoot ──/, /static/*──▶ Dashboard
              ──/metrics─────▶ MetricsResource
-             ──anything else▶ TimedResource (latency metric) ──▶ _Router
-    _Router ──(method, path) of a job route, exactly──▶ RestApi.<route>  (no Klein)
-            ──everything else──▶ Klein ──▶ RestApi.<route>, or a JSON 404/405
+             ──anything else▶ TimedResource (latency metric) ──▶ FastRouter
+    FastRouter ──(method, path) of a job route, exactly──▶ RestApi.<route> (no Klein)
+               ──everything else──▶ Klein ──▶ RestApi.<route>, or a JSON 404/405
 
-The job routes (``/job``, ``/multiple_job``) are the hot path: :class:`_Router`
-calls the very methods Klein would, saving Klein's per-call overhead, and a
-test checks each answers exactly as its Klein route does.
+The job routes (``/job``, ``/multiple_job``) are the hot path:
+:class:`~allq.client.fast_routes.FastRouter` calls the very methods Klein would
+(:meth:`RestApi.fast_routes`), saving Klein's per-call overhead; a test checks
+each answers exactly as its Klein route does. The next front-ends (AllQueue's
+JSON lines, beanstalkd) are siblings of this module: protocol adapters over the
+same federation.
 
 Every federation call is bounded by ``request_timeout`` (plus the long-poll
 ``wait``) on the injected clock, so a hung call ends as a 504 rather than a
@@ -44,23 +47,23 @@ request that never answers.
 
 import os
 import re
+from collections.abc import Callable
 
 from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from twisted.web.resource import IResource, Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.resource import IResource
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound as NoRoute
 from werkzeug.routing import RequestRedirect
 
 from allq.client import openapi
 from allq.client.expiry import Expiry
+from allq.client.fast_routes import FastRouter, request_path
 from allq.client.federation import Federation
 from allq.client.http import error_body, json_response, parse_json_object, read_body, read_json
-from allq.client.http_request import when_done
 from allq.client.records import FetchedJob
 from allq.client.rest_replies import batch_reply, rest_job, rest_stats
 from allq.client.rest_requests import (
@@ -159,7 +162,19 @@ max_body=max_body)
 
     def resource(self) -> IResource:
         """The resource to serve, e.g. ``Site(RestApi(federation, reactor).resource())``."""
-        return _Router(self, self.app.resource())
+        return FastRouter(self.app.resource(), self.fast_routes(), self.failed)
+
+    def fast_routes(self) -> dict[tuple[bytes, bytes], Callable[[IRequest], Deferred]]:
+        """The job routes :class:`FastRouter` serves without Klein: the very
+        methods Klein serves for them, by exact method and path."""
+        return {
+            (b"POST", b"/job"): self.put_job,
+            (b"GET", b"/job"): self.get_job,
+            (b"DELETE", b"/job"): self.delete_job,
+            (b"POST", b"/multiple_job"): self.put_jobs,
+            (b"GET", b"/multiple_job"): self.get_multiple_jobs,
+            (b"DELETE", b"/multiple_job"): self.delete_jobs,
+        }
 
     def _bounded(self, call, wait: float = 0) -> Deferred:
         """One federation call (a Deferred or a coroutine) as a Deferred that fails
@@ -171,7 +186,7 @@ max_body=max_body)
 
     # -- jobs ------------------------------------------------------------------
     # The routes of /job and /multiple_job are plain functions returning a
-    # Deferred: :class:`_Router` calls them without Klein (see there).
+    # Deferred: :class:`FastRouter` calls them without Klein (see there).
 
     @app.route("/job", methods=["POST"])
     def put_job(self, request: IRequest) -> Deferred:
@@ -422,14 +437,14 @@ max_body=max_body)
 
     @app.handle_errors(NoRoute)
     def _no_route(self, request: IRequest, failure: Failure) -> bytes:
-        detail = f"no route {request.method.decode('ascii', 'replace')} {_path(request)}"
+        detail = f"no route {request.method.decode('ascii', 'replace')} {request_path(request)}"
         return json_response(request, {"error": "not_found", "detail": detail}, 404)
 
     @app.handle_errors(MethodNotAllowed)
     def _wrong_method(self, request: IRequest, failure: Failure) -> bytes:
         allowed = sorted(failure.value.valid_methods or ())
         request.setHeader(b"allow", ", ".join(allowed).encode("ascii"))
-        detail = (f"{_path(request)} does not accept "
+        detail = (f"{request_path(request)} does not accept "
                   f"{request.method.decode('ascii', 'replace')[:20]}; use {', '.join(allowed)}")
         return json_response(request, {"error": "method_not_allowed", "detail": detail}, 405)
 
@@ -447,95 +462,13 @@ max_body=max_body)
     def _unexpected(self, request: IRequest, failure: Failure) -> bytes:
         _log.failure(
             "unhandled error serving {method} {path}", failure,
-            method=request.method.decode("ascii", "replace"), path=_path(request))
+            method=request.method.decode("ascii", "replace"), path=request_path(request))
         return json_response(
             request, {"error": "internal_error", "detail": "internal error (logged)"}, 500)
 
 
 def _path(request: IRequest) -> str:
     return request.path.decode("utf-8", "replace")[:200]
-
-
-class _Router(Resource):
-    """Serves the job routes directly and every other request through Klein.
-
-    Klein binds a werkzeug URL map, adapts the request and wraps the handler in
-    two ``maybeDeferred`` per call, about a fifth of a ``/job`` call's CPU. The
-    routes in ``_FAST`` are the very methods Klein serves (Klein still answers
-    their 405s and other spellings of their paths); here they are looked up by
-    exact method and path, and their Deferred is answered as Klein would: an
-    error becomes its JSON body, and a client that goes away cancels the call.
-
-    It also answers a JSON 400 for a URL Klein cannot decode (Klein would log an
-    error and answer plain text).
-    """
-
-    isLeaf = True
-    _FAST = {
-        (b"POST", b"/job"): RestApi.put_job,
-        (b"GET", b"/job"): RestApi.get_job,
-        (b"DELETE", b"/job"): RestApi.delete_job,
-        (b"POST", b"/multiple_job"): RestApi.put_jobs,
-        (b"GET", b"/multiple_job"): RestApi.get_multiple_jobs,
-        (b"DELETE", b"/multiple_job"): RestApi.delete_jobs,
-    }
-
-    def __init__(self, api: RestApi, klein: Resource) -> None:
-        super().__init__()
-        self._api = api
-        self._klein = klein
-
-    def render(self, request: IRequest) -> bytes | int:
-        route = self._FAST.get((request.method, request.path))
-        if route is None:
-            return self._render_klein(request)
-        try:
-            d = route(self._api, request)
-        except Exception:
-            return self._api.failed(Failure(), request)
-        _Answer(self._api, request, d)
-        return NOT_DONE_YET
-
-    def _render_klein(self, request: IRequest) -> bytes | int:
-        try:
-            for segment in request.prepath + request.postpath:
-                segment.decode("utf-8")
-            request.getRequestHostname().decode("utf-8")
-        except UnicodeDecodeError:
-            return json_response(
-                request, {"error": "bad_request", "detail": "the URL is not valid UTF-8"}, 400)
-        return self._klein.render(request)
-
-
-class _Answer:
-    """Writes a fast route's outcome to its request, unless the client is gone."""
-
-    __slots__ = ("_api", "_request", "_call", "_gone")
-
-    def __init__(self, api: RestApi, request: IRequest, call: Deferred) -> None:
-        self._api = api
-        self._request = request
-        self._call = call
-        self._gone = False
-        when_done(request, self._ended)
-        call.addCallbacks(self._write, self._failed)
-
-    def _ended(self, completed: bool) -> None:
-        if not completed:
-            self._gone = True
-            self._call.cancel()
-
-    def _failed(self, failure: Failure) -> None:
-        if not self._gone:
-            self._write(self._api.failed(failure, self._request))
-        elif not failure.check(CancelledError):
-            _log.failure("error after the client went away from {path}", failure,
-                         path=_path(self._request))
-
-    def _write(self, data: bytes) -> None:
-        if not self._gone:
-            self._request.write(data)
-            self._request.finish()
 
 
 def _drop_implicit_head(app: Klein) -> None:
