@@ -89,6 +89,21 @@ class Timeout(Unavailable):
     http_status = 504
 
 
+class UnknownOutcome(Timeout):
+    """A put got no answer from the server that may have stored it, within the
+    retry budget. Putting it again with :attr:`idempotency_key` goes to that
+    server and can never store it twice.
+
+    :param idempotency_key: the key to retry with.
+    """
+
+    code = "outcome_unknown"
+
+    def __init__(self, message: str = "", idempotency_key: str | None = None) -> None:
+        super().__init__(message)
+        self.idempotency_key = idempotency_key
+
+
 class ProtocolError(AllQError):
     """A frame could not be decoded into a known, well-typed request."""
 
@@ -110,6 +125,7 @@ _BY_CODE = {
         Unavailable,
         ConnectionLost,
         Timeout,
+        UnknownOutcome,
         ProtocolError,
     )
 }

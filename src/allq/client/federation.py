@@ -46,7 +46,8 @@ from allq.client.link import NotConnected, ServerLink
 from allq.client.longpoll import LongPolls
 from allq.client.membership import Membership
 from allq.client.observers import FederationObserver
-from allq.client.placement import Placement, idempotency_key
+from allq.client.placement import Placement
+from allq.client.placement import idempotency_key as new_key
 from allq.client.records import FetchedJob, ServerStats
 from allq.client.retry import DEFAULT_RETRY_BUDGET, Retries
 from allq.errors import AllQError, Unavailable
@@ -125,22 +126,27 @@ class Federation(MultiService):
     # -- put -------------------------------------------------------------------
 
     def put(self, tube: str, body: str, *, priority=None, ttl=None, delay=0,
-            expired_limit=None, run_at=None, shard_key=None, parent_id=None) -> Deferred:
+            expired_limit=None, run_at=None, shard_key=None, parent_id=None,
+            idempotency_key=None) -> Deferred:
         """Store a job on one server (see :mod:`allq.client.placement`); fires with its id.
 
         :param run_at: a unix time at which the job becomes ready (not with ``delay``).
         :param shard_key: the job's key in a fair tube.
         :param parent_id: the waiting parent this job is a child of; the job goes
             to the parent's server.
+        :param idempotency_key: the caller's key (default: a fresh one); the key of
+            an :class:`UnknownOutcome` sends the put to the server that may hold it.
         :raises Unavailable: no server stored it within the retry budget, or the
             parent's server is down.
+        :raises UnknownOutcome: the server that may have stored it did not answer.
         :raises Draining: every reachable server refused it as draining.
         :raises QueueFull: every reachable server refused it, at least one as full.
         :raises NotFound: ``parent_id`` names no waiting job.
         """
         params = _put_params(tube, body, priority=priority, ttl=ttl, delay=delay,
                              expired_limit=expired_limit, run_at=run_at,
-                             shard_key=shard_key, parent_id=parent_id)
+                             shard_key=shard_key, parent_id=parent_id,
+                             idempotency_key=idempotency_key)
         return self._observed("put", self._placement.store("put", params))
 
     def put_parent(self, tube: str, body: str, *, priority=None, ttl=None,
@@ -156,7 +162,7 @@ class Federation(MultiService):
             "tube": tube, "body": body, "priority": priority, "ttl": ttl,
             "expired_limit": expired_limit, "shard_key": shard_key, "parent_id": parent_id,
             "timeout": timeout, "run_on_timeout": run_on_timeout, "limit": limit,
-            "idempotency_key": idempotency_key(),
+            "idempotency_key": new_key(),
         }
         return self._observed("put_parent", self._placement.store("put_parent", params))
 
@@ -434,10 +440,11 @@ class Federation(MultiService):
 
 
 def _put_params(tube: str, body: str, *, priority=None, ttl=None, delay=0,
-                expired_limit=None, run_at=None, shard_key=None, parent_id=None) -> dict:
-    """A put request's parameters, with a fresh idempotency key."""
+                expired_limit=None, run_at=None, shard_key=None, parent_id=None,
+                idempotency_key=None) -> dict:
+    """A put request's parameters, with the caller's idempotency key or a fresh one."""
     return {
         "tube": tube, "body": body, "priority": priority, "ttl": ttl, "delay": delay,
         "expired_limit": expired_limit, "run_at": run_at, "shard_key": shard_key,
-        "parent_id": parent_id, "idempotency_key": idempotency_key(),
+        "parent_id": parent_id, "idempotency_key": idempotency_key or new_key(),
     }

@@ -24,9 +24,10 @@ class InFlight:
     def __init__(self) -> None:
         self.count = 0
 
-    def request_factory(self) -> type[ClientRequest]:
-        """A ``Site.requestFactory`` whose requests are counted here."""
-        return request_class(self)
+    def request_factory(self, max_body: int | None = None) -> type[ClientRequest]:
+        """A ``Site.requestFactory`` whose requests are counted here (and take
+        bodies of at most ``max_body`` bytes)."""
+        return request_class(self, max_body)
 
     def started(self) -> None:
         self.count += 1

@@ -78,10 +78,41 @@ def parse_json_object(data: bytes) -> dict:
 def read_json(request: IRequest, max_size: int) -> dict:
     """Read and decode a JSON object request body of at most ``max_size`` bytes.
 
+    :raises UnsupportedMediaType: the body is not sent as JSON.
     :raises TooLarge: the body is larger than ``max_size`` (checked before parsing).
     :raises BadRequest: the body is not a JSON object.
     """
+    check_json_type(request)
     return parse_json_object(read_body(request, max_size))
+
+
+class UnsupportedMediaType(BadRequest):
+    """A body in a format the API does not take."""
+
+    code = "unsupported_media_type"
+    http_status = 415
+
+
+#: The body types a web page may send anywhere without asking first (no CORS
+#: preflight): a JSON API that took them could be driven by any page.
+_JSON_TYPES = ("application/json",)
+
+
+def check_json_type(request: IRequest) -> None:
+    """A JSON body must say so: ``Content-Type: application/json`` (or a
+    ``+json`` type; none at all is taken, as from raw tools).
+
+    :raises UnsupportedMediaType: any other type, ``text/plain`` and forms included.
+    """
+    header = request.getHeader(b"content-type")
+    if header is None:
+        return
+    media = header.decode("latin-1").split(";", 1)[0].strip().lower()
+    if media in _JSON_TYPES or media.endswith("+json"):
+        return
+    raise UnsupportedMediaType(
+        f"send the JSON body with Content-Type: application/json, not {media[:60]!r} "
+        "(curl: -H 'content-type: application/json')")
 
 
 def _reject_constant(name: str) -> object:
@@ -89,5 +120,10 @@ def _reject_constant(name: str) -> object:
 
 
 def error_body(error: AllQError) -> dict:
-    """The JSON body of an error response: ``{"error": code, "detail": message}``."""
-    return {"error": error.code, "detail": error.message[:DETAIL_LIMIT]}
+    """The JSON body of an error response: ``{"error": code, "detail": message}``,
+    plus the ``idempotency_key`` to retry a put whose outcome is unknown with."""
+    body = {"error": error.code, "detail": error.message[:DETAIL_LIMIT]}
+    key = getattr(error, "idempotency_key", None)
+    if key is not None:
+        body["idempotency_key"] = key
+    return body

@@ -1,13 +1,17 @@
 """The client's twisted.web request, and how code learns that a request ended.
 
-:class:`ClientRequest` differs from ``twisted.web.server.Request`` in two ways,
-both for the cost of a call on the hot path:
+:class:`ClientRequest` differs from ``twisted.web.server.Request`` in three ways:
 
 * it does not parse HTML form posts (the API takes JSON; the parse is an
   email-package run, ~5% of a call's CPU);
 * it runs plain end hooks when it is answered or its client goes away, so the
   in-flight count, the latency metric and the REST answer need no
-  ``notifyFinish`` Deferred each (three Deferreds per call otherwise).
+  ``notifyFinish`` Deferred each (three Deferreds per call otherwise);
+* it refuses a body larger than :attr:`ClientRequest.max_body` as it arrives:
+  at once from its ``Content-Length``, or once a chunked body passes the limit.
+  twisted.web would otherwise spool any body whole (into a temporary file)
+  before a route could look at its size. The 413 is written straight to the
+  connection, which is then closed: the rest of the body is never read.
 
 :func:`when_done` registers such a hook on any request, falling back to
 ``notifyFinish`` for other request classes (tests' ``DummyRequest``, a plain
@@ -15,6 +19,7 @@ both for the cost of a call on the hot path:
 """
 
 from collections.abc import Callable
+from io import BytesIO
 from typing import Protocol
 
 from twisted.python.failure import Failure
@@ -39,11 +44,47 @@ class ClientRequest(Request):
 
     #: Told of every request of this class (see :func:`request_class`).
     tracker: Tracker | None = None
+    #: The largest body taken, in bytes (``None``: twisted.web's default, no limit).
+    max_body: int | None = None
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs["parsePOSTFormSubmission"] = False
         super().__init__(*args, **kwargs)
         self._end_hooks: list[EndHook] | None = None  # a list once processing began
+        self._received = 0
+        self._refused = False
+
+    # -- the body, bounded ----------------------------------------------------------
+
+    def gotLength(self, length: int | None) -> None:
+        if self.max_body is not None and length is not None and length > self.max_body:
+            self.content = BytesIO()
+            self._refuse()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._received += len(data)
+        if self.max_body is not None and self._received > self.max_body:
+            self._refuse()
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command, path, version):
+        if not self._refused:
+            super().requestReceived(command, path, version)
+
+    def _refuse(self) -> None:
+        """Answer 413 now, before the request is complete, and close the connection."""
+        self._refused = True
+        body = (b'{"error":"too_large","detail":"request body is larger than %d bytes"}'
+                % self.max_body)
+        self.channel.transport.write(
+            b"HTTP/1.1 413 Request Entity Too Large\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+        self.channel.transport.loseConnection()
 
     def process(self):
         self._end_hooks = []
@@ -75,9 +116,11 @@ class ClientRequest(Request):
             hook(completed)
 
 
-def request_class(tracker: Tracker) -> type[ClientRequest]:
-    """A :class:`ClientRequest` subclass whose every request tells ``tracker``."""
-    return type("TrackedClientRequest", (ClientRequest,), {"tracker": tracker})
+def request_class(tracker: Tracker, max_body: int | None = None) -> type[ClientRequest]:
+    """A :class:`ClientRequest` subclass whose every request tells ``tracker``
+    and takes bodies of at most ``max_body`` bytes."""
+    return type("TrackedClientRequest", (ClientRequest,),
+                {"tracker": tracker, "max_body": max_body})
 
 
 def when_done(request: IRequest, hook: EndHook) -> None:

@@ -70,6 +70,7 @@ _ERRORS = {
     "404": "NotFound",
     "409": "WrongState",
     "413": "TooLarge",
+    "415": "UnsupportedMediaType",
     "500": "InternalError",
     "503": "Unavailable",
     "504": "Timeout",
@@ -79,7 +80,7 @@ _FEDERATED = ("500", "503", "504")
 _JOB_ERRORS = ("400", "404", "409", *_FEDERATED)
 #: A put: bad input, missing parent, parent not waiting, too large, no server /
 #: draining, timeout, full.
-_PUT_ERRORS = ("400", "404", "409", "413", *_FEDERATED, "507")
+_PUT_ERRORS = ("400", "404", "409", "413", "415", *_FEDERATED, "507")
 _SETTING_ERRORS = ("400", *_FEDERATED)
 
 
@@ -114,7 +115,13 @@ def _schemas(job_id_pattern: str, max_run_at: int, fair_settings: tuple[str, ...
         "shard_key": {"type": ["string", "null"], "description": "the job's key in a fair "
                       "tube (required there: 400 without it); 1-200 letters, digits and "
                       "_.:@$!#=+/-; ignored by other tubes; \"\" or null: none"},
+        "idempotency_key": {"type": ["string", "null"], "pattern": "^[!-~]{1,200}$",
+                            "description": "your key for this put (default: a fresh one); "
+                            "the key of a 504 outcome_unknown answer sends the put to the "
+                            "server that may hold the job, which never stores it twice"},
     }
+    parent_fields = {name: schema for name, schema in new_job.items()
+                     if name != "idempotency_key"}
     job = {
         "type": "object",
         "required": ["id", "body", "tube", "expireds", "releases"],
@@ -136,6 +143,8 @@ def _schemas(job_id_pattern: str, max_run_at: int, fair_settings: tuple[str, ...
                           "bad_request, not_supported, not_found, method_not_allowed, "
                           "wrong_state, too_large, unavailable, timeout, internal_error"},
                 "detail": {"type": "string", "description": "a human-readable explanation"},
+                "idempotency_key": {"type": "string", "description": "with a 504 "
+                                    "outcome_unknown: the key to put the job again with"},
             },
         },
         "NewJob": {"type": "object", "required": ["tube"], "additionalProperties": False,
@@ -143,7 +152,7 @@ def _schemas(job_id_pattern: str, max_run_at: int, fair_settings: tuple[str, ...
         "NewParentJob": {
             "type": "object", "required": ["tube"], "additionalProperties": False,
             "properties": {
-                **new_job,
+                **parent_fields,
                 "timeout": {**seconds, "default": 3600,
                             "description": "seconds (> 0, from creation) the parent waits "
                             "for its children"},
@@ -240,7 +249,8 @@ def _schemas(job_id_pattern: str, max_run_at: int, fair_settings: tuple[str, ...
         "NewJobBatch": {
             "type": "object", "required": ["jobs"], "additionalProperties": False,
             "properties": {
-                **{name: schema for name, schema in new_job.items() if name != "body"},
+                **{name: schema for name, schema in new_job.items()
+                   if name not in ("body", "idempotency_key")},
                 "jobs": {"type": "array", "minItems": 1, "maxItems": MAX_COUNT,
                          "items": {"type": "object", "additionalProperties": False,
                                    "properties": new_job},
@@ -418,7 +428,9 @@ def _responses() -> dict:
                              "reachable server refused a put as draining (error draining)"),
         "Full": _json(error, "Every reachable server refused the put: its tube, or the "
                       "server, holds as many jobs as allowed (error full)"),
-        "Timeout": _json(error, "No answer in time; the outcome is unknown"),
+        "Timeout": _json(error, "No answer in time; the outcome is unknown (a put: error "
+                         "outcome_unknown, with the idempotency_key to put it again with)"),
+        "UnsupportedMediaType": _json(error, "The body is not sent as application/json"),
         "InternalError": _json(error, "A bug; it was logged"),
     }
 
@@ -506,7 +518,7 @@ def document(*, max_body: int) -> dict:
             "hands out from a tube: each of the N healthy servers gets tps / N (shares "
             "fixed at this moment). tps null or <= 0 removes the cap." + body_note,
             _json(_ref("schemas", "ThrottleResult"), "Set on every healthy server"),
-            ("400", "413", *_FEDERATED), body=body("Throttle"))},
+            ("400", "413", "415", *_FEDERATED), body=body("Throttle"))},
         "/parent_job": {"post": _op(
             "parent_job_post", "actions", "Put a parent job: it becomes ready when limit "
             "of its children are finished (or at its timeout). Placed like a put; with "
@@ -561,7 +573,7 @@ def document(*, max_body: int) -> dict:
         "/add_server": {"post": _op(
             "add_server_post", "admin", "Add a server (JSON body, or the server_url query "
             "parameter with no body)." + body_note,
-            _json(_ref("schemas", "ServerUrl"), "Added"), ("400", "413", "500"),
+            _json(_ref("schemas", "ServerUrl"), "Added"), ("400", "413", "415", "500"),
             ("server_url",), body=body("ServerUrl", required=False))},
         "/openapi.json": {"get": _op(
             "openapi_get", "admin", "This document.",

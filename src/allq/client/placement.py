@@ -34,7 +34,8 @@ from twisted.logger import Logger
 from allq.client.link import NotConnected, ServerLink
 from allq.client.membership import Membership
 from allq.client.retry import Retries
-from allq.errors import AllQError, Draining, QueueFull, Unavailable
+from allq.errors import AllQError, Draining, QueueFull, Unavailable, UnknownOutcome
+from allq.vocabulary import SERVER_ID
 
 #: Idempotency keys: a random prefix per client process, then a counter. Unique
 #: across processes and restarts, and far cheaper per put than a uuid4.
@@ -143,15 +144,21 @@ class Placement:
         :param unsure: the server that may already hold the job (an earlier try's
             outcome is unknown there).
         :param refused: servers that already refused it as draining or full.
+        :raises UnknownOutcome: the budget ran out while the job may be stored on
+            ``unsure``; it names the key to retry with.
         """
         deadline = self._retries.deadline()
         parent = params.get("parent_id")
         # A child goes to its parent's server only: no failover, no refusal list.
+        # A retry with the key of an unknown outcome goes to that server only,
+        # unless it says it did not store the job (draining, full).
         holder = None if parent is None else self._servers.holder(parent, "parent")
+        pinned, params = (None, params) if holder is not None else self._pinned(params)
         refused = {} if refused is None else refused
         attempt = 0
         while True:
-            candidates = [holder] if holder is not None else self._candidates(unsure, refused)
+            only = holder or pinned
+            candidates = [only] if only is not None else self._candidates(unsure, refused)
             for link in candidates:
                 try:
                     result = await link.request(action, params)
@@ -165,6 +172,7 @@ class Placement:
                     refused[link] = e
                     if link is unsure:
                         unsure = None
+                    pinned = None
                     continue
                 except Unavailable as e:
                     unsure = link
@@ -174,12 +182,40 @@ class Placement:
                     break
                 return self._done(action, params, result, link)
             if unsure is None:
-                if holder is not None:
-                    raise Unavailable(f"the server holding parent {parent[:90]} is down")
+                if only is not None:
+                    what = (f"parent {parent[:90]}" if holder is not None
+                            else "this job (its idempotency_key names it)")
+                    raise Unavailable(f"the server holding {what} is down")
                 refusal = self._refusal(refused)
                 if refusal is not None:
                     raise refusal
+            elif self._retries.expired(deadline):
+                key = f"{unsure.server_id}:{params['idempotency_key']}"
+                raise UnknownOutcome(
+                    f"{action}: no answer from {unsure.address}, which may have stored the "
+                    f"job; put it again with idempotency_key {key!r} to be sure, never twice",
+                    idempotency_key=key)
             attempt = await self._retries.backoff(attempt, deadline, action)
+
+    def _pinned(self, params: dict) -> tuple[ServerLink | None, dict]:
+        """The server an idempotency key of an unknown outcome (``<server_id>:<key>``)
+        names, and the params with the key that server knows; ``(None, params)``
+        for any other key.
+
+        :raises Unavailable: the key names a server id not known yet, while some
+            server has not said its id.
+        """
+        server_id, sep, inner = params["idempotency_key"].partition(":")
+        if not sep or not inner or not SERVER_ID.fullmatch(server_id):
+            return None, params
+        links = self._servers.links()
+        for link in links:
+            if link.server_id == server_id:
+                return link, {**params, "idempotency_key": inner}
+        if any(link.server_id is None for link in links):
+            raise Unavailable("the server holding this job (its idempotency_key names it) "
+                              "is not connected")
+        return None, params
 
     def _candidates(self, unsure: ServerLink | None,
                     refused: dict[ServerLink, AllQError]) -> list[ServerLink]:

@@ -63,7 +63,14 @@ from allq.client import openapi
 from allq.client.expiry import Expiry
 from allq.client.fast_routes import FastRouter, request_path
 from allq.client.federation import Federation
-from allq.client.http import error_body, json_response, parse_json_object, read_body, read_json
+from allq.client.http import (
+    check_json_type,
+    error_body,
+    json_response,
+    parse_json_object,
+    read_body,
+    read_json,
+)
 from allq.client.records import FetchedJob
 from allq.client.rest_replies import batch_reply, rest_job, rest_stats
 from allq.client.rest_requests import (
@@ -408,6 +415,7 @@ max_body=max_body)
         data = read_body(request, self._max_body)
         url = None
         if data.strip():
+            check_json_type(request)
             obj = parse_json_object(data)
             check_keys(obj, frozenset({"server_url"}))
             url = field_str(obj, "server_url")

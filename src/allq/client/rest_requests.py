@@ -22,9 +22,12 @@ _INTEGER = re.compile(r"-?[0-9]{1,20}")
 _NUMBER = re.compile(r"-?[0-9]{1,20}(?:\.[0-9]{1,9})?")
 NEW_JOB_KEYS = frozenset({
     "tube", "body", "ttl", "delay", "run_at", "priority", "expired_limit", "parent_id",
-    "shard_key",
+    "shard_key", "idempotency_key",
 })
-NEW_PARENT_JOB_KEYS = NEW_JOB_KEYS | {"timeout", "run_on_timeout", "limit", "noop", "id"}
+NEW_PARENT_JOB_KEYS = (NEW_JOB_KEYS - {"idempotency_key"}
+                       | {"timeout", "run_on_timeout", "limit", "noop", "id"})
+#: A caller's idempotency key: printable ASCII without spaces.
+IDEMPOTENCY_KEY = re.compile(r"[!-~]{1,200}")
 
 
 class NotSupported(BadRequest):
@@ -224,13 +227,22 @@ def new_job(obj: Mapping, allowed: frozenset = NEW_JOB_KEYS) -> dict:
         "run_at": run_at,
         "shard_key": field_str(obj, "shard_key") or None,
         "parent_id": parent_id,
+        "idempotency_key": _idempotency_key(obj),
     }
+
+
+def _idempotency_key(obj: Mapping) -> str | None:
+    key = obj.get("idempotency_key")
+    if key is not None and (not isinstance(key, str) or not IDEMPOTENCY_KEY.fullmatch(key)):
+        raise BadRequest("idempotency_key must be 1-200 printable ASCII characters, no spaces")
+    return key
 
 
 def new_parent_job(obj: Mapping) -> dict:
     """Validate a ``NewParentJob`` body; returns the federation put_parent's arguments."""
     args = new_job(obj, NEW_PARENT_JOB_KEYS)
     delay, run_at = args.pop("delay"), args.pop("run_at")
+    del args["idempotency_key"]
     if delay or run_at is not None:
         raise BadRequest("a parent job becomes ready when its children finish: "
                          "delay and run_at do not apply")
@@ -253,7 +265,7 @@ def new_parent_job(obj: Mapping) -> dict:
 
 
 #: Top-level fields of a batch put that are defaults for each of its jobs.
-BATCH_DEFAULT_KEYS = NEW_JOB_KEYS - {"body"}
+BATCH_DEFAULT_KEYS = NEW_JOB_KEYS - {"body", "idempotency_key"}
 
 
 def batch_items(obj: Mapping) -> list[dict]:

@@ -37,6 +37,9 @@ class Retries:
         """When an operation starting now must give up."""
         return self._clock.seconds() + self.budget
 
+    def expired(self, deadline: float) -> bool:
+        return self._clock.seconds() >= deadline
+
     async def backoff(self, attempt: int, deadline: float, operation: str) -> int:
         """Sleep before try ``attempt + 1`` (doubling, capped); the next attempt number.
 

@@ -12,6 +12,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
+from allq.client.http_guard import HostGuard
 from allq.client.metrics import ClientMetrics
 from allq.client.metrics_http import RouteNames
 
@@ -20,21 +21,29 @@ class SiteRoot(Resource):
     """Dispatches on the first path segment; a leaf, so the REST resource sees
     the request's path exactly as if it were the root itself.
 
+    Every request is first checked by the :class:`HostGuard` (DNS rebinding and
+    cross-site requests are refused before any route sees them).
+
     :param api: the REST facade's resource.
     :param metrics: the ``/metrics`` resource, or ``None`` for none.
     :param dashboard: serves ``/`` and ``/static/*``, or ``None`` for none.
+    :param guard: which ``Host`` and ``Origin`` values are served.
     """
 
     isLeaf = True
 
     def __init__(self, api: IResource, metrics: IResource | None = None,
-                 dashboard: IResource | None = None) -> None:
+                 dashboard: IResource | None = None, guard: HostGuard = HostGuard()) -> None:
         super().__init__()
         self._api = api
         self._metrics = metrics
         self._dashboard = dashboard
+        self._guard = guard
 
     def render(self, request: IRequest) -> bytes | int:
+        refusal = self._guard.refusal(request)
+        if refusal is not None:
+            return refusal
         segments = request.postpath
         if self._dashboard is not None and (segments == [b""] or segments[:1] == [b"static"]):
             return self._dashboard.render(request)
@@ -84,7 +93,7 @@ class OneWriteHTTPChannel(HTTPChannel):
 
 def build_site(api_resource: IResource, metrics: ClientMetrics | None,
                dashboard: IResource | None, *, routes: RouteNames | None = None,
-               site_class: type[Site] = Site) -> Site:
+               site_class: type[Site] = Site, guard: HostGuard = HostGuard()) -> Site:
     """The client's :class:`Site`.
 
     :param api_resource: ``RestApi(...).resource()``.
@@ -93,6 +102,7 @@ def build_site(api_resource: IResource, metrics: ClientMetrics | None,
     :param routes: names API routes for the latency labels; by default the rules
         of :class:`allq.client.rest.RestApi`'s Klein app.
     :param site_class: e.g. a ``Site`` subclass that writes no access log.
+    :param guard: which ``Host`` and ``Origin`` values are served.
     """
     api = api_resource
     metrics_resource = None
@@ -103,7 +113,7 @@ def build_site(api_resource: IResource, metrics: ClientMetrics | None,
             routes = RouteNames(RestApi.app.url_map)
         api = metrics.instrument(api_resource, routes)
         metrics_resource = metrics.resource()
-    site = site_class(SiteRoot(api, metrics_resource, dashboard))
+    site = site_class(SiteRoot(api, metrics_resource, dashboard, guard))
     site.protocol = OneWriteHTTPChannel
     site.noisy = False
     return site

@@ -17,6 +17,7 @@ from allq import __version__
 from allq.client.dashboard import Dashboard
 from allq.client.federation import Federation
 from allq.client.graceful import GracefulClient, InFlight
+from allq.client.http_guard import HostGuard, parse_allowed_hosts
 from allq.client.link import ServerLink, parse_address
 from allq.client.metrics import ClientMetrics, JobCounter, StatsRefresher
 from allq.client.observers import JobLog
@@ -73,6 +74,10 @@ class Options(usage.Options):
         ["max-body", None, None,
          f"largest HTTP request body in bytes [default: {DEFAULT_MAX_BODY}; "
          "env SIZE_LIMIT]"],
+        ["allowed-hosts", None, None,
+         "host names or addresses (comma-separated, no ports) the REST API answers to "
+         "besides the loopback ones and the interface it listens on: how containers or "
+         "other hosts reach it; any other Host header gets 421 [env ALLQ_ALLOWED_HOSTS]"],
         ["workers", None, None,
          "client processes serving the HTTP port together (SO_REUSEPORT; needs a tcp: "
          "--http endpoint) [default: 1; env ALLQ_WORKERS]"],
@@ -109,6 +114,12 @@ class Options(usage.Options):
         self["max-body"] = positive_int(
             "max-body", resolve(self, "max-body", env, "SIZE_LIMIT") or DEFAULT_MAX_BODY,
             minimum=1024)
+        try:
+            allowed = parse_allowed_hosts(resolve(self, "allowed-hosts", env,
+                                                  "ALLQ_ALLOWED_HOSTS") or "")
+        except ValueError as e:
+            raise usage.UsageError(f"--allowed-hosts: {e}") from None
+        self["allowed-hosts"] = allowed | _listening_host(http)
         self["workers"] = positive_int("workers", resolve(self, "workers", env, "ALLQ_WORKERS") or 1)
         if self["workers"] > 1:
             try:
@@ -184,6 +195,16 @@ def make_worker_service(config: Options, index: int, reactor) -> MultiService:
     return service
 
 
+def _listening_host(http: str) -> frozenset[str]:
+    """The address a ``tcp:`` endpoint listens on, when it is one host's (not every
+    interface's): the client is reached by it, so it answers to it."""
+    try:
+        interface = parse_tcp(http)[0]
+    except ValueError:
+        return frozenset()
+    return frozenset() if interface in ("0.0.0.0", "::") else frozenset({interface.lower()})
+
+
 def _client_keys(config: Options):
     try:
         return load_client_keys(config["keys"], config.environ)
@@ -218,8 +239,9 @@ def _client(config: Options, federation: Federation, metrics,
     service = GracefulClient(None, in_flight, federation.end_long_polls, reactor)
     federation.setServiceParent(service)
     site = build_site(api.resource(), metrics, Dashboard(),
+                      guard=HostGuard(config["allowed-hosts"]),
                       site_class=Site if config["access-log"] else QuietSite)
-    site.requestFactory = in_flight.request_factory()
+    site.requestFactory = in_flight.request_factory(config["max-body"])
     return service, site
 
 
@@ -243,6 +265,8 @@ def _worker_options(config: Options, federation: Federation, interface: str, por
     ]
     if config["keys"] is not None:
         options += ["--keys", config["keys"]]
+    if config["allowed-hosts"]:
+        options += ["--allowed-hosts", ",".join(sorted(config["allowed-hosts"]))]
     if config["access-log"]:
         options.append("--access-log")
     if config["log-jobs"]:
