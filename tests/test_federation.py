@@ -281,7 +281,7 @@ def test_stop_cancels_every_pending_timer(clock):
 
 
 def owner(links, job_id):
-    """The fake link holding a job id."""
+    """The in-memory server link holding a job id."""
     return next(l for l in links if job_id.startswith(l.server_id + ","))
 
 
