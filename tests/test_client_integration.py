@@ -58,6 +58,28 @@ class Api:
             time.sleep(0.1)
 
 
+def wait_for(probe, done, *, what: str, timeout: float = 10.0, interval: float = 0.1):
+    """Call ``probe()`` until ``done(value)`` holds for the value it returns, and
+    return that value; fail naming ``what`` and the last value after ``timeout``
+    seconds. Daemons are real processes: there is no Clock to advance."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if done(value):
+            return value
+        assert time.monotonic() < deadline, (
+            f"gave up after {timeout:g} s waiting for {what}; last seen: {value!r}")
+        time.sleep(interval)
+
+
+def requests_handled(api: Api) -> int:
+    """How many requests the client's only server has handled (its ``action_count``
+    from ``GET /stats``; the stats request itself included)."""
+    status, servers = api.call("GET", "/stats")
+    assert status == 200 and len(servers) == 1, servers
+    return servers[0]["action_count"]
+
+
 def start_client(daemons, keys, servers, *args) -> Api:
     addresses = ",".join(f"{s.host}:{s.port}" for s in servers)
     client = daemons.spawn(
@@ -194,13 +216,11 @@ def test_workers_share_the_port_and_act_as_one_client(daemons):
         return float(match.group(1)) if match else 0.0
 
     name = 'allq_client_jobs_total{action="put",tube="spread"}'
-    deadline = time.monotonic() + 10
-    while True:  # workers report every second; any process answers with the totals
-        text = urllib.request.urlopen(api.base + "/metrics", timeout=10).read().decode()
-        if metric(text, name) == len(job_ids):
-            break
-        assert time.monotonic() < deadline, metric(text, name)
-        time.sleep(0.2)
+    # Workers report every second; any process answers with the whole client's totals.
+    wait_for(lambda: metric(
+                 urllib.request.urlopen(api.base + "/metrics", timeout=10).read().decode(), name),
+             lambda puts: puts == len(job_ids), interval=0.2,
+             what=f"{name} to count all {len(job_ids)} puts of every process")
 
     status, _ = api.call("POST", "/add_server", {"server_url": f"{LOCALHOST}:9"})
     assert status == 200
@@ -323,8 +343,20 @@ def test_sigterm_answers_waiting_long_polls_then_exits(daemons):
     outcome = {}
     poller = threading.Thread(
         target=lambda: outcome.update(reply=api.call("GET", "/job", tube="lp", wait=30)))
+    before = requests_handled(api)
+    stats_calls = 0
+
+    def other_requests() -> int:
+        nonlocal stats_calls
+        stats_calls += 1  # each look is one more stats request for the server
+        return requests_handled(api) - before - stats_calls
+
     poller.start()
-    time.sleep(0.5)  # let the long poll reach the client (a real process: no Clock here)
+    # The long poll is in flight once the client polls the server for it: the server
+    # then handles requests that are not our stats requests (the client's stats
+    # refresher adds at most one per 5 s; the long poll's gets come every 0.5 s at most).
+    wait_for(other_requests, lambda others: others >= 3, interval=0.05,
+             what="the long poll to reach the client and its server")
     client.terminate()
     poller.join(20)
     assert outcome.get("reply") == (200, {})
@@ -351,13 +383,15 @@ def test_one_job_can_be_followed_in_json_logs_of_client_and_server(daemons):
                                            "--servers", f"{LOCALHOST}:{port}",
                                            "--http", f"tcp:0:interface={LOCALHOST}"],
                            name="json-client", twistd_args=json_logs)
-    http_port = None
-    deadline = time.monotonic() + 20
-    while http_port is None and time.monotonic() < deadline:
+
+    def serving_port():
         for event in map(json.loads, filter(None, client.log().splitlines())):
             if "serving REST" in event.get("log_format", "") and "port" in event:
-                http_port = event["port"]
-        time.sleep(0.1)
+                return event["port"]
+        return None
+
+    http_port = wait_for(serving_port, lambda port: port is not None, timeout=20,
+                         what="the JSON-logging client to log its REST port")
     api = Api(http_port)
     api.wait_until(lambda h: h["up"] == 1)
     job_id = api.put("followed", "x")
@@ -368,8 +402,7 @@ def test_one_job_can_be_followed_in_json_logs_of_client_and_server(daemons):
         events = [json.loads(line) for line in daemon.log().splitlines() if line.strip()]
         return [e.get("action") for e in events if e.get("job_id") == job_id]
 
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and len(actions(server)) < 3:
-        time.sleep(0.1)
+    wait_for(lambda: actions(server), lambda seen: len(seen) >= 3,
+             what="the server to log the job's put, get and delete")
     assert actions(client) == ["put", "get", "delete"]
     assert actions(server) == ["put", "get", "delete"]

@@ -1,17 +1,14 @@
 """Federation: placement, search, routing, retry and failover, driven by a Clock.
 
-Each fake server link is backed by a real queue core and dispatcher, so ids,
-validation and errors are the server's own; only the network is simulated.
+Each server link is a :class:`memory_servers.MemoryLink`, backed by a real queue
+core and dispatcher, so ids, validation and errors are the server's own; only
+the network is simulated.
 """
 
 import pytest
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
-from allq.client.federation import Federation
-from allq.client.link import NotConnected
-from allq.core.queue import Queue
 from allq.errors import (
     BadRequest,
     ConnectionLost,
@@ -20,60 +17,9 @@ from allq.errors import (
     QueueFull,
     Unavailable,
     WrongState,
-    error_for_code,
 )
-from allq.server.dispatch import Dispatcher
-from allq.wire.messages import encode_request
 
-
-class FakeLink(Service):
-    """A server link whose server is an in-process queue."""
-
-    def __init__(self, address: str, clock: Clock) -> None:
-        self.address = address
-        self.server_id = "srv" + address.rsplit(":", 1)[1]
-        self.queue = Queue()
-        self.dispatcher = Dispatcher(self.queue, clock, lambda: self.server_id)
-        self.up = True
-        self.draining = False
-        self.requests: list[tuple[str, dict]] = []
-        self.lose_next = 0  # the next N requests are applied, then the reply is lost
-        self.hold: Deferred | None = None  # when set, replies wait for it
-        self.frames = 0  # batch frames received
-
-    def request(self, action, params):
-        if not self.up:
-            return fail(NotConnected(f"{self.address} down"))
-        self.requests.append((action, params))
-        reply = self.dispatcher.handle(encode_request(1, action, params))
-        if self.lose_next:
-            self.lose_next -= 1
-            self.up = False
-            return fail(ConnectionLost("lost"))
-        if "error" in reply:
-            return fail(error_for_code(reply["error"]["code"], reply["error"]["message"]))
-        return succeed(reply["result"])
-
-    def batch(self, requests):
-        if not self.up:
-            return fail(NotConnected(f"{self.address} down"))
-        self.frames += 1
-        replies = []
-        for action, params in requests:
-            self.requests.append((action, params))
-            reply = self.dispatcher.handle(encode_request(1, action, params))
-            replies.append(error_for_code(reply["error"]["code"], reply["error"]["message"])
-                           if "error" in reply else reply["result"])
-        if self.lose_next:
-            self.lose_next -= 1
-            self.up = False
-            return fail(ConnectionLost("lost"))
-        return succeed(replies)
-
-    def tell_draining(self, draining):
-        if not self.up:
-            return succeed(False)
-        return self.request("drain" if draining else "undrain", {}).addCallback(lambda _: True)
+from memory_servers import local_addresses, start_federation
 
 
 @pytest.fixture
@@ -82,15 +28,8 @@ def clock():
 
 
 def make(clock, n=3, **kwargs):
-    links = {}
-
-    def make_link(address):
-        links[address] = FakeLink(address, clock)
-        return links[address]
-
-    federation = Federation([f"127.0.0.1:{5555 + i}" for i in range(n)], make_link, clock, **kwargs)
-    federation.startService()
-    return federation, list(links.values())
+    """A started federation over ``n`` in-memory servers (ports 5555, 5556, ...)."""
+    return start_federation(clock, local_addresses(n, 5555), **kwargs)
 
 
 def result(d: Deferred):
@@ -342,7 +281,7 @@ def test_stop_cancels_every_pending_timer(clock):
 
 
 def owner(links, job_id):
-    """The fake link holding a job id."""
+    """The in-memory server link holding a job id."""
     return next(l for l in links if job_id.startswith(l.server_id + ","))
 
 

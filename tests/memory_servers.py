@@ -1,0 +1,239 @@
+"""In-memory allq servers behind fake server links, for tests of the real federation.
+
+:class:`MemoryLink` stands where :class:`allq.client.link.ServerLink` stands in
+a :class:`allq.client.federation.Federation`: same ``address``, ``server_id``,
+``up``, ``draining``, ``request``, ``batch`` and ``tell_draining``. Behind it is
+a real :class:`allq.core.queue.Queue` and a real
+:class:`allq.server.dispatch.Dispatcher`: every request goes through
+``Dispatcher.handle`` as a wire request, and error replies come back as the
+matching :class:`AllQError` via ``error_for_code``, so job ids, validation and
+errors are the server's own. Only the network is simulated, with switches for
+the ways a network fails:
+
+* :attr:`MemoryLink.up` ``False``: no connection; requests fail at once with
+  :class:`NotConnected` (nothing sent), as a real link does between reconnects;
+* :attr:`MemoryLink.lose_next`: the next N requests (or batch frames) are
+  applied, then the reply is lost (:class:`ConnectionLost`) and the link goes down;
+* :attr:`MemoryLink.hold`: replies wait until :meth:`MemoryLink.release_held`;
+* :meth:`MemoryLink.fail_next`: the next request (each item of a batch counts
+  as one) fails with the given error without reaching the server;
+* :attr:`MemoryLink.hang`: requests are sent but never answered; only
+  cancelling them (a caller's timeout) ends them.
+
+A server's deadlines (delays, TTRs, run_at) are applied before each request, as
+the real server's deadline timer would have applied them by then. Server ids
+are derived from ``host:port`` as the real server derives its own
+(:func:`allq.server.tap.derived_server_id`).
+
+Nothing here schedules anything on the clock, so a test can assert
+``clock.getDelayedCalls() == []`` about the federation alone.
+"""
+
+from collections.abc import Iterable
+from itertools import count
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from allq.client.federation import Federation
+from allq.client.link import NotConnected, normalize_address, parse_address
+from allq.core.queue import Queue, QueueConfig
+from allq.errors import ConnectionLost, Unavailable, error_for_code
+from allq.server.dispatch import Dispatcher
+from allq.server.tap import derived_server_id
+from allq.wire.messages import encode_request
+
+#: The clock step :func:`result_with_flush` advances by between flushes.
+FLUSH_STEP = 0.05
+
+
+class MemoryLink(Service):
+    """A server link whose server is an in-process queue and dispatcher.
+
+    :param address: ``host:port`` (or ``[v6]:port``) of the pretend server.
+    :param clock: the test clock; the server's ``now``.
+    :param config: the server's queue defaults and limits.
+    """
+
+    def __init__(self, address: str, clock: Clock, config: QueueConfig | None = None) -> None:
+        host, port = parse_address(address)
+        self.address = normalize_address(address)
+        self.server_id = derived_server_id(host, port)
+        self.queue = Queue(config or QueueConfig(), started=clock.seconds())
+        self.dispatcher = Dispatcher(self.queue, clock, lambda: self.server_id)
+        self._clock = clock
+        self._request_ids = count(1)
+        #: Whether the link has a live connection; ``False``: requests fail at once.
+        self.up = True
+        #: This client places no new jobs here (set by ``Federation.drain_server``).
+        self.draining = False
+        #: ``(action, params)`` of every request sent, batch items included, in order.
+        self.requests: list[tuple[str, dict]] = []
+        #: Batch frames sent.
+        self.frames = 0
+        #: The next N requests or frames are applied, then their reply is lost.
+        self.lose_next = 0
+        #: While ``True``, replies wait for :meth:`release_held`.
+        self.hold = False
+        #: While ``True``, requests are sent and never answered (until cancelled).
+        self.hang = False
+        #: The Deferreds of requests sent while :attr:`hang` was set.
+        self.hung: list[Deferred] = []
+        self._held: list[tuple[Deferred, Any]] = []
+        self._failures: list[BaseException | None] = []
+
+    def __repr__(self) -> str:
+        return f"<MemoryLink {self.address} id={self.server_id} up={self.up}>"
+
+    # -- test switches ---------------------------------------------------------
+
+    def fail_next(self, error: BaseException | None) -> None:
+        """Make the next request (or batch item) fail with ``error`` without
+        reaching the server; ``None`` lets that one through. Calls queue up."""
+        self._failures.append(error)
+
+    def release_held(self) -> None:
+        """Deliver every reply held while :attr:`hold` was set, in order."""
+        held, self._held = self._held, []
+        for d, outcome in held:
+            _deliver(d, outcome)
+
+    def call(self, action: str, **params: Any) -> dict:
+        """Apply a request as *another* client would: straight to the server,
+        ignoring the switches and not recorded in :attr:`requests`.
+
+        :raises AllQError: the error the server replied with.
+        """
+        outcome = self._handle(action, params)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    # -- the link interface the federation uses --------------------------------
+
+    def request(self, action: str, params: dict) -> Deferred:
+        """Send one request; a Deferred with its result or its error."""
+        if not self.up:
+            return fail(NotConnected(f"server {self.address} is not connected"))
+        self.requests.append((action, params))
+        if self.hang:
+            return self._hung()
+        outcome = self._apply(action, params)
+        return self._reply(outcome)
+
+    def batch(self, requests: list[tuple[str, dict]]) -> Deferred:
+        """Send several requests in one frame; per request its result or its error."""
+        if not self.up:
+            return fail(NotConnected(f"server {self.address} is not connected"))
+        self.frames += 1
+        self.requests.extend(requests)
+        if self.hang:
+            return self._hung()
+        return self._reply([self._apply(action, params) for action, params in requests])
+
+    def tell_draining(self, draining: bool) -> Deferred:
+        """Tell the server to drain (or undrain); ``False`` when not connected."""
+        if not self.up:
+            return succeed(False)
+
+        def not_told(failure: Failure) -> bool:
+            failure.trap(Unavailable)
+            return False
+
+        d = self.request("drain" if draining else "undrain", {})
+        return d.addCallbacks(lambda _: True, not_told)
+
+    # -- internals -------------------------------------------------------------
+
+    def _handle(self, action: str, params: dict) -> dict | BaseException:
+        self.queue.expire(self._clock.seconds())
+        reply = self.dispatcher.handle(encode_request(next(self._request_ids), action, params))
+        if "error" in reply:
+            return error_for_code(reply["error"]["code"], reply["error"]["message"])
+        return reply["result"]
+
+    def _apply(self, action: str, params: dict) -> dict | BaseException:
+        if self._failures:
+            error = self._failures.pop(0)
+            if error is not None:
+                return error
+        return self._handle(action, params)
+
+    def _reply(self, outcome: Any) -> Deferred:
+        if self.lose_next:
+            # Applied, but the connection dropped before the reply came back.
+            self.lose_next -= 1
+            self.up = False
+            outcome = ConnectionLost(f"connection to {self.address} lost")
+        d: Deferred = Deferred()
+        if self.hold:
+            self._held.append((d, outcome))
+        else:
+            _deliver(d, outcome)
+        return d
+
+    def _hung(self) -> Deferred:
+        d: Deferred = Deferred(lambda d: self.hung.remove(d))
+        self.hung.append(d)
+        return d
+
+
+def _deliver(d: Deferred, outcome: Any) -> None:
+    if isinstance(outcome, BaseException):
+        d.errback(Failure(outcome))
+    else:
+        d.callback(outcome)
+
+
+def local_addresses(n: int, first_port: int = 7711) -> list[str]:
+    """``n`` loopback addresses on consecutive ports from ``first_port``."""
+    return [f"127.0.0.1:{first_port + i}" for i in range(n)]
+
+
+def start_federation(
+    clock: Clock,
+    addresses: Iterable[str],
+    *,
+    config: QueueConfig | None = None,
+    **federation_kwargs: Any,
+) -> tuple[Federation, list[MemoryLink]]:
+    """A started real :class:`Federation` over one :class:`MemoryLink` per address.
+
+    :param clock: the test clock (the federation's and every server's).
+    :param addresses: the servers to start with.
+    :param config: every server's queue config (e.g. a small ``max_job_size``).
+    :param federation_kwargs: passed on, e.g. ``retry_budget=1.0``.
+    :returns: the federation, and a list of every link it makes, in order: links
+        made later (``add_server``, ``update_servers``) are appended to it, and
+        links dropped stay in it.
+    """
+    made: list[MemoryLink] = []
+
+    def make_link(address: str) -> MemoryLink:
+        link = MemoryLink(address, clock, config)
+        made.append(link)
+        return link
+
+    federation = Federation(list(addresses), make_link, clock, **federation_kwargs)
+    federation.startService()
+    return federation, made
+
+
+def result_with_flush(case, stub, clock: Clock, d: Deferred, step: float = FLUSH_STEP,
+                      limit: int = 10_000) -> Any:
+    """The result of ``d``, a request through ``stub`` (a ``StubTreq``) to a facade
+    on ``clock``: alternate ``stub.flush()`` and ``clock.advance(step)`` until it fires.
+
+    :param case: the ``SynchronousTestCase`` that fails when it never fires.
+    """
+    fired = []
+    d.addBoth(lambda result: (fired.append(True), result)[1])
+    for _ in range(limit):
+        stub.flush()
+        if fired:
+            return case.successResultOf(d)
+        clock.advance(step)
+    case.fail(f"no response after {limit * step} seconds")
