@@ -3,7 +3,7 @@
 import json
 import os
 
-from allq.client.rest import JOB_ID
+from allq.vocabulary import JOB_ID
 
 from rest_case import (
     ADDRESS,

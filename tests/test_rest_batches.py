@@ -91,15 +91,19 @@ class BatchTests(RestTestCase):
         link.up = False
         link.release_held()
         reply = self.result_of_with_flush(d)
-        self.assertEqual(reply.code, 503, reply.json)
-        self.assertEqual(reply.json["error"], "unavailable")
+        # The server answered "unavailable" for the second job: it may hold it, so
+        # its outcome is unknown (504), with the key that retries it safely.
+        self.assertEqual(reply.code, 504, reply.json)
+        self.assertEqual(reply.json["error"], "outcome_unknown")
         self.assertEqual(reply.json["action"], "put")
         ids = reply.json["job_ids"]
         self.assertEqual(len(ids), 3)
         self.assertEqual(ids[1], None)
         [error] = reply.json["errors"]
         self.assertEqual(error["index"], 1)
-        self.assertEqual(error["error"], "unavailable")
+        self.assertEqual(error["error"], "outcome_unknown")
+        server_id = ids[0].split(",")[0]
+        self.assertTrue(error["idempotency_key"].startswith(server_id + ":"))
         for job_id in ids:
             if job_id is not None:
                 self.assertEqual(self.stored(job_id).tube, "t")

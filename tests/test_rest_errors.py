@@ -3,19 +3,14 @@
 import json
 from io import BytesIO
 
-import pytest
 from treq.testing import StubTreq
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from allq.client.rest import (
-    DEFAULT_MAX_BODY,
-    MAX_WAIT,
-    RestApi,
-    json_response,
-    parse_bool,
-    read_json,
-)
+from allq.client.http import json_response, read_json
+from allq.client.rest import DEFAULT_MAX_BODY, RestApi
+from allq.client.rest_requests import parse_bool
+from allq.vocabulary import MAX_WAIT
 from allq.errors import BadRequest, Timeout, TooLarge
 
 from rest_case import MAX_BODY, MAX_JOB_SIZE, REQUEST_TIMEOUT, RestTestCase, q
@@ -206,9 +201,6 @@ class ErrorStatusTests(RestTestCase):
         self.set_up(True)
         self.put()
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "Federation.kick_tube skips every server that is not up and answers [] when "
-        "none is: a kick with no server reachable looks like 'nothing was buried'"))
     def test_kick_with_no_server_reachable(self):
         """With no server reachable, PUT /kick?tube= answers 503 too (part of
         test_no_server_reachable against the fake federation)."""

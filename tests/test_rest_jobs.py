@@ -2,12 +2,15 @@
 
 import json
 
+from treq.testing import StubTreq
+from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
 
 from allq.core.queue import DEFAULT_PRIORITY
 
-from memory_servers import FLUSH_STEP
-from rest_case import FeatureTestCase, RestTestCase, q, served_operations
+from allq.client.rest import RestApi
+from memory_servers import FLUSH_STEP, result_with_flush, start_federation
+from rest_case import ADDRESS, FeatureTestCase, RestTestCase, q, served_operations
 
 
 class PutGetTests(RestTestCase):
@@ -342,11 +345,50 @@ class RouterTests(RestTestCase):
     """The job routes served without Klein behave as the Klein routes do."""
 
     def test_fast_routes_are_klein_routes(self):
-        from allq.client.rest import _Router
-
-        fast = {(path.decode(), method.decode().lower()) for method, path in _Router._FAST}
+        fast = {(path.decode(), method.decode().lower())
+                for method, path in self.api.fast_routes()}
         self.assertLessEqual(fast, served_operations())
         self.assertEqual(len(fast), 6)
+
+    def test_each_fast_route_answers_exactly_as_its_klein_route(self):
+        """The same requests, one federation served by the fast router and a twin
+        served by Klein alone: same statuses, headers and bodies, errors included."""
+        requests = [
+            ("POST", "/job", {"json": {"tube": "t", "body": "a", "priority": 3}}),
+            ("POST", "/job", {"json": {"tube": "bad tube"}}),
+            ("POST", "/job", {"data": b"{not json", "headers": {"content-type": "application/json"}}),
+            ("POST", "/multiple_job", {"json": {"tube": "t", "jobs": [{"body": "b"}, {"body": "c"}]}}),
+            ("POST", "/multiple_job", {"json": {"jobs": []}}),
+            ("GET", "/job?tube=t", {}),
+            ("GET", "/job?tube=t&delete=maybe", {}),
+            ("GET", "/multiple_job?tube=t&count=5", {}),
+            ("GET", "/multiple_job?tube=t&count=0", {}),
+            ("DELETE", "/job?job_id=" + q("yaReodaVXJ,1"), {}),
+            ("DELETE", "/job?job_id=nope", {}),
+            ("DELETE", "/multiple_job", {"json": {"job_ids": ["yaReodaVXJ,2", "yaReodaVXJ,99"]}}),
+            ("DELETE", "/multiple_job", {"json": {"job_ids": "all"}}),
+        ]
+
+        def answers(resource):
+            clock = Clock()
+            federation, _ = start_federation(clock, [ADDRESS])
+            self.addCleanup(federation.stopService)
+            api = RestApi(federation, clock)
+            stub = StubTreq(resource(api))
+            replies = []
+            for method, path, kwargs in requests:
+                d = stub.request(method, "http://allq.test" + path, **kwargs)
+                d.addCallback(lambda r: r.content().addCallback(
+                    lambda body, r=r: (r.code, r.headers.getRawHeaders(b"content-type"),
+                                       r.headers.getRawHeaders(b"content-length"), body)))
+                replies.append(result_with_flush(self, stub, clock, d))
+            return replies
+
+        fast = answers(lambda api: api.resource())
+        klein = answers(lambda api: api.app.resource())
+        self.assertEqual([code for code, *_ in fast],
+                         [200, 400, 400, 200, 400, 200, 400, 200, 400, 200, 400, 404, 400])
+        self.assertEqual(fast, klein)
 
     def test_answers_carry_a_content_length(self):
         """No chunked framing: the length is known before the body is written."""

@@ -42,7 +42,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from allq.client.link import NotConnected, ServerLink
+from allq.client.link import ServerLink
 from allq.client.longpoll import LongPolls
 from allq.client.membership import Membership
 from allq.client.observers import FederationObserver
@@ -362,15 +362,21 @@ class Federation(MultiService):
         return self._observed("kick_tube", d).addCallback(self._counted, "kick", tube, len)
 
     async def _kick_tube(self, tube: str, count: int) -> list[str]:
+        """Server by server until ``count`` are kicked; a server that fails is
+        skipped (what others kicked is still reported), none answering is 503."""
         kicked: list[str] = []
+        answered = False
         for link in self._servers.healthy():
             if len(kicked) >= count:
                 break
             try:
                 result = await link.request("kick_tube", {"tube": tube, "count": count - len(kicked)})
-            except NotConnected:
+            except Unavailable:
                 continue
+            answered = True
             kicked += result["job_ids"]
+        if not answered and not kicked:
+            raise Unavailable("no server reachable")
         return kicked
 
     def _counted(self, result, action: str, tube: str, how_many: Callable):
