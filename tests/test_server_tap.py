@@ -36,6 +36,8 @@ DEFAULTS = {
     "fair-prefix": "fq-",
     "fair-suffix": None,
     "log-jobs": False,
+    "backlog": 1024,
+    "idle-timeout": 300.0,
 }
 
 

@@ -109,7 +109,16 @@ class ServerProtocol(LineOnlyReceiver):
         # The replies to these frames wait in the transport's buffer until this
         # returns to the reactor: make the changes they acknowledge durable first
         # (one journal commit per read, not per frame).
-        factory.after_data()
+        try:
+            factory.after_data()
+        except Exception as e:
+            # Not durable, so not acknowledged: drop the replies with the connection
+            # (abortConnection discards the transport's buffer). The journal has
+            # logged why; the client retries or fails over.
+            self._log.warn("dropping a connection with unacknowledged replies: {error}",
+                           error=e)
+            self.transport.abortConnection()
+            return
         partial = len(self._buffer)
         if partial != self._partial:
             factory.partial_bytes += partial - self._partial
@@ -218,8 +227,8 @@ class ServerFactory(Factory):
     :param server_id: a callable giving this server's id.
     :param after_frame: called after each handled frame (re-arms the deadline timer).
     :param after_data: called after the frames of each read, before their replies
-        are written out (commits the journal); it may raise to drop the connection
-        unanswered.
+        are written out (commits the journal); if it raises, the connection is
+        aborted and those replies are never sent.
     :param idle_timeout: seconds an authenticated connection may stay silent
         (``None`` or 0: forever).
     :param partial_budget: bytes of unfinished lines all connections may buffer
