@@ -295,3 +295,19 @@ def test_make_service_wires_disk_full_into_stats_and_metrics(tmp_path):
     assert not isinstance(factory.dispatcher, ReadOnlyDispatcher)
     service.stopService()
     journal.close()
+
+
+def test_while_full_a_read_without_changes_is_not_held_up(full):
+    """A commit with no new records (a get's read) does not raise while bytes are
+    still pending; one with new records (a delete) does, until space returns."""
+    q = full.queue
+    job = q.put("t", "a", now=full.now)
+    full.journal.commit()
+    full.disk.free = 0
+    q.put("t", "b", now=full.now)
+    with pytest.raises(JournalFull):
+        full.journal.commit()
+    full.journal.commit()  # nothing new: no error
+    q.delete(job.id, now=full.now)
+    with pytest.raises(JournalFull):
+        full.journal.commit()

@@ -351,7 +351,9 @@ class Journal(Service):
         :raises JournalError: the journal cannot be written; the caller must not
             acknowledge anything (the connection that triggered it is dropped).
         """
-        if self._buffer or self._unwritten:
+        if self._buffer or (self._unwritten and not self.disk_full):
+            # While the disk is full a read that changed nothing (a get, a peek)
+            # is not held up by what is still pending: the retry writes that.
             self._flush()
         if self._sync_each_commit and self._written > self._synced:
             self._fsync()
@@ -492,6 +494,8 @@ class Journal(Service):
             return False
         try:
             self._check()  # (re)opens the journal if that failed
+            if self._buffer or self._unwritten:
+                self._flush()
             self.commit()
         except JournalFull:
             return False
