@@ -212,6 +212,7 @@ def test_stats_reports_global_counters_and_tubes(h):
         "jobs": 2,
         "draining": False,
         "max_jobs": None,
+        "disk_full": False,
     }
     assert [(t["tube"], t["ready"], t["reserved"]) for t in result["tubes"]] == [
         ("a", 1, 0),

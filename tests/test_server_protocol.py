@@ -24,7 +24,14 @@ from allq.client.connection import ServerConnection
 from allq.core.queue import Queue, QueueConfig
 from allq.errors import BadRequest, ConnectionLost, NotFound, Timeout, TooLarge, UnknownAction
 from allq.server.dispatch import Dispatcher
-from allq.server.protocol import HANDSHAKE_TIMEOUT, HELLO_MAX_LENGTH, MAX_BATCH, ServerFactory
+from allq.server.protocol import (
+    DEFAULT_IDLE_TIMEOUT,
+    HANDSHAKE_TIMEOUT,
+    HELLO_MAX_LENGTH,
+    MAX_BATCH,
+    PARTIAL_LINES_BUDGET,
+    ServerFactory,
+)
 from allq.wire.crypto import (
     Authenticator,
     client_hello,
@@ -44,7 +51,10 @@ MAX_JOB_SIZE = 1000
 MAX_LINE_LENGTH = 64 * 1024
 
 
-def make_factory(clock: Clock, max_line_length: int = MAX_LINE_LENGTH, after_frame=None):
+def make_factory(clock: Clock, max_line_length: int = MAX_LINE_LENGTH, after_frame=None,
+                 **options):
+    """A server factory on ``clock``; no idle timeout unless ``options`` give one."""
+    options.setdefault("idle_timeout", None)
     queue = Queue(QueueConfig(max_job_size=MAX_JOB_SIZE), started=clock.seconds())
     return ServerFactory(
         authenticator=Authenticator(SERVER_KEYS),
@@ -54,6 +64,7 @@ def make_factory(clock: Clock, max_line_length: int = MAX_LINE_LENGTH, after_fra
         max_job_size=MAX_JOB_SIZE,
         max_line_length=max_line_length,
         **({} if after_frame is None else {"after_frame": after_frame}),
+        **options,
     )
 
 
@@ -478,3 +489,174 @@ class CoalescingClientTests(SynchronousTestCase):
         self.pump.flush()
         self.failureResultOf(queued, ConnectionLost)
         self.assertEqual(self.client_clock.getDelayedCalls(), [])
+
+
+# -- hostile values: huge numbers, deep nesting (issue 10) ---------------------------
+
+_HUGE = "1" + "0" * 309  # 10**309: no float can hold it
+
+
+@pytest.mark.parametrize(
+    "plaintext, request_id",
+    [
+        (b'{"id":1,"action":"put","params":{"tube":"t","body":"x","ttl":' + _HUGE.encode()
+         + b"}}", 1),
+        (b'{"id":2,"action":"put","params":{"tube":"t","body":"x","delay":1e400}}', 2),
+        (b'{"id":3,"action":"put","params":{"tube":"t","body":"x","priority":' + _HUGE.encode()
+         + b"}}", 3),
+        (b'{"id":4,"action":"release","params":{"job_id":"srv1,1","delay":NaN}}', 4),
+        (b'{"id":5,"action":"get","params":{"tube":"t","count":' + _HUGE.encode() + b"}}", 5),
+        (b'{"id":6,"action":"put_parent","params":{"tube":"t","body":"x","timeout":-Infinity}}',
+         6),
+        (b'{"id":' + _HUGE.encode() + b',"action":"ping"}', None),
+        (b'{"id":7,"action":' + _HUGE.encode() + b"}", 7),
+        (b'{"id":8,"action":"stats","params":{"x":' + b"9" * 5000 + b"}}", None),
+        (b"[" * 20_000 + b"]" * 20_000, None),
+        (b'{"id":9,"action":"put","params":' + b'{"a":' * 8_000 + b"1" + b"}" * 8_001
+         + b"}", None),
+        (b'{"id":10,"action":' + b"[" * 900 + b"]" * 900 + b"}", 10),
+        (b"[" + b",".join([b'{"id":%d,"action":"throttle","params":{"tube":"t","tps":%s}}'
+                           % (n, _HUGE.encode()) for n in range(3)]) + b"]", "batch"),
+    ],
+)
+def test_hostile_values_get_an_error_reply_and_the_connection_stays_open(
+    peer, plaintext, request_id
+):
+    """Huge integers, non-finite numbers and deep nesting get a bad_request reply (with
+    the request's id when it is readable); the connection keeps serving."""
+    peer.send_line(peer.seal(plaintext))
+    reply = peer.receive()
+    if request_id == "batch":
+        assert [r["id"] for r in reply] == [0, 1, 2]
+        assert {r["error"]["code"] for r in reply} == {"bad_request"}
+    else:
+        assert reply["id"] == request_id
+        assert reply["error"]["code"] in ("bad_request", "unknown_action")
+    assert not peer.transport.disconnecting
+    assert peer.request("ping")["result"] == {"server_id": SERVER_ID}
+
+
+def test_a_bug_in_the_dispatcher_gets_an_error_reply_and_is_logged(peer, factory,
+                                                                   observe_errors):
+    """An unexpected exception while handling a frame is logged and answered with
+    code "error"; the connection stays open."""
+    def explode(obj):
+        raise ZeroDivisionError("boom")
+
+    real, factory.dispatcher.handle_frame = factory.dispatcher.handle_frame, explode
+    peer.send_line(peer.seal({"id": 1, "action": "ping"}))
+    reply = peer.receive()
+    assert reply["error"]["code"] == "error" and reply["id"] is None
+    (event,) = observe_errors
+    assert event["log_failure"].check(ZeroDivisionError)
+    observe_errors.clear()  # expected here
+    factory.dispatcher.handle_frame = real
+    assert peer.request("ping")["result"] == {"server_id": SERVER_ID}
+
+
+# -- idle connections and unfinished frames (issue 10) --------------------------------
+
+
+def test_a_silent_authenticated_connection_is_closed_after_the_idle_timeout(clock):
+    """No byte for idle_timeout seconds after the handshake: ERROR idle_timeout, close."""
+    peer = Peer(make_factory(clock, idle_timeout=300.0))
+    peer.handshake()
+    clock.advance(299.0)
+    assert peer.lines() == [] and not peer.transport.disconnecting
+    clock.advance(1.0)
+    assert peer.refused_with() == "idle_timeout"
+    peer.lose()
+    assert clock.getDelayedCalls() == []
+
+
+def test_traffic_keeps_a_connection_open_past_the_idle_timeout(clock):
+    """Each read restarts the idle period; the one timer is re-armed when it fires."""
+    peer = Peer(make_factory(clock, idle_timeout=300.0))
+    peer.handshake()
+    for _ in range(5):
+        clock.advance(200.0)
+        assert peer.request("ping")["result"] == {"server_id": SERVER_ID}
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(299.0)
+    assert not peer.transport.disconnecting
+    clock.advance(1.0)
+    assert peer.refused_with() == "idle_timeout"
+
+
+def test_losing_an_authenticated_connection_cancels_its_idle_timer(clock):
+    """connectionLost leaves no delayed call behind."""
+    peer = Peer(make_factory(clock, idle_timeout=300.0))
+    peer.handshake()
+    assert len(clock.getDelayedCalls()) == 1
+    peer.lose()
+    assert clock.getDelayedCalls() == []
+
+
+def test_the_default_idle_timeout_is_five_minutes(clock):
+    """A factory built without idle_timeout closes silent connections after 300 s."""
+    factory = make_factory(clock)
+    assert ServerFactory(
+        factory.authenticator, factory.dispatcher, clock, lambda: SERVER_ID,
+        MAX_JOB_SIZE, MAX_LINE_LENGTH).idle_timeout == DEFAULT_IDLE_TIMEOUT == 300.0
+
+
+def test_unfinished_frames_are_bounded_across_connections(clock):
+    """The connection whose partial line takes all connections over the budget gets
+    ERROR busy; the others keep theirs; closing one gives its bytes back."""
+    factory = make_factory(clock, max_line_length=4096, partial_budget=10_000)
+    first, second, third = Peer(factory), Peer(factory), Peer(factory)
+    for peer in (first, second, third):
+        peer.handshake()
+    first.protocol.dataReceived(b"A" * 4000)
+    second.protocol.dataReceived(b"B" * 4000)
+    assert factory.partial_bytes == 8000
+    third.protocol.dataReceived(b"C" * 4000)
+    assert third.refused_with() == "busy"
+    third.lose()
+    assert factory.partial_bytes == 8000
+    assert not first.transport.disconnecting and not second.transport.disconnecting
+    first.lose()
+    assert factory.partial_bytes == 4000
+
+
+def test_a_completed_frame_returns_its_bytes_to_the_budget(peer, factory):
+    """Bytes of a line count only while the line is unfinished."""
+    line = peer.seal({"id": 1, "action": "ping"})
+    peer.protocol.dataReceived(line[:10])
+    assert factory.partial_bytes == 10
+    peer.protocol.dataReceived(line[10:] + b"\n")
+    assert factory.partial_bytes == 0
+    assert peer.receive()["result"] == {"server_id": SERVER_ID}
+
+
+def test_the_default_partial_budget_is_some_maximal_lines(factory):
+    """By default all connections together may hold 32 maximal lines unfinished."""
+    assert factory.partial_budget == PARTIAL_LINES_BUDGET * MAX_LINE_LENGTH
+
+
+# -- revoking keys ---------------------------------------------------------------------
+
+
+def test_replacing_the_authenticator_closes_the_sessions_of_revoked_keys(factory):
+    """set_authenticator closes every connection of a key no longer accepted (ERROR
+    revoked), keeps the others, and refuses the revoked key's next handshake."""
+    other_secret = PrivateKey.generate()
+    other_keys = ClientKeys(other_secret, SERVER_SECRET.public_key)
+    factory.set_authenticator(Authenticator(
+        ServerKeys(SERVER_SECRET, (CLIENT_SECRET.public_key, other_secret.public_key))))
+    revoked_1, revoked_2, kept = Peer(factory), Peer(factory), Peer(factory, other_keys)
+    for peer in (revoked_1, revoked_2, kept):
+        peer.handshake()
+    assert len(factory.sessions) == 2
+    closed = factory.set_authenticator(
+        Authenticator(ServerKeys(SERVER_SECRET, (other_secret.public_key,))))
+    assert closed == 2
+    assert revoked_1.refused_with() == "revoked" and revoked_2.refused_with() == "revoked"
+    revoked_1.lose()
+    revoked_2.lose()
+    assert list(factory.sessions) == [bytes(other_secret.public_key)]
+    assert kept.request("ping")["result"] == {"server_id": SERVER_ID}
+    again = Peer(factory)
+    hello, _ = client_hello(CLIENT_KEYS, again.challenge())
+    again.send_line(hello)
+    assert again.refused_with() == "unknown_key"

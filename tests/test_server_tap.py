@@ -36,6 +36,8 @@ DEFAULTS = {
     "fair-prefix": "fq-",
     "fair-suffix": None,
     "log-jobs": False,
+    "backlog": 1024,
+    "idle-timeout": 300.0,
 }
 
 
@@ -250,3 +252,130 @@ def test_fair_queue_naming_and_server_bound_reach_the_queue(tmp_path):
         assert (queue.config.fair_suffix, queue.config.max_jobs) == ("-fair", 2)
     finally:
         service.stopService()
+
+
+# -- backlog, idle timeout, key reloading (issue 10) ----------------------------------
+
+
+def test_the_listener_gets_a_backlog_of_1024(keys_dir):
+    """By default the TCP listener asks the kernel for a backlog of 1024."""
+    reactor = MemoryReactorClock()
+    service = makeService(parse(["--keys", keys_dir, "--listen", "tcp:7002"]), reactor=reactor)
+    service.startService()
+    [(port, _, backlog, _)] = reactor.tcpServers
+    assert (port, backlog) == (7002, 1024)
+    service.stopService()
+
+
+@pytest.mark.parametrize("argv, environ, backlog", [
+    (["--backlog", "64"], {}, 64),
+    ([], {"ALLQ_BACKLOG": "4096"}, 4096),
+    (["--listen", "tcp:7003:backlog=7"], {}, 7),
+])
+def test_the_backlog_is_configurable(keys_dir, argv, environ, backlog):
+    """--backlog / ALLQ_BACKLOG set it; a backlog in --listen itself wins."""
+    reactor = MemoryReactorClock()
+    argv = ["--keys", keys_dir, "--listen", "tcp:7003", *argv]
+    service = makeService(parse(argv, environ), reactor=reactor)
+    service.startService()
+    [(_, _, got, _)] = reactor.tcpServers
+    assert got == backlog
+    service.stopService()
+
+
+def test_with_backlog_leaves_other_endpoints_alone():
+    """Only tcp, tcp6 and unix descriptions take a backlog argument."""
+    from allq.server.tap import with_backlog
+
+    assert with_backlog("tcp:5555", 10) == "tcp:5555:backlog=10"
+    assert with_backlog("unix:/run/a.sock", 10) == "unix:/run/a.sock:backlog=10"
+    assert with_backlog("ssl:5555:privateKey=k", 10) == "ssl:5555:privateKey=k"
+
+
+@pytest.mark.parametrize("argv, environ, expected", [
+    (["--idle-timeout", "30"], {}, 30.0),
+    ([], {"ALLQ_IDLE_TIMEOUT": "45.5"}, 45.5),
+    (["--idle-timeout", "0"], {}, 0.0),
+])
+def test_idle_timeout_option(argv, environ, expected):
+    """--idle-timeout / ALLQ_IDLE_TIMEOUT in seconds; 0 turns it off."""
+    assert parse(argv, environ)["idle-timeout"] == expected
+
+
+@pytest.mark.parametrize("value", ["-1", "soon", "inf"])
+def test_bad_idle_timeouts_name_the_option(value):
+    """A negative, non-numeric or infinite idle timeout is a UsageError naming it."""
+    with pytest.raises(usage.UsageError, match="--idle-timeout"):
+        parse(["--idle-timeout", value])
+
+
+def test_the_factory_gets_the_idle_timeout(keys_dir):
+    """The configured idle timeout reaches the server factory (0: None, no timer)."""
+    for argv, expected in ((["--idle-timeout", "12"], 12.0), (["--idle-timeout", "0"], None)):
+        reactor = MemoryReactorClock()
+        service = makeService(parse(["--keys", keys_dir, "--listen", "tcp:7004", *argv]),
+                              reactor=reactor)
+        service.startService()
+        assert reactor.tcpServers[0][1].idle_timeout == expected
+        service.stopService()
+
+
+def _write_authorized(path, *secrets):
+    from allq.wire.keys import encode_key
+
+    with open(path, "w") as f:
+        f.write("# clients\n" + "".join(encode_key(s.public_key) + "\n" for s in secrets))
+
+
+def test_the_authorized_keys_file_is_polled_and_reloaded(keys_dir, observe_errors):
+    """A change to authorized_keys is picked up within one poll: the factory gets the
+    new set and a removed key's sessions are closed; a broken file keeps the old set;
+    stopping leaves nothing scheduled."""
+    from nacl.public import PrivateKey
+
+    from allq.server.keyreload import AuthorizedKeysWatcher
+
+    reactor = MemoryReactorClock()
+    service = makeService(parse(["--keys", keys_dir, "--listen", "tcp:7005"]), reactor=reactor)
+    service.startService()
+    factory = reactor.tcpServers[0][1]
+    watcher = next(s for s in service if isinstance(s, AuthorizedKeysWatcher))
+    path = os.path.join(keys_dir, "authorized_keys")
+    newcomer = PrivateKey.generate()
+    old_authenticator = factory.authenticator
+    _write_authorized(path, newcomer)
+    os.utime(path, ns=(1, 1))  # a different mtime, whatever the clock's resolution
+    reactor.advance(2.0)
+    assert watcher.reloads == 1 and factory.authenticator is not old_authenticator
+    assert factory.authenticator.accepts(bytes(newcomer.public_key))
+    kept = factory.authenticator
+    with open(path, "w") as f:
+        f.write("not a key\n")
+    reactor.advance(2.0)
+    assert watcher.reloads == 1 and factory.authenticator is kept  # old set kept
+    service.stopService()
+    assert [c for c in reactor.getDelayedCalls() if c.active()] == []
+
+
+def test_sighup_reloads_the_keys(keys_dir):
+    """SIGHUP (with a reactor) hands a reload to the reactor thread."""
+    import signal
+
+    from allq.server.keyreload import AuthorizedKeysWatcher
+
+    calls = []
+
+    class Reactor:
+        def callFromThread(self, f, *args):
+            calls.append((f, args))
+
+    watcher = AuthorizedKeysWatcher(None, None, None, None, MemoryReactorClock(),
+                                    reactor=Reactor())
+    previous = signal.getsignal(signal.SIGHUP)
+    watcher.startService()
+    try:
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert calls == [(watcher.reload, ("SIGHUP",))]
+    finally:
+        watcher.stopService()
+    assert signal.getsignal(signal.SIGHUP) == previous

@@ -69,6 +69,14 @@ class QueueFull(AllQError):
     http_status = 507
 
 
+class DiskFull(AllQError):
+    """The server's data directory is full: it serves gets and peeks but takes no
+    changes until space returns (it recovers by itself)."""
+
+    code = "disk_full"
+    http_status = 507
+
+
 class Unavailable(AllQError):
     """A transient failure: no server could be reached or it went away."""
 
@@ -122,6 +130,7 @@ _BY_CODE = {
         WrongState,
         Draining,
         QueueFull,
+        DiskFull,
         Unavailable,
         ConnectionLost,
         Timeout,

@@ -27,6 +27,7 @@ class Dispatcher:
     :param clock: where ``now`` comes from.
     :param server_id: a callable giving this server's id (known once it listens).
     :param idempotency: memory of recent put idempotency keys.
+    :param disk_full: whether the data directory is full (shown in ``stats``).
     """
 
     _log = Logger()
@@ -38,8 +39,10 @@ class Dispatcher:
         server_id: Callable[[], str],
         idempotency: IdempotencyKeys | None = None,
         log_jobs: bool = False,
+        disk_full: Callable[[], bool] = lambda: False,
     ) -> None:
         self._log_jobs = log_jobs
+        self._disk_full = disk_full
         self._queue = queue
         self._clock = clock
         self._server_id = server_id
@@ -200,6 +203,7 @@ class Dispatcher:
                 "jobs": len(self._queue),
                 "draining": totals.draining,
                 "max_jobs": totals.max_jobs,
+                "disk_full": self._disk_full(),
             },
             "tubes": [
                 {

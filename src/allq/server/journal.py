@@ -58,6 +58,21 @@ runs on the reactor thread, synchronously: waiting for it before replying is the
 point of ``always`` (STYLE.md anti-pattern 1 is accepted here, and measured in
 ``bench/persistence.py``).
 
+Disk full: a write that fails with ``ENOSPC`` (or ``EDQUOT``) does not stop the
+server. What the OS did not take stays in memory, byte-exact (a record cut in
+two by a short write is completed later, never followed by another), the
+journal turns *read-only* (:attr:`Journal.disk_full`; ``on_disk_full(True)``
+lets the server refuse changes with ``disk_full`` while gets, peeks and stats
+go on), and :meth:`commit` raises :class:`JournalFull` for the read whose
+changes did not get out (its replies are dropped: nothing unwritten is
+acknowledged). Every ``disk_retry`` seconds a :class:`LoopingCall` writes what
+is pending; once that works and the file system has ``resume_free_bytes`` free,
+the journal is writable again (``on_disk_full(False)``). A journal that cannot
+even be opened or given its header at start-up (a restart on a full disk)
+starts read-only the same way. Any other failure, and any failed fsync (after
+one the page cache cannot be trusted), is fatal: ``on_failure`` stops the
+server, which then exits non-zero.
+
 Compaction: once the journal is larger than both ``compact_min_bytes`` and
 ``compact_ratio`` times the last snapshot, the journal switches to generation
 G+1 (the old one is fsynced and closed) and snapshot G+1 is written from a copy
@@ -75,9 +90,8 @@ journal G+1: never a record applied twice out of order, never one lost.
 from __future__ import annotations
 
 import contextlib
-import json
+import errno
 import os
-import zlib
 from collections.abc import Callable
 
 import attrs
@@ -87,9 +101,20 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from allq.core.job import Job, JobState, ParentInfo
+from allq.core.job import Job, JobState
+from allq.server.records import (
+    FORMAT_VERSION,
+    frame,
+    frame_deleted,
+    generation_of,
+    has_settings,
+    job_record,
+    journal_name,
+    snapshot_name,
+    state_record,
+    tube_record,
+)
 
-FORMAT_VERSION = 1
 MIB = 1024 * 1024
 MILLISECONDS = 0.001
 DEFAULT_FSYNC = "interval:50"
@@ -101,22 +126,14 @@ DEFAULT_SNAPSHOT_CHUNK = 1000
 #: How often records are written out when nothing else does it (``always``,
 #: ``never``): the deadline timer's changes arrive outside any frame.
 IDLE_FLUSH_SECONDS = 1.0
-LOCK_FILE = "lock"
+#: Seconds between attempts to write again while the disk is full.
+DEFAULT_DISK_RETRY_SECONDS = 2.0
+#: Free bytes the file system must have before a full journal takes changes again
+#: (so one freed block does not flip it back and forth).
+DEFAULT_RESUME_FREE_BYTES = 1 * MIB
+#: Write errors that mean "no space": read-only until there is, not fatal.
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
-if json.encoder.c_make_encoder is not None:
-    # json.dumps builds a new C encoder per call; the journal encodes one or two
-    # records per request, so build it once (a quarter of the encoding time).
-    _c_encoder = json.encoder.c_make_encoder(
-        None, None, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
-
-    def _encode_json(record: list) -> str:
-        return "".join(_c_encoder(record, 0))
-else:  # pragma: no cover - Pythons without the C accelerator
-    _encode_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
-#: The C scanner behind ``json.loads``, without its per-call overhead (recovery
-#: decodes millions of lines).
-_scan_json = json.JSONDecoder().scan_once
-_crc32 = zlib.crc32
 _RESERVED = JobState.RESERVED
 _DELETED = JobState.DELETED
 _WAITING = JobState.WAITING
@@ -127,6 +144,11 @@ _datasync = getattr(os, "fdatasync", os.fsync)
 
 class JournalError(Exception):
     """The journal could not be written or fsynced: changes are not durable."""
+
+
+class JournalFull(JournalError):
+    """The data directory is full: the journal is read-only until space returns
+    (the changes not written stay pending in memory, unacknowledged)."""
 
 
 # -- the fsync policy ------------------------------------------------------------------
@@ -166,81 +188,6 @@ class FsyncPolicy:
         return self.mode
 
 
-# -- the record codec (pure) -----------------------------------------------------------
-
-
-def frame(record: list) -> bytes:
-    """One journal line for ``record``: CRC32, a space, compact JSON, a newline."""
-    payload = _encode_json(record).encode("ascii")
-    return b"%08x %s\n" % (_crc32(payload), payload)
-
-
-def frame_deleted(job_id: int) -> bytes:
-    """``frame(["d", job_id])``, three times faster: one per finished job."""
-    payload = b'["d",%d]' % job_id
-    return b"%08x %s\n" % (_crc32(payload), payload)
-
-
-def unframe(line: bytes) -> list | None:
-    """The record in one line (with its newline), or ``None`` if it is torn or damaged."""
-    if len(line) < 11 or line[-1:] != b"\n" or line[8:9] != b" ":
-        return None
-    payload = line[9:-1]
-    try:
-        if int(line[:8], 16) != _crc32(payload):
-            return None
-        text = payload.decode("ascii")
-        record, end = _scan_json(text, 0)
-    except (ValueError, StopIteration):  # UnicodeDecodeError is a ValueError
-        return None
-    if (end != len(text) or type(record) is not list or not record
-            or type(record[0]) is not str):
-        return None
-    return record
-
-
-def parent_fields(info: ParentInfo | None) -> list | None:
-    """A waiting parent's counters as stored (``None`` for other jobs)."""
-    if info is None:
-        return None
-    return [info.timeout, info.run_on_timeout, info.limit, info.children_put,
-            info.children_done]
-
-
-def job_record(job: Job, parent: ParentInfo | None) -> list:
-    """The ``j`` record: a whole job."""
-    return ["j", job.id, job.tube, job.body, job.priority, job.ttl, job.expired_limit,
-            job.created, job.shard_key, job.parent_id, job.state.value, job.deadline,
-            job.expireds, job.releases, parent_fields(parent)]
-
-
-def state_record(job: Job, parent: ParentInfo | None) -> list:
-    """The ``s`` record: the fields of a job that change after its put."""
-    return ["s", job.id, job.state.value, job.deadline, job.expireds, job.releases,
-            parent_fields(parent)]
-
-
-def tube_record(tube) -> list:
-    """The ``t`` record: a tube's settings."""
-    throttle = None if tube.throttle is None else tube.throttle.rate
-    return ["t", tube.name, throttle, tube.paused, tube.draining, tube.fair_setting,
-            tube.max_size]
-
-
-def has_settings(tube) -> bool:
-    """Whether a tube has any setting a snapshot must keep."""
-    return bool(tube.throttle is not None or tube.paused or tube.draining
-                or tube.fair_setting is not None or tube.max_size is not None)
-
-
-def journal_name(generation: int) -> str:
-    return f"journal.{generation}.log"
-
-
-def snapshot_name(generation: int) -> str:
-    return f"snapshot.{generation}"
-
-
 def fsync_directory(directory: str) -> None:
     """Make a file's creation, rename or removal in ``directory`` durable."""
     fd = os.open(directory, os.O_RDONLY)
@@ -277,7 +224,14 @@ class Journal(Service):
         returns a Deferred of its result; by default it runs it right away
         (tests), the server passes a thread pool.
     :param lock_fd: the data directory's lock, released by :meth:`close`.
-    :param on_failure: called once when a write or fsync fails (the server stops).
+    :param on_failure: called once when a write or fsync fails fatally (the server
+        stops, with a non-zero exit status).
+    :param on_disk_full: called with ``True`` when the journal turns read-only for
+        lack of space, and with ``False`` when it takes changes again.
+    :param disk_retry: seconds between write attempts while the disk is full.
+    :param resume_free_bytes: free space needed to take changes again.
+    :param free_bytes: returns the free bytes of the file system holding a path
+        (tests replace it); ``None`` when unknown.
     """
 
     _log = Logger()
@@ -297,6 +251,10 @@ class Journal(Service):
         snapshot_chunk: int = DEFAULT_SNAPSHOT_CHUNK,
         run_blocking: Callable[[Callable[[], object]], Deferred] = maybeDeferred,
         on_failure: Callable[[], None] = lambda: None,
+        on_disk_full: Callable[[bool], None] = lambda full: None,
+        disk_retry: float = DEFAULT_DISK_RETRY_SECONDS,
+        resume_free_bytes: int = DEFAULT_RESUME_FREE_BYTES,
+        free_bytes: Callable[[str], int | None] | None = None,
     ) -> None:
         self.directory = directory
         self.policy = policy
@@ -310,6 +268,15 @@ class Journal(Service):
         self._snapshot_chunk = snapshot_chunk
         self._run_blocking = run_blocking
         self._on_failure = on_failure
+        self._on_disk_full = on_disk_full
+        self._disk_retry = disk_retry
+        self._resume_free_bytes = resume_free_bytes
+        self._free_bytes = free_bytes if free_bytes is not None else _free_bytes
+        #: Bytes the OS did not take (disk full), written before any newer record.
+        self._unwritten = b""
+        #: Whether the journal is read-only for lack of space (see the module docstring).
+        self.disk_full = False
+        self._retry: LoopingCall | None = None
         self._queue = None
         self._keys = None
         self._fd: int | None = None
@@ -384,18 +351,20 @@ class Journal(Service):
         :raises JournalError: the journal cannot be written; the caller must not
             acknowledge anything (the connection that triggered it is dropped).
         """
-        if self._buffer:
+        if self._buffer or (self._unwritten and not self.disk_full):
+            # While the disk is full a read that changed nothing (a get, a peek)
+            # is not held up by what is still pending: the retry writes that.
             self._flush()
         if self._sync_each_commit and self._written > self._synced:
             self._fsync()
         if (self._compaction is None and self._compaction_call is None and self.running
-                and self._journal_bytes >= self._compact_at()):
+                and not self.disk_full and self._journal_bytes >= self._compact_at()):
             # Not inside a protocol callback: the switch itself fsyncs.
             self._compaction_call = self._clock.callLater(0, self._scheduled_compaction)
 
     def sync(self) -> None:
         """Write out and fsync everything now, whatever the policy."""
-        if self._buffer:
+        if self._buffer or self._unwritten:
             self._flush()
         if self._written > self._synced:
             self._fsync()
@@ -407,7 +376,7 @@ class Journal(Service):
                     and self._written > self._synced and self._background_sync is None):
                 self._fsync_in_background()
         except JournalError:
-            pass  # already logged; the server is stopping
+            pass  # already logged: the server is stopping, or read-only until space returns
 
     def _fsync_in_background(self) -> None:
         """fsync what was written so far off the reactor thread (``interval``).
@@ -444,10 +413,23 @@ class Journal(Service):
         self._check()
         data = b"".join(self._buffer)
         self._buffer.clear()
+        if self._unwritten:
+            data = self._unwritten + data
+            self._unwritten = b""
+        view = memoryview(data)
         try:
-            write_all(self._fd, data)
+            while view:
+                view = view[os.write(self._fd, view):]
         except OSError as e:
-            self._fail(f"writing the journal failed: {e}")
+            done = len(data) - len(view)
+            self._journal_bytes += done
+            self._written += done
+            if e.errno not in _NO_SPACE:
+                self._fail(f"writing the journal failed: {e}")
+            # Keep exactly what the OS did not take: the next write completes a
+            # record cut in two, so no record ever follows a torn one.
+            self._unwritten = bytes(view)
+            self._enter_disk_full(f"writing the journal failed: {e}")
         self._journal_bytes += len(data)
         self._written += len(data)
         self.writes += 1
@@ -470,7 +452,65 @@ class Journal(Service):
             try:
                 self._open()
             except OSError as e:
-                self._fail(f"opening the journal failed: {e}")
+                if e.errno not in _NO_SPACE:
+                    self._fail(f"opening the journal failed: {e}")
+                self._enter_disk_full(f"opening the journal failed: {e}")
+
+    # -- disk full ----------------------------------------------------------------------
+
+    def _enter_disk_full(self, message: str) -> None:
+        """Turn read-only (once), start retrying, and raise :class:`JournalFull`."""
+        if not self.disk_full:
+            self.disk_full = True
+            self._log.critical(
+                "data directory {directory} is full ({message}); refusing changes with "
+                "disk_full until space returns (retrying every {retry:g} s)",
+                directory=self.directory, message=message, retry=self._disk_retry)
+            if self.running:
+                self._start_retrying()
+            self._on_disk_full(True)
+        raise JournalFull(f"{message}; the data directory is full")
+
+    def _start_retrying(self) -> None:
+        if self._retry is None:
+            self._retry = LoopingCall(self.retry_disk_full)
+            self._retry.clock = self._clock
+            self._retry.start(self._disk_retry, now=False)
+
+    def _stop_retrying(self) -> None:
+        if self._retry is not None and self._retry.running:
+            self._retry.stop()
+        self._retry = None
+
+    def retry_disk_full(self) -> bool:
+        """Write what is pending and, if that works and there is room again, take
+        changes again. Runs every ``disk_retry`` seconds while the disk is full.
+
+        :returns: whether the journal is writable now.
+        """
+        if not self.disk_full:
+            return True
+        if self._failed is not None:
+            return False
+        try:
+            self._check()  # (re)opens the journal if that failed
+            if self._buffer or self._unwritten:
+                self._flush()
+            self.commit()
+        except JournalFull:
+            return False
+        except JournalError:
+            return False  # fatal; logged, the server is stopping
+        free = self._free_bytes(self.directory)
+        if free is not None and free < self._resume_free_bytes:
+            return False
+        self.disk_full = False
+        self._stop_retrying()
+        self._log.info("data directory {directory} has room again ({free} bytes free); "
+                       "taking changes", directory=self.directory,
+                       free="?" if free is None else free)
+        self._on_disk_full(False)
+        return True
 
     def _fail(self, message: str) -> None:
         first = self._failed is None
@@ -484,7 +524,19 @@ class Journal(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._open()
+        try:
+            self._check()  # opens the journal; on a full disk, starts read-only
+        except JournalFull:
+            pass  # logged; retrying
+        else:
+            free = self._free_bytes(self.directory)
+            if free is not None and free < self._resume_free_bytes:
+                # A restart on a (nearly) full disk: read-only from the start
+                # rather than fail on the first put.
+                with contextlib.suppress(JournalFull):
+                    self._enter_disk_full(f"only {free} bytes free")
+        if self.disk_full:
+            self._start_retrying()
         period = self.policy.interval if self.policy.mode == "interval" else IDLE_FLUSH_SECONDS
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = self._clock
@@ -500,6 +552,7 @@ class Journal(Service):
         if self._ticker is not None and self._ticker.running:
             self._ticker.stop()
         self._ticker = None
+        self._stop_retrying()
         if self._compaction_call is not None and self._compaction_call.active():
             self._compaction_call.cancel()
         self._compaction_call = None
@@ -531,14 +584,25 @@ class Journal(Service):
 
     def _open(self) -> None:
         path = os.path.join(self.directory, journal_name(self.generation))
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        size = os.fstat(self._fd).st_size
-        if size == 0:
-            header = frame(["journal", FORMAT_VERSION, self.generation])
-            write_all(self._fd, header)
-            _datasync(self._fd)
-            fsync_directory(self.directory)
-            size = len(header)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0:
+                header = frame(["journal", FORMAT_VERSION, self.generation])
+                write_all(fd, header)
+                _datasync(fd)
+                fsync_directory(self.directory)
+                size = len(header)
+        except OSError:
+            # A header the disk had no room for (or half of one): leave no torn
+            # first line behind; the next attempt starts the file again.
+            with contextlib.suppress(OSError):
+                if os.fstat(fd).st_size < len(frame(["journal", FORMAT_VERSION,
+                                                      self.generation])):
+                    os.ftruncate(fd, 0)
+            os.close(fd)
+            raise
+        self._fd = fd
         self._journal_bytes = size
 
     # -- compaction -------------------------------------------------------------------
@@ -742,15 +806,10 @@ class _Compaction:
             d.callback(snapshot_bytes is not None)
 
 
-def generation_of(name: str) -> int | None:
-    """The generation in a journal or snapshot file name (``None``: not one of those;
-    a ``.corrupt-`` copy is kept)."""
-    for prefix, suffixes in (("journal.", (".log",)), ("snapshot.", ("", ".tmp"))):
-        if not name.startswith(prefix):
-            continue
-        rest = name[len(prefix):]
-        for suffix in suffixes:
-            number = rest[:len(rest) - len(suffix)] if suffix else rest
-            if (not suffix or rest.endswith(suffix)) and number.isdigit():
-                return int(number)
-    return None
+def _free_bytes(path: str) -> int | None:
+    """Bytes an unprivileged process may still write on the file system of ``path``."""
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return None
+    return stats.f_bavail * stats.f_frsize

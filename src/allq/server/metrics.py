@@ -7,7 +7,9 @@ names), ``GET /metrics`` in Prometheus text format (OpenMetrics on request):
 * the queue's figures under the same names the client exports for every server
   (:mod:`allq.stats_metrics`: ``allq_tube_jobs{state=...}``, ``allq_tube_*``,
   ``allq_server_*``), labelled with this server's id;
-* ``allq_server_build_info`` and the process's CPU, memory and file descriptors.
+* ``allq_server_build_info``, ``allq_server_disk_full`` (1 while the data
+  directory is full and the server refuses changes) and the process's CPU,
+  memory and file descriptors.
 
 The figures are read from the in-memory queue at scrape time, as the wire
 ``stats`` action reads them: a walk over the tubes, no I/O, no waiting. Every
@@ -42,11 +44,14 @@ class ServerMetrics:
     :param clock: gives ``now`` for throughput and uptime.
     :param server_id: returns this server's id (``None`` until it is known).
     :param process: also export the process's CPU, memory and file descriptors.
+    :param disk_full: whether the data directory is full (``allq_server_disk_full``).
     """
 
     def __init__(self, queue: Queue, clock: IReactorTime,
-                 server_id: Callable[[], str | None], *, process: bool = True) -> None:
+                 server_id: Callable[[], str | None], *, process: bool = True,
+                 disk_full: Callable[[], bool] = lambda: False) -> None:
         self._queue = queue
+        self._disk_full = disk_full
         self._clock = clock
         self._server_id = server_id
         self.registry = CollectorRegistry()
@@ -68,6 +73,7 @@ class ServerMetrics:
                 "jobs": len(self._queue),
                 "draining": totals.draining,
                 "max_jobs": totals.max_jobs,
+                "disk_full": self._disk_full(),
             },
             "tubes": [
                 {**attrs.asdict(tube), "throttle_size": tube.throttle}
@@ -86,6 +92,12 @@ class ServerMetrics:
                                  labels=["version", "server"])
         info.add_metric([__version__, self._server_id() or ""], 1)
         yield info
+        disk_full = GaugeMetricFamily(
+            "allq_server_disk_full",
+            "1 while the data directory is full: the server takes no changes.",
+            labels=["server"])
+        disk_full.add_metric([self._server_id() or ""], float(self._disk_full()))
+        yield disk_full
 
 
 class _QueueCollector:

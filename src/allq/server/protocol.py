@@ -7,6 +7,18 @@ the encrypted reply. No queue logic lives here. A line that cannot be trusted
 ``ERROR <code> <message>`` line and the connection is closed; a frame that
 decrypts but is not a valid request gets an encrypted error reply and the
 connection stays open. Either way the server keeps serving everyone else.
+
+Bounds on what a connection may hold (STYLE.md rule 11):
+
+* before the handshake, :data:`HELLO_MAX_LENGTH` bytes and
+  :data:`HANDSHAKE_TIMEOUT` seconds;
+* after it, one line of at most ``max_line_length`` bytes, and no more than
+  ``idle_timeout`` seconds without receiving a byte (``ERROR idle_timeout``;
+  clients send a ``ping`` when they have nothing else to say);
+* all connections together buffer at most ``partial_budget`` bytes of
+  unfinished lines: the connection whose read goes over it is closed with
+  ``ERROR busy`` (a few clients each sending the start of a maximal frame
+  cannot make the server hold gigabytes).
 """
 
 from collections.abc import Callable
@@ -18,7 +30,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
 from allq import __version__
-from allq.errors import BadRequest
+from allq.errors import AllQError, BadRequest
 from allq.server.dispatch import Dispatcher
 from allq.wire.crypto import (
     Authenticator,
@@ -34,6 +46,10 @@ from allq.wire.crypto import (
 from allq.wire.messages import dumps, error_reply, loads, welcome
 
 HANDSHAKE_TIMEOUT = 10.0
+#: Seconds an authenticated connection may stay silent (``--idle-timeout``).
+DEFAULT_IDLE_TIMEOUT = 300.0
+#: Unfinished lines all connections may buffer together, in maximal lines.
+PARTIAL_LINES_BUDGET = 32
 #: Longest line accepted before the handshake; a HELLO is about 150 bytes. Until the
 #: client has proved its key it must not make us buffer a whole max_line_length.
 HELLO_MAX_LENGTH = 1024
@@ -57,6 +73,15 @@ class ServerProtocol(LineOnlyReceiver):
         self._challenge = b""
         self._session: Session | None = None
         self._handshake_timeout: IDelayedCall | None = None
+        self._idle_call: IDelayedCall | None = None
+        self._last_read = 0.0
+        #: Bytes of an unfinished line this connection counts in the factory's budget.
+        self._partial = 0
+
+    @property
+    def client_key(self) -> bytes | None:
+        """The authenticated client's public key (``None`` before the handshake)."""
+        return None if self._session is None else self._session.peer_public
 
     def connectionMade(self) -> None:
         self._challenge = new_challenge()
@@ -67,14 +92,43 @@ class ServerProtocol(LineOnlyReceiver):
 
     def connectionLost(self, reason: Failure) -> None:
         self._cancel_handshake_timeout()
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._idle_call = None
+        factory = self._factory
+        factory.partial_bytes -= self._partial
+        self._partial = 0
+        if self._session is not None:
+            factory.connection_closed(self)
         self._session = None
 
     def dataReceived(self, data: bytes) -> None:
+        factory = self._factory
+        self._last_read = factory.clock.seconds()
         LineOnlyReceiver.dataReceived(self, data)
         # The replies to these frames wait in the transport's buffer until this
         # returns to the reactor: make the changes they acknowledge durable first
         # (one journal commit per read, not per frame).
-        self._factory.after_data()
+        try:
+            factory.after_data()
+        except Exception as e:
+            # Not durable, so not acknowledged: drop the replies with the connection
+            # (abortConnection discards the transport's buffer). The journal has
+            # logged why; the client retries or fails over.
+            self._log.warn("dropping a connection with unacknowledged replies: {error}",
+                           error=e)
+            self.transport.abortConnection()
+            return
+        partial = len(self._buffer)
+        if partial != self._partial:
+            factory.partial_bytes += partial - self._partial
+            self._partial = partial
+            if partial and factory.partial_bytes > factory.partial_budget:
+                self._refuse("busy", "too many unfinished frames on this server; retry later")
+
+    def close_session(self, code: str, message: str) -> None:
+        """Close this connection with ``ERROR <code> <message>`` (e.g. its key was revoked)."""
+        self._refuse(code, message)
 
     def lineReceived(self, line: bytes) -> None:
         if self._session is None:
@@ -94,6 +148,9 @@ class ServerProtocol(LineOnlyReceiver):
         self._cancel_handshake_timeout()
         factory = self._factory
         self.MAX_LENGTH = factory.max_line_length
+        if factory.idle_timeout:
+            self._idle_call = factory.clock.callLater(factory.idle_timeout, self._check_idle)
+        factory.connection_authenticated(self)
         self._send(
             welcome(factory.server_id(), __version__, factory.max_job_size,
                     factory.max_line_length)
@@ -113,10 +170,30 @@ class ServerProtocol(LineOnlyReceiver):
             self._send(error_reply(None, e))
             return
         factory = self._factory
-        reply = factory.dispatcher.handle_frame(obj)
+        try:
+            reply = factory.dispatcher.handle_frame(obj)
+        except Exception:
+            # A bug, not the client's fault: say so, and keep the connection.
+            self._log.failure("handling a frame failed")
+            self._send(error_reply(None, AllQError("internal error handling the frame")))
+            return
         # What _send does, inline: this is the path of every request.
         self.sendLine(self._session.seal(dumps(reply)))
         factory.after_frame()
+
+    def _check_idle(self) -> None:
+        """The idle timer fired: close the connection, or re-arm for the time left.
+
+        One timer per connection, re-armed only when it fires (a read just
+        records the time): no timer work on the path of every frame.
+        """
+        self._idle_call = None
+        timeout = self._factory.idle_timeout
+        silent = self._factory.clock.seconds() - self._last_read
+        if silent >= timeout:
+            self._refuse("idle_timeout", f"nothing received for {timeout:g} s")
+        else:
+            self._idle_call = self._factory.clock.callLater(timeout - silent, self._check_idle)
 
     def _send(self, obj: object) -> None:
         self.sendLine(self._session.seal(dumps(obj)))
@@ -131,6 +208,8 @@ class ServerProtocol(LineOnlyReceiver):
         )
         self.transport.write(f"ERROR {code} {message}".encode("utf-8")[:500] + b"\n")
         self.transport.loseConnection()
+        if self._session is not None:
+            self._factory.connection_closed(self)
         self._session = None
 
     def _cancel_handshake_timeout(self) -> None:
@@ -148,8 +227,14 @@ class ServerFactory(Factory):
     :param server_id: a callable giving this server's id.
     :param after_frame: called after each handled frame (re-arms the deadline timer).
     :param after_data: called after the frames of each read, before their replies
-        are written out (commits the journal); it may raise to drop the connection
-        unanswered.
+        are written out (commits the journal); if it raises, the connection is
+        aborted and those replies are never sent.
+    :param idle_timeout: seconds an authenticated connection may stay silent
+        (``None`` or 0: forever).
+    :param partial_budget: bytes of unfinished lines all connections may buffer
+        together (default: :data:`PARTIAL_LINES_BUDGET` maximal lines).
+    :ivar sessions: the authenticated connections by client public key, so a
+        revoked key's connections can be closed (:meth:`close_sessions`).
     """
 
     noisy = False
@@ -164,6 +249,8 @@ class ServerFactory(Factory):
         max_line_length: int,
         after_frame: Callable[[], None] = lambda: None,
         after_data: Callable[[], None] = lambda: None,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        partial_budget: int | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.dispatcher = dispatcher
@@ -173,6 +260,38 @@ class ServerFactory(Factory):
         self.max_line_length = max_line_length
         self.after_frame = after_frame
         self.after_data = after_data
+        self.idle_timeout = idle_timeout
+        self.partial_budget = (PARTIAL_LINES_BUDGET * max_line_length
+                               if partial_budget is None else partial_budget)
+        self.partial_bytes = 0
+        self.sessions: dict[bytes, set[ServerProtocol]] = {}
 
     def buildProtocol(self, addr) -> ServerProtocol:
         return ServerProtocol(self)
+
+    def connection_authenticated(self, protocol: ServerProtocol) -> None:
+        """Count ``protocol`` among its client key's sessions (its handshake succeeded)."""
+        self.sessions.setdefault(protocol.client_key, set()).add(protocol)
+
+    def connection_closed(self, protocol: ServerProtocol) -> None:
+        """Forget an authenticated connection (closed, or being closed)."""
+        key = protocol.client_key
+        open_ = self.sessions.get(key)
+        if open_ is not None:
+            open_.discard(protocol)
+            if not open_:
+                del self.sessions[key]
+
+    def set_authenticator(self, authenticator: Authenticator) -> int:
+        """Accept the keys of ``authenticator`` from now on, and close the sessions
+        of every client key it no longer accepts.
+
+        :returns: how many connections were closed.
+        """
+        self.authenticator = authenticator
+        closed = 0
+        for key in [key for key in self.sessions if not authenticator.accepts(key)]:
+            for protocol in list(self.sessions.get(key, ())):
+                protocol.close_session("revoked", "this client key is no longer authorized")
+                closed += 1
+        return closed

@@ -6,7 +6,7 @@ or damaged record (never refuse to start over the good prefix), cut a damaged
 tail off (keeping a copy for forensics), remove what a finished compaction left
 behind, and place every job back through the core's restore API
 (:meth:`Queue.restore`). The file layout and record format are described in
-:mod:`allq.server.journal`.
+:mod:`allq.server.journal`; the codec is :mod:`allq.server.records`.
 
 This runs in ``makeService``, before the reactor does: its blocking file I/O
 happens before any client is served, and nowhere else.
@@ -23,11 +23,11 @@ import attrs
 
 from allq.core.job import Job, JobState, ParentInfo
 from allq.errors import AllQError
-from allq.server.journal import (
+from allq.server.journal import fsync_directory
+from allq.server.records import (
     FORMAT_VERSION,
     LOCK_FILE,
     generation_of,
-    fsync_directory,
     journal_name,
     snapshot_name,
     unframe,

@@ -7,14 +7,22 @@ directory back into the core (:mod:`allq.server.recovery`) and adds the journal
 loaded here, at start-up; without any, the server refuses to start and prints a
 freshly generated set and how to use it (AllQueue's ``CONFIG_ONLY=true`` prints
 it and exits 0).
+
+The wiring builds small holders first (:class:`ServerIdentity`,
+:class:`DiskFullSwitch`, :class:`FatalStop`), then the objects that use them,
+then connects them, as the magic-wormhole mailbox ``server_tap.py`` does: no
+one-element lists, no forward lambdas.
 """
 
+import atexit
 import base64
 import hashlib
 import os
 import re
 import socket
+import sys
 
+import attrs
 
 from twisted.application.service import MultiService
 from twisted.logger import Logger
@@ -35,15 +43,29 @@ from allq.listening import listening_service
 from allq.server.dispatch import Dispatcher
 from allq.server.journal import DEFAULT_FSYNC, FsyncPolicy, Journal
 from allq.server.metrics import ServerMetrics, metrics_site
-from allq.server.protocol import ServerFactory
+from allq.server.keyreload import AuthorizedKeysWatcher
+from allq.server.protocol import DEFAULT_IDLE_TIMEOUT, ServerFactory
+from allq.server.readonly import ReadOnlyDispatcher
 from allq.server.recovery import DataDirError, recover, restore_keys, restore_queue
 from allq.server.timer import DeadlineTimer
 from allq.vocabulary import SERVER_ID
 from allq.wire.crypto import Authenticator
-from allq.wire.keys import KeyConfigError, MissingKeys, load_server_keys, suggested_setup_text
+from allq.wire.keys import (
+    AUTHORIZED_KEYS_FILE,
+    CLIENT_PUBLIC_FILE,
+    KeyConfigError,
+    MissingKeys,
+    load_server_keys,
+    suggested_setup_text,
+)
 from allq.wire.messages import max_line_length
 
 _log = Logger()
+#: Pending connections the kernel queues for us (Twisted's default, 50, makes a
+#: burst of 2,000 connects take seconds: SYNs are dropped and retried).
+DEFAULT_BACKLOG = 1024
+#: Endpoint types whose description takes a ``backlog`` argument.
+_BACKLOG_ENDPOINTS = ("tcp:", "tcp6:", "unix:")
 
 
 class Options(usage.Options):
@@ -94,6 +116,12 @@ class Options(usage.Options):
         ["fair-suffix", None, None,
          "if set, tubes named with this suffix are fair queues instead of the prefix rule "
          "[env FQ_SUFFIX]"],
+        ["backlog", None, None,
+         f"listen backlog: connections the kernel queues before we accept them, unless "
+         f"--listen names one [default: {DEFAULT_BACKLOG}; env ALLQ_BACKLOG]"],
+        ["idle-timeout", None, None,
+         f"seconds an authenticated connection may send nothing before it is closed; 0: "
+         f"never [default: {DEFAULT_IDLE_TIMEOUT:.0f}; env ALLQ_IDLE_TIMEOUT]"],
         ["metrics", None, None,
          "Twisted endpoint serving Prometheus metrics over plain HTTP, e.g. "
          "tcp:9555:interface=127.0.0.1 [default: off; env ALLQ_METRICS]"],
@@ -135,6 +163,12 @@ class Options(usage.Options):
             raise usage.UsageError(f"--data-dir {data_dir[:80]!r} is not a directory")
         self["data-dir"] = data_dir
         self["metrics"] = resolve(self, "metrics", env, "ALLQ_METRICS")
+        self["backlog"] = positive_int(
+            "backlog", resolve(self, "backlog", env, "ALLQ_BACKLOG") or DEFAULT_BACKLOG)
+        idle = resolve(self, "idle-timeout", env, "ALLQ_IDLE_TIMEOUT")
+        self["idle-timeout"] = (
+            DEFAULT_IDLE_TIMEOUT if idle is None
+            else 0.0 if _is_zero(idle) else positive_float("idle-timeout", idle))
         self["log-jobs"] = bool(self["log-jobs"]) or env.get("ALLQ_LOG_JOBS", "") == "true"
         max_jobs = resolve(self, "max-jobs", env, "ALLQ_MAX_JOBS")
         self["max-jobs"] = None if max_jobs is None else positive_int("max-jobs", max_jobs)
@@ -147,11 +181,92 @@ class Options(usage.Options):
             raise usage.UsageError(f"--fsync {e}") from None
 
 
+def _is_zero(text: str) -> bool:
+    try:
+        return float(text) == 0
+    except ValueError:
+        return False
+
+
 def derived_server_id(host_name: str, port: int) -> str:
     """A stable id for a server: the same host name and port give the same id,
     two servers on one host differ by port. URL-safe, 10 characters."""
     digest = hashlib.sha256(f"{host_name}:{port}".encode()).digest()
     return base64.urlsafe_b64encode(digest)[:10].decode("ascii")
+
+
+@attrs.define
+class ServerIdentity:
+    """This server's id: configured, or derived from the bound port once it listens."""
+
+    value: str | None
+
+    def get(self) -> str | None:
+        return self.value
+
+    def listening(self, port) -> None:
+        if self.value is None:
+            self.value = derived_server_id(socket.gethostname(), port.getHost().port)
+
+
+class DiskFullSwitch:
+    """Between the journal and the server factory: while the data directory is full,
+    the factory dispatches through a :class:`ReadOnlyDispatcher`."""
+
+    def __init__(self) -> None:
+        self.full = False
+        self._factory: ServerFactory | None = None
+        self._dispatcher = None
+
+    def connect(self, factory: ServerFactory) -> None:
+        self._factory = factory
+        self._dispatcher = factory.dispatcher
+        self.set(self.full)
+
+    def is_full(self) -> bool:
+        return self.full
+
+    def set(self, full: bool) -> None:
+        """The journal's ``on_disk_full`` hook."""
+        self.full = full
+        if self._factory is not None:
+            self._factory.dispatcher = (
+                ReadOnlyDispatcher(self._dispatcher) if full else self._dispatcher)
+
+
+def _exit_nonzero() -> None:  # pragma: no cover - ends the process
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
+@attrs.define
+class FatalStop:
+    """Stops the server after a failure it cannot go on from, and makes the process
+    exit with status 1 once twistd has shut down (twistd itself would exit 0)."""
+
+    reactor: object
+    at_exit: object = _exit_nonzero
+    failed: bool = False
+
+    def __call__(self) -> None:
+        if not self.failed:
+            self.failed = True
+            atexit.register(self.at_exit)
+        if self.reactor.running:
+            self.reactor.stop()
+
+
+def _nothing() -> None:
+    pass
+
+
+def with_backlog(description: str, backlog: int) -> str:
+    """``description`` with ``:backlog=N`` added for TCP and UNIX endpoints that
+    do not set one."""
+    if description.startswith(_BACKLOG_ENDPOINTS) and "backlog=" not in description:
+        return f"{description}:backlog={backlog}"
+    return description
 
 
 def makeService(config: Options, reactor=None) -> MultiService:
@@ -162,13 +277,22 @@ def makeService(config: Options, reactor=None) -> MultiService:
     if environ.get("CONFIG_ONLY", "").lower() == "true":
         print(suggested_setup_text())
         raise SystemExit(0)
+
+    def load_keys():
+        return load_server_keys(config["keys"], config["authorized-keys"], environ)
+
     try:
-        keys = load_server_keys(config["keys"], config["authorized-keys"], environ)
+        keys = load_keys()
     except MissingKeys as e:
         raise SystemExit(
             f"allq-server: refusing to start without keys ({e}).\n\n{suggested_setup_text()}")
     except KeyConfigError as e:
         raise SystemExit(f"allq-server: {e}")
+
+    # The holders first; the objects that use them next; then connect them.
+    identity = ServerIdentity(config["server-id"])
+    disk = DiskFullSwitch()
+    fatal = FatalStop(reactor)
 
     now = reactor.seconds()
     # Ids grow from the start time in microseconds, so a restarted server
@@ -176,7 +300,7 @@ def makeService(config: Options, reactor=None) -> MultiService:
     first_id = int(now * 1_000_000)
     journal = recovered = None
     if config["data-dir"] is not None:
-        journal, recovered = _open_data_dir(config, reactor, now)
+        journal, recovered = _open_data_dir(config, reactor, now, fatal, disk.set)
         first_id = max(first_id, recovered.max_id + 1)
     queue = Queue(
         QueueConfig(
@@ -194,28 +318,31 @@ def makeService(config: Options, reactor=None) -> MultiService:
     idempotency = IdempotencyKeys()
     if journal is not None:
         _restore(queue, idempotency, journal, recovered, config["data-dir"], now, reactor)
-    server_id = [config["server-id"]]
     timer = DeadlineTimer(queue, reactor)
     factory = ServerFactory(
         authenticator=Authenticator(keys),
-        dispatcher=Dispatcher(queue, reactor, lambda: server_id[0], idempotency,
-                              log_jobs=config["log-jobs"]),
+        dispatcher=Dispatcher(queue, reactor, identity.get, idempotency,
+                              log_jobs=config["log-jobs"], disk_full=disk.is_full),
         clock=reactor,
-        server_id=lambda: server_id[0],
+        server_id=identity.get,
         max_job_size=config["max-job-size"],
         max_line_length=config["max-line-length"],
         after_frame=timer.poke,
-        after_data=(lambda: None) if journal is None else journal.commit,
+        after_data=_nothing if journal is None else journal.commit,
+        idle_timeout=config["idle-timeout"] or None,
     )
+    disk.connect(factory)
+    watcher = AuthorizedKeysWatcher(
+        keys, load_keys, factory.set_authenticator,
+        _authorized_keys_path(config), reactor, reactor=reactor)
 
     def listening(port) -> None:
+        identity.listening(port)
         address = port.getHost()
-        if server_id[0] is None:
-            server_id[0] = derived_server_id(socket.gethostname(), address.port)
         _log.info(
             "allq-server {version} id {server_id} listening on {host}:{port} "
             "({clients} authorized client keys)",
-            version=__version__, server_id=server_id[0], host=address.host,
+            version=__version__, server_id=identity.value, host=address.host,
             port=address.port, clients=len(keys.authorized),
         )
 
@@ -226,20 +353,32 @@ def makeService(config: Options, reactor=None) -> MultiService:
         journal.setServiceParent(service)
         reactor.addSystemEventTrigger("after", "shutdown", journal.close)
     timer.setServiceParent(service)
-    listening_service(reactor, config["listen"], factory, listening).setServiceParent(service)
+    watcher.setServiceParent(service)
+    listening_service(reactor, with_backlog(config["listen"], config["backlog"]), factory,
+                      listening).setServiceParent(service)
     if config["metrics"] is not None:
         def metrics_listening(port) -> None:
             address = port.getHost()
             _log.info("allq-server metrics at http://{host}:{port}/metrics",
                       host=address.host, port=address.port)
 
-        metrics = ServerMetrics(queue, reactor, lambda: server_id[0])
+        metrics = ServerMetrics(queue, reactor, identity.get, disk_full=disk.is_full)
         listening_service(reactor, config["metrics"], metrics_site(metrics),
                           metrics_listening).setServiceParent(service)
     return service
 
 
-def _open_data_dir(config: Options, reactor, now: float):
+def _authorized_keys_path(config: Options) -> str | None:
+    """The file the authorized keys come from (``None``: the environment)."""
+    if config["authorized-keys"] is not None:
+        return config["authorized-keys"]
+    if config["keys"] is None:
+        return None
+    path = os.path.join(config["keys"], AUTHORIZED_KEYS_FILE)
+    return path if os.path.exists(path) else os.path.join(config["keys"], CLIENT_PUBLIC_FILE)
+
+
+def _open_data_dir(config: Options, reactor, now: float, on_failure, on_disk_full):
     """Lock and read back the data directory; the journal that goes on from it."""
     directory = config["data-dir"]
     try:
@@ -254,15 +393,11 @@ def _open_data_dir(config: Options, reactor, now: float):
 
         return deferToThreadPool(reactor, reactor.getThreadPool(), f)
 
-    def stop() -> None:
-        if reactor.running:
-            reactor.stop()
-
     journal = Journal(
         directory, FsyncPolicy.parse(config["fsync"]), reactor,
         generation=recovered.generation, snapshot_bytes=recovered.snapshot_bytes,
         max_id=recovered.max_id, lock_fd=recovered.lock_fd,
-        run_blocking=run_blocking, on_failure=stop,
+        run_blocking=run_blocking, on_failure=on_failure, on_disk_full=on_disk_full,
     )
     return journal, recovered
 

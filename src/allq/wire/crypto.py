@@ -276,6 +276,10 @@ class Authenticator:
     def __repr__(self) -> str:
         return f"<Authenticator for {len(self._boxes)} client key(s)>"
 
+    def accepts(self, client_public: bytes) -> bool:
+        """Whether this authenticator accepts the client key ``client_public`` (raw bytes)."""
+        return client_public in self._boxes
+
     def accept(self, line: bytes, challenge: bytes) -> Session:
         """Check a client's HELLO line against this connection's challenge.
 

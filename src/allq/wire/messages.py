@@ -48,6 +48,15 @@ Actions (params; ``?`` marks optional ones) and results
     A job is ``{"job_id": "<server_id>,<n>", "tube", "body", "priority", "ttl",
     "expireds", "releases"}``. Error codes are those of :mod:`allq.errors`.
 
+Limits
+    Every number in a request (the id included) must be finite and within
+    ±(2**63 - 1); JSON's ``NaN``/``Infinity`` and integers beyond that get a
+    ``bad_request`` reply (a bigger integer cannot become a float, and the core
+    computes deadlines in floats). A frame nesting deeper than the decoder's
+    recursion limit, or holding an integer of more than 4300 digits (Python's
+    conversion limit), gets a ``bad_request`` reply with ``"id": null``. Neither
+    closes the connection.
+
 Pure: no I/O.
 """
 
@@ -66,12 +75,22 @@ def _is_str(value: object) -> bool:
     return isinstance(value, str)
 
 
+#: The largest magnitude of a number on the wire (a signed 64-bit integer).
+WIRE_NUMBER_MAX = 2**63 - 1
+
+
+def _in_range(value: int | float) -> bool:
+    """Finite and within :data:`WIRE_NUMBER_MAX` (NaN fails both comparisons; a huge
+    int compares exactly, without a float conversion that would overflow)."""
+    return -WIRE_NUMBER_MAX <= value <= WIRE_NUMBER_MAX
+
+
 def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, int) and not isinstance(value, bool) and _in_range(value)
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, int | float) and not isinstance(value, bool) and _in_range(value)
 
 
 def _is_bool(value: object) -> bool:
@@ -155,6 +174,8 @@ _EXACT_TYPES: dict[str, tuple[type, ...]] = {
     "number": (int, float),
     "bool": (bool,),
 }
+#: Exact classes whose values :func:`_in_range` bounds (bool is not one of them).
+_NUMBER_TYPES = (int, float)
 #: The params of a request without ``params``; never mutated.
 _NO_PARAMS: dict = {}
 
@@ -173,12 +194,16 @@ def decode_request(obj: object) -> Request:
     if not isinstance(obj, dict):
         raise BadRequest("a request must be a JSON object")
     request_id = obj.get("id")
-    if type(request_id) is not int and not _is_int(request_id):
-        raise BadRequest("request id must be an integer")
+    if not _is_int(request_id):
+        raise BadRequest(
+            f"request id must be an integer within ±{WIRE_NUMBER_MAX}")
     action = obj.get("action")
-    schema = ACTIONS.get(action) if isinstance(action, str) else None
+    if not isinstance(action, str):
+        # Not str(action): a deeply nested or huge value must not cost a repr.
+        raise UnknownAction(f"action must be a string, not {_json_type(action)}")
+    schema = ACTIONS.get(action)
     if schema is None:
-        raise UnknownAction(f"unknown action {str(action)[:40]!r}")
+        raise UnknownAction(f"unknown action {action[:40]!r}")
     raw = obj.get("params", _NO_PARAMS)
     if not isinstance(raw, dict):
         raise BadRequest("params must be a JSON object")
@@ -193,14 +218,33 @@ def decode_request(obj: object) -> Request:
                 raise BadRequest(f"{action}: {name} is required")
             params[name] = default
         elif type(value) in _EXACT_TYPES.get(type_name, ()) or _TYPES[type_name][0](value):
+            if type(value) in _NUMBER_TYPES and not _in_range(value):
+                raise BadRequest(
+                    f"{action}: {name} must be finite and within ±{WIRE_NUMBER_MAX}")
             params[name] = value
         else:
             raise BadRequest(f"{action}: {name} must be {_TYPES[type_name][1]}")
     return Request(request_id, action, params)
 
 
+def _json_type(value: object) -> str:
+    """The JSON name of a decoded value's type, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return "a string"
+
+
 def request_id_of(obj: object) -> int | None:
-    """The id of a request that failed to decode, if it has a readable one."""
+    """The id of a request that failed to decode, if it has a readable one (an
+    integer within the wire's range: echoing a bigger one could fail to encode)."""
     if isinstance(obj, dict) and _is_int(obj.get("id")):
         return obj["id"]
     return None
@@ -271,7 +315,9 @@ def dumps(obj: object) -> bytes:
 def loads(data: bytes) -> object:
     """Parse a frame's plaintext.
 
-    :raises BadRequest: not UTF-8 JSON.
+    :raises BadRequest: not UTF-8 JSON, nested deeper than the decoder can go
+        (:class:`RecursionError`), or an integer beyond Python's 4300-digit
+        conversion limit (a :class:`ValueError`).
     """
     try:
         # The fast path takes what json.loads would read as UTF-8 (its encoding sniff
@@ -290,6 +336,8 @@ def loads(data: bytes) -> object:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRequest(f"frame is not valid JSON: {str(e)[:80]}") from None
+    except RecursionError:
+        raise BadRequest("frame is nested too deeply") from None
 
 
 def max_line_length(max_job_size: int) -> int:
