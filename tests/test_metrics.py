@@ -1,13 +1,13 @@
 """Metrics (allq.client.metrics, allq.server.metrics, allq.stats_metrics) and the
 client's site (allq.client.site, allq.client.dashboard), through StubTreq against
-the in-memory federation, on a ``task.Clock``."""
+the real federation over in-memory servers, on a ``task.Clock``."""
 
 import json
 
 import attrs
 from prometheus_client.parser import text_string_to_metric_families
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, succeed
+
 from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -18,25 +18,19 @@ from twisted.web.test.requesthelper import DummyRequest
 from werkzeug.routing import Map, Rule
 
 from allq.client.dashboard import Dashboard
-from allq.client.metrics import (
-    DEFAULT_STATS_INTERVAL,
-    ClientMetrics,
-    InstrumentedFederation,
-    RouteNames,
-    StatsRefresher,
-    TimedResource,
-)
+from allq.client.metrics import DEFAULT_STATS_INTERVAL, ClientMetrics, JobCounter, StatsRefresher
+from allq.client.metrics_http import RouteNames, TimedResource
 from allq.client.rest import RestApi
 from allq.client.site import build_site
 from allq.core.queue import Queue, QueueConfig
 from allq.server.metrics import ServerMetrics, metrics_site
 from allq.stats_metrics import stats_families
 
-from fake_federation import POLL_INTERVAL, FakeFederation, result_with_flush
+from memory_servers import FLUSH_STEP, result_with_flush, start_federation
 
 ADDRESS = "127.0.0.1:7711"
 REQUEST_TIMEOUT = 5.0
-BASE = "http://allq.test"
+BASE = "http://localhost"
 
 
 @attrs.frozen
@@ -67,15 +61,17 @@ def value(found: dict, name: str, **labels) -> float | None:
 
 
 class SiteTestCase(SynchronousTestCase):
-    """A one-server fake federation behind the instrumented facade and the full site."""
+    """A one-server federation, counted by the metrics, behind the facade and the full site."""
 
     def setUp(self):
         self.clock = Clock()
         self.clock.advance(1_000_000)
-        self.fake = FakeFederation(self.clock, (ADDRESS,), QueueConfig())
-        self.metrics = ClientMetrics(self.clock, health=self.fake.health, process=False)
-        self.api = RestApi(InstrumentedFederation(self.fake, self.metrics), self.clock,
-                           request_timeout=REQUEST_TIMEOUT)
+        self.federation, [self.link] = start_federation(
+            self.clock, [ADDRESS], config=QueueConfig(), retry_budget=1.0)
+        self.addCleanup(self.federation.stopService)
+        self.metrics = ClientMetrics(self.clock, health=self.federation.health, process=False)
+        self.federation.observe(JobCounter(self.metrics))
+        self.api = RestApi(self.federation, self.clock, request_timeout=REQUEST_TIMEOUT)
         self.site = build_site(self.api.resource(), self.metrics, Dashboard())
         self.stub = StubTreq(self.site.resource)
 
@@ -127,10 +123,10 @@ class ExpositionTests(SiteTestCase):
 
     def test_server_up_gauge_follows_health(self):
         """allq_client_server_up is 1 while a server is up and 0 once it is down."""
-        server_id = self.fake.server().server_id
+        server_id = self.link.server_id
         self.assertEqual(value(self.scrape(), "allq_client_server_up",
                                address=ADDRESS, server=server_id), 1)
-        self.fake.server().up = False
+        self.link.up = False
         self.assertEqual(value(self.scrape(), "allq_client_server_up",
                                address=ADDRESS, server=server_id), 0)
 
@@ -157,7 +153,7 @@ class JobCounterTests(SiteTestCase):
         reply = self.call("POST", "/multiple_job", json={
             "tube": "emails", "jobs": [{"body": "a"}, {"body": "b"}, {"tube": "sms"}]})
         job_ids = json.loads(reply.body)["job_ids"]
-        server_id = self.fake.server().server_id
+        server_id = self.link.server_id
         reply = self.call("DELETE", "/multiple_job",
                           json={"job_ids": job_ids + [f"{server_id},12345"]})
         self.assertEqual(reply.code, 404)
@@ -192,8 +188,10 @@ class JobCounterTests(SiteTestCase):
 
     def test_action_on_a_job_not_seen_here_has_an_empty_tube(self):
         """A job action on an id this client never handled is counted with tube=""."""
-        forgetful = InstrumentedFederation(self.fake, self.metrics, remembered=1)
-        api = RestApi(forgetful, self.clock, request_timeout=REQUEST_TIMEOUT)
+        federation, _ = start_federation(self.clock, [ADDRESS])
+        self.addCleanup(federation.stopService)
+        federation.observe(JobCounter(self.metrics, remembered=1))
+        api = RestApi(federation, self.clock, request_timeout=REQUEST_TIMEOUT)
         self.stub = StubTreq(build_site(api.resource(), self.metrics, None).resource)
         first = self.put("a")
         self.put("b")  # pushes the first id out of a memory of one
@@ -203,7 +201,7 @@ class JobCounterTests(SiteTestCase):
 
     def test_errors_are_counted_by_operation_and_code(self):
         """A failed job action counts under allq_client_operation_errors_total."""
-        server_id = self.fake.server().server_id
+        server_id = self.link.server_id
         reply = self.call("DELETE", f"/job?job_id={server_id},12345")
         self.assertEqual(reply.code, 404)
         self.assertEqual(value(self.scrape(), "allq_client_operation_errors_total",
@@ -218,32 +216,49 @@ class JobCounterTests(SiteTestCase):
             value(self.scrape(), "allq_client_jobs_total", tube="emails", action="clear"), 2)
 
 
-class RetryHookTests(SynchronousTestCase):
-    def test_an_unset_on_retry_hook_is_pointed_at_the_metrics(self):
-        """A federation with on_retry = None gets the metrics' count_retry."""
+class RetryTests(SiteTestCase):
+    def test_retries_are_counted_by_operation_and_server(self):
+        """The federation reports its retries; JobCounter counts them by operation and
+        the server that failed (empty: a backoff round with no server reachable)."""
+        self.link.up = False
+        reply = self.call("POST", "/job", json={"tube": "t", "body": "x"})
+        self.assertEqual(reply.code, 503)
+        found = self.scrape()
+        self.assertGreaterEqual(
+            value(found, "allq_client_retries_total", operation="put", server=""), 1)
+        self.link.up = True
+        self.link.lose_next = 1  # stored, then the reply is lost: retried on that server
+        self.link_back_after_loss()
+        self.assertEqual(self.call("POST", "/job", json={"tube": "t", "body": "y"}).code, 200)
+        self.assertEqual(value(self.scrape(), "allq_client_retries_total",
+                               operation="put", server=ADDRESS), 1)
 
-        class Federation:
-            on_retry = None
+    def link_back_after_loss(self):
+        """A lost reply takes the link down; bring it back on the next clock step."""
+        link, clock = self.link, self.clock
+        original = link.request
 
-        federation = Federation()
+        def request(action, params):
+            d = original(action, params)
+            if not link.up:
+                clock.callLater(FLUSH_STEP, setattr, link, "up", True)
+            return d
+
+        link.request = request
+
+    def test_a_counter_reports_what_it_is_told(self):
+        """JobCounter is a plain observer: what the federation reports is counted."""
         metrics = ClientMetrics(Clock(), process=False)
-        InstrumentedFederation(federation, metrics)
-        federation.on_retry("put", "127.0.0.1:7711")
-        federation.on_retry("get")
+        counter = JobCounter(metrics)
+        counter.retried("put", "127.0.0.1:7711")
+        counter.retried("get", None)
+        counter.failed("delete", "not_found")
         found = samples(metrics.exposition()[0].decode())
         self.assertEqual(value(found, "allq_client_retries_total",
                                operation="put", server="127.0.0.1:7711"), 1)
         self.assertEqual(value(found, "allq_client_retries_total", operation="get", server=""), 1)
-
-    def test_a_federation_without_the_hook_is_left_alone(self):
-        """No on_retry attribute: none is added."""
-
-        class Federation:
-            pass
-
-        federation = Federation()
-        InstrumentedFederation(federation, ClientMetrics(Clock(), process=False))
-        self.assertFalse(hasattr(federation, "on_retry"))
+        self.assertEqual(value(found, "allq_client_operation_errors_total",
+                               operation="delete", error="not_found"), 1)
 
 
 class LatencyTests(SiteTestCase):
@@ -260,12 +275,12 @@ class LatencyTests(SiteTestCase):
 
     def test_latency_is_measured_until_the_response_ends(self):
         """A call that hangs until the 504 is observed with the time it took."""
-        self.fake.hang = True
+        self.link.hang = True
         self.assertEqual(self.call("GET", "/stats").code, 504)
         found = self.scrape()
         labels = dict(method="GET", route="/stats", status="5xx")
         total = value(found, "allq_client_request_duration_seconds_sum", **labels)
-        self.assertAlmostEqual(total, REQUEST_TIMEOUT, delta=POLL_INTERVAL * 2)
+        self.assertAlmostEqual(total, REQUEST_TIMEOUT, delta=FLUSH_STEP * 2)
         self.assertEqual(value(found, "allq_client_request_duration_seconds_bucket",
                                le="2.5", **labels), 0)
         self.assertEqual(value(found, "allq_client_request_duration_seconds_bucket",
@@ -313,14 +328,14 @@ class RouteNameTests(SynchronousTestCase):
 
 class SnapshotTests(SiteTestCase):
     def start_refresher(self, **kwargs) -> StatsRefresher:
-        refresher = StatsRefresher(self.fake, self.metrics, self.clock, **kwargs)
+        refresher = StatsRefresher(self.federation, self.metrics, self.clock, **kwargs)
         refresher.startService()
         self.addCleanup(lambda: refresher.running and refresher.stopService())
         return refresher
 
     def test_queue_depths_come_from_the_refreshed_snapshot(self):
         """After a put, the next refresh shows the tube's ready count in /metrics."""
-        server_id = self.fake.server().server_id
+        server_id = self.link.server_id
         self.start_refresher()
         self.json("POST", "/job", json={"tube": "emails", "body": "x"})
         labels = dict(server=server_id, tube="emails")
@@ -338,7 +353,7 @@ class SnapshotTests(SiteTestCase):
         self.start_refresher()
         self.json("POST", "/job", json={"tube": "emails", "body": "x"})
         self.clock.advance(DEFAULT_STATS_INTERVAL)
-        self.fake.unreachable = True
+        self.link.up = False
         self.clock.advance(DEFAULT_STATS_INTERVAL)
         found = self.scrape()
         self.assertFalse([k for k in found if k[0] == "allq_tube_jobs"])
@@ -346,7 +361,7 @@ class SnapshotTests(SiteTestCase):
 
     def test_stopping_leaves_no_timer_and_cancels_a_hung_fetch(self):
         """stopService cancels the fetch in flight; no delayed call is left behind."""
-        self.fake.hang = True
+        self.link.hang = True
         refresher = self.start_refresher(timeout=60)
         stopped = refresher.stopService()
         self.successResultOf(stopped)
@@ -355,12 +370,12 @@ class SnapshotTests(SiteTestCase):
 
     def test_a_slow_fetch_times_out_and_the_next_one_runs(self):
         """A fetch slower than the timeout is given up; the loop goes on."""
-        self.fake.hang = True
+        self.link.hang = True
         self.start_refresher(interval=5, timeout=2)
         self.clock.advance(2)
         self.assertEqual(
             value(self.scrape(), "allq_client_stats_refresh_failures_total"), 1)
-        self.fake.hang = False
+        self.link.hang = False
         self.clock.advance(3)
         self.assertIsNotNone(value(self.scrape(), "allq_client_stats_age_seconds"))
 
@@ -470,19 +485,3 @@ class ServerMetricsTests(SynchronousTestCase):
         """Other paths are 404 and other methods 405."""
         self.assertEqual(self.get("/job").code, 404)
         self.assertEqual(self.get("/metrics", method="POST").code, 405)
-
-
-class DummyFederationTests(SynchronousTestCase):
-    def test_other_attributes_are_the_federations(self):
-        """The wrapper proxies what it does not count (stats, health, ...)."""
-
-        class Federation:
-            def health(self):
-                return {"servers": [], "up": 0, "total": 0}
-
-            async def stats(self):
-                return await succeed([])
-
-        wrapped = InstrumentedFederation(Federation(), ClientMetrics(Clock(), process=False))
-        self.assertEqual(wrapped.health()["total"], 0)
-        self.assertEqual(self.successResultOf(Deferred.fromCoroutine(wrapped.stats())), [])

@@ -10,7 +10,7 @@ from twisted.web.resource import Resource
 
 from allq.client.site import OneWriteHTTPChannel, build_site
 
-REQUEST = b"GET /anything HTTP/1.1\r\nHost: allq.test\r\n\r\n"
+REQUEST = b"GET /anything HTTP/1.1\r\nHost: localhost:8090\r\n\r\n"
 
 
 class Hello(Resource):
