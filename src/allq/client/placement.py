@@ -182,10 +182,11 @@ class Placement:
                     break
                 return self._done(action, params, result, link)
             if unsure is None:
-                if only is not None:
-                    what = (f"parent {parent[:90]}" if holder is not None
-                            else "this job (its idempotency_key names it)")
-                    raise Unavailable(f"the server holding {what} is down")
+                if holder is not None:
+                    raise Unavailable(f"the server holding parent {parent[:90]} is down")
+                if pinned is not None:
+                    raise Unavailable("the server holding this job (its idempotency_key "
+                                      "names it) is down")
                 refusal = self._refusal(refused)
                 if refusal is not None:
                     raise refusal
