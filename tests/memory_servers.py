@@ -88,6 +88,11 @@ class MemoryLink(Service):
     def __repr__(self) -> str:
         return f"<MemoryLink {self.address} id={self.server_id} up={self.up}>"
 
+    @property
+    def down_reason(self) -> str | None:
+        """Why the link is down, as a real link says it (``None`` while up)."""
+        return None if self.up else "connection refused (test switch)"
+
     # -- test switches ---------------------------------------------------------
 
     def fail_next(self, error: BaseException | None) -> None:

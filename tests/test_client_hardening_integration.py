@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from test_client_integration import LOCALHOST, start_client
+from test_client_integration import LOCALHOST, start_client, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -96,3 +96,32 @@ def test_a_put_to_a_stalled_server_is_504_and_its_retry_never_duplicates(daemons
     assert tube["ready"] == 1  # stored once: by the first put, which the server ran on SIGCONT
     status, job = api.call("GET", "/job", tube="stall")
     assert job["id"] == again["job_id"]
+
+
+def test_wrong_keys_say_why_in_health_and_errors_without_tracebacks(daemons, keys):
+    """Newcomer finding 4: a client whose key the server does not authorize, and a
+    client given another server's server.pub, each log one clear line (no
+    traceback, however often they retry) and say why in /health and in the 503."""
+    import shutil
+
+    [server] = daemons.start_servers(1, keys)
+    stranger = daemons.generate_keys("stranger")  # a key set the server never saw
+    wrong_pub = stranger.directory.parent / "wrong-pub"
+    shutil.copytree(keys.directory, wrong_pub)
+    shutil.copy(stranger.directory / "server.pub", wrong_pub / "server.pub")
+    for directory, expected, code in (
+            (stranger.directory, "key not authorized by the server", "unknown_key"),
+            (wrong_pub, "server.pub", "bad_proof")):
+        refusals = server.daemon.log().count(f": {code}: ")
+        api = start_client(daemons, type(keys)(directory, keys.client), [server],
+                           "--retry-budget", "1")
+        health = api.wait_until(lambda h: h["servers"][0].get("reason", "").find(expected) >= 0)
+        assert health["up"] == 0
+        status, reply = api.call("POST", "/job", {"tube": "t", "body": "x"})
+        assert status == 503 and expected in reply["detail"], reply
+        # Several refused attempts later (0.1 s doubling to 3 s apart)...
+        wait_for(lambda: server.daemon.log().count(f": {code}: "), lambda n: n >= refusals + 4,
+                 what=f"four more {code} refusals in the server's log", timeout=20)
+        log = daemons._started[-1].log()
+        assert "Traceback" not in log and "Unhandled" not in log, log[-2000:]
+        assert log.count(f"server {server.host}:{server.port} down:") == 1, log[-2000:]

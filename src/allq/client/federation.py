@@ -76,7 +76,7 @@ class Federation(MultiService):
         self._observers: list[FederationObserver] = []
         self._servers = Membership(addresses, make_link)
         self._servers.setServiceParent(self)
-        self._retries = Retries(clock, retry_budget, self._retried)
+        self._retries = Retries(clock, retry_budget, self._retried, self._servers.why_down)
         self._placement = Placement(self._servers, self._retries, self._stored, self._retried)
         self._polls = LongPolls(clock, self._retries, self._get_once, self._give_back)
 
@@ -297,7 +297,7 @@ class Federation(MultiService):
         answers that came."""
         links = self._servers.healthy() if links is None else links
         if not links:
-            raise Unavailable("no server reachable")
+            raise Unavailable(f"no server reachable ({self._servers.why_down()})")
         outcomes = await DeferredList(
             [link.request(action, params) for link in links], consumeErrors=True)
         answers = []
@@ -321,7 +321,7 @@ class Federation(MultiService):
         tps = check_tps(tps)
         links = self._servers.healthy()
         if not links:
-            raise Unavailable("no server reachable")
+            raise Unavailable(f"no server reachable ({self._servers.why_down()})")
         share = None if tps is None else tps / len(links)
         await self._each("throttle", {"tube": tube, "tps": share}, links)
         return len(links)
@@ -376,7 +376,7 @@ class Federation(MultiService):
             answered = True
             kicked += result["job_ids"]
         if not answered and not kicked:
-            raise Unavailable("no server reachable")
+            raise Unavailable(f"no server reachable ({self._servers.why_down()})")
         return kicked
 
     def _counted(self, result, action: str, tube: str, how_many: Callable):
@@ -390,7 +390,7 @@ class Federation(MultiService):
         servers in id order."""
         links = sorted(self._servers.healthy(), key=lambda l: l.server_id or "")
         if not links:
-            raise Unavailable("no server reachable")
+            raise Unavailable(f"no server reachable ({self._servers.why_down()})")
         for link in links:
             result = await link.request("peek", {"tube": tube, "buried": buried, "offset": offset})
             if result["job"] is not None:

@@ -1,11 +1,22 @@
 """One configured server as the client sees it: address, connection, health.
 
-A :class:`ServerLink` keeps one persistent, pipelined, encrypted connection to its
-server through a :class:`ClientService`, which reconnects with exponential
-backoff whenever the connection is lost or the handshake fails: that is how a
-server that went away is probed until it returns, with no client restart. A
+A :class:`ServerLink` keeps one persistent, pipelined, encrypted connection to
+its server. It connects, completes the handshake, and whenever the connection
+is lost or an attempt fails it tries again with exponential backoff: that is how
+a server that went away is probed until it returns, with no client restart. A
 request that times out closes the connection (a server that stops answering is
 treated as down) so the reconnect loop takes over.
+
+A refused handshake (a key the server does not accept, a ``server.pub`` that is
+not this server's) is an expected event, not a bug: the link logs one line when
+its state or the reason changes (never per attempt), keeps backing off, and
+says why in :attr:`ServerLink.down_reason` (``/health`` and the 503 details show
+it). The loop is the link's own rather than a ``ClientService``: that one has no
+transition for a connection that closes after its preparation failed, and logs
+a traceback for every refused handshake.
+
+While connected, the link pings the server every :data:`KEEPALIVE_INTERVAL`
+seconds, so an idle connection outlives the server's idle timeout.
 
 The link also remembers a server drain asked through this client
 (:meth:`ServerLink.tell_draining`): while it is wanted, every new connection
@@ -16,18 +27,33 @@ not be sent is sent on the next connection.
 
 import re
 
-from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.application.internet import backoffPolicy
+from twisted.application.service import Service
+from twisted.internet import error as net_error
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from allq.client.connection import ServerConnection, ServerConnectionFactory
-from allq.errors import BadRequest, Timeout, Unavailable
+from allq.errors import AllQError, BadRequest, Timeout, Unavailable
 from allq.wire.keys import ClientKeys
 
 _ADDRESS = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9_.-]+)):([0-9]{1,5})")
 HANDSHAKE_TIMEOUT = 5.0
+#: Seconds between pings on a connected link (the server closes a connection
+#: idle for 300 s by default).
+KEEPALIVE_INTERVAL = 100.0
+#: What a server's refusal code means for the operator, by code.
+_REFUSALS = {
+    "unknown_key": "key not authorized by the server (add this client's public key, "
+                   "client.pub, to the server's authorized_keys)",
+    "bad_proof": "the server could not read this client's handshake: server.pub "
+                 "(A_CURVE_SERVER_PUBLICKEY) does not match this server's key",
+    "revoked": "this client's key was revoked by the server (authorized_keys changed)",
+}
 
 
 class NotConnected(Unavailable):
@@ -54,7 +80,7 @@ def normalize_address(address: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-class ServerLink(ClientService):
+class ServerLink(Service):
     """The client's link to one server.
 
     :param address: ``host:port`` of the server.
@@ -62,6 +88,7 @@ class ServerLink(ClientService):
     :param reactor: reactor providing TCP and time.
     :param request_timeout: seconds a request may wait for its reply.
     :param retry_policy: seconds to wait before reconnect attempt N.
+    :ivar down_reason: why the link is down (``None`` while up).
     """
 
     _log = Logger()
@@ -84,15 +111,18 @@ class ServerLink(ClientService):
         #: acknowledged, ``None`` for nothing to tell.
         self._drain_to_tell: bool | None = None
         self.connection: ServerConnection | None = None
+        self.down_reason: str | None = "not connected yet"
         self._clock = reactor
-        self._was_up = None
-        super().__init__(
-            HostnameEndpoint(reactor, host, port, timeout=HANDSHAKE_TIMEOUT),
-            ServerConnectionFactory(keys, reactor, request_timeout),
-            retryPolicy=retry_policy or backoffPolicy(initialDelay=0.1, maxDelay=3.0, factor=2.0),
-            clock=reactor,
-            prepareConnection=self._handshake,
-        )
+        self._endpoint = HostnameEndpoint(reactor, host, port, timeout=HANDSHAKE_TIMEOUT)
+        self._factory = ServerConnectionFactory(keys, reactor, request_timeout)
+        self._retry_policy = retry_policy or backoffPolicy(
+            initialDelay=0.1, maxDelay=3.0, factor=2.0)
+        self._failures = 0
+        self._attempt: Deferred | None = None
+        self._retry: IDelayedCall | None = None
+        self._keepalive = LoopingCall(self._ping)
+        self._keepalive.clock = reactor
+        self._logged: tuple[bool, str] | None = None
 
     def __repr__(self) -> str:
         return f"<ServerLink {self.address} id={self.server_id} up={self.up}>"
@@ -101,6 +131,93 @@ class ServerLink(ClientService):
     def up(self) -> bool:
         """Whether a handshaken connection is open right now."""
         return self.connection is not None and not self.connection.closed
+
+    # -- the connect loop --------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._connect()
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        if self._attempt is not None:
+            self._attempt.cancel()
+        if self._keepalive.running:
+            self._keepalive.stop()
+        self._mark(False, "client stopping")
+        connection = self.connection
+        if connection is None or connection.closed:
+            return succeed(None)
+        connection.close()
+        return connection.lost
+
+    def _connect(self) -> None:
+        self._retry = None
+        d = self._endpoint.connect(self._factory)
+        d.addCallback(self._handshake)
+        d.addCallbacks(self._established, self._failed)
+        self._attempt = d
+
+    def _established(self, _) -> None:
+        self._attempt = None
+        self._failures = 0
+
+    def _failed(self, failure: Failure) -> None:
+        self._attempt = None
+        if not self.running:
+            return  # stopping: the attempt was cancelled
+        self._mark(False, _why(failure))
+        self._schedule()
+
+    def _schedule(self) -> None:
+        self._failures += 1
+        self._retry = self._clock.callLater(self._retry_policy(self._failures), self._connect)
+
+    def _handshake(self, connection: ServerConnection) -> Deferred:
+        d = connection.ready
+        d.addTimeout(HANDSHAKE_TIMEOUT, self._clock)
+        return d.addCallbacks(self._connected, self._refused, errbackArgs=(connection,))
+
+    def _connected(self, connection: ServerConnection) -> Deferred | None:
+        self.connection = connection
+        self.server_id = connection.server_id
+        self._mark(True, f"server id {self.server_id}")
+        connection.lost.addCallback(self._lost, connection)
+        if self.running and not self._keepalive.running:
+            self._keepalive.start(KEEPALIVE_INTERVAL, now=False)
+        if self._drain_to_tell is None:
+            return None
+        draining = self._drain_to_tell
+        d = connection.request("drain" if draining else "undrain", {})
+        d.addCallback(self._drain_told, draining)
+        d.addErrback(self._drain_on_connect_failed, draining)
+        return d
+
+    def _refused(self, failure: Failure, connection: ServerConnection) -> Failure:
+        connection.close()
+        return failure
+
+    def _lost(self, _, connection: ServerConnection) -> None:
+        if connection is not self.connection:
+            return
+        if self._keepalive.running:
+            self._keepalive.stop()
+        self._mark(False, "connection lost")
+        if self.running and self._retry is None and self._attempt is None:
+            self._failures = 0
+            self._schedule()
+
+    def _ping(self) -> None:
+        if self.up:
+            self.connection.request("ping", {}).addErrback(self._ping_failed)
+
+    def _ping_failed(self, failure: Failure) -> None:
+        failure.trap(AllQError)  # the connection's loss is handled by _lost
+
+    # -- requests ------------------------------------------------------------------
 
     def request(self, action: str, params: dict) -> Deferred:
         """Send a request on the live connection.
@@ -152,34 +269,12 @@ class ServerLink(ClientService):
         failure.trap(Unavailable)
         return False
 
-    def stopService(self):
-        self._mark(False, "client stopping")
-        return super().stopService()
-
     def _on_error(self, failure: Failure, connection: ServerConnection) -> Failure:
         if failure.check(Timeout) and not connection.closed:
             self._log.warn("server {address} did not answer in time; reconnecting",
                            address=self.address)
             connection.close()
         return failure
-
-    def _handshake(self, connection: ServerConnection) -> Deferred:
-        d = connection.ready
-        d.addTimeout(HANDSHAKE_TIMEOUT, self._clock)
-        return d.addCallbacks(self._connected, self._refused, errbackArgs=(connection,))
-
-    def _connected(self, connection: ServerConnection) -> Deferred | None:
-        self.connection = connection
-        self.server_id = connection.server_id
-        self._mark(True, f"server id {self.server_id}")
-        connection.lost.addCallback(lambda _: self._mark(False, "connection lost"))
-        if self._drain_to_tell is None:
-            return None
-        draining = self._drain_to_tell
-        d = connection.request("drain" if draining else "undrain", {})
-        d.addCallback(self._drain_told, draining)
-        d.addErrback(self._drain_on_connect_failed, draining)
-        return d
 
     def _drain_on_connect_failed(self, failure: Failure, draining: bool) -> None:
         # Not worth refusing the connection for: puts from this client skip a
@@ -188,16 +283,32 @@ class ServerLink(ClientService):
                        address=self.address, what="drain" if draining else "undrain",
                        error=failure.getErrorMessage())
 
-    def _refused(self, failure: Failure, connection: ServerConnection) -> Failure:
-        connection.close()
-        self._mark(False, failure.getErrorMessage())
-        return failure
-
     def _mark(self, up: bool, why: str) -> None:
-        if up == self._was_up:
+        """Record the link's state; log a line when it (or why it is down) changes."""
+        self.down_reason = None if up else why
+        if (up, "" if up else why) == self._logged:
             return
-        self._was_up = up
+        self._logged = (up, "" if up else why)
         if up:
             self._log.info("server {address} up ({why})", address=self.address, why=why)
         else:
-            self._log.warn("server {address} down ({why})", address=self.address, why=why)
+            self._log.warn("server {address} down: {why}", address=self.address, why=why)
+
+
+def _why(failure: Failure) -> str:
+    """Why a connection attempt failed, in an operator's words."""
+    if failure.check(net_error.ConnectionRefusedError):
+        return "connection refused (is the server running and listening there?)"
+    if failure.check(net_error.DNSLookupError):
+        return "cannot resolve the server's host name"
+    if failure.check(TimeoutError, net_error.TimeoutError, CancelledError):
+        return f"no handshake within {HANDSHAKE_TIMEOUT:g} s (not an allq server, or stalled)"
+    message = failure.getErrorMessage()
+    if message.startswith("server refused: "):
+        code, _, detail = message.removeprefix("server refused: ").partition(": ")
+        return _REFUSALS.get(code, f"server refused the connection: {code}: {detail}")
+    if message.startswith("bad frame from server: "):
+        return "not an allq server, or another protocol version (" + message[23:][:120] + ")"
+    if failure.check(net_error.ConnectError, AllQError):
+        return message[:200]
+    return f"{failure.type.__name__}: {message[:200]}"

@@ -90,16 +90,25 @@ class Membership(MultiService):
         for link in self._links.values():
             if link.server_id == server_id:
                 if not link.up:
-                    raise Unavailable(f"the server holding {what} {job_id[:90]} is down")
+                    raise Unavailable(f"the server holding {what} {job_id[:90]} is down "
+                                      f"({link.down_reason or 'down'})")
                 return link
         if any(link.server_id is None for link in self._links.values()):
             raise Unavailable(f"the server holding {what} {job_id[:90]} is not connected")
         raise NotFound(f"{what} {job_id[:90]} names server {server_id[:64]!r}, unknown here")
 
     def health(self) -> dict:
-        """Which servers are up, for ``GET /health``."""
-        servers = [
-            {"address": l.address, "server_id": l.server_id, "up": l.up, "draining": l.draining}
-            for l in self._links.values()
-        ]
+        """Which servers are up (and why the others are not), for ``GET /health``."""
+        servers = []
+        for l in self._links.values():
+            server = {"address": l.address, "server_id": l.server_id, "up": l.up,
+                      "draining": l.draining}
+            if not l.up:
+                server["reason"] = l.down_reason
+            servers.append(server)
         return {"servers": servers, "up": sum(s["up"] for s in servers), "total": len(servers)}
+
+    def why_down(self) -> str:
+        """Why the servers that are down are down, for an error's detail."""
+        return "; ".join(f"{l.address}: {l.down_reason or 'down'}"
+                         for l in self._links.values() if not l.up)

@@ -24,13 +24,16 @@ class Retries:
     :param clock: where time comes from.
     :param budget: seconds one operation may spend retrying before it fails.
     :param retried: told ``(operation, None)`` before each backoff round.
+    :param why: why no server is reachable, for the error that ends a budget.
     """
 
     def __init__(self, clock: IReactorTime, budget: float,
-                 retried: Callable[[str, str | None], None]) -> None:
+                 retried: Callable[[str, str | None], None],
+                 why: Callable[[], str] = str) -> None:
         self._clock = clock
         self.budget = budget
         self._retried = retried
+        self._why = why
         self._sleeps: set[Deferred] = set()
 
     def deadline(self) -> float:
@@ -47,7 +50,7 @@ class Retries:
         """
         remaining = deadline - self._clock.seconds()
         if remaining <= 0:
-            raise Unavailable(f"{operation}: no server reachable")
+            raise Unavailable(f"{operation}: no server reachable ({self._why()})")
         self._retried(operation, None)
         try:
             await self.nap(min(FIRST_BACKOFF * 2**attempt, MAX_BACKOFF, remaining))

@@ -1,0 +1,138 @@
+"""allq.client.link: the reconnect loop, refused handshakes, keepalive, with a Clock."""
+
+from nacl.public import PrivateKey
+from twisted.internet import error as net_error
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import globalLogPublisher
+
+from allq.client.link import HANDSHAKE_TIMEOUT, KEEPALIVE_INTERVAL, NotConnected, ServerLink
+from allq.errors import ConnectionLost
+from allq.wire.keys import ClientKeys
+
+
+class FakeConnection:
+    def __init__(self, server_id="srv"):
+        self.ready = Deferred()
+        self.lost = Deferred()
+        self.closed = False
+        self.server_id = server_id
+        self.requests = []
+
+    def request(self, action, params):
+        self.requests.append(action)
+        return succeed({})
+
+    def close(self):
+        if not self.closed:
+            self.closed = True
+            self.lost.callback(None)
+
+
+class FakeEndpoint:
+    """Each connect answers with the next outcome: a FakeConnection, or an exception."""
+
+    def __init__(self):
+        self.outcomes = []
+        self.connects = 0
+
+    def connect(self, factory):
+        self.connects += 1
+        outcome = self.outcomes.pop(0)
+        return fail(outcome) if isinstance(outcome, Exception) else succeed(outcome)
+
+
+def make_link():
+    clock = MemoryReactorClock()
+    link = ServerLink("127.0.0.1:5555", ClientKeys(PrivateKey.generate(),
+                                                   PrivateKey.generate().public_key),
+                      clock, request_timeout=1)
+    link._endpoint = endpoint = FakeEndpoint()
+    return link, endpoint, clock
+
+
+def logged():
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    return events, lambda: globalLogPublisher.removeObserver(events.append)
+
+
+def refused(code, message):
+    connection = FakeConnection()
+    connection.ready.errback(ConnectionLost(f"server refused: {code}: {message}"))
+    return connection
+
+
+def test_a_refused_key_is_one_clear_line_with_backoff_and_a_reason():
+    link, endpoint, clock = make_link()
+    endpoint.outcomes = [refused("unknown_key", "client key abcd1234... is not authorized")
+                         for _ in range(20)]
+    events, stop = logged()
+    try:
+        link.startService()
+        for _ in range(5):
+            clock.advance(4.0)  # the longest backoff, 3 s, plus up to 1 s of jitter
+    finally:
+        stop()
+    assert endpoint.connects == 6
+    assert not link.up
+    assert "key not authorized by the server" in link.down_reason
+    assert "authorized_keys" in link.down_reason
+    downs = [e for e in events if "down" in e.get("log_format", "")]
+    assert len(downs) == 1  # one line for the state change, not one per attempt
+    assert not [e for e in events if e.get("log_failure") or e.get("isError")]
+    link.stopService()
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_wrong_server_pub_is_named():
+    link, endpoint, clock = make_link()
+    endpoint.outcomes = [refused("bad_proof", "the client's proof does not match")]
+    link.startService()
+    assert "server.pub" in link.down_reason
+    assert "A_CURVE_SERVER_PUBLICKEY" in link.down_reason
+    link.stopService()
+
+
+def test_connection_refused_and_silence_have_their_reasons():
+    link, endpoint, clock = make_link()
+    endpoint.outcomes = [net_error.ConnectionRefusedError(), FakeConnection()]
+    link.startService()
+    assert link.down_reason.startswith("connection refused")
+    clock.advance(1.1)  # the first backoff, 0.1 s, plus up to 1 s of jitter
+    clock.advance(HANDSHAKE_TIMEOUT)  # the second connection never says welcome
+    assert link.down_reason.startswith(f"no handshake within {HANDSHAKE_TIMEOUT:g} s")
+    link.stopService()
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_lost_connection_reconnects_and_the_link_pings_while_up():
+    link, endpoint, clock = make_link()
+    first, second = FakeConnection("s1"), FakeConnection("s1")
+    endpoint.outcomes = [first, second]
+    link.startService()
+    first.ready.callback(first)
+    assert link.up and link.down_reason is None and link.server_id == "s1"
+    clock.advance(KEEPALIVE_INTERVAL)
+    assert first.requests == ["ping"]
+    first.close()
+    assert not link.up and link.down_reason == "connection lost"
+    failures = []
+    link.request("get", {}).addErrback(failures.append)
+    assert failures[0].check(NotConnected)  # at once: nothing was sent
+    clock.advance(1.1)
+    second.ready.callback(second)
+    assert link.up and endpoint.connects == 2
+    stopped = link.stopService()
+    assert stopped.called and second.closed
+    assert clock.getDelayedCalls() == []
+
+
+def test_stopping_while_waiting_to_retry_leaves_no_timer():
+    link, endpoint, clock = make_link()
+    endpoint.outcomes = [net_error.ConnectionRefusedError()]
+    link.startService()
+    assert clock.getDelayedCalls()
+    link.stopService()
+    assert clock.getDelayedCalls() == []
+    assert link.down_reason == "client stopping"
