@@ -32,6 +32,7 @@ def json_response(request: IRequest, obj: object, code: int = 200) -> bytes:
         # A lone surrogate (from a "\ud800" escape) has no UTF-8 form; JSON's
         # \u escapes can still carry it.
         data = json.dumps(obj, separators=(",", ":")).encode("ascii")
+    data += b"\n"  # a shell prompt after `curl` starts on its own line
     # A known length spares the chunked framing of a deferred answer.
     request.setHeader(b"content-length", b"%d" % len(data))
     return data

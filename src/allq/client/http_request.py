@@ -79,7 +79,7 @@ class ClientRequest(Request):
     def _refuse(self) -> None:
         """Answer 413 now, before the request is complete, and close the connection."""
         self._refused = True
-        body = (b'{"error":"too_large","detail":"request body is larger than %d bytes"}'
+        body = (b'{"error":"too_large","detail":"request body is larger than %d bytes"}\n'
                 % self.max_body)
         self.channel.transport.write(
             b"HTTP/1.1 413 Request Entity Too Large\r\ncontent-type: application/json\r\n"

@@ -124,7 +124,10 @@ class Dispatcher:
             if earlier is not None:
                 return {"job_id": f"{self._server_id()},{earlier}"}
         parent = None if parent_id is None else self._number(parent_id)
-        job = put(now=now, parent_id=parent, **params)
+        try:
+            job = put(now=now, parent_id=parent, **params)
+        except NotFound:
+            raise NotFound(f"parent job {parent_id[:90]} not found") from None
         if idempotency_key is not None:
             self._idempotency.remember(idempotency_key, job.id, now)
         return {"job_id": self.job_ref(job)}
@@ -135,7 +138,11 @@ class Dispatcher:
 
     def _job_action(name: str):  # noqa: N805 - builds methods at class creation
         def action(self, now, *, job_id, **params):
-            job = getattr(self._queue, name)(self._number(job_id), now=now, **params)
+            number = self._number(job_id)
+            try:
+                job = getattr(self._queue, name)(number, now=now, **params)
+            except NotFound:  # the core knows numbers; the caller sent this id
+                raise NotFound(f"job {job_id[:90]} not found") from None
             return {"job_id": self.job_ref(job)}
 
         action.__name__ = "_do_" + name
