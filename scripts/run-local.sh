@@ -7,7 +7,6 @@ cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 mkdir -p run
 [ -f run/keys/server.key ] || .venv/bin/allq keys generate run/keys >/dev/null
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # finds twisted/plugins/allq_*.py
 SERVER_PORT=${SERVER_PORT:-5555}
 HTTP_SERVER_PORT=${HTTP_SERVER_PORT:-8090}
 
