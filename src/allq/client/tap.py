@@ -31,13 +31,15 @@ from allq.client.workers import (
     worker_command,
     worker_control,
 )
-from allq.listening import endpoint_service, listening_service
+from allq.listening import PortSetting, endpoint_service, listening_service
 from allq.config import positive_float, positive_int, resolve
 from allq.errors import BadRequest
 from allq.wire.keys import KeyConfigError, MissingKeys, load_client_keys
 
 _log = Logger()
 DEFAULT_SERVERS = "127.0.0.1:5555"
+#: Named when the REST port cannot be bound.
+HTTP_PORT = PortSetting("allq-client", "--http", "HTTP_SERVER_PORT")
 
 
 class Options(usage.Options):
@@ -155,7 +157,7 @@ def makeService(config: Options, reactor=None) -> MultiService:
             pool.listening()
 
     if pool is None:
-        http = listening_service(reactor, config["http"], site, listening)
+        http = listening_service(reactor, config["http"], site, listening, setting=HTTP_PORT)
     else:
         pool.setServiceParent(service)
         service.set_workers(pool)
@@ -239,7 +241,7 @@ def _client(config: Options, federation_api, federation: Federation, metrics,
 def _reuse_port_service(reactor, description: str, site: Site, on_listening):
     interface, port, backlog = parse_tcp(description)
     return endpoint_service(ReusePortEndpoint(reactor, interface, port, backlog), site,
-                            on_listening)
+                            on_listening, setting=HTTP_PORT)
 
 
 def _worker_options(config: Options, federation: Federation, interface: str, port: int,

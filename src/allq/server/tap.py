@@ -31,7 +31,7 @@ from allq.core.queue import (
     Queue,
     QueueConfig,
 )
-from allq.listening import listening_service
+from allq.listening import PortSetting, listening_service
 from allq.server.dispatch import Dispatcher
 from allq.server.journal import DEFAULT_FSYNC, FsyncPolicy, Journal
 from allq.server.metrics import ServerMetrics, metrics_site
@@ -226,7 +226,9 @@ def makeService(config: Options, reactor=None) -> MultiService:
         journal.setServiceParent(service)
         reactor.addSystemEventTrigger("after", "shutdown", journal.close)
     timer.setServiceParent(service)
-    listening_service(reactor, config["listen"], factory, listening).setServiceParent(service)
+    listening_service(reactor, config["listen"], factory, listening,
+                      setting=PortSetting("allq-server", "--listen", "SERVER_PORT")
+                      ).setServiceParent(service)
     if config["metrics"] is not None:
         def metrics_listening(port) -> None:
             address = port.getHost()
@@ -235,7 +237,9 @@ def makeService(config: Options, reactor=None) -> MultiService:
 
         metrics = ServerMetrics(queue, reactor, lambda: server_id[0])
         listening_service(reactor, config["metrics"], metrics_site(metrics),
-                          metrics_listening).setServiceParent(service)
+                          metrics_listening,
+                          setting=PortSetting("allq-server", "--metrics", "ALLQ_METRICS")
+                          ).setServiceParent(service)
     return service
 
 
