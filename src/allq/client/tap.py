@@ -207,8 +207,8 @@ def _client_keys(config: Options):
         raise SystemExit(
             f"allq-client: refusing to start without keys ({e}).\n"
             "Make a key set with `allq keys generate ./keys`, then start the server with "
-            "`twistd -n allq-server --keys ./keys` and this client with "
-            "`twistd -n allq-client --keys ./keys`.")
+            "`twistd -n --pidfile= allq-server --keys ./keys` and this client with "
+            "`twistd -n --pidfile= allq-client --keys ./keys`.")
     except KeyConfigError as e:
         raise SystemExit(f"allq-client: {e}")
 
