@@ -111,3 +111,70 @@ def test_run_federation_serves_across_clients_and_ctrl_c_stops_everything(federa
     for port in clients:
         with pytest.raises(OSError):
             get_json(f"http://{LOCALHOST}:{port}/health", timeout=2)
+
+
+def readme_worker_example() -> str:
+    """The Python block of README.md's worker example, as written there."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    after = readme.partition("A worker needs nothing but HTTP.")[2]
+    assert after, "README.md has no worker example"
+    return after.partition("```python\n")[2].partition("\n```")[0] + "\n"
+
+
+def start_client_on(daemons, keys, server, port: int, name: str) -> Daemon:
+    """An allq-client on ``port`` for ``server``, once it serves and sees the server."""
+    client = daemons.spawn("allq-client", [
+        "--keys", str(keys.directory), "--servers", f"{server.host}:{server.port}",
+        "--http", f"tcp:{port}:interface={LOCALHOST}"], name=name)
+    client.wait_for_log(CLIENT_SERVING)
+    wait_for(lambda: call("GET", port, "/health")[1].get("up") == 1, "the server up",
+             log=client.log)
+    return client
+
+
+def test_the_readme_worker_example_runs_as_written(daemons, keys, tmp_path):
+    """README's worker: does jobs, releases a failing one (buried in the end), waits out a
+    client restart, and stops on SIGTERM with status 0."""
+    server = daemons.start_server(keys)
+    [port] = free_ports(1)
+    client = start_client_on(daemons, keys, server, port, "client")
+    for body in ("hello 1", "hello 2", "   "):  # the blank one fails in send_email
+        status, reply = call("POST", port, "/job", body={"tube": "emails", "body": body})
+        assert status == 200, reply
+
+    script = tmp_path / "worker.py"
+    script.write_text(readme_worker_example(), encoding="utf-8")
+    out = tmp_path / "worker.out"
+    env = shell_environment({"ALLQ_API": f"http://{LOCALHOST}:{port}"})
+    with open(out, "wb") as log:
+        worker = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=env,
+                                  stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    output = lambda: out.read_text(errors="replace")  # noqa: E731
+    try:
+        wait_for(lambda: "sent: hello 1" in output() and "sent: hello 2" in output(),
+                 "two jobs done", log=output)
+        # The blank job fails each time: released, got again, ... until it is buried.
+        buried = wait_for(lambda: call("GET", port, "/peek", {"tube": "emails", "buried": "true"})[1],
+                          "the failing job buried", log=output)
+        assert buried["body"] == "   " and "releasing it" in output(), (buried, output())
+        assert call("GET", port, "/peek", {"tube": "emails"})[1] in ({}, None)  # none ready
+
+        # The client goes away for a while: the worker waits, then goes on.
+        assert client.stop() == -signal.SIGTERM
+        wait_for(lambda: "client unreachable" in output(), "the worker noticed", log=output)
+        assert worker.poll() is None, output()
+        start_client_on(daemons, keys, server, port, "client-again")
+        status, reply = call("POST", port, "/job", body={"tube": "emails", "body": "hello 3"})
+        assert status == 200, reply
+        wait_for(lambda: "sent: hello 3" in output(), "the job done after the restart",
+                 timeout=30, log=output)
+
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(15) == 0, output()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert output().rstrip().endswith("worker stopped"), output()
+    assert "Traceback" not in output(), output()
+    assert call("GET", port, "/peek", {"tube": "emails"})[1] in ({}, None)  # all done
