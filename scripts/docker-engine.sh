@@ -45,12 +45,15 @@ missing_tools() {
 
 # Why this machine cannot run the engine (one line, with how to enable it), or nothing.
 cannot_run() {
+  local missing
+  missing=$(missing_tools)
+  missing=${missing//$'\n'/ }
   if [ "$(uname -s)" != Linux ]; then
     echo "the local Docker engine needs Linux (this is $(uname -s)); run the image test on a Linux machine"
   elif [ "$(id -u)" != 0 ]; then
     echo "the local Docker engine (dockerd) needs root; run as root (e.g. sudo scripts/image-test.sh, or the test suite as root)"
-  elif [ -n "$(missing_tools)" ] && ! command -v apt-get >/dev/null 2>&1; then
-    echo "missing $(missing_tools | tr '\n' ' ')and no apt-get to install them; install docker.io (dockerd and docker), debootstrap and iptables, or run on Debian/Ubuntu"
+  elif [ -n "$missing" ] && ! command -v apt-get >/dev/null 2>&1; then
+    echo "missing $missing and no apt-get to install them; install docker.io (dockerd and docker), debootstrap and iptables, or run on Debian/Ubuntu"
   fi
 }
 

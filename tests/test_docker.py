@@ -115,18 +115,35 @@ def test_the_image_test_is_skipped_with_the_reason_and_refused_under_ci():
             image_test_skip_reason(environ, unavailable)
 
 
-def test_the_engine_check_names_root_for_a_user_without_it():
-    """`docker-engine.sh check` as a non-root user: exit 3 and a reason naming root."""
-    if os.geteuid() != 0:
-        done = subprocess.run(["bash", "scripts/docker-engine.sh", "check"], cwd=REPO_ROOT,
-                              capture_output=True, text=True, timeout=30)
-    else:
-        done = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-             "bash", str(REPO_ROOT / "scripts" / "docker-engine.sh"), "check"],
-            cwd="/", capture_output=True, text=True, timeout=30)
+def fake_tools_environment(tmp_path, tools: dict[str, str]) -> dict[str, str]:
+    """An environment whose PATH starts with fake commands (name: shell script body)."""
+    fakebin = tmp_path / "fakebin"
+    fakebin.mkdir(parents=True)
+    for name, body in tools.items():
+        (fakebin / name).write_text(f"#!/bin/sh\n{body}\n")
+        (fakebin / name).chmod(0o755)
+    return {"PATH": f"{fakebin}:/usr/bin:/bin", "HOME": str(tmp_path)}
+
+
+def engine_check(env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(REPO_ROOT / "scripts" / "docker-engine.sh"), "check"],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=30)
+
+
+def test_the_engine_check_says_why_it_cannot_run(tmp_path):
+    """`docker-engine.sh check`: exit 3 with the reason (not root; no tools, no apt-get)."""
+    env = fake_tools_environment(tmp_path, {"id": "echo 1000", "uname": "echo Linux"})
+    done = engine_check(env)
     assert done.returncode == 3, done
     assert "needs root" in done.stdout and "run as root" in done.stdout
+
+    # Root, but none of the tools and no apt-get to install them (PATH has only fakes).
+    env = fake_tools_environment(tmp_path / "bare", {"id": "echo 0", "uname": "echo Linux"})
+    env["PATH"] = env["PATH"].split(":")[0]
+    done = subprocess.run(["/bin/bash", str(REPO_ROOT / "scripts" / "docker-engine.sh"), "check"],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 3, done
+    assert "missing dockerd docker debootstrap iptables and no apt-get" in done.stdout, done
 
 
 def test_images_run_the_federated_stack_end_to_end():
