@@ -1,15 +1,28 @@
 #!/usr/bin/env bash
-# Create .venv (if needed) and install allq with its test and bench extras into it, plus
-# the Debian chromium that the dashboard test drives through Playwright.
-# Idempotent: a second run only re-installs the project itself.
+# Create .venv (if needed) and install allq into it, editable, from this checkout.
+#
+#   scripts/bootstrap.sh          # what running needs: allq and its dependencies (PyPI)
+#   scripts/bootstrap.sh --test   # also the test and bench extras, and the Debian chromium
+#                                 # that the dashboard test drives through Playwright
+#
+# The editable install puts src/ on the venv's sys.path, where twistd finds the plugins in
+# src/twisted/plugins: `.venv/bin/twistd -n --pidfile= allq-server` works from any folder,
+# with no PYTHONPATH. Idempotent: a second run only re-installs the project itself.
+# Needs python3 (3.11+) with its venv module, and access to PyPI (or a pip mirror).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 CHROMIUM=${ALLQ_CHROMIUM:-/usr/bin/chromium}
+case "${1:-}" in
+  "") extras= ;;
+  --test) extras='[test,bench]' ;;
+  *) echo "usage: scripts/bootstrap.sh [--test]" >&2; exit 2 ;;
+esac
 
-# Playwright's Python package drives this browser through executable_path; its own
-# `playwright install` (which downloads browser builds) is never run.
-if [ ! -x "$CHROMIUM" ]; then
+install_chromium() {
+  # Playwright's Python package drives this browser through executable_path; its own
+  # `playwright install` (which downloads browser builds) is never run.
+  [ -x "$CHROMIUM" ] && return 0
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     echo "bootstrap: installing Debian's chromium for the dashboard browser test" >&2
     export DEBIAN_FRONTEND=noninteractive
@@ -24,10 +37,13 @@ if [ ! -x "$CHROMIUM" ]; then
          "Without it tests/test_dashboard.py fails under CI=true and is skipped" \
          "otherwise." >&2
   fi
-fi
+}
 
+if [ -n "$extras" ]; then
+  install_chromium
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
   .venv/bin/pip install --quiet --upgrade pip
 fi
-.venv/bin/pip install --quiet -e '.[test,bench]'
+.venv/bin/pip install --quiet -e ".$extras"

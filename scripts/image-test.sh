@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Image test: build both images offline on the local Debian+Python base and run the
-# federated compose stack with host networking, end to end. Needs root (it starts a local
-# Docker engine with ../shared/docker/local-engine.sh, which may apt-get install it).
+# federated compose stack with host networking, end to end. Needs Linux and root: it starts
+# a local Docker engine with scripts/docker-engine.sh, which apt-get installs docker.io,
+# debootstrap and iptables when missing (`scripts/docker-engine.sh check` says whether this
+# machine can, and why not).
 #
 #   scripts/image-test.sh    # 3-5 min; the first run on a machine 5-6.5 min (engine install)
 #
@@ -22,7 +24,7 @@
 # started it. Every wait is bounded. Set ALLQ_DOCKER_STATE to use another engine state dir.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-ENGINE="$HERE/../../shared/docker/local-engine.sh"
+ENGINE="$HERE/docker-engine.sh"
 cd "$HERE/.."
 PY=.venv/bin/python
 STATE=${ALLQ_DOCKER_STATE:-/tmp/allq-docker}
@@ -35,7 +37,7 @@ T0=$SECONDS
 step() { printf '[image-test %3ds] %s\n' "$((SECONDS - T0))" "$*"; }
 fail() { printf '[image-test %3ds] FAILED: %s\n' "$((SECONDS - T0))" "$*" >&2; exit 1; }
 
-[ -f "$ENGINE" ] || fail "no engine script at $ENGINE (shared/ must sit beside the repository)"
+reason=$(bash "$ENGINE" check "$STATE") || fail "$reason"
 [ -x "$PY" ] || scripts/bootstrap.sh
 COMPOSE=$(scripts/docker-checks.sh --install)
 
@@ -84,9 +86,9 @@ if ! timeout 10 docker info >/dev/null 2>&1; then
   started_engine=1
 fi
 step "starting the local engine ($STATE)"
-engine_out=$(timeout 420 bash "$ENGINE" start "$STATE") || fail "local-engine.sh start failed"
+engine_out=$(timeout 420 bash "$ENGINE" start "$STATE") || fail "docker-engine.sh start failed"
 BASE=$(sed -n 's/^BASE=//p' <<<"$engine_out")
-[ -n "$BASE" ] || fail "local-engine.sh printed no BASE image: $engine_out"
+[ -n "$BASE" ] || fail "docker-engine.sh printed no BASE image: $engine_out"
 
 step "building the wheelhouse"
 rm -rf wheelhouse

@@ -2,12 +2,18 @@
 # Install allq, generate a key set (once), and run one server and one client on
 # localhost until Ctrl-C. The REST API is then at http://127.0.0.1:8090.
 #   SERVER_PORT (5555) and HTTP_SERVER_PORT (8090) choose the ports; state lives in ./run/.
+#   ALLQ_VENV names an existing virtualenv with allq installed to use instead of running
+#   scripts/bootstrap.sh. Several servers and clients: scripts/run-federation.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/bootstrap.sh
+if [ -n "${ALLQ_VENV:-}" ]; then
+  VENV=$ALLQ_VENV   # an existing virtualenv with allq installed: no bootstrap
+else
+  scripts/bootstrap.sh
+  VENV=.venv
+fi
 mkdir -p run
-[ -f run/keys/server.key ] || .venv/bin/allq keys generate run/keys >/dev/null
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # finds twisted/plugins/allq_*.py
+[ -f run/keys/server.key ] || "$VENV/bin/allq" keys generate run/keys >/dev/null
 SERVER_PORT=${SERVER_PORT:-5555}
 HTTP_SERVER_PORT=${HTTP_SERVER_PORT:-8090}
 
@@ -15,10 +21,10 @@ pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait; }
 trap cleanup EXIT INT TERM
 
-.venv/bin/twistd -n --pidfile= allq-server --keys run/keys \
+"$VENV/bin/twistd" -n --pidfile= allq-server --keys run/keys \
   --listen "tcp:$SERVER_PORT:interface=127.0.0.1" >run/server.log 2>&1 &
 pids+=($!)
-.venv/bin/twistd -n --pidfile= allq-client --keys run/keys \
+"$VENV/bin/twistd" -n --pidfile= allq-client --keys run/keys \
   --servers "127.0.0.1:$SERVER_PORT" --http "tcp:$HTTP_SERVER_PORT:interface=127.0.0.1" \
   >run/client.log 2>&1 &
 pids+=($!)

@@ -66,8 +66,9 @@ class DaemonError(RuntimeError):
 def daemon_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment for a child process: this checkout importable, allq settings cleared.
 
-    ``PYTHONPATH`` holds the repository root (for the top-level ``twisted/plugins``
-    dropins, STYLE.md finding 2) and ``src``.
+    ``PYTHONPATH`` holds this checkout's ``src``, which has both ``allq`` and the twistd
+    dropins (``src/twisted/plugins``), so the daemons run from this checkout whichever
+    checkout the virtualenv was installed from.
 
     :param extra: variables to set on top.
     """
@@ -76,7 +77,7 @@ def daemon_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]
         for name, value in os.environ.items()
         if name not in _SCRUBBED_NAMES and not name.startswith(_SCRUBBED_PREFIXES)
     }
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "src")])
+    env["PYTHONPATH"] = str(REPO_ROOT / "src")
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env

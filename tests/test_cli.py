@@ -19,8 +19,8 @@ def test_keys_generate_writes_set_and_prints_instructions(tmp_path, capsys):
     assert err == ""
     for name in ("server.key", "server.pub", "client.key", "client.pub", "authorized_keys"):
         assert os.path.join(directory, name) in out
-    assert f"twistd -n allq-server --keys {directory}" in out
-    assert f"twistd -n allq-client --keys {directory}" in out
+    assert f"twistd -n --pidfile= allq-server --keys {directory}" in out
+    assert f"twistd -n --pidfile= allq-client --keys {directory}" in out
     assert "server: server.key and authorized_keys" in out
     assert "client: client.key and server.pub" in out
     assert "A_CURVE_SECRETKEY" in out and "A_CURVE_SERVER_PUBLICKEY" in out

@@ -4,9 +4,11 @@
   binary and lints the Dockerfiles with hadolint. No engine needed; always runs.
 * ``scripts/image-test.sh`` builds both images offline on a local base, runs the
   ``federated`` stack with host networking and checks it end to end (put/get across
-  clients, failover after killing a server, graceful ``docker stop``). It needs root and
-  takes minutes. ``ALLQ_SKIP_IMAGE_TEST=1`` skips it on a developer's machine, visibly; under
-  ``CI=true`` that skip is refused and the test fails instead.
+  clients, failover after killing a server, graceful ``docker stop``). It takes minutes and
+  needs what ``scripts/docker-engine.sh check`` asks for (Linux, root, and Debian/Ubuntu
+  when docker.io, debootstrap or iptables are missing). Where that is lacking the test is
+  skipped with the reason; ``ALLQ_SKIP_IMAGE_TEST=1`` skips it on a developer's machine
+  too. Both skips are visible, and under ``CI=true`` both are refused: the test fails.
 
 Both scripts bound their own waits; the timeouts here are a last resort.
 """
@@ -68,11 +70,86 @@ def test_compose_files_and_dockerfiles_pass_the_static_checks():
     assert output.count("compose ok") == 5, output
 
 
+def engine_unavailable() -> str | None:
+    """Why ``scripts/docker-engine.sh`` cannot run here (its ``check``), or ``None``."""
+    done = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "docker-engine.sh"), "check"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=30,
+    )
+    if done.returncode == 0:
+        return None
+    return (done.stdout + done.stderr).strip() or f"docker-engine.sh check exited {done.returncode}"
+
+
+def image_test_skip_reason(environ=os.environ, unavailable=engine_unavailable) -> str | None:
+    """Why the image test does not run here, or ``None`` when it runs.
+
+    :raises pytest.fail.Exception: under ``CI=true``, where it must run.
+    """
+    if environ.get("ALLQ_SKIP_IMAGE_TEST") == "1":
+        reason = ("ALLQ_SKIP_IMAGE_TEST=1: image test (scripts/image-test.sh) not run; "
+                  "unset it to run the test")
+    else:
+        reason = unavailable()
+        if reason is None:
+            return None
+        reason = (f"image test (scripts/image-test.sh) cannot run here: {reason}. "
+                  "`scripts/docker-engine.sh check` says when it can")
+    if environ.get("CI") == "true":
+        pytest.fail(f"CI=true: the image test must run, but {reason}")
+    return reason
+
+
+def test_the_image_test_is_skipped_with_the_reason_and_refused_under_ci():
+    """No engine (or the opt-out): a skip that says why and how; under CI=true a failure."""
+    no_root = lambda: "the local Docker engine (dockerd) needs root; run as root"  # noqa: E731
+    reason = image_test_skip_reason({}, no_root)
+    assert "cannot run here: the local Docker engine (dockerd) needs root" in reason
+    assert "scripts/docker-engine.sh check" in reason
+    assert "unset it" in image_test_skip_reason({"ALLQ_SKIP_IMAGE_TEST": "1"}, lambda: None)
+    assert image_test_skip_reason({}, lambda: None) is None
+    assert image_test_skip_reason({"CI": "true"}, lambda: None) is None
+    for environ, unavailable in (({"CI": "true"}, no_root),
+                                 ({"CI": "true", "ALLQ_SKIP_IMAGE_TEST": "1"}, lambda: None)):
+        with pytest.raises(pytest.fail.Exception, match="CI=true: the image test must run"):
+            image_test_skip_reason(environ, unavailable)
+
+
+def fake_tools_environment(tmp_path, tools: dict[str, str]) -> dict[str, str]:
+    """An environment whose PATH starts with fake commands (name: shell script body)."""
+    fakebin = tmp_path / "fakebin"
+    fakebin.mkdir(parents=True)
+    for name, body in tools.items():
+        (fakebin / name).write_text(f"#!/bin/sh\n{body}\n")
+        (fakebin / name).chmod(0o755)
+    return {"PATH": f"{fakebin}:/usr/bin:/bin", "HOME": str(tmp_path)}
+
+
+def engine_check(env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(REPO_ROOT / "scripts" / "docker-engine.sh"), "check"],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=30)
+
+
+def test_the_engine_check_says_why_it_cannot_run(tmp_path):
+    """`docker-engine.sh check`: exit 3 with the reason (not root; no tools, no apt-get)."""
+    env = fake_tools_environment(tmp_path, {"id": "echo 1000", "uname": "echo Linux"})
+    done = engine_check(env)
+    assert done.returncode == 3, done
+    assert "needs root" in done.stdout and "run as root" in done.stdout
+
+    # Root, but none of the tools and no apt-get to install them (PATH has only fakes).
+    env = fake_tools_environment(tmp_path / "bare", {"id": "echo 0", "uname": "echo Linux"})
+    env["PATH"] = env["PATH"].split(":")[0]
+    done = subprocess.run(["/bin/bash", str(REPO_ROOT / "scripts" / "docker-engine.sh"), "check"],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 3, done
+    assert "missing dockerd docker debootstrap iptables and no apt-get" in done.stdout, done
+
+
 def test_images_run_the_federated_stack_end_to_end():
     """Both images build offline and the federated stack passes put/get, failover and stop."""
-    if os.environ.get("ALLQ_SKIP_IMAGE_TEST") == "1":
-        if os.environ.get("CI") == "true":
-            pytest.fail("ALLQ_SKIP_IMAGE_TEST=1 is not allowed in CI: the image test must run")
-        pytest.skip("ALLQ_SKIP_IMAGE_TEST=1: image test (scripts/image-test.sh) not run")
+    reason = image_test_skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
     output = run_script("image-test.sh", IMAGE_TEST_TIMEOUT)
     assert "all checks passed" in output, output[-OUTPUT_TAIL:]

@@ -412,8 +412,8 @@ def test_suggested_setup_text_is_a_working_fresh_set():
     text = suggested_setup_text()
     for command in (
         "allq keys generate ./keys",
-        "twistd -n allq-server --keys ./keys",
-        "twistd -n allq-client --keys ./keys",
+        "twistd -n --pidfile= allq-server --keys ./keys",
+        "twistd -n --pidfile= allq-client --keys ./keys",
     ):
         assert command in text
     server_part, client_part = text.split("# allq-client")

@@ -141,7 +141,7 @@ def test_a_server_without_keys_refuses_to_start(daemons):
     log = daemon.log()
     assert "refusing to start" in log
     assert "allq keys generate" in log
-    assert "twistd -n allq-server --keys" in log
+    assert "twistd -n --pidfile= allq-server --keys" in log
 
 
 def test_sigterm_stops_the_server_cleanly(server):

@@ -36,6 +36,10 @@ from allq.wire.keys import (
 
 EXIT_OK = 0
 EXIT_ERROR = 2
+#: How the printed commands start a daemon: in the foreground, and with no pid file, so a
+#: server and a client started from one folder do not both claim ./twistd.pid (twistd's
+#: default, which makes the second one exit "Another twistd server is running").
+TWISTD = "twistd -n --pidfile="
 
 
 def _generate_instructions(directory: str, paths: Sequence[str]) -> str:
@@ -51,24 +55,24 @@ def _generate_instructions(directory: str, paths: Sequence[str]) -> str:
         f"{files}\n"
         "\n"
         "Same host (or a shared directory):\n"
-        f"    twistd -n allq-server --keys {quoted}\n"
-        f"    twistd -n allq-client --keys {quoted}\n"
+        f"    {TWISTD} allq-server --keys {quoted}\n"
+        f"    {TWISTD} allq-client --keys {quoted}\n"
         "\n"
         "Separate hosts: copy only what each side needs, keeping the .key files mode 600.\n"
         f"    server: {SERVER_SECRET_FILE} and {AUTHORIZED_KEYS_FILE}"
-        "   (twistd -n allq-server --keys DIR)\n"
+        f"   ({TWISTD} allq-server --keys DIR)\n"
         f"    client: {CLIENT_SECRET_FILE} and {SERVER_PUBLIC_FILE}"
-        "       (twistd -n allq-client --keys DIR)\n"
+        f"       ({TWISTD} allq-client --keys DIR)\n"
         f"    To accept more clients, add their {CLIENT_PUBLIC_FILE} lines to the server's "
         f"{AUTHORIZED_KEYS_FILE}.\n"
         "\n"
         "Or pass the keys in the environment instead of --keys:\n"
         f"    {ENV_SECRET}={cat(SERVER_SECRET_FILE)} \\\n"
         f"    {ENV_AUTHORIZED}={cat(CLIENT_PUBLIC_FILE)} \\\n"
-        "        twistd -n allq-server\n"
+        f"        {TWISTD} allq-server\n"
         f"    {ENV_SECRET}={cat(CLIENT_SECRET_FILE)} \\\n"
         f"    {ENV_SERVER_PUBLIC}={cat(SERVER_PUBLIC_FILE)} \\\n"
-        "        twistd -n allq-client\n"
+        f"        {TWISTD} allq-client\n"
     )
 
 

@@ -33,7 +33,7 @@ from allq.client.workers import (
     worker_command,
     worker_control,
 )
-from allq.listening import endpoint_service, listening_service
+from allq.listening import PortSetting, endpoint_service, listening_service
 from allq.config import positive_float, positive_int, resolve
 from allq.errors import BadRequest
 from allq.vocabulary import SERVER_REQUEST_TIMEOUT
@@ -41,6 +41,8 @@ from allq.wire.keys import KeyConfigError, MissingKeys, load_client_keys
 
 _log = Logger()
 DEFAULT_SERVERS = "127.0.0.1:5555"
+#: Named when the REST port cannot be bound.
+HTTP_PORT = PortSetting("allq-client", "--http", "HTTP_SERVER_PORT")
 
 
 class Options(usage.Options):
@@ -165,7 +167,7 @@ def makeService(config: Options, reactor=None) -> MultiService:
             pool.listening(address.port)
 
     if pool is None:
-        http = listening_service(reactor, config["http"], site, listening)
+        http = listening_service(reactor, config["http"], site, listening, setting=HTTP_PORT)
     else:
         http = _reuse_port_service(reactor, config["http"], site, listening)
     http.setServiceParent(service)
@@ -212,8 +214,8 @@ def _client_keys(config: Options):
         raise SystemExit(
             f"allq-client: refusing to start without keys ({e}).\n"
             "Make a key set with `allq keys generate ./keys`, then start the server with "
-            "`twistd -n allq-server --keys ./keys` and this client with "
-            "`twistd -n allq-client --keys ./keys`.")
+            "`twistd -n --pidfile= allq-server --keys ./keys` and this client with "
+            "`twistd -n --pidfile= allq-client --keys ./keys`.")
     except KeyConfigError as e:
         raise SystemExit(f"allq-client: {e}")
 
@@ -248,7 +250,7 @@ def _client(config: Options, federation: Federation, metrics,
 def _reuse_port_service(reactor, description: str, site: Site, on_listening):
     interface, port, backlog = parse_tcp(description)
     return endpoint_service(ReusePortEndpoint(reactor, interface, port, backlog), site,
-                            on_listening)
+                            on_listening, setting=HTTP_PORT)
 
 
 def _worker_options(config: Options, federation: Federation, interface: str, port: int,

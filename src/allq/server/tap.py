@@ -39,7 +39,7 @@ from allq.core.queue import (
     Queue,
     QueueConfig,
 )
-from allq.listening import listening_service
+from allq.listening import PortSetting, listening_service
 from allq.server.dispatch import Dispatcher
 from allq.server.journal import DEFAULT_FSYNC, FsyncPolicy, Journal
 from allq.server.metrics import ServerMetrics, metrics_site
@@ -355,7 +355,9 @@ def makeService(config: Options, reactor=None) -> MultiService:
     timer.setServiceParent(service)
     watcher.setServiceParent(service)
     listening_service(reactor, with_backlog(config["listen"], config["backlog"]), factory,
-                      listening).setServiceParent(service)
+                      listening,
+                      setting=PortSetting("allq-server", "--listen", "SERVER_PORT")
+                      ).setServiceParent(service)
     if config["metrics"] is not None:
         def metrics_listening(port) -> None:
             address = port.getHost()
@@ -364,7 +366,9 @@ def makeService(config: Options, reactor=None) -> MultiService:
 
         metrics = ServerMetrics(queue, reactor, identity.get, disk_full=disk.is_full)
         listening_service(reactor, config["metrics"], metrics_site(metrics),
-                          metrics_listening).setServiceParent(service)
+                          metrics_listening,
+                          setting=PortSetting("allq-server", "--metrics", "ALLQ_METRICS")
+                          ).setServiceParent(service)
     return service
 
 
