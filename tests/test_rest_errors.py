@@ -305,7 +305,7 @@ class HelperTests(SynchronousTestCase):
     def test_json_response_escapes_lone_surrogates(self):
         """A lone surrogate in a reply is sent as a JSON escape instead of failing."""
         body = json_response(DummyRequest([b""]), {"body": "\ud800"})
-        self.assertEqual(body, b'{"body":"\\ud800"}')
+        self.assertEqual(body, b'{"body":"\\ud800"}\n')
 
     def test_parse_bool(self):
         """parse_bool accepts the six spellings in any case and nothing else."""

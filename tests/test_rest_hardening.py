@@ -249,3 +249,38 @@ class UnknownOutcomeTests(RestTestCase):
         reply = self.ok("POST", "/multiple_job", json={"tube": "t", "jobs": [
             {"body": "a", "idempotency_key": "k-a"}, {"body": "b", "idempotency_key": "k-a"}]})
         self.assertEqual(reply["job_ids"][0], reply["job_ids"][1])
+
+
+# -- what the new user's run found in the answers ------------------------------------
+
+
+class AnswerShapeTests(RestTestCase):
+    def test_replies_end_with_a_newline(self):
+        """curl's output ends its line, so the shell prompt starts on its own."""
+        for method, path in (("GET", "/health"), ("GET", "/job?tube=t"), ("GET", "/nope")):
+            response = self.result_of_with_flush(self.stub.request(method, "http://allq.test" + path))
+            body = self.result_of_with_flush(response.content())
+            self.assertTrue(body.endswith(b"}\n"), body)
+
+    def test_not_found_names_the_job_as_it_was_sent(self):
+        job_id = f"{self.link().server_id},424242"
+        reply = self.error(404, "not_found", "DELETE", f"/job?job_id={q(job_id)}")
+        self.assertIn(job_id, reply["detail"])
+        parent = f"{self.link().server_id},777"
+        reply = self.error(404, "not_found", "POST", "/job",
+                           json={"tube": "t", "body": "x", "parent_id": parent})
+        self.assertIn(parent, reply["detail"])
+
+    def test_removing_a_throttle_does_not_say_true(self):
+        """AllQueue's "value": "true" means a throttle is set; removing one says "false"."""
+        self.assertEqual(self.ok("POST", "/throttle", json={"tube": "t", "tps": 5})["value"],
+                         "true")
+        for tps in (None, 0, -1, "0"):
+            reply = self.ok("POST", "/throttle", json={"tube": "t", "tps": tps})
+            self.assertEqual((reply["value"], reply["tps"]), ("false", None), tps)
+
+    def test_a_put_without_body_stores_an_empty_body(self):
+        """AllQueue's default body is "": kept so its clients work (the README says so)."""
+        job_id = self.ok("POST", "/job", json={"tube": "t"})["job_id"]
+        self.assertEqual(self.stored(job_id).body, "")
+        self.assertEqual(self.ok("GET", "/job?tube=t")["body"], "")
