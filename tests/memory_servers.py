@@ -70,6 +70,8 @@ class MemoryLink(Service):
         self.up = True
         #: This client places no new jobs here (set by ``Federation.drain_server``).
         self.draining = False
+        #: The server's disk is full (set from its stats, as the real link's).
+        self.disk_full = False
         #: ``(action, params)`` of every request sent, batch items included, in order.
         self.requests: list[tuple[str, dict]] = []
         #: Batch frames sent.

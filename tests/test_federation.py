@@ -641,3 +641,27 @@ def test_job_action_many_lost_frame_is_unavailable_for_its_jobs(clock):
     links[0].lose_next = 1
     outcomes = result(run(federation.job_action_many("delete", job_ids)))
     assert [type(o) for o in outcomes] == [ConnectionLost, ConnectionLost]
+
+
+def test_a_server_whose_disk_is_full_is_skipped_for_puts(clock):
+    """disk_full means the server stored nothing (it is read-only): the put moves on,
+    and answers disk_full only when every reachable server said so."""
+    from allq.errors import DiskFull
+
+    federation, links = make(clock, n=2)
+    for _ in range(8):
+        links[0].fail_next(DiskFull("the data directory is full"))
+    for _ in range(4):
+        assert owner(links, result(run(federation.put("t", "x")))) is links[1]
+    links[1].fail_next(DiskFull("the data directory is full"))  # links[0] still refuses
+    with pytest.raises(DiskFull, match="every reachable server's disk is full"):
+        result(run(federation.put("t", "x")))
+
+
+def test_health_shows_a_full_disk_from_the_last_stats(clock):
+    federation, links = make(clock, n=2)
+    links[1].dispatcher = type(links[1].dispatcher)(
+        links[1].queue, clock, lambda: links[1].server_id, disk_full=lambda: True)
+    result(run(federation.stats()))
+    servers = federation.health()["servers"]
+    assert [s.get("disk_full", False) for s in servers] == [False, True]

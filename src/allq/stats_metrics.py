@@ -13,7 +13,8 @@ callers yield these from a custom collector's ``collect()``.
 Optional fields are exported only when a server sends them, so older servers
 and newer ones can be scraped together: ``expired_total`` and ``buried_total``
 per tube (cumulative ttl expiries, and jobs that became buried, since the
-server started), ``throttle_size`` and ``max_size`` per tube, ``max_jobs``.
+server started), ``throttle_size`` and ``max_size`` per tube, ``max_jobs`` and
+``disk_full`` per server.
 """
 
 from collections.abc import Iterable, Iterator, Mapping
@@ -81,6 +82,10 @@ def stats_families(servers: Iterable[Mapping]) -> Iterator[Metric]:
         "allq_server_uptime_seconds", "Seconds since the server started.", labels=["server"])
     server_draining = GaugeMetricFamily(
         "allq_server_draining", "1 when the server takes no new jobs.", labels=["server"])
+    disk_full = GaugeMetricFamily(
+        "allq_server_disk_full",
+        "1 while the server's data directory is full: it takes no changes.",
+        labels=["server"])
 
     for server in servers:
         server_id = str(server["server_id"])
@@ -93,6 +98,8 @@ def stats_families(servers: Iterable[Mapping]) -> Iterator[Metric]:
         actions.add_metric([server_id], float(totals["action_count"]))
         uptime.add_metric([server_id], float(totals.get("uptime", 0)))
         server_draining.add_metric([server_id], float(bool(totals.get("draining", False))))
+        if totals.get("disk_full") is not None:
+            disk_full.add_metric([server_id], float(bool(totals["disk_full"])))
         for tube in server["tubes"]:
             labels = [server_id, str(tube["tube"])]
             for state in TUBE_STATES:
@@ -110,4 +117,4 @@ def stats_families(servers: Iterable[Mapping]) -> Iterator[Metric]:
                     family.add_metric(labels, float(tube[field]))
 
     yield from (jobs, tps, avg, paused, draining, throttle, max_size, *counters.values(),
-                held, max_jobs, put, got, actions, uptime, server_draining)
+                held, max_jobs, put, got, actions, uptime, server_draining, disk_full)

@@ -345,9 +345,12 @@ class Federation(MultiService):
         return await self._broadcast("max_size", tube, max_size=max_size)
 
     async def stats(self) -> list[ServerStats]:
-        """Every reachable server's stats."""
-        return [ServerStats.from_reply(link.address, result)
-                for link, result in await self._each("stats", {})]
+        """Every reachable server's stats (which also tell each link whether its
+        server's disk is full, for ``/health``)."""
+        answers = await self._each("stats", {})
+        for link, result in answers:
+            link.disk_full = bool(result["global"].get("disk_full", False))
+        return [ServerStats.from_reply(link.address, result) for link, result in answers]
 
     def clear(self, tube: str, state: str = "all") -> Deferred:
         """Clear a tube on every reachable server; fires with how many jobs went."""

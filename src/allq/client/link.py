@@ -112,6 +112,8 @@ class ServerLink(Service):
         self._drain_to_tell: bool | None = None
         self.connection: ServerConnection | None = None
         self.down_reason: str | None = "not connected yet"
+        #: The server said its data directory is full (its last stats, or a refusal).
+        self.disk_full = False
         self._clock = reactor
         self._endpoint = HostnameEndpoint(reactor, host, port, timeout=HANDSHAKE_TIMEOUT)
         self._factory = ServerConnectionFactory(keys, reactor, request_timeout)

@@ -105,6 +105,8 @@ class Membership(MultiService):
                       "draining": l.draining}
             if not l.up:
                 server["reason"] = l.down_reason
+            elif l.disk_full:
+                server["disk_full"] = True  # read-only: it takes no new jobs
             servers.append(server)
         return {"servers": servers, "up": sum(s["up"] for s in servers), "total": len(servers)}
 

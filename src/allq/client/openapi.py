@@ -333,6 +333,9 @@ def _schemas(job_id_pattern: str, max_run_at: int, fair_settings: tuple[str, ...
                 "job_get": {"type": "integer"},
                 "draining": {"type": "boolean", "description": "the server takes no new "
                              "jobs (server drain)"},
+                "disk_full": {"type": "boolean", "description": "the server's data "
+                              "directory is full: it takes no changes (507 disk_full) until "
+                              "space returns"},
                 "stats": {"type": "array", "items": _ref("schemas", "StatsTube")},
             },
         },
@@ -344,7 +347,13 @@ def _schemas(job_id_pattern: str, max_run_at: int, fair_settings: tuple[str, ...
                     "properties": {"address": {"type": "string"},
                                    "server_id": {"type": ["string", "null"]},
                                    "up": {"type": "boolean"},
-                                   "draining": {"type": "boolean"}}}},
+                                   "draining": {"type": "boolean"},
+                                   "reason": {"type": ["string", "null"], "description":
+                                              "only while down: why (key not authorized, "
+                                              "server.pub mismatch, connection refused...)"},
+                                   "disk_full": {"type": "boolean", "description":
+                                                 "only when true: the server's disk was "
+                                                 "full at its last stats"}}}},
                 "up": {"type": "integer"},
                 "total": {"type": "integer"},
                 "pid": {"type": "integer", "description": "the client process that answered "

@@ -11,8 +11,9 @@
   instead of storing a duplicate); while that server stays down it fails over
   to the others (at-least-once: a duplicate is possible only if the lost server
   had stored the job and comes back with it).
-* A server that answers ``draining`` or ``full`` did not store the job: the put
-  moves on, and fails with that error only when every reachable server refused.
+* A server that answers ``draining``, ``full`` or ``disk_full`` did not store the
+  job: the put moves on, and fails with that error only when every reachable
+  server refused.
 * A put naming a parent (``parent_id``) goes to the parent's server and nowhere
   else: parent and children always live on one server. When that server is down
   the put fails at once with :class:`Unavailable`.
@@ -34,7 +35,17 @@ from twisted.logger import Logger
 from allq.client.link import NotConnected, ServerLink
 from allq.client.membership import Membership
 from allq.client.retry import Retries
-from allq.errors import AllQError, Draining, QueueFull, Unavailable, UnknownOutcome
+from allq.errors import (
+    AllQError,
+    DiskFull,
+    Draining,
+    QueueFull,
+    Unavailable,
+    UnknownOutcome,
+)
+
+#: Answers of a server that did not store the job: another server may take it.
+_REFUSALS = (Draining, QueueFull, DiskFull)
 from allq.vocabulary import SERVER_ID
 
 #: Idempotency keys: a random prefix per client process, then a counter. Unique
@@ -112,7 +123,7 @@ class Placement:
                 later += [(index, unsure, {}) for index in chunk]
                 continue
             for index, reply in zip(chunk, value):
-                if isinstance(reply, Draining | QueueFull):
+                if isinstance(reply, _REFUSALS):
                     later.append((index, None, {link: reply}))
                 elif isinstance(reply, Unavailable):
                     later.append((index, link, {}))
@@ -164,7 +175,7 @@ class Placement:
                     result = await link.request(action, params)
                 except NotConnected:
                     continue
-                except (Draining, QueueFull) as e:
+                except _REFUSALS as e:
                     if holder is not None:
                         raise
                     # Refused before storing (an earlier try of this key would have
@@ -239,6 +250,10 @@ class Placement:
         full = [e for e in errors if isinstance(e, QueueFull)]
         if full:
             return QueueFull(f"every reachable server is full ({full[0].message[:200]})")
+        disk_full = [e for e in errors if isinstance(e, DiskFull)]
+        if disk_full:
+            return DiskFull("every reachable server's disk is full "
+                            f"({disk_full[0].message[:200]})")
         if errors:
             return Draining(f"every reachable server is draining ({errors[0].message[:200]})")
         return Draining("every reachable server is drained by this client")

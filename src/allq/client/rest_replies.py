@@ -52,6 +52,7 @@ def rest_stats(server: ServerStats) -> dict:
         "job_put": int(totals["job_put"]),
         "job_get": int(totals["job_get"]),
         "draining": bool(totals.get("draining", False)),
+        "disk_full": bool(totals.get("disk_full", False)),
         "stats": tubes,
     }
 

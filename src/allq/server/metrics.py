@@ -92,12 +92,6 @@ class ServerMetrics:
                                  labels=["version", "server"])
         info.add_metric([__version__, self._server_id() or ""], 1)
         yield info
-        disk_full = GaugeMetricFamily(
-            "allq_server_disk_full",
-            "1 while the data directory is full: the server takes no changes.",
-            labels=["server"])
-        disk_full.add_metric([self._server_id() or ""], float(self._disk_full()))
-        yield disk_full
 
 
 class _QueueCollector:
