@@ -155,7 +155,7 @@ def allq_worker(spec: dict, ready_q, go, go_at, result_q) -> None:
         from twisted.internet.defer import gatherResults
 
         from allq.client.connection import connect
-        from allq.wire.keys import load_client_keys
+        from allq.client.keys import load_client_keys
 
         reactor = child.reactor
         keys = load_client_keys(spec["keys"], {})

@@ -38,7 +38,8 @@ from pathlib import Path
 
 import attrs
 
-from allq.wire.keys import ClientKeys, load_client_keys
+from allq.client.keys import load_client_keys
+from allq.wire.keys import ClientKeys
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: ``twistd`` from the running interpreter's environment, whatever its scripts are called.

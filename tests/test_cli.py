@@ -8,7 +8,9 @@ import stat
 import pytest
 
 from allq.cli import main
-from allq.wire.keys import encode_key, load_client_keys, load_server_keys
+from allq.client.keys import load_client_keys
+from allq.server.keys import load_server_keys
+from allq.wire.keys import encode_key
 
 
 def test_keys_generate_writes_set_and_prints_instructions(tmp_path, capsys):

@@ -7,7 +7,7 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 
 from allq.client.tap import Options, makeService
-from allq.wire.keys import generate_keys
+from allq.cli import generate_keys
 
 
 def parse(args=(), environ=None):

@@ -21,7 +21,7 @@ from allq.server import journal as journal_module
 from allq.server.journal import JournalError, JournalFull
 from allq.server.readonly import ReadOnlyDispatcher
 from allq.server.tap import DiskFullSwitch, FatalStop, Options, makeService
-from allq.wire.keys import generate_keys
+from allq.cli import generate_keys
 
 from tests.test_journal import START, Server, canonical
 from tests.test_server_protocol import CLIENT_KEYS, Peer

@@ -32,7 +32,7 @@ from allq.server.protocol import ServerFactory
 from allq.server.recovery import DataDirError, recover, restore_keys, restore_queue
 from allq.server.tap import Options, makeService
 from allq.wire.crypto import Authenticator
-from allq.wire.keys import generate_keys
+from allq.cli import generate_keys
 
 from tests.test_server_protocol import CLIENT_KEYS, SERVER_ID, SERVER_KEYS, Peer
 

@@ -11,22 +11,26 @@ from hypothesis import given
 from hypothesis import strategies as st
 from nacl.public import PrivateKey
 
+from allq.cli import generate_keys
+from allq.client.keys import load_client_keys
+from allq.keyfiles import KeyConfigError, MissingKeys, read_key_list
+from allq.server.keys import load_server_keys
 from allq.wire.keys import (
     ALLQUEUE_DEFAULT_SERVER_PUBLIC,
     ClientKeys,
-    KeyConfigError,
-    MissingKeys,
     ServerKeys,
     decode_key,
     encode_key,
-    generate_keys,
-    load_client_keys,
-    load_server_keys,
-    read_authorized_keys,
+    public_keys,
     suggested_setup_text,
     z85_decode,
     z85_encode,
 )
+
+
+def read_authorized_keys(path):
+    """An authorized keys file, read (allq.keyfiles) and decoded (allq.wire.keys)."""
+    return public_keys(read_key_list(path))
 
 RAW = bytes(range(32))
 KEY_FILES = {"server.key", "server.pub", "client.key", "client.pub", "authorized_keys"}

@@ -17,7 +17,8 @@ from twisted.python import usage
 from allq.server import tap
 from allq.server.protocol import ServerFactory
 from allq.server.tap import Options, derived_server_id, makeService
-from allq.wire.keys import SERVER_SECRET_FILE, generate_keys
+from allq.cli import generate_keys
+from allq.keyfiles import SERVER_SECRET_FILE
 from allq.wire.messages import max_line_length
 
 DEFAULTS = {

@@ -20,7 +20,9 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from allq.wire.keys import (
+import attrs
+
+from allq.keyfiles import (
     AUTHORIZED_KEYS_FILE,
     CLIENT_PUBLIC_FILE,
     CLIENT_SECRET_FILE,
@@ -30,9 +32,9 @@ from allq.wire.keys import (
     SERVER_PUBLIC_FILE,
     SERVER_SECRET_FILE,
     KeyConfigError,
-    generate_keys,
-    suggested_setup_text,
+    write_key_files,
 )
+from allq.wire.keys import GeneratedKeys, key_set_files, new_key_set, suggested_setup_text
 
 EXIT_OK = 0
 EXIT_ERROR = 2
@@ -74,6 +76,19 @@ def _generate_instructions(directory: str, paths: Sequence[str]) -> str:
         f"    {ENV_SERVER_PUBLIC}={cat(SERVER_PUBLIC_FILE)} \\\n"
         f"        {TWISTD} allq-client\n"
     )
+
+
+def generate_keys(directory: str, *, overwrite: bool = False) -> GeneratedKeys:
+    """Make a server key pair and a client key pair and write them to ``directory``
+    (see :mod:`allq.keyfiles` for the files).
+
+    :param overwrite: replace existing key files instead of refusing.
+    :returns: the new key set, with the paths written.
+    :raises KeyConfigError: a file exists (without ``overwrite``), or cannot be written.
+    """
+    keys = new_key_set()
+    paths = write_key_files(directory, key_set_files(keys), overwrite=overwrite)
+    return attrs.evolve(keys, directory=directory, paths=paths)
 
 
 def _keys_generate(args: argparse.Namespace, out: TextIO) -> int:

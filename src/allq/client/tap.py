@@ -18,6 +18,7 @@ from allq.client.dashboard import Dashboard
 from allq.client.federation import Federation
 from allq.client.graceful import GracefulClient, InFlight
 from allq.client.http_guard import HostGuard, parse_allowed_hosts
+from allq.client.keys import load_client_keys
 from allq.client.link import ServerLink, parse_address
 from allq.client.metrics import ClientMetrics, JobCounter, StatsRefresher
 from allq.client.observers import JobLog
@@ -37,7 +38,7 @@ from allq.listening import PortSetting, endpoint_service, listening_service
 from allq.config import positive_float, positive_int, resolve
 from allq.errors import BadRequest
 from allq.vocabulary import SERVER_REQUEST_TIMEOUT
-from allq.wire.keys import KeyConfigError, MissingKeys, load_client_keys
+from allq.keyfiles import KeyConfigError, MissingKeys
 
 _log = Logger()
 DEFAULT_SERVERS = "127.0.0.1:5555"

@@ -23,7 +23,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from allq.wire.crypto import Authenticator
-from allq.wire.keys import KeyConfigError, ServerKeys
+from allq.keyfiles import KeyConfigError
+from allq.wire.keys import ServerKeys
 
 #: Seconds between looks at the authorized keys file.
 DEFAULT_POLL_SECONDS = 2.0

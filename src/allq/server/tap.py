@@ -40,7 +40,9 @@ from allq.core.queue import (
     QueueConfig,
 )
 from allq.listening import PortSetting, listening_service
+from allq.keyfiles import AUTHORIZED_KEYS_FILE, CLIENT_PUBLIC_FILE, KeyConfigError, MissingKeys
 from allq.server.dispatch import Dispatcher
+from allq.server.keys import load_server_keys
 from allq.server.journal import DEFAULT_FSYNC, FsyncPolicy, Journal
 from allq.server.metrics import ServerMetrics, metrics_site
 from allq.server.keyreload import AuthorizedKeysWatcher
@@ -50,14 +52,7 @@ from allq.server.recovery import DataDirError, recover, restore_keys, restore_qu
 from allq.server.timer import DeadlineTimer
 from allq.vocabulary import SERVER_ID
 from allq.wire.crypto import Authenticator
-from allq.wire.keys import (
-    AUTHORIZED_KEYS_FILE,
-    CLIENT_PUBLIC_FILE,
-    KeyConfigError,
-    MissingKeys,
-    load_server_keys,
-    suggested_setup_text,
-)
+from allq.wire.keys import suggested_setup_text
 from allq.wire.messages import max_line_length
 
 _log = Logger()

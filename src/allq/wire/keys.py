@@ -1,33 +1,20 @@
-"""Key material for allq: text encodings, key files, and where each daemon finds its keys.
+"""Key material for allq: key text encodings, key records, key sets.
 
-Responsibility: turn operator-supplied key text (files, environment variables) into NaCl
-key objects, and write fresh key sets. Every key is a Curve25519 key of 32 raw bytes.
+Responsibility: turn key text (found by :mod:`allq.keyfiles` in files and
+environment variables) into NaCl key objects, and make fresh key sets and the
+files that hold them. Every key is a Curve25519 key of 32 raw bytes. No I/O: the
+files are read and written by :mod:`allq.keyfiles`.
 
 Accepted key text (:func:`decode_key`), told apart by length after stripping whitespace:
 
 * 44 characters: standard base64 of the 32 bytes. This is our own format; it is what
-  :func:`generate_keys` and :func:`encode_key` write.
+  :func:`key_set_files` and :func:`encode_key` write.
 * 64 characters: hexadecimal.
 * 40 characters: Z85, the CurveZMQ text form (ZMQ RFC 32).
 * 56 characters: AllQueue's environment format, standard base64 of the 40-character Z85
   text, optionally followed by a NUL byte (AllQueue's patched ``curve_keypair`` writes 41
   bytes). See ALLQ-REFERENCE §7.2.
 
-Files written by :func:`generate_keys` (``DIR`` is the key directory, mode 0700)::
-
-    server.key       server secret key      0600   the server needs this ...
-    authorized_keys  client keys to accept  0644   ... and this
-    client.key       client secret key      0600   a client needs this ...
-    server.pub       server public key      0644   ... and this
-    client.pub       client public key      0644   (goes into authorized_keys)
-
-Environment (the original AllQueue names, plus one of ours): ``A_CURVE_SECRETKEY`` (own
-secret key, either side), ``A_CURVE_PUBLICKEY`` (own public key, optional, checked against
-the secret), ``A_CURVE_SERVER_PUBLICKEY`` (client only), ``ALLQ_AUTHORIZED_KEYS`` (server
-only: client public keys separated by commas or whitespace).
-
-What this module must not do: no sockets, no reactor, no Twisted imports. Files are read
-and written only by the explicit loader and generator functions, which run at startup.
 Error messages never contain key text: they name the source (an environment variable or
 a file path) and say what was expected.
 """
@@ -35,25 +22,29 @@ a file path) and say what was expected.
 from __future__ import annotations
 
 import binascii
-import os
 import re
-from collections.abc import Mapping
 
 import attrs
 from nacl.public import PrivateKey, PublicKey
 
+from allq.keyfiles import (
+    AUTHORIZED_KEYS_FILE,
+    CLIENT_PUBLIC_FILE,
+    CLIENT_SECRET_FILE,
+    ENV_AUTHORIZED,
+    ENV_PUBLIC,
+    ENV_SECRET,
+    ENV_SERVER_PUBLIC,
+    SERVER_PUBLIC_FILE,
+    SERVER_SECRET_FILE,
+    FoundClientKeys,
+    FoundServerKeys,
+    KeyConfigError,
+    KeyText,
+)
+
 KEY_BYTES = 32
 
-SERVER_SECRET_FILE = "server.key"
-SERVER_PUBLIC_FILE = "server.pub"
-CLIENT_SECRET_FILE = "client.key"
-CLIENT_PUBLIC_FILE = "client.pub"
-AUTHORIZED_KEYS_FILE = "authorized_keys"
-
-ENV_SECRET = "A_CURVE_SECRETKEY"
-ENV_PUBLIC = "A_CURVE_PUBLICKEY"
-ENV_SERVER_PUBLIC = "A_CURVE_SERVER_PUBLICKEY"
-ENV_AUTHORIZED = "ALLQ_AUTHORIZED_KEYS"
 
 _EXPECTED = (
     "expected a 32-byte key as 44-character base64 (what `allq keys generate` writes), "
@@ -64,18 +55,6 @@ _HEX = re.compile(r"\A[0-9a-fA-F]{64}\Z")
 #: The public key of AllQueue's built-in default server key pair. Its secret key ships with
 #: AllQueue, so it protects nothing; both loaders refuse it (ALLQ-REFERENCE §7.2, §15).
 ALLQUEUE_DEFAULT_SERVER_PUBLIC = "W}@/*{s8T8&/j%H5>>/m+O?MdJO]$Vbo2FC0pAS@"
-
-
-class KeyConfigError(Exception):
-    """Keys are missing, malformed, inconsistent or unsafely stored.
-
-    The message names where the bad key came from and never contains key material.
-    """
-
-
-class MissingKeys(KeyConfigError):
-    """No keys where they were looked for: no key directory and no environment keys, or
-    a key directory without the secret key file."""
 
 
 # -- Z85 (ZMQ RFC 32) ---------------------------------------------------------------------
@@ -271,49 +250,15 @@ def _generated_files(keys: GeneratedKeys) -> list[tuple[str, str, int]]:
     ]
 
 
-def _write_new_file(path: str, content: str, mode: int) -> None:
-    # O_EXCL with the final mode: a secret file is never readable by others, not even
-    # between creation and a later chmod. fchmod undoes a restrictive umask on .pub files.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, content.encode("ascii"))
-    finally:
-        os.close(fd)
+def new_key_set() -> GeneratedKeys:
+    """A fresh server key pair and client key pair, in memory."""
+    return GeneratedKeys(PrivateKey.generate(), PrivateKey.generate())
 
 
-def generate_keys(directory: str, *, overwrite: bool = False) -> GeneratedKeys:
-    """Generate a server key pair and a client key pair and write them to ``directory``.
-
-    Creates the directory (mode 0700) if needed. See the module docstring for the files.
-
-    :param directory: the key directory.
-    :param overwrite: replace existing key files instead of refusing.
-    :returns: the new key set, with the paths written.
-    :raises KeyConfigError: if any of the files exists and ``overwrite`` is false, or
-        the directory or a file cannot be written.
-    """
-    keys = GeneratedKeys(PrivateKey.generate(), PrivateKey.generate())
-    files = _generated_files(keys)
-    paths = [os.path.join(directory, name) for name, _, _ in files]
-    existing = [path for path in paths if os.path.lexists(path)]
-    if existing and not overwrite:
-        names = ", ".join(os.path.basename(path) for path in existing)
-        raise KeyConfigError(
-            f"{directory}: refusing to overwrite existing key files ({names}); "
-            "use --force to replace them"
-        )
-    try:
-        if not os.path.isdir(directory):
-            os.makedirs(directory, mode=0o700)
-            os.chmod(directory, 0o700)
-        for path in existing:
-            os.unlink(path)
-        for path, (_, content, mode) in zip(paths, files):
-            _write_new_file(path, content, mode)
-    except OSError as e:
-        raise KeyConfigError(f"{e.filename or directory}: cannot write keys: {e.strerror}")
-    return attrs.evolve(keys, directory=directory, paths=tuple(paths))
+def key_set_files(keys: GeneratedKeys) -> list[tuple[str, str, int]]:
+    """The files of a key set: ``(file name, content, mode)``, server files first
+    (:func:`allq.keyfiles.write_key_files` writes them)."""
+    return _generated_files(keys)
 
 
 def suggested_setup_text(directory_hint: str = "./keys") -> str:
@@ -325,7 +270,7 @@ def suggested_setup_text(directory_hint: str = "./keys") -> str:
     :param directory_hint: the key directory to show in the commands.
     :returns: several lines of text, ending in a newline.
     """
-    keys = GeneratedKeys(PrivateKey.generate(), PrivateKey.generate())
+    keys = new_key_set()
     server_public = encode_key(keys.server_secret.public_key)
     client_public = encode_key(keys.client_secret.public_key)
     return (
@@ -351,38 +296,11 @@ def suggested_setup_text(directory_hint: str = "./keys") -> str:
     )
 
 
-# -- loading -------------------------------------------------------------------------------
+# -- decoding what was found ------------------------------------------------------------
 
 
-def _read_text(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise KeyConfigError(f"{path}: no such file")
-    except UnicodeDecodeError:
-        raise KeyConfigError(f"{path}: not a text file; {_EXPECTED}")
-    except OSError as e:
-        raise KeyConfigError(f"{path}: cannot read: {e.strerror}")
-
-
-def _read_secret_key(path: str) -> PrivateKey:
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise MissingKeys(f"{path}: no such file (create a key set with `allq keys generate`)")
-    except OSError as e:
-        raise KeyConfigError(f"{path}: cannot read: {e.strerror}")
-    if mode & 0o077:
-        raise KeyConfigError(
-            f"{path}: secret key file is accessible by group or others "
-            f"(mode {mode & 0o777:03o}); run `chmod 600 {path}`"
-        )
-    return PrivateKey(decode_key(_read_text(path), path))
-
-
-def _read_public_key(path: str) -> PublicKey:
-    return PublicKey(decode_key(_read_text(path), path))
+def _key(found: KeyText) -> bytes:
+    return decode_key(found.text, found.source)
 
 
 def _unique(keys: list[PublicKey]) -> tuple[PublicKey, ...]:
@@ -392,56 +310,24 @@ def _unique(keys: list[PublicKey]) -> tuple[PublicKey, ...]:
     return tuple(seen.values())
 
 
-def read_authorized_keys(path: str) -> tuple[PublicKey, ...]:
-    """Read an authorized keys file: the client public keys a server accepts.
+def public_keys(found: tuple[KeyText, ...]) -> tuple[PublicKey, ...]:
+    """Decode a list of public keys (an authorized keys file or variable); duplicates
+    are dropped, the order kept.
 
-    One key per line, in any accepted encoding. Blank lines and lines starting with
-    ``#`` are ignored, and so is anything after the first whitespace on a key line (a
-    comment, as in ssh's ``authorized_keys``). Duplicates are dropped.
-
-    :param path: the file.
-    :returns: the keys, in file order (possibly empty).
-    :raises KeyConfigError: naming ``path:line`` for a line that is not a key, or naming
-        the file if it cannot be read.
+    :raises KeyConfigError: naming the source (``path:line``, ``VAR (entry N)``) of a
+        key that does not decode.
     """
-    keys = []
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        keys.append(PublicKey(decode_key(line.split(None, 1)[0], f"{path}:{number}")))
-    return _unique(keys)
+    return _unique([PublicKey(_key(key)) for key in found])
 
 
-def _parse_key_list(text: str, what: str) -> tuple[PublicKey, ...]:
-    entries = [entry for entry in re.split(r"[\s,]+", text) if entry]
-    return _unique(
-        [
-            PublicKey(decode_key(entry, f"{what} (entry {number})"))
-            for number, entry in enumerate(entries, start=1)
-        ]
-    )
-
-
-def _env(environ: Mapping[str, str], name: str) -> str | None:
-    """An environment value, treating empty (``VAR=`` in compose files) as unset."""
-    value = environ.get(name, "").strip()
-    return value or None
-
-
-def _env_secret(environ: Mapping[str, str]) -> PrivateKey | None:
-    text = _env(environ, ENV_SECRET)
-    if text is None:
-        return None
-    secret = PrivateKey(decode_key(text, ENV_SECRET))
-    public_text = _env(environ, ENV_PUBLIC)
-    if public_text is not None:
-        if decode_key(public_text, ENV_PUBLIC) != bytes(secret.public_key):
-            raise KeyConfigError(
-                f"{ENV_PUBLIC} is not the public key of {ENV_SECRET}; "
-                f"fix it or leave {ENV_PUBLIC} unset"
-            )
-    return secret
+def _secret(secret: KeyText, public: KeyText | None) -> PrivateKey:
+    key = PrivateKey(_key(secret))
+    if public is not None and _key(public) != bytes(key.public_key):
+        raise KeyConfigError(
+            f"{public.source} is not the public key of {secret.source}; "
+            f"fix it or leave {public.source} unset"
+        )
+    return key
 
 
 def _refuse_default(public: PublicKey, what: str) -> None:
@@ -452,101 +338,30 @@ def _refuse_default(public: PublicKey, what: str) -> None:
         )
 
 
-def load_server_keys(
-    keys_dir: str | None,
-    authorized_keys_file: str | None,
-    environ: Mapping[str, str],
-) -> ServerKeys:
-    """Find the server's secret key and the client keys it accepts.
+def server_keys(found: FoundServerKeys) -> ServerKeys:
+    """A server's keys from their text (:func:`allq.keyfiles.find_server_keys`).
 
-    Sources, first match wins:
-
-    1. ``keys_dir``: the secret key from ``DIR/server.key``; authorized keys from
-       ``authorized_keys_file`` if given, else ``DIR/authorized_keys`` if it exists, else
-       the single key in ``DIR/client.pub``.
-    2. ``A_CURVE_SECRETKEY`` (``A_CURVE_PUBLICKEY``, if set, must match it); authorized
-       keys from ``authorized_keys_file`` if given, else ``ALLQ_AUTHORIZED_KEYS``.
-
-    :param keys_dir: the ``--keys`` directory, or ``None``.
-    :param authorized_keys_file: the ``--authorized-keys`` file, or ``None``.
-    :param environ: the environment (``os.environ`` in the daemon).
-    :returns: the server's keys, with at least one authorized key.
-    :raises MissingKeys: if neither a key directory nor ``A_CURVE_SECRETKEY`` is given,
-        or the directory has no ``server.key``.
-    :raises KeyConfigError: for malformed keys, a secret key file readable by others, a
-        public key that does not match, AllQueue's default server key, or no authorized
-        client keys.
+    :raises KeyConfigError: a malformed key, a public key that does not match the
+        secret, AllQueue's default server key, or no authorized client keys.
     """
-    if keys_dir is not None:
-        secret = _read_secret_key(os.path.join(keys_dir, SERVER_SECRET_FILE))
-        if authorized_keys_file is not None:
-            authorized = read_authorized_keys(authorized_keys_file)
-        elif os.path.exists(os.path.join(keys_dir, AUTHORIZED_KEYS_FILE)):
-            authorized = read_authorized_keys(os.path.join(keys_dir, AUTHORIZED_KEYS_FILE))
-        else:
-            authorized = (_read_public_key(os.path.join(keys_dir, CLIENT_PUBLIC_FILE)),)
-        source = keys_dir
-    else:
-        env_secret = _env_secret(environ)
-        if env_secret is None:
-            raise MissingKeys(
-                f"no server keys: pass --keys DIR (see `allq keys generate DIR`) "
-                f"or set {ENV_SECRET} and {ENV_AUTHORIZED}"
-            )
-        secret = env_secret
-        env_authorized = _env(environ, ENV_AUTHORIZED)
-        if authorized_keys_file is not None:
-            authorized = read_authorized_keys(authorized_keys_file)
-            source = authorized_keys_file
-        elif env_authorized is not None:
-            authorized = _parse_key_list(env_authorized, ENV_AUTHORIZED)
-            source = ENV_AUTHORIZED
-        else:
-            authorized = ()
-            source = f"{ENV_AUTHORIZED} (unset)"
-    _refuse_default(secret.public_key, keys_dir or ENV_SECRET)
+    secret = _secret(found.secret, found.public)
+    authorized = public_keys(found.authorized)
+    _refuse_default(secret.public_key, found.secret.source)
     if not authorized:
         raise KeyConfigError(
-            f"{source}: no authorized client keys; the server would accept nobody. "
-            f"Pass --authorized-keys FILE or set {ENV_AUTHORIZED}"
+            f"{found.authorized_source}: no authorized client keys; the server would "
+            f"accept nobody. Pass --authorized-keys FILE or set {ENV_AUTHORIZED}"
         )
     return ServerKeys(secret, authorized)
 
 
-def load_client_keys(keys_dir: str | None, environ: Mapping[str, str]) -> ClientKeys:
-    """Find the client's secret key and the server's public key.
+def client_keys(found: FoundClientKeys) -> ClientKeys:
+    """A client's keys from their text (:func:`allq.keyfiles.find_client_keys`).
 
-    Sources, first match wins: ``keys_dir`` (``DIR/client.key`` and ``DIR/server.pub``),
-    then ``A_CURVE_SECRETKEY`` with ``A_CURVE_SERVER_PUBLICKEY`` (``A_CURVE_PUBLICKEY``,
-    if set, must match the secret key).
-
-    :param keys_dir: the ``--keys`` directory, or ``None``.
-    :param environ: the environment (``os.environ`` in the daemon).
-    :returns: the client's keys.
-    :raises MissingKeys: if neither source is given, or the directory has no
-        ``client.key``.
-    :raises KeyConfigError: for malformed keys, a secret key file readable by others, a
-        public key that does not match, a secret key without the server's key, or
-        AllQueue's default server key as the server's key.
+    :raises KeyConfigError: a malformed key, a public key that does not match the
+        secret, or AllQueue's default server key as the server's key.
     """
-    if keys_dir is not None:
-        secret = _read_secret_key(os.path.join(keys_dir, CLIENT_SECRET_FILE))
-        server_public_file = os.path.join(keys_dir, SERVER_PUBLIC_FILE)
-        server_public = _read_public_key(server_public_file)
-        _refuse_default(server_public, server_public_file)
-        return ClientKeys(secret, server_public)
-    env_secret = _env_secret(environ)
-    if env_secret is None:
-        raise MissingKeys(
-            f"no client keys: pass --keys DIR (see `allq keys generate DIR`) "
-            f"or set {ENV_SECRET} and {ENV_SERVER_PUBLIC}"
-        )
-    server_text = _env(environ, ENV_SERVER_PUBLIC)
-    if server_text is None:
-        raise KeyConfigError(
-            f"{ENV_SECRET} is set but {ENV_SERVER_PUBLIC} is not; "
-            "the client needs the server's public key"
-        )
-    server_public = PublicKey(decode_key(server_text, ENV_SERVER_PUBLIC))
-    _refuse_default(server_public, ENV_SERVER_PUBLIC)
-    return ClientKeys(env_secret, server_public)
+    secret = _secret(found.secret, found.public)
+    server_public = PublicKey(_key(found.server_public))
+    _refuse_default(server_public, found.server_public.source)
+    return ClientKeys(secret, server_public)
