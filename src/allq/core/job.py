@@ -10,6 +10,9 @@ import enum
 
 import attrs
 
+# The journal and recovery import ParentInfo from here, beside Job.
+from allq.core.parents import ParentInfo  # noqa: F401
+
 
 class JobState(enum.Enum):
     """Where a job is in its lifecycle (beanstalkd terms)."""
@@ -47,18 +50,3 @@ class Job:
     releases: int = 0
     shard_key: str | None = None
     parent_id: int | None = None
-
-
-@attrs.define(slots=True, eq=False)
-class ParentInfo:
-    """What a waiting parent job waits for.
-
-    ``limit`` is the number of finished children that starts it (``None``:
-    not known yet, until ``set_children_started`` fixes it at ``children_put``).
-    """
-
-    timeout: float
-    run_on_timeout: bool
-    limit: int | None = None
-    children_put: int = 0
-    children_done: int = 0
