@@ -180,13 +180,12 @@ class Queue:
         :raises Draining: the server or the tube takes no new jobs.
         :raises QueueFull: the tube or the server is at its maximum size.
         """
-        job = self._new_job(tube, body, now, priority, ttl, expired_limit, shard_key)
+        job = self._new_job(tube, body, now, priority, ttl, expired_limit, shard_key, parent_id)
         delay = self._delay(delay, run_at, now)
         self._check_parent(parent_id)
         tube_ = self._admit(tube, job, child=parent_id is not None)
         if parent_id is not None:
             self._parents.child_put(parent_id)
-            job.parent_id = parent_id
         if delay > 0:
             job.state = JobState.DELAYED
             tube_.delayed_count += 1
@@ -217,13 +216,12 @@ class Queue:
         :meth:`set_children_started` to fix the count. A parent may itself be
         the child of another parent.
         """
-        job = self._new_job(tube, body, now, priority, ttl, expired_limit, shard_key)
+        job = self._new_job(tube, body, now, priority, ttl, expired_limit, shard_key, parent_id)
         info = ParentInfo.checked(timeout, run_on_timeout, limit)
         self._check_parent(parent_id)
         tube_ = self._admit(tube, job, child=parent_id is not None)
         if parent_id is not None:
             self._parents.child_put(parent_id)
-            job.parent_id = parent_id
         self._parents.add(job.id, info)
         job.state = JobState.WAITING
         tube_.waiting_count += 1
@@ -597,6 +595,7 @@ class Queue:
         tube = self._tubes.get(job.tube)
         if tube is None:
             tube = self._tube(check_tube(job.tube))
+        job.tube = tube.name  # one str per tube, not one per stored record
         self._jobs[job.id] = job
         self._next_id = max(self._next_id, job.id + 1)
         if state is JobState.DELAYED and deadline is not None and deadline > now:
@@ -706,15 +705,18 @@ class Queue:
             fair = name.startswith(self.config.fair_prefix)
         return "round_robin" if fair else None
 
-    def _new_job(self, tube, body, now, priority, ttl, expired_limit, shard_key) -> Job:
+    def _new_job(self, tube, body, now, priority, ttl, expired_limit, shard_key,
+                 parent_id) -> Job:
         check_tube(tube)
         self._check_body(body)
         config = self.config
         if shard_key is not None:
             check_shard_key(shard_key)
+        known = self._tubes.get(tube)
         return Job(
             id=self._next_id,
-            tube=tube,
+            # The tube's own name: one str per tube, not one per job from each request.
+            tube=tube if known is None else known.name,
             body=body,
             priority=config.default_priority if priority is None else check_priority(priority),
             ttl=config.default_ttl if ttl is None else check_seconds("ttl", ttl, positive=True),
@@ -725,6 +727,7 @@ class Queue:
             ),
             created=now,
             shard_key=shard_key,
+            parent_id=parent_id,
         )
 
     def _delay(self, delay: float, run_at: float | None, now: float) -> float:
