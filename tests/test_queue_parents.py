@@ -9,10 +9,92 @@ import pytest
 from twisted.internet.task import Clock
 
 from allq.core.job import JobState
+from allq.core.parents import ParentInfo, Parents
 from allq.core.queue import Event
 from allq.errors import BadRequest, NotFound, WrongState
 
 from queues import SingleTimer, T0, counts, fill, finish, make_queue, reserve_one, zero_counts
+
+
+# -- the Parents book -----------------------------------------------------------------
+
+
+def test_parent_info_checked_keeps_good_values():
+    """timeout, run_on_timeout and an optional limit (0 allowed) pass through; counts start at 0."""
+    info = ParentInfo.checked(30, True, None)
+    assert (info.timeout, info.run_on_timeout, info.limit, info.children_put,
+            info.children_done) == (30, True, None, 0, 0)
+    assert ParentInfo.checked(0.5, False, 0).limit == 0
+
+
+@pytest.mark.parametrize("timeout, run_on_timeout, limit, named", [
+    (0, False, None, "timeout"),
+    (-1, False, None, "timeout"),
+    ("10", False, None, "timeout"),
+    (10, "yes", None, "run_on_timeout"),
+    (10, 1, None, "run_on_timeout"),
+    (10, False, -1, "limit"),
+    (10, False, True, "limit"),
+    (10, False, 1.5, "limit"),
+])
+def test_parent_info_checked_refuses_bad_values(timeout, run_on_timeout, limit, named):
+    with pytest.raises(BadRequest, match=named):
+        ParentInfo.checked(timeout, run_on_timeout, limit)
+
+
+@pytest.mark.parametrize("limit, done, complete", [
+    (None, 0, False), (None, 5, False), (0, 0, True), (2, 1, False), (2, 2, True), (2, 3, True),
+])
+def test_parent_info_is_complete_once_limit_children_are_done(limit, done, complete):
+    assert ParentInfo(10, False, limit, children_done=done).complete is complete
+
+
+def test_parents_counts_children_of_the_parents_it_holds():
+    """Puts and finishes count toward the parent; the info is shared, not copied."""
+    book = Parents()
+    info = ParentInfo(10, False, 2)
+    book.add(7, info)
+    assert (len(book), book.info(7), book.info(8)) == (1, info, None)
+    book.check_child(7)
+    book.child_put(7)
+    book.child_put(7)
+    assert book.child_finished(7) is info
+    assert (info.children_put, info.children_done, info.complete) == (2, 1, False)
+    assert book.child_finished(7).complete
+
+
+def test_parents_refuses_children_of_jobs_it_does_not_hold():
+    book = Parents()
+    with pytest.raises(WrongState, match="job 3 is not a parent waiting for children"):
+        book.check_child(3)
+
+
+def test_a_finish_for_a_parent_no_longer_held_counts_for_nothing():
+    book = Parents()
+    book.add(7, ParentInfo(10, False, 1))
+    book.remove(7)
+    assert book.child_finished(7) is None
+    assert len(book) == 0
+
+
+def test_children_started_fixes_the_limit_at_the_children_put():
+    book = Parents()
+    info = ParentInfo(10, False)
+    book.add(7, info)
+    book.child_put(7)
+    book.child_finished(7)
+    assert not info.complete  # no limit yet
+    assert book.children_started(7) is info
+    assert (info.limit, info.complete) == (1, True)
+    assert book.children_started(8) is None
+
+
+@pytest.mark.parametrize("run_on_timeout", [True, False])
+def test_time_out_forgets_the_parent_and_says_whether_it_runs(run_on_timeout):
+    book = Parents()
+    book.add(7, ParentInfo(10, run_on_timeout, 3))
+    assert book.time_out(7) is run_on_timeout
+    assert book.info(7) is None
 
 
 # -- parents (workflow) --------------------------------------------------------------
