@@ -1,10 +1,12 @@
 """Memory and speed of the queue core with many queued jobs.
 
 Puts N jobs with distinct 100-byte bodies into one :class:`allq.core.queue.Queue`
-(4 tubes, 4 priorities) and reports the process RSS before and after, the bytes
-per queued job, the time per put (whole batch) and the time per get (median of
-3 runs of 100,000 single-job reservations). Two variants, each measured in a
-fresh process so one does not inflate the other's RSS:
+(4 tubes, 4 priorities) with the arguments a server's put passes (a fresh ``str``
+for the body and for the tube name, as its JSON decoder gives them) and reports
+the process RSS before and after, the bytes per queued job, the time per put
+(whole batch) and the time per get (median of 3 runs of 100,000 single-job
+reservations). Two variants, each measured in a fresh process so one does not
+inflate the other's RSS:
 
 * ``ready``: every job is ready;
 * ``half-delayed``: half the jobs of each tube have a delay, so half the jobs also hold an
@@ -60,6 +62,11 @@ def body_for(number: int) -> str:
     return head + "x" * (BODY_BYTES - len(head))
 
 
+def tube_for(number: int) -> str:
+    """The job's tube name as a fresh str, as each request to a server decodes it."""
+    return TUBES[number % len(TUBES)].encode().decode()
+
+
 def fill(queue: Queue, jobs: int, delayed: bool) -> float:
     """Put ``jobs`` jobs; returns the seconds it took."""
     put = queue.put
@@ -73,7 +80,7 @@ def fill(queue: Queue, jobs: int, delayed: bool) -> float:
         rounds = number // len(TUBES)
         delay = 3600 + number % 1000 if delayed and rounds % 2 else 0
         put(
-            TUBES[number % len(TUBES)],
+            tube_for(number),
             body_for(number),
             now=now,
             priority=PRIORITIES[(rounds // 2) % len(PRIORITIES)],
@@ -104,7 +111,7 @@ def per_job_breakdown(queue: Queue, delayed: bool) -> list[tuple[str, float]]:
     count = len(jobs)
     job = next(iter(jobs.values()))
     parts = [
-        ("Job object (slots, GC-tracked)", sys.getsizeof(job)),
+        (f"Job object ({len(type(job).__slots__)} slots, GC-tracked)", sys.getsizeof(job)),
         ("body str (100 ASCII chars)", sys.getsizeof(job.body)),
         ("id int", sys.getsizeof(job.id)),
         ("created float", sys.getsizeof(job.created)),

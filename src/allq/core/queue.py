@@ -26,7 +26,8 @@ import attrs
 from collections.abc import Callable
 
 from allq.core.deadlines import Deadlines
-from allq.core.job import Job, JobState, ParentInfo
+from allq.core.job import Job, JobState
+from allq.core.parents import ParentInfo, Parents
 from allq.core.throttle import TokenBucket
 from allq.core.tube import Tube
 from allq.errors import BadRequest, Draining, NotFound, QueueFull, TooLarge, WrongState
@@ -34,7 +35,6 @@ from allq.vocabulary import (
     CLEAR_STATES,
     DEFAULT_PARENT_TIMEOUT,
     FAIR_POLICIES,
-    MAX_CHILD_LIMIT,
     MAX_COUNT,
     MAX_EXPIRED_LIMIT,
     MAX_KICK_COUNT,
@@ -142,7 +142,7 @@ class Queue:
         self.config = config
         self._jobs: dict[int, Job] = {}
         self._tubes: dict[str, Tube] = {}
-        self._parents: dict[int, ParentInfo] = {}
+        self._parents = Parents()
         self._deadlines = Deadlines(self._jobs.get)
         self._next_id = first_id
         self._started = started
@@ -180,13 +180,12 @@ class Queue:
         :raises Draining: the server or the tube takes no new jobs.
         :raises QueueFull: the tube or the server is at its maximum size.
         """
-        job = self._new_job(tube, body, now, priority, ttl, expired_limit, shard_key)
+        job = self._new_job(tube, body, now, priority, ttl, expired_limit, shard_key, parent_id)
         delay = self._delay(delay, run_at, now)
-        parent = self._parent_for_child(parent_id)
-        tube_ = self._admit(tube, job, child=parent is not None)
-        if parent is not None:
-            parent.children_put += 1
-            job.parent_id = parent_id
+        self._check_parent(parent_id)
+        tube_ = self._admit(tube, job, child=parent_id is not None)
+        if parent_id is not None:
+            self._parents.child_put(parent_id)
         if delay > 0:
             job.state = JobState.DELAYED
             tube_.delayed_count += 1
@@ -217,23 +216,18 @@ class Queue:
         :meth:`set_children_started` to fix the count. A parent may itself be
         the child of another parent.
         """
-        job = self._new_job(tube, body, now, priority, ttl, expired_limit, shard_key)
-        timeout = check_seconds("timeout", timeout, positive=True)
-        if not isinstance(run_on_timeout, bool):
-            raise BadRequest("run_on_timeout must be true or false")
-        if limit is not None:
-            limit = check_count("limit", limit, minimum=0, maximum=MAX_CHILD_LIMIT)
-        grandparent = self._parent_for_child(parent_id)
-        tube_ = self._admit(tube, job, child=grandparent is not None)
-        if grandparent is not None:
-            grandparent.children_put += 1
-            job.parent_id = parent_id
-        self._parents[job.id] = ParentInfo(timeout, run_on_timeout, limit)
+        job = self._new_job(tube, body, now, priority, ttl, expired_limit, shard_key, parent_id)
+        info = ParentInfo.checked(timeout, run_on_timeout, limit)
+        self._check_parent(parent_id)
+        tube_ = self._admit(tube, job, child=parent_id is not None)
+        if parent_id is not None:
+            self._parents.child_put(parent_id)
+        self._parents.add(job.id, info)
         job.state = JobState.WAITING
         tube_.waiting_count += 1
-        self._deadlines.schedule(job, now + timeout, was_scheduled=False)
+        self._deadlines.schedule(job, now + info.timeout, was_scheduled=False)
         self._changed(job)
-        if limit == 0:
+        if info.complete:  # limit 0
             self._start_parent(job, tube_)
         return job
 
@@ -241,18 +235,17 @@ class Queue:
         """Say every child of a waiting parent has been put: its limit becomes
         the number put so far, and it starts at once if they are all finished."""
         job = self._job(job_id)
-        info = self._parents.get(job_id)
-        if info is None or job.state is not JobState.WAITING:
+        info = self._parents.children_started(job_id)
+        if info is None:
             raise WrongState(f"job {job_id} is {job.state.value}, not a waiting parent")
-        info.limit = info.children_put
         self._changed(job)
-        if info.children_done >= info.limit:
+        if info.complete:
             self._start_parent(job, self._tubes[job.tube])
         return job
 
     def parent_info(self, job_id: int) -> ParentInfo | None:
         """What a waiting parent waits for (``None`` for any other job)."""
-        return self._parents.get(job_id)
+        return self._parents.info(job_id)
 
     # -- consuming -------------------------------------------------------------
 
@@ -316,7 +309,7 @@ class Queue:
         elif job.state is JobState.WAITING:
             tube.waiting_count -= 1
             self._deadlines.cancel(job)
-            del self._parents[job.id]
+            self._parents.remove(job.id)
         else:
             del tube.buried[job.id]
         self._forget(job)
@@ -457,7 +450,7 @@ class Queue:
                     tube_.delayed_count -= 1
                 elif job.state is JobState.WAITING:
                     tube_.waiting_count -= 1
-                    del self._parents[job.id]
+                    self._parents.remove(job.id)
                 else:
                     tube_.reserved_count -= 1
             dropped += scheduled
@@ -602,13 +595,14 @@ class Queue:
         tube = self._tubes.get(job.tube)
         if tube is None:
             tube = self._tube(check_tube(job.tube))
+        job.tube = tube.name  # one str per tube, not one per stored record
         self._jobs[job.id] = job
         self._next_id = max(self._next_id, job.id + 1)
         if state is JobState.DELAYED and deadline is not None and deadline > now:
             tube.delayed_count += 1
             self._deadlines.schedule(job, deadline, was_scheduled=False)
         elif state is JobState.WAITING:
-            self._parents[job.id] = parent
+            self._parents.add(job.id, parent)
             tube.waiting_count += 1
             self._deadlines.schedule(job, deadline, was_scheduled=False)
         elif state is JobState.BURIED:
@@ -673,9 +667,8 @@ class Queue:
                 events.append(Event("matured", job.id, job.tube))
                 continue
             if job.state is JobState.WAITING:
-                info = self._parents.pop(job.id)
                 tube.waiting_count -= 1
-                if info.run_on_timeout:
+                if self._parents.time_out(job.id):
                     self._make_ready(job, tube)
                     events.append(Event("parent_timeout", job.id, job.tube))
                 else:
@@ -712,15 +705,18 @@ class Queue:
             fair = name.startswith(self.config.fair_prefix)
         return "round_robin" if fair else None
 
-    def _new_job(self, tube, body, now, priority, ttl, expired_limit, shard_key) -> Job:
+    def _new_job(self, tube, body, now, priority, ttl, expired_limit, shard_key,
+                 parent_id) -> Job:
         check_tube(tube)
         self._check_body(body)
         config = self.config
         if shard_key is not None:
             check_shard_key(shard_key)
+        known = self._tubes.get(tube)
         return Job(
             id=self._next_id,
-            tube=tube,
+            # The tube's own name: one str per tube, not one per job from each request.
+            tube=tube if known is None else known.name,
             body=body,
             priority=config.default_priority if priority is None else check_priority(priority),
             ttl=config.default_ttl if ttl is None else check_seconds("ttl", ttl, positive=True),
@@ -731,6 +727,7 @@ class Queue:
             ),
             created=now,
             shard_key=shard_key,
+            parent_id=parent_id,
         )
 
     def _delay(self, delay: float, run_at: float | None, now: float) -> float:
@@ -742,16 +739,12 @@ class Queue:
             delay = max(run_at - now, 0.0)
         return delay
 
-    def _parent_for_child(self, parent_id: int | None) -> ParentInfo | None:
-        if parent_id is None:
-            return None
-        parent = self._jobs.get(parent_id)
-        if parent is None:
-            raise NotFound(f"parent job {parent_id} not found")
-        info = self._parents.get(parent_id)
-        if info is None or parent.state is not JobState.WAITING:
-            raise WrongState(f"job {parent_id} is not a parent waiting for children")
-        return info
+    def _check_parent(self, parent_id: int | None) -> None:
+        """Refuse a child whose parent is missing or no longer waits."""
+        if parent_id is not None:
+            if parent_id not in self._jobs:
+                raise NotFound(f"parent job {parent_id} not found")
+            self._parents.check_child(parent_id)
 
     def _admit(self, tube: str, job: Job, child: bool = False) -> Tube:
         """Check drain and size limits, then give the job its id and count it.
@@ -779,20 +772,19 @@ class Queue:
         return tube_
 
     def _start_parent(self, job: Job, tube: Tube) -> None:
-        del self._parents[job.id]
+        self._parents.remove(job.id)
         self._deadlines.cancel(job)
         tube.waiting_count -= 1
         self._make_ready(job, tube)
         self._changed(job)
 
     def _child_finished(self, job: Job) -> None:
-        info = self._parents.get(job.parent_id)
+        info = self._parents.child_finished(job.parent_id)
         if info is None:
             return  # the parent already started, timed out or was deleted
-        info.children_done += 1
         parent = self._jobs[job.parent_id]
         self._changed(parent)
-        if info.limit is not None and info.children_done >= info.limit:
+        if info.complete:
             self._start_parent(parent, self._tubes[parent.tube])
 
     def _changed(self, subject) -> None:
