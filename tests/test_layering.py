@@ -17,7 +17,8 @@ PACKAGE = SRC / "allq"
 #: What each layer may import of allq (its own layer always), and which
 #: third-party packages it may use.
 LAYERS = {
-    "ground": ({"ground"}, {"attrs", "twisted", "zope", "prometheus_client"}),
+    # twisted: what both daemons share (config, listening, logs); nacl: speedups only.
+    "ground": ({"ground"}, {"attrs", "twisted", "zope", "prometheus_client", "nacl"}),
     "core": ({"ground"}, {"attrs"}),
     "wire": ({"ground"}, {"attrs", "nacl"}),
     "server": ({"ground", "core", "wire"},

@@ -15,6 +15,7 @@ from twisted.web.server import Site
 from allq.client.http_guard import HostGuard
 from allq.client.metrics import ClientMetrics
 from allq.client.metrics_http import RouteNames
+from allq.speedups import http_head
 
 
 class SiteRoot(Resource):
@@ -83,12 +84,7 @@ class OneWriteHTTPChannel(HTTPChannel):
         if not isinstance(headers, Headers):
             super().writeHeaders(version, code, reason, headers)
             return
-        parts = [version, b" ", code, b" ", reason, b"\r\n"]
-        for name, values in headers.getAllRawHeaders():
-            for value in values:
-                parts += (name, b": ", value, b"\r\n")
-        parts.append(b"\r\n")
-        self.transport.write(b"".join(parts))
+        self.transport.write(http_head(version, code, reason, headers.getAllRawHeaders()))
 
 
 def build_site(api_resource: IResource, metrics: ClientMetrics | None,

@@ -16,20 +16,13 @@ import json
 import zlib
 
 from allq.core.job import Job, ParentInfo
+from allq.speedups import compact_json_encoder
 
 FORMAT_VERSION = 1
 LOCK_FILE = "lock"
 
-if json.encoder.c_make_encoder is not None:
-    # json.dumps builds a new C encoder per call; the journal encodes one or two
-    # records per request, so build it once (a quarter of the encoding time).
-    _c_encoder = json.encoder.c_make_encoder(
-        None, None, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
-
-    def _encode_json(record: list) -> str:
-        return "".join(_c_encoder(record, 0))
-else:  # pragma: no cover - Pythons without the C accelerator
-    _encode_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+#: The journal encodes one or two records per request: an encoder built once.
+_encode_json = compact_json_encoder(ensure_ascii=True)
 #: The C scanner behind ``json.loads``, without its per-call overhead (recovery
 #: decodes millions of lines).
 _scan_json = json.JSONDecoder().scan_once

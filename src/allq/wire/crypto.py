@@ -47,13 +47,11 @@ import hmac
 import os
 
 import attrs
-import nacl.bindings  # noqa: F401 - runs sodium_init() before _sodium is used
-from nacl._sodium import ffi as _ffi
-from nacl._sodium import lib as _sodium
 from nacl.exceptions import CryptoError
 from nacl.public import Box, PublicKey
 
 from allq.errors import ProtocolError
+from allq.speedups import box_open, box_seal
 from allq.wire.keys import ClientKeys, ServerKeys, encode_key
 
 CHALLENGE_BYTES = 16
@@ -162,12 +160,8 @@ class Session:
         head = self._challenge[:_PREFIX_BYTES]
         self._send_prefix = head + bytes([self._sending])
         self._receive_prefix = head + bytes([1 - self._sending])
-        # Frames go straight to libsodium's crypto_box_(open_)easy_afternm with the Box's
-        # precomputed key: what Box.encrypt/decrypt end up calling (same bytes on the
-        # wire), without the layers around it (EncryptedMessage, encoders, and
-        # nacl.bindings' argument checks, which format an error message on every call).
-        # Those layers cost more than encrypting a small frame. nacl._sodium is the cffi
-        # module nacl.bindings is built on; our nonce and key lengths are fixed here.
+        # Frames go straight to libsodium with the Box's precomputed key: what
+        # Box.encrypt/decrypt end up calling, without their layers (allq.speedups).
         self._shared_key = self._box.shared_key()
 
     def seal(self, plaintext: bytes) -> bytes:
@@ -180,13 +174,9 @@ class Session:
         if counter > _MAX_COUNTER:
             raise WireError("frame counter exhausted; reconnect")
         nonce = self._send_prefix + counter.to_bytes(8, "big")
-        size = len(plaintext) + MAC_BYTES
-        sealed = _ffi.new("unsigned char[]", size)
-        if _sodium.crypto_box_easy_afternm(sealed, plaintext, len(plaintext), nonce,
-                                           self._shared_key) != 0:
-            raise RuntimeError("Unexpected library error")  # as nacl.bindings words it
+        sealed = box_seal(self._shared_key, nonce, plaintext)
         self._send_counter = counter + 1
-        return _b64(nonce + _ffi.buffer(sealed, size)[:])
+        return _b64(nonce + sealed)
 
     def open(self, line: bytes) -> bytes:
         """Decrypt one received line, which must carry the next nonce of the peer's direction.
@@ -208,13 +198,11 @@ class Session:
             raise ReplayedFrame("frame belongs to another connection or direction")
         if int.from_bytes(raw[_PREFIX_BYTES + 1 : NONCE_BYTES], "big") != self._receive_counter:
             raise ReplayedFrame("frame out of sequence")
-        size = len(raw) - NONCE_BYTES - MAC_BYTES
-        opened = _ffi.new("unsigned char[]", max(1, size))
-        if _sodium.crypto_box_open_easy_afternm(opened, raw[NONCE_BYTES:], size + MAC_BYTES,
-                                                raw[:NONCE_BYTES], self._shared_key) != 0:
+        opened = box_open(self._shared_key, raw[:NONCE_BYTES], raw[NONCE_BYTES:])
+        if opened is None:
             raise TamperedFrame("frame failed authentication")
         self._receive_counter += 1
-        return _ffi.buffer(opened, size)[:]
+        return opened
 
 
 # -- handshake ---------------------------------------------------------------------------------

@@ -67,6 +67,7 @@ from typing import Any
 import attrs
 
 from allq.errors import AllQError, BadRequest, UnknownAction
+from allq.speedups import compact_json_encoder
 
 PROTOCOL_VERSION = 1
 
@@ -282,17 +283,9 @@ def welcome(server_id: str, version: str, max_job_size: int, max_line_length: in
     }
 
 
-# dumps and loads run once per frame on both ends. json.dumps builds an encoder, and
-# that encoder's encode() a C encoder, on every call; json.loads on bytes sniffs the
-# encoding first. Both are done once here.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-#: Ids of the containers being encoded, to detect cycles as json.dumps does. Shared
-#: between calls, so for one thread (the reactor's) at a time.
-_markers: dict = {}
-#: What _ENCODER.encode builds on each call; None on Pythons without the C accelerator.
-_c_encoder = json.encoder.c_make_encoder and json.encoder.c_make_encoder(
-    _markers, _ENCODER.default, json.encoder.encode_basestring, None,
-    _ENCODER.key_separator, _ENCODER.item_separator, False, False, True)
+# dumps and loads run once per frame on both ends: the encoder is built once
+# (allq.speedups), and json.loads on bytes would sniff the encoding first.
+_encode = compact_json_encoder(ensure_ascii=False)
 #: The C scanner behind json.loads, without its per-call set-up.
 _scan_json = json.JSONDecoder().scan_once
 _JSON_OPENERS = (b"{", b"[")
@@ -301,15 +294,7 @@ _JSON_OPENERS = (b"{", b"[")
 def dumps(obj: object) -> bytes:
     """Compact JSON bytes for a frame's plaintext (what ``json.dumps(obj,
     separators=(",", ":"), ensure_ascii=False)`` gives, UTF-8 encoded)."""
-    if _c_encoder is None:  # pragma: no cover
-        return _ENCODER.encode(obj).encode("utf-8")
-    try:
-        return "".join(_c_encoder(obj, 0)).encode("utf-8")
-    except BaseException:
-        # A failed encode leaves its containers' ids behind; a later call must not
-        # mistake them for a cycle.
-        _markers.clear()
-        raise
+    return _encode(obj).encode("utf-8")
 
 
 def loads(data: bytes) -> object:
