@@ -147,7 +147,8 @@ TUBE = "imagetest"
 def call(method, base, path, params=None, body=None, timeout=20):
     url = base + path + ("?" + urllib.parse.urlencode(params) if params else "")
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method)
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={} if data is None else {"content-type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read() or b"{}")

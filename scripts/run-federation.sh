@@ -73,7 +73,7 @@ cat <<MSG
 allq federation is running: servers ${servers[*]}; REST clients on ports $HTTP_PORTS
 (logs in $RUN/; Ctrl-C stops everything). Try:
 
-  curl -s -XPOST localhost:$first/job -d '{"tube":"default","body":"hello"}'
+  curl -s -XPOST localhost:$first/job -H 'content-type: application/json' -d '{"tube":"default","body":"hello"}'
   curl -s 'localhost:$second/job?tube=default&delete=true'
   curl -s localhost:$second/health
 MSG

@@ -40,7 +40,7 @@ cat <<MSG
 allq is running: server 127.0.0.1:$SERVER_PORT, REST client http://127.0.0.1:$HTTP_SERVER_PORT
 (logs in run/server.log and run/client.log; Ctrl-C stops both). Try:
 
-  curl -s -XPOST localhost:$HTTP_SERVER_PORT/job -d '{"tube":"default","body":"hello"}'
+  curl -s -XPOST localhost:$HTTP_SERVER_PORT/job -H 'content-type: application/json' -d '{"tube":"default","body":"hello"}'
   curl -s 'localhost:$HTTP_SERVER_PORT/job?tube=default'
   curl -s -XDELETE 'localhost:$HTTP_SERVER_PORT/job?job_id=<id from the get>'
   curl -s localhost:$HTTP_SERVER_PORT/stats

@@ -39,7 +39,8 @@ def call(method: str, port: int, path: str, params: dict | None = None,
     if params:
         url += "?" + urllib.parse.urlencode(params)
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={} if data is None else {"content-type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=15) as response:
             return response.status, json.loads(response.read() or b"null")

@@ -15,11 +15,14 @@ from allq.vocabulary import (
     CLEAR_STATES,
     FAIR_SETTINGS,
     JOB_ID,
+    MAX_CHILD_LIMIT,
     MAX_COUNT,
+    MAX_EXPIRED_LIMIT,
     MAX_KICK_COUNT,
     MAX_OFFSET,
     MAX_PRIORITY,
     MAX_RUN_AT,
+    MAX_SECONDS,
     MAX_TUBE_SIZE,
     MAX_WAIT,
     TUBE_NAME,
@@ -36,6 +39,10 @@ def _any_case(word: str) -> str:
 BOOLEAN_PATTERN = "^(" + "|".join(_any_case(w) for w in _BOOLEAN_WORDS) + ")$"
 _NUMERIC_STRING = r"^-?[0-9]{1,20}(\.[0-9]{1,9})?$"
 _INTEGER_STRING = r"^-?[0-9]{1,20}$"
+#: Seconds in a query string: a plain decimal, as the facade reads it.
+_SECONDS_STRING = r"^[0-9]{1,20}(\.[0-9]{1,9})?$"
+#: ``host:port`` (``[v6]:port``), as the client reads a server address.
+_ADDRESS = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}$"
 
 
 def _ref(kind: str, name: str) -> dict:
@@ -85,16 +92,21 @@ _SETTING_ERRORS = ("400", *_FEDERATED)
 
 
 def _schemas(job_id_pattern: str, max_run_at: int, fair_settings: tuple[str, ...]) -> dict:
-    seconds = {"oneOf": [{"type": "number", "minimum": 0},
-                         {"type": "string", "pattern": _NUMERIC_STRING}]}
-    integer = {"oneOf": [{"type": "integer"}, {"type": "string", "pattern": _INTEGER_STRING}]}
+    seconds = {"oneOf": [{"type": "number", "minimum": 0, "maximum": MAX_SECONDS},
+                         {"type": "string", "pattern": _SECONDS_STRING}]}
+
+    def bounded(low: int, high: int) -> dict:
+        return {"oneOf": [{"type": "integer", "minimum": low, "maximum": high},
+                          {"type": "string", "pattern": _INTEGER_STRING}]}
     tube = {"type": "string", "pattern": f"^{TUBE_NAME.pattern}$"}
     job_id = {"type": "string", "pattern": f"^{job_id_pattern}$"}
     new_job = {
         "tube": {**tube, "description": "the tube to put the job in"},
         "body": {"type": ["string", "null"], "default": "",
                  "description": "the job's payload (a string; clients often base64-encode)"},
-        "ttl": {**seconds, "description": "seconds a reserved job may run before it "
+        "ttl": {"oneOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": MAX_SECONDS},
+                          {"type": "string", "pattern": _SECONDS_STRING}, {"type": "null"}],
+                "description": "seconds a reserved job may run before it "
                 "expires (> 0); absent or null: the server default (3600)"},
         "delay": {**seconds, "description": "seconds before the job becomes ready; "
                   "absent or null: 0"},
@@ -103,10 +115,11 @@ def _schemas(job_id_pattern: str, max_run_at: int, fair_settings: tuple[str, ...
                              {"type": "null"}],
                    "description": "the unix time (seconds) at which the job becomes "
                    "ready, by the server's clock; not together with a non-zero delay"},
-        "priority": {"oneOf": [*integer["oneOf"], {"type": "null"}],
+        "priority": {"oneOf": [*bounded(0, MAX_PRIORITY)["oneOf"], {"type": "null"}],
                      "description": f"0 (most urgent) to {MAX_PRIORITY}; absent or null: "
                      "the server default (5)"},
-        "expired_limit": {**integer, "description": "expiries before the job is buried "
+        "expired_limit": {"oneOf": [*bounded(1, MAX_EXPIRED_LIMIT)["oneOf"], {"type": "null"}],
+                          "description": "expiries before the job is buried "
                           "(1..2^31); absent or null: the server default (3)"},
         "parent_id": {"oneOf": [job_id, {"type": "null"}, {"const": ""}],
                       "description": "the waiting parent job this job is a child of; the "
@@ -153,13 +166,16 @@ def _schemas(job_id_pattern: str, max_run_at: int, fair_settings: tuple[str, ...
             "type": "object", "required": ["tube"], "additionalProperties": False,
             "properties": {
                 **parent_fields,
-                "timeout": {**seconds, "default": 3600,
+                "timeout": {"oneOf": [{"type": "number", "exclusiveMinimum": 0,
+                                       "maximum": MAX_SECONDS},
+                                      {"type": "string", "pattern": _SECONDS_STRING},
+                                      {"type": "null"}], "default": 3600,
                             "description": "seconds (> 0, from creation) the parent waits "
                             "for its children"},
                 "run_on_timeout": {"type": ["boolean", "string", "null"], "default": False,
                                    "description": "after the timeout: true runs the "
                                    "parent, false buries it"},
-                "limit": {"oneOf": [*integer["oneOf"], {"type": "null"}],
+                "limit": {"oneOf": [*bounded(0, MAX_CHILD_LIMIT)["oneOf"], {"type": "null"}],
                           "description": "the parent becomes ready once this many children "
                           "are finished (0: at once); null: wait for "
                           "PUT /set_children_started"},
@@ -177,7 +193,8 @@ def _schemas(job_id_pattern: str, max_run_at: int, fair_settings: tuple[str, ...
         "Throttle": {
             "type": "object", "required": ["tube", "tps"], "additionalProperties": False,
             "properties": {"tube": tube,
-                           "tps": {"oneOf": [{"type": "number"},
+                           "tps": {"oneOf": [{"type": "number", "minimum": -1e18,
+                                              "maximum": 1e18},
                                              {"type": "string", "pattern": _NUMERIC_STRING},
                                              {"type": "null"}],
                                    "description": "jobs per second for the whole federation; "
@@ -362,7 +379,8 @@ def _schemas(job_id_pattern: str, max_run_at: int, fair_settings: tuple[str, ...
         },
         "ServerUrl": {
             "type": "object", "required": ["server_url"], "additionalProperties": False,
-            "properties": {"server_url": {"type": "string", "description": "\"host:port\""}},
+            "properties": {"server_url": {"type": "string", "pattern": _ADDRESS,
+                                          "description": "\"host:port\""}},
         },
         "Empty": {"type": "object", "maxProperties": 0},
         "OpenApi": {"type": "object", "description": "this document"},
@@ -387,10 +405,10 @@ def _parameters(max_wait: float, job_id_pattern: str, max_kick_count: int,
             "kick this job; without it, kick buried jobs of tube"),
         "delete": _query("delete", boolean, "remove the jobs as they are handed out "
                          "(true/false/1/0/yes/no, any case)"),
-        "wait": _query("wait", {"type": "number", "minimum": 0, "maximum": max_wait,
-                                "default": 0},
+        "wait": _query("wait", {"type": "string", "pattern": _SECONDS_STRING,
+                                "default": "0"},
                        "long poll: answer as soon as a job is ready, or after this many "
-                       "seconds with nothing"),
+                       f"seconds (at most {max_wait:g}) with nothing"),
         "count": _query("count", {"type": "integer", "minimum": 1, "maximum": MAX_COUNT,
                                   "default": 1}, "how many jobs at most"),
         "kick_count": _query("count", {"type": "integer", "minimum": 1,
@@ -400,7 +418,8 @@ def _parameters(max_wait: float, job_id_pattern: str, max_kick_count: int,
         "offset": _query("offset", {"type": "integer", "minimum": 0, "maximum": max_offset,
                                     "default": 0},
                          "skip this many jobs"),
-        "delay": _query("delay", {"type": "number", "minimum": 0, "default": 0},
+        "delay": _query("delay", {"type": "string", "pattern": _SECONDS_STRING,
+                                  "default": "0"},
                         "seconds before the released job is ready again"),
         "cache_type": _query("cache_type", {"type": "string", "enum": list(CLEAR_STATES),
                                             "default": "all"}, "which jobs to drop"),
@@ -418,7 +437,7 @@ def _parameters(max_wait: float, job_id_pattern: str, max_kick_count: int,
         "max_size": _query("max_size", {"type": "string", "pattern": "^([0-9]{1,13})?$"},
                            f"the most jobs the tube holds on each server (1..{max_tube_size});"
                            " empty or absent: unbounded"),
-        "server_url": _query("server_url", {"type": "string"},
+        "server_url": _query("server_url", {"type": "string", "pattern": _ADDRESS},
                              "\"host:port\" (when the request has no JSON body)"),
     }
 
