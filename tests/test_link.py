@@ -39,6 +39,8 @@ class FakeEndpoint:
     def connect(self, factory):
         self.connects += 1
         outcome = self.outcomes.pop(0)
+        if callable(outcome):  # made now: a refused handshake's failure is the link's
+            outcome = outcome()
         return fail(outcome) if isinstance(outcome, Exception) else succeed(outcome)
 
 
@@ -58,9 +60,14 @@ def logged():
 
 
 def refused(code, message):
-    connection = FakeConnection()
-    connection.ready.errback(ConnectionLost(f"server refused: {code}: {message}"))
-    return connection
+    """A connection whose server refuses the handshake, made when it is connected."""
+
+    def connect():
+        connection = FakeConnection()
+        connection.ready.errback(ConnectionLost(f"server refused: {code}: {message}"))
+        return connection
+
+    return connect
 
 
 def test_a_refused_key_is_one_clear_line_with_backoff_and_a_reason():
