@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
 
 from allq.client import openapi
 from allq.client.rest import RestApi
@@ -133,18 +134,6 @@ class Client:
         return result_with_flush(case, self.stub, self.clock, d, limit=2000)
 
 
-class _Case:
-    """What result_with_flush needs of a test case."""
-
-    def successResultOf(self, d):
-        results = []
-        d.addBoth(results.append)
-        assert results, "no result"
-        if hasattr(results[0], "raiseException"):
-            results[0].raiseException()
-        return results[0]
-
-
 @pytest.mark.parametrize("path, method", OPERATIONS, ids=lambda v: str(v))
 def test_generated_requests_get_documented_answers(path, method):
     client = Client()
@@ -156,7 +145,7 @@ def test_generated_requests_get_documented_answers(path, method):
     @given(request_strategy(path, method))
     def check(request):
         query, body = request
-        status, content = client.send(_Case(), method, path, query, body)
+        status, content = client.send(SynchronousTestCase(), method, path, query, body)
         assert str(status) in documented, (status, query, body, content)
         if status >= 400:
             reply = json.loads(content)

@@ -86,18 +86,32 @@ class HostGuard:
     :param allowed: host names or addresses served besides the loopback ones.
     """
 
+    #: ``Host`` values remembered with their verdict: a client sends the same one on
+    #: every request, and parsing it costs more than the rest of the check.
+    _REMEMBERED = 64
+
     def __init__(self, allowed: Iterable[str] = ()) -> None:
         self._allowed = frozenset(host.lower() for host in allowed)
+        self._verdicts: dict[bytes, bool] = {}
 
     def allows(self, host: str) -> bool:
         return _is_loopback(host) or host in self._allowed
+
+    def _host_allowed(self, raw_host: bytes) -> bool:
+        verdict = self._verdicts.get(raw_host)
+        if verdict is None:
+            host = _host_of(raw_host.decode("latin-1"))
+            verdict = host is not None and self.allows(host)
+            if len(self._verdicts) >= self._REMEMBERED:
+                self._verdicts.clear()
+            self._verdicts[raw_host] = verdict
+        return verdict
 
     def refusal(self, request: IRequest) -> bytes | None:
         """The error response for a request from where it may not come, or ``None``."""
         raw_host = request.getHeader(b"host")
         if raw_host is not None:
-            host = _host_of(raw_host.decode("latin-1"))
-            if host is None or not self.allows(host):
+            if not self._host_allowed(raw_host):
                 return json_response(request, {
                     "error": "misdirected_request",
                     "detail": "this allq client does not answer to the host "
