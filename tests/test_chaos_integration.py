@@ -85,5 +85,7 @@ def test_sigkills_during_puts_lose_no_acknowledged_job(daemons, keys, tmp_path):
             break
         got += [job["body"] for job in reply["jobs"]]
     missing = acked - set(got)
+    print(f"chaos: {KILLS} kills, {len(acked)} puts acknowledged, {unsure} answered 503/504, "
+          f"{len(got)} jobs handed out, {len(missing)} acknowledged jobs missing")
     assert not missing, f"{len(missing)} acknowledged jobs lost, e.g. {sorted(missing)[:5]}"
     assert len(acked) >= (KILLS + 1) * PUTS_PER_KILL
