@@ -21,7 +21,8 @@ from twisted.logger import globalLogPublisher
 from twisted.python import usage
 
 from allq.core.idempotency import DEFAULT_WINDOW, IdempotencyKeys
-from allq.core.job import Job, JobState, ParentInfo
+from allq.core.job import Job, JobState
+from allq.core.parents import ParentInfo
 from allq.core.queue import Queue
 from allq.errors import AllQError, BadRequest
 from allq.server import journal as journal_module

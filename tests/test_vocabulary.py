@@ -12,7 +12,6 @@ from allq.vocabulary import (
     check_seconds,
     check_shard_key,
     check_tps,
-    check_wait,
 )
 
 
@@ -52,9 +51,6 @@ def test_seconds_limits():
     assert check_seconds("ttl", MAX_SECONDS) == MAX_SECONDS
     with pytest.raises(BadRequest, match="greater than 0"):
         check_seconds("ttl", 0, positive=True)
-    assert check_wait(60) == 60
-    with pytest.raises(BadRequest, match="wait"):
-        check_wait(60.5)
 
 
 @pytest.mark.parametrize("tps, expected", [(None, None), (0, None), (-3, None), (2, 2.0),

@@ -100,12 +100,6 @@ def check_job_id(text: object, name: str = "job_id") -> str:
     return text  # type: ignore[return-value]
 
 
-def check_server_id(server_id: object, name: str = "server id") -> str:
-    if not isinstance(server_id, str) or not SERVER_ID.fullmatch(server_id):
-        raise BadRequest(f"{name} must be 1-64 letters, digits, _ or -")
-    return server_id
-
-
 # -- validators --------------------------------------------------------------------------
 
 
@@ -158,11 +152,6 @@ def check_count(name: str, value: object, *, minimum: int = 1, maximum: int) -> 
     if not minimum <= value <= maximum:
         raise BadRequest(f"{name} must be between {minimum} and {maximum}")
     return value
-
-
-def check_wait(wait: object) -> float:
-    """Validate a long-poll ``wait``: 0 to :data:`MAX_WAIT` seconds."""
-    return check_seconds("wait", wait, maximum=MAX_WAIT)
 
 
 def check_clear_state(state: object) -> str:

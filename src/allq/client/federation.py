@@ -297,7 +297,7 @@ class Federation(MultiService):
         answers that came."""
         links = self._servers.healthy() if links is None else links
         if not links:
-            raise Unavailable(f"no server reachable ({self._servers.why_down()})")
+            raise self._unreachable()
         outcomes = await DeferredList(
             [link.request(action, params) for link in links], consumeErrors=True)
         answers = []
@@ -321,7 +321,7 @@ class Federation(MultiService):
         tps = check_tps(tps)
         links = self._servers.healthy()
         if not links:
-            raise Unavailable(f"no server reachable ({self._servers.why_down()})")
+            raise self._unreachable()
         share = None if tps is None else tps / len(links)
         await self._each("throttle", {"tube": tube, "tps": share}, links)
         return len(links)
@@ -379,7 +379,7 @@ class Federation(MultiService):
             answered = True
             kicked += result["job_ids"]
         if not answered and not kicked:
-            raise Unavailable(f"no server reachable ({self._servers.why_down()})")
+            raise self._unreachable()
         return kicked
 
     def _counted(self, result, action: str, tube: str, how_many: Callable):
@@ -393,7 +393,7 @@ class Federation(MultiService):
         servers in id order."""
         links = sorted(self._servers.healthy(), key=lambda l: l.server_id or "")
         if not links:
-            raise Unavailable(f"no server reachable ({self._servers.why_down()})")
+            raise self._unreachable()
         for link in links:
             result = await link.request("peek", {"tube": tube, "buried": buried, "offset": offset})
             if result["job"] is not None:
@@ -427,6 +427,9 @@ class Federation(MultiService):
                 for observer in self._observers:
                     observer.failed(operation, outcome.code)
         return outcomes
+
+    def _unreachable(self) -> Unavailable:
+        return Unavailable(f"no server reachable ({self._servers.why_down()})")
 
     def _retried(self, operation: str, address: str | None) -> None:
         for observer in self._observers:

@@ -94,8 +94,8 @@ class UnsupportedMediaType(BadRequest):
     http_status = 415
 
 
-#: The body types a web page may send anywhere without asking first (no CORS
-#: preflight): a JSON API that took them could be driven by any page.
+#: The JSON media types. A page may send text/plain and form bodies anywhere without
+#: asking first (no CORS preflight); a JSON API that took them could be driven by any page.
 _JSON_TYPES = ("application/json",)
 
 

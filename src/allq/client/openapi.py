@@ -91,7 +91,7 @@ _PUT_ERRORS = ("400", "404", "409", "413", "415", *_FEDERATED, "507")
 _SETTING_ERRORS = ("400", *_FEDERATED)
 
 
-def _schemas(job_id_pattern: str, max_run_at: int, fair_settings: tuple[str, ...]) -> dict:
+def _schemas() -> dict:
     seconds = {"oneOf": [{"type": "number", "minimum": 0, "maximum": MAX_SECONDS},
                          {"type": "string", "pattern": _SECONDS_STRING}]}
 
@@ -99,7 +99,7 @@ def _schemas(job_id_pattern: str, max_run_at: int, fair_settings: tuple[str, ...
         return {"oneOf": [{"type": "integer", "minimum": low, "maximum": high},
                           {"type": "string", "pattern": _INTEGER_STRING}]}
     tube = {"type": "string", "pattern": f"^{TUBE_NAME.pattern}$"}
-    job_id = {"type": "string", "pattern": f"^{job_id_pattern}$"}
+    job_id = {"type": "string", "pattern": f"^{JOB_ID.pattern}$"}
     new_job = {
         "tube": {**tube, "description": "the tube to put the job in"},
         "body": {"type": ["string", "null"], "default": "",
@@ -110,7 +110,7 @@ def _schemas(job_id_pattern: str, max_run_at: int, fair_settings: tuple[str, ...
                 "expires (> 0); absent or null: the server default (3600)"},
         "delay": {**seconds, "description": "seconds before the job becomes ready; "
                   "absent or null: 0"},
-        "run_at": {"oneOf": [{"type": "number", "minimum": 0, "maximum": max_run_at},
+        "run_at": {"oneOf": [{"type": "number", "minimum": 0, "maximum": MAX_RUN_AT},
                              {"type": "string", "pattern": _NUMERIC_STRING},
                              {"type": "null"}],
                    "description": "the unix time (seconds) at which the job becomes "
@@ -237,7 +237,7 @@ def _schemas(job_id_pattern: str, max_run_at: int, fair_settings: tuple[str, ...
         "FairSetting": {
             "type": "object", "required": ["action", "tube", "policy", "servers"],
             "properties": {"action": {"const": "fair"}, "tube": {"type": "string"},
-                           "policy": {"enum": list(fair_settings)},
+                           "policy": {"enum": list(FAIR_SETTINGS)},
                            "servers": {"type": "integer"}},
         },
         "MaxSizeSetting": {
@@ -387,8 +387,7 @@ def _schemas(job_id_pattern: str, max_run_at: int, fair_settings: tuple[str, ...
     }
 
 
-def _parameters(max_wait: float, job_id_pattern: str, max_kick_count: int,
-                max_offset: int, fair_settings: tuple[str, ...], max_tube_size: int) -> dict:
+def _parameters() -> dict:
     boolean = {"type": "string", "pattern": BOOLEAN_PATTERN, "default": "false"}
     tube_rule = "one of tube and tube_name is required"
     return {
@@ -398,24 +397,24 @@ def _parameters(max_wait: float, job_id_pattern: str, max_kick_count: int,
                             "an alias of tube (AllQueue accepted both)"),
         "tube_optional": _query("tube", {"type": "string"},
                                 "optional; checked for shape, not used to find the job"),
-        "job_id": _query("job_id", {"type": "string", "pattern": f"^{job_id_pattern}$"},
+        "job_id": _query("job_id", {"type": "string", "pattern": f"^{JOB_ID.pattern}$"},
                          "\"<server_id>,<number>\", percent-encoded", required=True),
         "job_id_optional": _query(
-            "job_id", {"type": "string", "pattern": f"^{job_id_pattern}$"},
+            "job_id", {"type": "string", "pattern": f"^{JOB_ID.pattern}$"},
             "kick this job; without it, kick buried jobs of tube"),
         "delete": _query("delete", boolean, "remove the jobs as they are handed out "
                          "(true/false/1/0/yes/no, any case)"),
         "wait": _query("wait", {"type": "string", "pattern": _SECONDS_STRING,
                                 "default": "0"},
                        "long poll: answer as soon as a job is ready, or after this many "
-                       f"seconds (at most {max_wait:g}) with nothing"),
+                       f"seconds (at most {MAX_WAIT:g}) with nothing"),
         "count": _query("count", {"type": "integer", "minimum": 1, "maximum": MAX_COUNT,
                                   "default": 1}, "how many jobs at most"),
         "kick_count": _query("count", {"type": "integer", "minimum": 1,
-                                       "maximum": max_kick_count, "default": 1},
+                                       "maximum": MAX_KICK_COUNT, "default": 1},
                              "how many buried jobs of tube to kick at most"),
         "buried": _query("buried", boolean, "peek at buried jobs instead of ready ones"),
-        "offset": _query("offset", {"type": "integer", "minimum": 0, "maximum": max_offset,
+        "offset": _query("offset", {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET,
                                     "default": 0},
                          "skip this many jobs"),
         "delay": _query("delay", {"type": "string", "pattern": _SECONDS_STRING,
@@ -431,11 +430,11 @@ def _parameters(max_wait: float, job_id_pattern: str, max_kick_count: int,
                             "tube)"),
         "drain_tube": _query("tube", {"type": "string", "pattern": f"^{TUBE_NAME.pattern}$"},
                              "drain a tube on every server (give this or server_id)"),
-        "policy": _query("policy", {"type": "string", "enum": list(fair_settings)},
+        "policy": _query("policy", {"type": "string", "enum": list(FAIR_SETTINGS)},
                          "round_robin or weighted: fair over shard keys; off: not fair; "
                          "default: by name (fair when it starts with fq-)", required=True),
         "max_size": _query("max_size", {"type": "string", "pattern": "^([0-9]{1,13})?$"},
-                           f"the most jobs the tube holds on each server (1..{max_tube_size});"
+                           f"the most jobs the tube holds on each server (1..{MAX_TUBE_SIZE});"
                            " empty or absent: unbounded"),
         "server_url": _query("server_url", {"type": "string", "pattern": _ADDRESS},
                              "\"host:port\" (when the request has no JSON body)"),
@@ -470,9 +469,6 @@ def document(*, max_body: int) -> dict:
     :param max_body: the largest request body accepted, in bytes.
     :returns: a JSON-encodable dict.
     """
-    max_wait, job_id_pattern = MAX_WAIT, JOB_ID.pattern
-    max_kick_count, max_offset, max_run_at = MAX_KICK_COUNT, MAX_OFFSET, MAX_RUN_AT
-    max_tube_size, fair_settings = MAX_TUBE_SIZE, FAIR_SETTINGS
     action = _json(_ref("schemas", "JobAction"), "{\"action\": <name>, \"job_id\"}")
     body_note = f" The body may be at most {max_body} bytes."
 
@@ -628,9 +624,8 @@ def document(*, max_body: int) -> dict:
                  {"name": "admin", "description": "servers, stats and this document"}],
         "paths": paths,
         "components": {
-            "schemas": _schemas(job_id_pattern, max_run_at, fair_settings),
-            "parameters": _parameters(max_wait, job_id_pattern, max_kick_count, max_offset,
-                                      fair_settings, max_tube_size),
+            "schemas": _schemas(),
+            "parameters": _parameters(),
             "responses": _responses(),
         },
     }

@@ -15,8 +15,6 @@ import functools
 
 import attrs
 
-# The journal and recovery import ParentInfo from here, beside Job.
-from allq.core.parents import ParentInfo  # noqa: F401
 
 #: Distinct option sets kept for sharing. Most jobs use a few (the defaults, a
 #: few priorities); past this many, new sets are still right, just not shared.

@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import zlib
 
-from allq.core.job import Job, ParentInfo
+from allq.core.job import Job
+from allq.core.parents import ParentInfo
 from allq.speedups import compact_json_encoder
 
 FORMAT_VERSION = 1

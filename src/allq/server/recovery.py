@@ -21,7 +21,8 @@ import os
 
 import attrs
 
-from allq.core.job import Job, JobState, ParentInfo
+from allq.core.job import Job, JobState
+from allq.core.parents import ParentInfo
 from allq.errors import AllQError
 from allq.server.journal import fsync_directory
 from allq.server.records import (
