@@ -11,6 +11,10 @@ from allq.errors import ConnectionLost
 from allq.wire.keys import ClientKeys
 
 
+#: The first retry waits 0.2 s (0.1 s doubled once) plus under 1 s of jitter.
+FIRST_RETRY_AT_MOST = 1.2
+
+
 class FakeConnection:
     def __init__(self, server_id="srv"):
         self.ready = Deferred()
@@ -106,7 +110,7 @@ def test_connection_refused_and_silence_have_their_reasons():
     endpoint.outcomes = [net_error.ConnectionRefusedError(), FakeConnection()]
     link.startService()
     assert link.down_reason.startswith("connection refused")
-    clock.advance(1.1)  # the first backoff, 0.1 s, plus up to 1 s of jitter
+    clock.advance(FIRST_RETRY_AT_MOST)
     clock.advance(HANDSHAKE_TIMEOUT)  # the second connection never says welcome
     assert link.down_reason.startswith(f"no handshake within {HANDSHAKE_TIMEOUT:g} s")
     link.stopService()
@@ -127,7 +131,7 @@ def test_a_lost_connection_reconnects_and_the_link_pings_while_up():
     failures = []
     link.request("get", {}).addErrback(failures.append)
     assert failures[0].check(NotConnected)  # at once: nothing was sent
-    clock.advance(1.1)
+    clock.advance(FIRST_RETRY_AT_MOST)
     second.ready.callback(second)
     assert link.up and endpoint.connects == 2
     stopped = link.stopService()
