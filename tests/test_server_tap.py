@@ -39,6 +39,7 @@ DEFAULTS = {
     "log-jobs": False,
     "backlog": 1024,
     "idle-timeout": 300.0,
+    "allow-any-client": False,
 }
 
 

@@ -20,7 +20,12 @@ Environment (the original AllQueue names, plus one of ours): ``A_CURVE_SECRETKEY
 (own secret key, either side), ``A_CURVE_PUBLICKEY`` (own public key, optional,
 checked against the secret), ``A_CURVE_SERVER_PUBLICKEY`` (client only),
 ``ALLQ_AUTHORIZED_KEYS`` (server only: client public keys separated by commas or
-whitespace).
+whitespace, or ``*``: any client, see below).
+
+Any client: AllQueue's servers accepted every client that knew the server's public
+key (no client list existed). allq accepts only listed keys unless one explicit
+switch says otherwise: ``ALLQ_AUTHORIZED_KEYS=*`` or the server's
+``--allow-any-client``; :attr:`FoundServerKeys.any_client` carries it.
 """
 
 import os
@@ -39,6 +44,10 @@ ENV_SECRET = "A_CURVE_SECRETKEY"
 ENV_PUBLIC = "A_CURVE_PUBLICKEY"
 ENV_SERVER_PUBLIC = "A_CURVE_SERVER_PUBLICKEY"
 ENV_AUTHORIZED = "ALLQ_AUTHORIZED_KEYS"
+#: ``ALLQ_AUTHORIZED_KEYS=*``: accept any client key (AllQueue's behaviour).
+ANY_CLIENT = "*"
+#: How the refusal of a server without client keys names the switch.
+ANY_CLIENT_SWITCH = f"{ENV_AUTHORIZED}={ANY_CLIENT} or --allow-any-client"
 
 
 class KeyConfigError(Exception):
@@ -66,12 +75,15 @@ class FoundServerKeys:
 
     :ivar authorized_source: where the authorized keys came from, for an error
         when there are none.
+    :ivar any_client: accept any client key that completes the handshake (the
+        explicit switch; ``authorized`` may then be empty).
     """
 
     secret: KeyText
     public: KeyText | None
     authorized: tuple[KeyText, ...]
     authorized_source: str
+    any_client: bool = False
 
 
 @attrs.frozen
@@ -157,7 +169,8 @@ def env_key_list(environ: Mapping[str, str], name: str) -> tuple[KeyText, ...] |
 
 
 def find_server_keys(keys_dir: str | None, authorized_keys_file: str | None,
-                     environ: Mapping[str, str]) -> FoundServerKeys:
+                     environ: Mapping[str, str], *,
+                     allow_any_client: bool = False) -> FoundServerKeys:
     """Find a server's key text. First match wins:
 
     1. ``keys_dir``: the secret from ``DIR/server.key``; authorized keys from
@@ -166,20 +179,38 @@ def find_server_keys(keys_dir: str | None, authorized_keys_file: str | None,
     2. ``A_CURVE_SECRETKEY`` (with ``A_CURVE_PUBLICKEY``, if set); authorized keys
        from ``authorized_keys_file`` if given, else ``ALLQ_AUTHORIZED_KEYS``.
 
+    Any client is accepted when ``allow_any_client`` (``--allow-any-client``) or
+    ``ALLQ_AUTHORIZED_KEYS`` is exactly ``*``, whichever source the secret came
+    from; keys listed as well are then simply among the accepted ones, and a key
+    directory needs neither ``authorized_keys`` nor ``client.pub``.
+
     :raises MissingKeys: neither a key directory nor ``A_CURVE_SECRETKEY``, or the
         directory has no ``server.key``.
-    :raises KeyConfigError: a file cannot be read, or a secret is readable by others.
+    :raises KeyConfigError: a file cannot be read, a secret is readable by others,
+        or ``*`` is mixed with keys in ``ALLQ_AUTHORIZED_KEYS``.
     """
+    listed = env_key_list(environ, ENV_AUTHORIZED)
+    env_any = listed is not None and ANY_CLIENT in [key.text for key in listed]
+    if env_any and len(listed) > 1:
+        raise KeyConfigError(
+            f"{ENV_AUTHORIZED}: '{ANY_CLIENT}' (any client) must stand alone, "
+            "not beside client keys")
+    any_client = allow_any_client or env_any
+    if env_any:
+        listed = ()
     if keys_dir is not None:
         secret = read_secret(os.path.join(keys_dir, SERVER_SECRET_FILE))
         listing = os.path.join(keys_dir, AUTHORIZED_KEYS_FILE)
+        client_public = os.path.join(keys_dir, CLIENT_PUBLIC_FILE)
         if authorized_keys_file is not None:
             authorized = read_key_list(authorized_keys_file)
         elif os.path.exists(listing):
             authorized = read_key_list(listing)
+        elif any_client and not os.path.exists(client_public):
+            authorized = ()
         else:
-            authorized = (read_public(os.path.join(keys_dir, CLIENT_PUBLIC_FILE)),)
-        return FoundServerKeys(secret, None, authorized, keys_dir)
+            authorized = (read_public(client_public),)
+        return FoundServerKeys(secret, None, authorized, keys_dir, any_client)
     secret = env_key(environ, ENV_SECRET)
     if secret is None:
         raise MissingKeys(
@@ -189,11 +220,10 @@ def find_server_keys(keys_dir: str | None, authorized_keys_file: str | None,
     public = env_key(environ, ENV_PUBLIC)
     if authorized_keys_file is not None:
         return FoundServerKeys(secret, public, read_key_list(authorized_keys_file),
-                               authorized_keys_file)
-    listed = env_key_list(environ, ENV_AUTHORIZED)
+                               authorized_keys_file, any_client)
     if listed is None:
-        return FoundServerKeys(secret, public, (), f"{ENV_AUTHORIZED} (unset)")
-    return FoundServerKeys(secret, public, listed, ENV_AUTHORIZED)
+        return FoundServerKeys(secret, public, (), f"{ENV_AUTHORIZED} (unset)", any_client)
+    return FoundServerKeys(secret, public, listed, ENV_AUTHORIZED, any_client)
 
 
 def find_client_keys(keys_dir: str | None, environ: Mapping[str, str]) -> FoundClientKeys:

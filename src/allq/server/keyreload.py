@@ -121,12 +121,13 @@ class AuthorizedKeysWatcher(Service):
             self._log.warn("the server's secret key changed; restart the server to use it")
         old = {bytes(key) for key in self.keys.authorized}
         new = {bytes(key) for key in keys.authorized}
-        self.keys = ServerKeys(self.keys.secret, keys.authorized)
+        self.keys = ServerKeys(self.keys.secret, keys.authorized, keys.any_client)
         closed = self._apply(Authenticator(self.keys))
         self.reloads += 1
         self._log.info(
             "authorized keys reloaded ({why}): {count} keys, {added} added, {removed} "
-            "removed; closed {closed} connections of removed keys",
+            "removed{any}; closed {closed} connections of removed keys",
             why=why, count=len(new), added=len(new - old), removed=len(old - new),
+            any="; any client key accepted (--allow-any-client)" if keys.any_client else "",
             closed=closed)
         return True

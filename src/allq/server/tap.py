@@ -40,7 +40,14 @@ from allq.core.queue import (
     QueueConfig,
 )
 from allq.listening import PortSetting, listening_service
-from allq.keyfiles import AUTHORIZED_KEYS_FILE, CLIENT_PUBLIC_FILE, KeyConfigError, MissingKeys
+from allq.keyfiles import (
+    ANY_CLIENT_SWITCH,
+    AUTHORIZED_KEYS_FILE,
+    CLIENT_PUBLIC_FILE,
+    ENV_AUTHORIZED,
+    KeyConfigError,
+    MissingKeys,
+)
 from allq.server.dispatch import Dispatcher
 from allq.server.keys import load_server_keys
 from allq.server.journal import DEFAULT_FSYNC, FsyncPolicy, Journal
@@ -71,6 +78,9 @@ class Options(usage.Options):
     optFlags = [
         ["log-jobs", None, "log one event per job operation, with its job_id "
                            "[env ALLQ_LOG_JOBS=true]"],
+        ["allow-any-client", None, "accept any client key that completes the handshake, "
+                                   "as AllQueue did: anyone holding the server's public key "
+                                   "may use this server [env ALLQ_AUTHORIZED_KEYS=*]"],
     ]
 
     optParameters = [
@@ -165,6 +175,7 @@ class Options(usage.Options):
             DEFAULT_IDLE_TIMEOUT if idle is None
             else 0.0 if _is_zero(idle) else positive_float("idle-timeout", idle))
         self["log-jobs"] = bool(self["log-jobs"]) or env.get("ALLQ_LOG_JOBS", "") == "true"
+        self["allow-any-client"] = bool(self["allow-any-client"])
         max_jobs = resolve(self, "max-jobs", env, "ALLQ_MAX_JOBS")
         self["max-jobs"] = None if max_jobs is None else positive_int("max-jobs", max_jobs)
         self["fair-prefix"] = resolve(self, "fair-prefix", env, "FQ_PREFIX") or DEFAULT_FAIR_PREFIX
@@ -274,7 +285,8 @@ def makeService(config: Options, reactor=None) -> MultiService:
         raise SystemExit(0)
 
     def load_keys():
-        return load_server_keys(config["keys"], config["authorized-keys"], environ)
+        return load_server_keys(config["keys"], config["authorized-keys"], environ,
+                                allow_any_client=config["allow-any-client"])
 
     try:
         keys = load_keys()
@@ -283,6 +295,12 @@ def makeService(config: Options, reactor=None) -> MultiService:
             f"allq-server: refusing to start without keys ({e}).\n\n{suggested_setup_text()}")
     except KeyConfigError as e:
         raise SystemExit(f"allq-server: {e}")
+    if keys.any_client:
+        _log.warn(
+            "accepting ANY client key ({switch}), as AllQueue did: anyone who knows this "
+            "server's public key can use it. List the client keys instead "
+            "(--authorized-keys FILE or {env}) to accept only those",
+            switch=ANY_CLIENT_SWITCH, env=ENV_AUTHORIZED)
 
     # The holders first; the objects that use them next; then connect them.
     identity = ServerIdentity(config["server-id"])
@@ -336,9 +354,11 @@ def makeService(config: Options, reactor=None) -> MultiService:
         address = port.getHost()
         _log.info(
             "allq-server {version} id {server_id} listening on {host}:{port} "
-            "({clients} authorized client keys)",
+            "({clients})",
             version=__version__, server_id=identity.value, host=address.host,
-            port=address.port, clients=len(keys.authorized),
+            port=address.port,
+            clients="any client key" if keys.any_client
+            else f"{len(keys.authorized)} authorized client keys",
         )
 
     service = MultiService()

@@ -17,8 +17,9 @@ Handshake (``b64`` is standard base64 without a newline)::
                                    b"allq-hello-v1" + challenge)  (random nonce, prepended)
 
 The server looks the client's public key up among its authorized keys (one ``Box`` each,
-built once by :class:`Authenticator`) and checks that the proof decrypts to the context
-string plus *this connection's* challenge, so a HELLO captured on one connection is useless
+built once by :class:`Authenticator`; a server given the any-client switch builds the
+``Box`` of an unlisted key for that connection instead of refusing it) and checks that
+the proof decrypts to the context string plus *this connection's* challenge, so a HELLO captured on one connection is useless
 on another. A client that is not authorized, or cannot prove it holds the secret key, gets
 :class:`HandshakeError` with a code for the wire. The server proves itself implicitly: only
 the holder of the server's secret key can produce frames the client's ``Box`` opens.
@@ -252,7 +253,9 @@ class Authenticator:
     """The server side of the handshake, built once per server from its keys.
 
     Precomputes one ``Box`` per authorized client key, so accepting a connection costs a
-    dictionary lookup and one decryption.
+    dictionary lookup and one decryption. With ``keys.any_client`` an unlisted key costs
+    one key agreement more (its ``Box`` is built for that connection, not kept): the
+    proof still shows the client holds the secret of the key it presents.
     """
 
     def __init__(self, keys: ServerKeys) -> None:
@@ -260,13 +263,17 @@ class Authenticator:
         :param keys: the server's secret key and the authorized client keys.
         """
         self._boxes = {bytes(public): Box(keys.secret, public) for public in keys.authorized}
+        self._any_client = keys.any_client
+        self._secret = keys.secret
 
     def __repr__(self) -> str:
+        if self._any_client:
+            return "<Authenticator for any client key>"
         return f"<Authenticator for {len(self._boxes)} client key(s)>"
 
     def accepts(self, client_public: bytes) -> bool:
         """Whether this authenticator accepts the client key ``client_public`` (raw bytes)."""
-        return client_public in self._boxes
+        return self._any_client or client_public in self._boxes
 
     def accept(self, line: bytes, challenge: bytes) -> Session:
         """Check a client's HELLO line against this connection's challenge.
@@ -290,6 +297,8 @@ class Authenticator:
         except ValueError:
             raise HandshakeError("bad_hello", "expected HELLO <public key> <proof>") from None
         box = self._boxes.get(client_public)
+        if box is None and self._any_client:
+            box = self._box_for_any(client_public)
         if box is None:
             raise HandshakeError(
                 "unknown_key",
@@ -302,3 +311,10 @@ class Authenticator:
         if not hmac.compare_digest(opened, _HELLO_CONTEXT + challenge):
             raise HandshakeError("bad_proof", "the client's proof does not match this challenge")
         return Session(box, challenge, SERVER_TO_CLIENT, client_public)
+
+    def _box_for_any(self, client_public: bytes) -> Box:
+        try:
+            return Box(self._secret, PublicKey(client_public))
+        except CryptoError:
+            # libsodium refuses a key agreement with a low-order point (an all-zero key).
+            raise HandshakeError("bad_hello", "the client's key is not a usable public key") from None

@@ -31,6 +31,7 @@ from allq.keyfiles import (
     AUTHORIZED_KEYS_FILE,
     CLIENT_PUBLIC_FILE,
     CLIENT_SECRET_FILE,
+    ANY_CLIENT_SWITCH,
     ENV_AUTHORIZED,
     ENV_PUBLIC,
     ENV_SECRET,
@@ -174,10 +175,13 @@ class ServerKeys:
 
     :ivar secret: the server's secret key.
     :ivar authorized: public keys of the clients the server accepts.
+    :ivar any_client: accept any client key besides those (AllQueue's behaviour,
+        only by the explicit switch).
     """
 
     secret: PrivateKey = attrs.field(repr=False)
     authorized: tuple[PublicKey, ...] = attrs.field(converter=tuple)
+    any_client: bool = False
 
     @property
     def public(self) -> PublicKey:
@@ -342,17 +346,20 @@ def server_keys(found: FoundServerKeys) -> ServerKeys:
     """A server's keys from their text (:func:`allq.keyfiles.find_server_keys`).
 
     :raises KeyConfigError: a malformed key, a public key that does not match the
-        secret, AllQueue's default server key, or no authorized client keys.
+        secret, AllQueue's default server key, or no authorized client keys (and
+        not the any-client switch).
     """
     secret = _secret(found.secret, found.public)
     authorized = public_keys(found.authorized)
     _refuse_default(secret.public_key, found.secret.source)
-    if not authorized:
+    if not authorized and not found.any_client:
         raise KeyConfigError(
             f"{found.authorized_source}: no authorized client keys; the server would "
-            f"accept nobody. Pass --authorized-keys FILE or set {ENV_AUTHORIZED}"
+            f"accept nobody. Pass --authorized-keys FILE or set {ENV_AUTHORIZED} to the "
+            f"client public keys. To accept any client that holds the server's public "
+            f"key, as AllQueue did, set {ANY_CLIENT_SWITCH}"
         )
-    return ServerKeys(secret, authorized)
+    return ServerKeys(secret, authorized, found.any_client)
 
 
 def client_keys(found: FoundClientKeys) -> ClientKeys:
