@@ -40,6 +40,7 @@ DEFAULTS = {
     "backlog": 1024,
     "idle-timeout": 300.0,
     "allow-any-client": False,
+    "import-allqueue": False,
 }
 
 

@@ -5,6 +5,7 @@ instructions. Currently::
 
     allq keys generate DIR [--force]   write a server and a client key pair to DIR
     allq keys suggest                  print a fresh key set as environment variables
+    allq import DIR [--data-dir D]     import an AllQueue data directory into allq's journal
 
 What this module must not do: no queue logic, no reactor, no network. It never prints a
 secret key except in ``keys suggest``, whose whole purpose is to show one. Errors are one
@@ -123,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
         "suggest", help="print a freshly generated key set as environment variables"
     )
     suggest.set_defaults(run=_keys_suggest)
+
+    # The importer is the server's (it writes the journal); it adds its own command.
+    from allq.server.allqueue_import import add_import_command
+
+    add_import_command(commands)
     return parser
 
 

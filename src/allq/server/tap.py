@@ -48,6 +48,7 @@ from allq.keyfiles import (
     KeyConfigError,
     MissingKeys,
 )
+from allq.server import allqueue_import
 from allq.server.dispatch import Dispatcher
 from allq.server.keys import load_server_keys
 from allq.server.journal import DEFAULT_FSYNC, FsyncPolicy, Journal
@@ -81,6 +82,10 @@ class Options(usage.Options):
         ["allow-any-client", None, "accept any client key that completes the handshake, "
                                    "as AllQueue did: anyone holding the server's public key "
                                    "may use this server [env ALLQ_AUTHORIZED_KEYS=*]"],
+        ["import-allqueue", None, "import the jobs AllQueue left in the data directory "
+                                  "(its ready/, delayed/, ... files) into the journal at "
+                                  "start, as `allq import DIR` does; without it the server "
+                                  "refuses to start on them [env ALLQ_IMPORT_ALLQUEUE=true]"],
     ]
 
     optParameters = [
@@ -176,6 +181,8 @@ class Options(usage.Options):
             else 0.0 if _is_zero(idle) else positive_float("idle-timeout", idle))
         self["log-jobs"] = bool(self["log-jobs"]) or env.get("ALLQ_LOG_JOBS", "") == "true"
         self["allow-any-client"] = bool(self["allow-any-client"])
+        self["import-allqueue"] = (bool(self["import-allqueue"])
+                                   or env.get("ALLQ_IMPORT_ALLQUEUE", "") == "true")
         max_jobs = resolve(self, "max-jobs", env, "ALLQ_MAX_JOBS")
         self["max-jobs"] = None if max_jobs is None else positive_int("max-jobs", max_jobs)
         self["fair-prefix"] = resolve(self, "fair-prefix", env, "FQ_PREFIX") or DEFAULT_FAIR_PREFIX
@@ -313,6 +320,7 @@ def makeService(config: Options, reactor=None) -> MultiService:
     first_id = int(now * 1_000_000)
     journal = recovered = None
     if config["data-dir"] is not None:
+        _allqueue_files(config, now)
         journal, recovered = _open_data_dir(config, reactor, now, fatal, disk.set)
         first_id = max(first_id, recovered.max_id + 1)
     queue = Queue(
@@ -395,6 +403,27 @@ def _authorized_keys_path(config: Options) -> str | None:
         return None
     path = os.path.join(config["keys"], AUTHORIZED_KEYS_FILE)
     return path if os.path.exists(path) else os.path.join(config["keys"], CLIENT_PUBLIC_FILE)
+
+
+def _allqueue_files(config: Options, now: float) -> None:
+    """Never start silently empty beside the jobs AllQueue left in the data directory:
+    import them (``--import-allqueue``) or refuse, saying how."""
+    directory = config["data-dir"]
+    try:
+        found = allqueue_import.find_allqueue_files(directory)
+    except OSError as e:
+        raise SystemExit(f"allq-server: cannot read data directory {directory}: {e}")
+    if found is None:
+        return
+    if not config["import-allqueue"]:
+        raise SystemExit(allqueue_import.refusal(found, directory))
+    try:
+        report = allqueue_import.import_allqueue(directory, now)
+    except (allqueue_import.AllQueueImportError, DataDirError) as e:
+        raise SystemExit(f"allq-server: {e}")
+    except OSError as e:
+        raise SystemExit(f"allq-server: importing AllQueue's files failed: {e}")
+    _log.info("{report}", report=report.describe())
 
 
 def _open_data_dir(config: Options, reactor, now: float, on_failure, on_disk_full):
