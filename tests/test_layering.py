@@ -26,8 +26,9 @@ LAYERS = {
     "client": ({"ground", "wire"},
                {"attrs", "twisted", "zope", "prometheus_client", "klein", "werkzeug", "treq",
                 "nacl"}),
-    # The `allq` command line: an entry point, like the twistd plugins.
-    "entry": ({"ground", "wire"}, {"attrs", "nacl"}),
+    # The `allq` command line: an entry point, like the twistd plugins; `allq import`
+    # assembles the server's importer (it writes the server's journal).
+    "entry": ({"ground", "wire", "server"}, {"attrs", "nacl"}),
 }
 #: Pure layers: no reactor, no sockets, no clock of their own.
 NO_TWISTED = {"core", "wire"}
