@@ -20,7 +20,9 @@ from allq.vocabulary import JobRef
 class Membership(MultiService):
     """The configured servers.
 
-    :param addresses: ``host:port`` of each server (at least one).
+    :param addresses: ``host:port`` of each server; none only while servers are
+        still to be discovered (:mod:`allq.client.discovery`): until then every
+        operation is :class:`Unavailable`, as with every server down.
     :param make_link: builds the :class:`ServerLink` (or a test double) for an address.
     """
 
@@ -31,9 +33,6 @@ class Membership(MultiService):
         super().__init__()
         self._make_link = make_link
         self._links: dict[str, ServerLink] = {}
-        addresses = list(addresses)
-        if not addresses:
-            raise BadRequest("at least one server address is needed")
         for address in addresses:
             self.add(address)
 
@@ -93,7 +92,7 @@ class Membership(MultiService):
                     raise Unavailable(f"the server holding {what} {job_id[:90]} is down "
                                       f"({link.down_reason or 'down'})")
                 return link
-        if any(link.server_id is None for link in self._links.values()):
+        if not self._links or any(link.server_id is None for link in self._links.values()):
             raise Unavailable(f"the server holding {what} {job_id[:90]} is not connected")
         raise NotFound(f"{what} {job_id[:90]} names server {server_id[:64]!r}, unknown here")
 

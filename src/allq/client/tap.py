@@ -15,6 +15,15 @@ from twisted.web.server import Site
 
 from allq import __version__
 from allq.client.dashboard import Dashboard
+from allq.client.discovery import (
+    DEFAULT_DNS_INTERVAL,
+    DnsDiscovery,
+    dns_server_lookup,
+    is_dns_entry,
+    parse_dns_entry,
+    parse_dns_server,
+    system_lookup,
+)
 from allq.client.federation import Federation
 from allq.client.graceful import GracefulClient, InFlight
 from allq.client.http_guard import HostGuard, parse_allowed_hosts
@@ -63,8 +72,15 @@ class Options(usage.Options):
          "env HTTP_SERVER_PORT sets the port and ALLQ_HTTP_INTERFACE the interface, "
          "ALLQ_HTTP the whole endpoint]"],
         ["servers", None, None,
-         f"comma-separated host:port of the servers [default: {DEFAULT_SERVERS}; "
-         "env SERVER_STRING]"],
+         f"comma-separated host:port of the servers, or dns:NAME:PORT for every address "
+         f"behind a DNS name, looked up again every --dns-interval [default: "
+         f"{DEFAULT_SERVERS}; env SERVER_STRING]"],
+        ["dns-interval", None, None,
+         f"seconds between lookups of the dns: names of --servers [default: "
+         f"{DEFAULT_DNS_INTERVAL:g}; env ALLQ_DNS_INTERVAL]"],
+        ["dns-server", None, None,
+         "HOST:PORT of the DNS server to ask for the dns: names [default: the system's "
+         "resolver (getaddrinfo); env ALLQ_DNS_SERVER]"],
         ["keys", None, None,
          "directory holding client.key and server.pub (made by `allq keys generate`) "
          "[env ALLQ_KEYS_DIR]"],
@@ -98,15 +114,17 @@ class Options(usage.Options):
         self["access-log"] = bool(self["access-log"]) or env.get("ALLQ_ACCESS_LOG", "") == "true"
         self["log-jobs"] = bool(self["log-jobs"]) or env.get("ALLQ_LOG_JOBS", "") == "true"
         servers = resolve(self, "servers", env, "SERVER_STRING") or DEFAULT_SERVERS
-        addresses = [s.strip() for s in servers.split(",") if s.strip()]
-        if not addresses:
+        entries = [s.strip() for s in servers.split(",") if s.strip()]
+        if not entries:
             raise usage.UsageError("--servers must list at least one host:port")
+        addresses = [entry for entry in entries if not is_dns_entry(entry)]
         for address in addresses:
             try:
                 parse_address(address)
             except BadRequest as e:
                 raise usage.UsageError(f"--servers: {e.message}") from None
         self["servers"] = addresses
+        self.update(_dns_options(self, env, [e for e in entries if is_dns_entry(e)]))
         self["keys"] = resolve(self, "keys", env, "ALLQ_KEYS_DIR")
         self["request-timeout"] = positive_float(
             "request-timeout",
@@ -132,6 +150,37 @@ class Options(usage.Options):
                     f"--workers {self['workers']} needs a tcp:PORT --http endpoint: {e}") from None
 
 
+def _dns_options(options: Options, env, entries: list[str]) -> dict:
+    """``dns-names``, ``dns-interval`` and ``dns-server`` (:mod:`allq.client.discovery`)."""
+    try:
+        names = [parse_dns_entry(entry) for entry in entries]
+    except ValueError as e:
+        raise usage.UsageError(f"--servers: {e}") from None
+    server = resolve(options, "dns-server", env, "ALLQ_DNS_SERVER")
+    if server is not None:
+        try:
+            server = parse_dns_server(server)
+        except ValueError as e:
+            raise usage.UsageError(f"--dns-server: {e}") from None
+    interval = positive_float("dns-interval", resolve(options, "dns-interval", env,
+                                                      "ALLQ_DNS_INTERVAL") or DEFAULT_DNS_INTERVAL)
+    return {"dns-names": names, "dns-interval": interval, "dns-server": server}
+
+
+def _discovery(config: Options, federation: Federation, reactor) -> DnsDiscovery | None:
+    """The service following the ``dns:`` names of ``--servers`` (``None``: there are none)."""
+    if not config["dns-names"]:
+        return None
+    if config["dns-server"] is None:
+        lookup = system_lookup(reactor)
+    else:
+        from twisted.names.client import Resolver
+
+        lookup = dns_server_lookup(Resolver(servers=[config["dns-server"]], reactor=reactor))
+    return DnsDiscovery(federation, config["dns-names"], lookup, reactor,
+                        config["dns-interval"], static=config["servers"])
+
+
 def makeService(config: Options, reactor=None) -> MultiService:
     """Assemble the client: federation over the servers, REST facade over HTTP,
     and with ``--workers N`` the N-1 worker processes (:mod:`allq.client.workers`)."""
@@ -144,6 +193,11 @@ def makeService(config: Options, reactor=None) -> MultiService:
     federation.observe(JobCounter(metrics))
     service, site = _client(config, federation, metrics, reactor)
     StatsRefresher(federation, metrics, reactor).setServiceParent(service)
+    discovery = _discovery(config, federation, reactor)
+    if discovery is not None:
+        # The primary alone looks names up; --workers processes follow its changes
+        # through the admin relay, like a REST update_servers.
+        discovery.setServiceParent(service)
     pool = None
     if config["workers"] > 1:
         interface, _, backlog = parse_tcp(config["http"])
@@ -162,7 +216,7 @@ def makeService(config: Options, reactor=None) -> MultiService:
         _log.info(
             "allq-client {version} serving REST on {host}:{port} for servers {servers}",
             version=__version__, host=address.host, port=address.port,
-            servers=",".join(config["servers"]),
+            servers=",".join(config["servers"] + [str(n) for n in config["dns-names"]]),
         )
         if pool is not None:
             pool.listening(address.port)
@@ -261,7 +315,10 @@ def _worker_options(config: Options, federation: Federation, interface: str, por
     escaped = interface.replace(":", "\\:")  # endpoint syntax: an IPv6 address's colons
     options = [
         "--http", f"tcp:{port}:interface={escaped}:backlog={backlog}",
-        "--servers", ",".join(link.address for link in federation.links()),
+        # Before the first DNS answer there may be no server yet: the names then
+        # (a worker looks nothing up itself; the primary relays what it finds).
+        "--servers", ",".join(link.address for link in federation.links())
+        or ",".join(str(name) for name in config["dns-names"]),
         "--request-timeout", repr(config["request-timeout"]),
         "--retry-budget", repr(config["retry-budget"]),
         "--max-body", str(config["max-body"]),
