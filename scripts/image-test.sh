@@ -16,7 +16,8 @@
 #     put through one client is got through the other; puts spread over all 3 servers;
 #  5. after `docker kill` of one server, puts through both clients keep succeeding, on the
 #     other servers, and every one of those jobs can be got;
-#  6. a server started without keys exits 1 and logs a suggested key set;
+#  6. a server started without keys exits 1 and logs a suggested key set; one with
+#     AllQueue's key variables only exits 1 naming the any-client switch;
 #  7. `docker stop` of every remaining container exits 0 well within the grace period, and
 #     each one's log shows twistd's orderly shutdown; no container logged a plugin cache
 #     or permission error, or a traceback.
@@ -220,6 +221,17 @@ set -e
 grep -q "refusing to start without keys" "$work/nokeys.log" \
   && docker/gen-env.sh - <"$work/nokeys.log" >/dev/null \
   || { cat "$work/nokeys.log"; fail "a server without keys did not log a suggested key set"; }
+
+# AllQueue's key variables alone (a secret, no client list): refused, naming the switch.
+server_secret=$(sed -n 's/^SERVER_A_CURVE_SECRETKEY=//p' "$work/env")
+set +e
+timeout 60 docker exec -e A_CURVE_SECRETKEY="$server_secret" -e ALLQ_AUTHORIZED_KEYS= \
+  "$("$COMPOSE" "${stack[@]}" ps --quiet server2)" twistd --nodaemon --pidfile= allq-server \
+  >"$work/noclients.log" 2>&1
+rc=$?
+set -e
+[ "$rc" = 1 ] && grep -q "ALLQ_AUTHORIZED_KEYS=\* or --allow-any-client" "$work/noclients.log" \
+  || { cat "$work/noclients.log"; fail "a server without client keys exited $rc without naming the switch"; }
 
 # -- 7. graceful stops -------------------------------------------------------------------
 for service in client1 client2 server2 server3; do

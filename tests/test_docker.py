@@ -67,7 +67,58 @@ def test_compose_files_and_dockerfiles_pass_the_static_checks():
     """Every compose stack is valid for Compose v2 and both Dockerfiles pass hadolint."""
     output = run_script("docker-checks.sh", CHECKS_TIMEOUT)
     assert "hadolint ok" in output
-    assert output.count("compose ok") == 5, output
+    assert output.count("compose ok") == 6, output
+
+
+def compose_config(stack: str, env: dict[str, str], tmp_path) -> dict:
+    """``docker compose config`` of a stack with these variables, as JSON (no engine)."""
+    import json
+
+    binary = run_script_output(["docker-checks.sh", "--install"]).strip().splitlines()[-1]
+    env_file = tmp_path / "env"
+    env_file.write_text("".join(f"{name}={value}\n" for name, value in env.items()))
+    done = subprocess.run(
+        [binary, "--env-file", str(env_file), "-f", f"docker/{stack}", "config",
+         "--format", "json"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def run_script_output(argv: list[str]) -> str:
+    done = subprocess.run(["bash", str(REPO_ROOT / "scripts" / argv[0]), *argv[1:]],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=CHECKS_TIMEOUT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_the_allqueue_stack_is_the_originals_with_the_key_switch(tmp_path):
+    """docker/allqueue.yml: AllQueue's local_test services, ports and variables (server
+    on 7788, client JSON lines on 7768 and REST on 8090, on loopback), keys only in
+    AllQueue's variables, plus ALLQ_AUTHORIZED_KEYS=*; the client follows the servers by DNS."""
+    config = compose_config("allqueue.yml", {
+        "SERVER_A_CURVE_SECRETKEY": "server-secret", "A_CURVE_SERVER_PUBLICKEY": "server-public",
+        "CLIENT_A_CURVE_SECRETKEY": "client-secret"}, tmp_path)
+    server, client = config["services"]["us-server"], config["services"]["us_queue"]
+    assert server["environment"] == {
+        "SERVER_PORT": "7788", "ALLQ_DEBUG": "true", "A_CURVE_SECRETKEY": "server-secret",
+        "A_CURVE_PUBLICKEY": "server-public", "ALLQ_AUTHORIZED_KEYS": "*"}
+    assert [(p["host_ip"], p["published"], p["target"]) for p in server["ports"]] == [
+        ("127.0.0.1", "7788-7797", 7788)]
+    assert client["environment"]["TCP_CLIENT_PORT"] == "7768"
+    assert client["environment"]["SERVER_STRING"] == "dns:us-server:7788"
+    assert client["environment"]["A_CURVE_SERVER_PUBLICKEY"] == "server-public"
+    assert client["environment"]["A_CURVE_SECRETKEY"] == "client-secret"
+    assert sorted((p["host_ip"], p["published"], p["target"]) for p in client["ports"]) == [
+        ("127.0.0.1", "7768", 7768), ("127.0.0.1", "8090", 8090)]
+    assert client["depends_on"]["us-server"]["condition"] == "service_healthy"
+
+
+def test_the_client_image_exposes_the_json_lines_port():
+    """Dockerfile.client exposes AllQueue's JSON-lines port (7766) beside REST, and
+    listens for it on all of the container's interfaces."""
+    text = (REPO_ROOT / "Dockerfile.client").read_text()
+    assert "EXPOSE 8090 7766" in text and "ENV CL_LISTEN=0.0.0.0" in text
 
 
 def engine_unavailable() -> str | None:
