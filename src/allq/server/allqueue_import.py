@@ -139,6 +139,7 @@ class Planned:
     deadline: float | None = None
     parent_old_id: str | None = None
     parent: ParentInfo | None = None
+    was_reserved: bool = False
 
 
 @attrs.frozen
@@ -295,7 +296,9 @@ def _plan_job(path: str, data: object, kind: str, now: float) -> Planned:
     planned = Planned(path, old_id, tube, body, priority, ttl, expired_limit, float(created),
                       JobState.READY, expireds, releases,
                       parent_old_id=parent_old_id or None)
-    if kind == "buried":
+    if kind == "reserved":
+        planned.was_reserved = True  # ready: its reservation ended with AllQueue
+    elif kind == "buried":
         planned.state = JobState.BURIED
     elif kind == "delayed":
         planned.state = JobState.DELAYED
@@ -430,13 +433,16 @@ def import_allqueue(directory: str, now: float | None = None, *,
 def _place(queue: Queue, journal: Journal, planned: list[Planned],
            throttles: dict[str, float], next_id: int,
            now: float) -> tuple[ImportReport, dict[str, int]]:
-    """Place each job through the core's restore and journal it; then the throttles.
+    """Place each job through the core's restore, then journal them all, then the
+    throttles. The core checks every job before the journal holds any: a refusal
+    leaves nothing to write (the caller closes the journal, which writes what it holds).
 
     :returns: the report, and each old id's new number.
     """
     numbers: dict[str, int] = {}
     counts = {state: 0 for state in JobState}
     from_reserved = unlinked = 0
+    placed: list[Job] = []
     children: dict[str, int] = {}
     for job in planned:
         if job.parent_old_id is not None:
@@ -454,13 +460,17 @@ def _place(queue: Queue, journal: Journal, planned: list[Planned],
                   ttl=job.ttl, expired_limit=job.expired_limit, created=job.created,
                   state=job.state, deadline=job.deadline, expireds=job.expireds,
                   releases=job.releases, parent_id=parent_id)
-        queue.restore(new, now=now, parent=info)
-        journal.on_change("job", new)
+        try:
+            queue.restore(new, now=now, parent=info)
+        except AllQError as e:
+            raise AllQueueImportError(f"{job.path}: {e.message}; nothing was imported") from None
+        placed.append(new)
         numbers[job.old_id] = next_id
         next_id += 1
         counts[new.state] += 1
-        if "/reserved/" in job.path.replace(os.sep, "/"):
-            from_reserved += 1
+        from_reserved += job.was_reserved
+    for new in placed:
+        journal.on_change("job", new)
     for tube, tps in throttles.items():
         queue.set_throttle(tube, tps, now=now)  # journaled through on_change
     report = ImportReport(
