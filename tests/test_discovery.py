@@ -347,3 +347,21 @@ def test_the_client_daemon_follows_dns_records(daemons, dns_server):
     assert servers() == [(f"127.0.0.1:{second.port}", True)]
     # The first server still holds the job: nothing was lost, only unfollowed.
     assert job_id.startswith(first.server_id + ",")
+
+
+def test_a_worker_started_before_any_answer_gets_the_names():
+    """--workers: a worker started while the names have not answered yet gets the
+    names as its --servers (parseable), one started later the addresses found."""
+    from allq.client.tap import _worker_options
+
+    config = parse(["--servers", "dns:allq-server:5555", "--workers", "2"])
+    clock = Clock()
+    federation, _ = start_federation(clock, [])
+    options = _worker_options(config, federation, "127.0.0.1", 8090, 1024)
+    servers = options[options.index("--servers") + 1]
+    assert servers == "dns:allq-server:5555"
+    assert parse(["--servers", servers])["dns-names"] == [NAME]
+    federation.add_server("10.0.0.1:5555")
+    options = _worker_options(config, federation, "127.0.0.1", 8090, 1024)
+    assert options[options.index("--servers") + 1] == "10.0.0.1:5555"
+    federation.stopService()

@@ -519,7 +519,7 @@ def add_import_command(commands) -> None:
     parser = commands.add_parser(
         "import", help="import an AllQueue data directory (SERIALIZER_DIR) into allq's journal")
     parser.add_argument("directory", metavar="DIR",
-                        help="the directory AllQueue wrote (its ready/, delayed/, ... )")
+                        help="the directory AllQueue wrote (its SERIALIZER_DIR)")
     parser.add_argument("--data-dir", metavar="DATA_DIR", default=None,
                         help="the allq server's data directory [default: DIR itself]")
     parser.set_defaults(run=_run_import)
