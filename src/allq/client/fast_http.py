@@ -133,6 +133,18 @@ class _Refused(Exception):
         self.response = response
 
 
+#: twisted.web's limits on a request's head (``HTTPChannel``).
+_HEAD_LIMIT = HTTPChannel.totalHeadersSize
+_MAX_HEADERS = HTTPChannel.maxHeaders
+#: The most bytes taken while a head is incomplete: the limit, and one read's worth
+#: (the read that began the head may also hold the end of the request before it).
+_HEAD_BUFFER = _HEAD_LIMIT + 65536
+
+
+def _head_too_large() -> bytes:
+    return _bad_request(f"the request's head is larger than {_HEAD_LIMIT} bytes")
+
+
 def _bad_request(detail: str) -> bytes:
     body = dumps(error_body(BadRequest(detail))) + b"\n"
     return (b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
@@ -153,6 +165,10 @@ class FastHTTPProtocol(Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_size = 0
+        #: Bytes received while a head is incomplete (httptools buffers a header
+        #: until it ends: this bounds that buffer).
+        self._in_head = False
+        self._head_bytes = 0
         #: The connection was handed to twisted.web for good (after an upgrade).
         self._handed_over = None
         self._closing = False
@@ -175,6 +191,12 @@ class FastHTTPProtocol(Protocol):
             return  # after a response that closes the connection, as twisted.web does
         try:
             self._parser.feed_data(data)
+            if self._in_head:
+                self._head_bytes += len(data)
+                if self._head_bytes > _HEAD_BUFFER:
+                    raise _Refused(_head_too_large())
+        except _Refused as refused:
+            self._refuse(refused.response)
         except httptools.HttpParserUpgrade as upgrade:
             self._handed_over = self._queue[-1]
             self._handed_over.hand_over(data[upgrade.args[0]:])
@@ -214,33 +236,33 @@ class FastHTTPProtocol(Protocol):
         self._url = b""
         self._headers = []
         self._head_size = 0
+        self._in_head = True
+        self._head_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._grew(len(url))
+        self._head_size += len(url)
+        if self._head_size > _HEAD_LIMIT:
+            raise _Refused(_head_too_large())
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
-        self._grew(len(name) + len(value) + 2)
-        if len(self._headers) > HTTPChannel.maxHeaders:
-            raise _Refused(_bad_request(
-                f"a request may have at most {HTTPChannel.maxHeaders} headers"))
-
-    def _grew(self, size: int) -> None:
-        self._head_size += size
-        if self._head_size > HTTPChannel.totalHeadersSize:
-            raise _Refused(_bad_request(
-                f"the request's head is larger than {HTTPChannel.totalHeadersSize} bytes"))
+        # As twisted.web counts: the bytes of the head's lines, and the headers.
+        headers = self._headers
+        headers.append((name, value))
+        self._head_size += len(name) + len(value) + 2
+        if self._head_size > _HEAD_LIMIT:
+            raise _Refused(_head_too_large())
+        if len(headers) > _MAX_HEADERS:
+            raise _Refused(_bad_request(f"a request may have at most {_MAX_HEADERS} headers"))
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         parser = self._parser
         method = parser.get_method()
         url = self._url
-        path = url.split(b"?", 1)[0]
+        path = url.partition(b"?")[0]
         proto = _VERSIONS.get(parser.get_http_version())
-        headers = {}
-        for name, value in self._headers:
-            headers[name.lower()] = value
+        headers = {name.lower(): value for name, value in self._headers}
         if ((method, path) in self._factory.routes and proto is not None
                 and not parser.should_upgrade() and b"transfer-encoding" not in headers
                 and b"expect" not in headers):
@@ -349,13 +371,16 @@ class FastRequest:
         self.clientproto = clientproto
         self._received = headers
         self._persistent = persistent
-        query = uri.split(b"?", 1)
-        self.args = parse_qs(query[1], 1) if len(query) > 1 else {}
+        query = uri.partition(b"?")[2]
+        self.args = parse_qs(query, 1) if query else {}
         self.prepath: list[bytes] = []
-        self.postpath = [unquote_to_bytes(segment) for segment in path[1:].split(b"/")]
-        self.content = BytesIO()
+        segments = path[1:].split(b"/")
+        self.postpath = ([unquote_to_bytes(segment) for segment in segments] if b"%" in path
+                         else segments)
+        self.content = _EMPTY
         self._body: list[bytes] = []
-        self._response_headers: dict[bytes, tuple[bytes, bytes]] = {}
+        #: lower-case name → value, in the order set (twisted.web's order on the wire)
+        self._response_headers: dict[bytes, bytes] = {}
         self._out: list[bytes] = []
         self._end_hooks: list[EndHook] | None = None
         self.ready = False
@@ -368,8 +393,11 @@ class FastRequest:
         self._body.append(data)
 
     def body_complete(self) -> None:
-        self.content = BytesIO(b"".join(self._body))
-        self._body = []
+        if self._body:
+            self.content = BytesIO(b"".join(self._body))
+            self._body = []
+        else:
+            self.content = BytesIO()
         self.ready = True
 
     def start(self) -> None:
@@ -379,13 +407,19 @@ class FastRequest:
         tracker = self._factory.tracker
         if tracker is not None:
             tracker.started()
+        headers = self._response_headers
         if not self._persistent and self.clientproto == b"HTTP/1.1":
-            self.setHeader(b"connection", b"close")  # as twisted.web says it, first
-        self.setHeader(b"server", SERVER_VERSION)
-        self.setHeader(b"date", self._factory.date())
+            headers[b"connection"] = b"close"  # as twisted.web says it, first
+        headers[b"server"] = SERVER_VERSION
+        headers[b"date"] = self._factory.date()
         site = self._factory.site
         try:
-            body = site.getResourceFor(self).render(self)
+            resource = site.resource
+            if not resource.isLeaf:
+                resource = site.getResourceFor(self)
+            else:
+                self.site = site
+            body = resource.render(self)
         except Exception:
             _log.failure("unhandled error serving {method} {path}", method=self.method,
                          path=self.path)
@@ -413,12 +447,11 @@ class FastRequest:
         return self._received.get(name.lower())
 
     def setHeader(self, name: bytes | str, value: bytes | str) -> None:
-        if isinstance(name, str):
+        if name.__class__ is not bytes:
             name = name.encode("ascii")
-        if isinstance(value, str):
+        if value.__class__ is not bytes:
             value = value.encode("utf-8")
-        key = name.lower()
-        self._response_headers[key] = (_canonical(key), value)
+        self._response_headers[name.lower()] = value
 
     def setResponseCode(self, code: int, message: bytes | None = None) -> None:
         self.code = code
@@ -458,17 +491,19 @@ class FastRequest:
         if self.finished:
             return
         self.finished = True
-        body = b"".join(self._out)
+        out = self._out
+        body = out[0] if len(out) == 1 else b"".join(out)
         headers = self._response_headers
         no_body = self.code in _NO_BODY_CODES
-        if b"content-length" not in headers and not no_body:
-            self.setHeader(b"content-length", b"%d" % len(body))
-        if (b"content-type" not in headers and not no_body
-                and headers[b"content-length"][1] != b"0"):
-            self.setHeader(b"content-type", _DEFAULT_CONTENT_TYPE)
+        if not no_body:
+            if b"content-length" not in headers:
+                headers[b"content-length"] = b"%d" % len(body)
+            if b"content-type" not in headers and headers[b"content-length"] != b"0":
+                headers[b"content-type"] = _DEFAULT_CONTENT_TYPE
         parts = [self.clientproto, b" %d " % self.code, self.code_message, b"\r\n"]
-        for name, value in headers.values():
-            parts += (name, b": ", value, b"\r\n")
+        canonical = _CANONICAL
+        for name, value in headers.items():
+            parts += (canonical.get(name) or _canonical(name), b": ", value, b"\r\n")
         parts += (b"\r\n", b"" if no_body else body)
         self._connection.transport.write(b"".join(parts))
         self._factory.site.log(self)
@@ -486,6 +521,7 @@ class FastRequest:
             hook(completed)
 
 
+_EMPTY = BytesIO()  # a request's body until it is complete (never read)
 _CANONICAL: dict[bytes, bytes] = {}
 
 
