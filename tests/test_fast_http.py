@@ -25,6 +25,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
 
+from allq.client.dashboard import Dashboard
 from allq.client.fast_http import MAX_PIPELINED, FastHTTPFactory, http_factory
 from allq.client.graceful import InFlight
 from allq.client.metrics import ClientMetrics
@@ -73,13 +74,15 @@ def responses(data):
 class Served:
     """The real REST facade over an in-memory server, its site, and the factory."""
 
-    def __init__(self, *, metrics=False, site_class=QuietSite, http_parser="httptools"):
+    def __init__(self, *, metrics=False, site_class=QuietSite, http_parser="httptools",
+                 dashboard=False):
         self.clock = Clock()
         self.federation, [self.link] = start_federation(self.clock, local_addresses(1, 7711))
         self.api = RestApi(self.federation, self.clock, max_body=MAX_BODY,
                            request_timeout=30.0)
         self.metrics = ClientMetrics(self.clock, process=False) if metrics else None
-        self.site = build_site(self.api.resource(), self.metrics, None, site_class=site_class)
+        self.site = build_site(self.api.resource(), self.metrics,
+                               Dashboard() if dashboard else None, site_class=site_class)
         self.site.reactor = self.clock
         self.in_flight = InFlight()
         self.site.requestFactory = self.in_flight.request_factory(MAX_BODY)
@@ -317,6 +320,29 @@ class LifecycleTests(FastHTTPTestCase):
         self.assertEqual(len(responses(transport.value())), MAX_PIPELINED + 2)
         self.assertEqual(transport.producerState, "producing")
         protocol.connectionLost()
+
+
+class SiteResourceTests(SynchronousTestCase):
+    def test_the_dashboard_and_metrics_answer_as_over_twisted_web(self):
+        """/, /static/*, /metrics (and its HEAD and 405) pass through unchanged."""
+        data = (request(b"GET", b"/") + request(b"GET", b"/static/dashboard.js")
+                + request(b"GET", b"/static/nothing.js") + request(b"POST", b"/metrics")
+                + request(b"GET", b"/metrics", headers=[b"Connection: close"]))
+
+        def answer(parser):
+            served = Served(http_parser=parser, metrics=True, dashboard=True)
+            protocol, transport = served.connect()
+            protocol.dataReceived(data)
+            served.stop()
+            # (the exposition is compared by its type: its counters include this very
+            # request's path, which the two paths time alike but not byte for byte)
+            return [(code, headers.get(b"content-type"), None if code == 200 and
+                     headers.get(b"content-type", b"").startswith(b"text/plain") else body)
+                    for code, headers, body in responses(transport.value())]
+
+        fast = answer("httptools")
+        self.assertEqual(fast, answer("twisted"))
+        self.assertEqual([code for code, _, _ in fast], [200, 200, 404, 405, 200])
 
 
 class ObservedTests(SynchronousTestCase):
