@@ -270,6 +270,18 @@ class BadRequestTests(FastHTTPTestCase):
         self.assert_refused(replies, 400, "bad_request")
         self.assertIn("larger than 16384", json.loads(replies[0][2])["detail"])
 
+    def test_a_header_that_never_ends_is_400_while_its_buffer_is_small(self):
+        """httptools keeps a header until it ends: reading stops within the limit
+        and one read's worth."""
+        protocol, self.transport = self.served.connect()
+        protocol.dataReceived(b"GET /job?tube=t HTTP/1.1\r\nX-Long: ")
+        reads = 0
+        while not self.transport.disconnecting and reads < 100:
+            protocol.dataReceived(b"a" * 8192)
+            reads += 1
+        self.assertLessEqual(reads * 8192, 16384 + 65536 + 8192)
+        self.assert_refused(responses(self.transport.value()), 400, "bad_request")
+
     def test_too_many_headers_is_400(self):
         headers = [b"X-%d: 1" % n for n in range(600)]
         replies = self.exchange(request(b"GET", b"/job?tube=t", headers=headers))
