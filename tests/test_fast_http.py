@@ -14,6 +14,8 @@ import re
 
 import httptools
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
@@ -444,3 +446,55 @@ async def test_pipelined_requests_over_loopback_tcp():
     assert [code for code, _, _ in got] == [200, 200, 200, 200, 200, 405, 200]
     assert [job["body"] for job in json.loads(got[3][2])["jobs"]] == ["a", "b"]
     assert got[6][1][b"connection"] == b"close"
+
+
+# -- any split, any bytes ---------------------------------------------------------------
+
+_STREAM = (request(b"POST", b"/job", {"tube": "t", "body": "x" * 50})
+           + request(b"GET", b"/health")
+           + b"POST /job HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+             b"Transfer-Encoding: chunked\r\n\r\n1b\r\n{\"tube\":\"t\",\"body\":\"chunk\"}\r\n"
+             b"0\r\n\r\n"
+           + request(b"GET", b"/multiple_job?tube=t&count=5")
+           + request(b"DELETE", b"/job?job_id=nope"))
+
+
+def _answers(pieces):
+    served = Served()
+    try:
+        protocol, transport = served.connect()
+        for piece in pieces:
+            protocol.dataReceived(piece)
+        protocol.connectionLost()
+        assert served.clock.getDelayedCalls() == []
+        return re.sub(rb"Date: [^\r]*\r\n", b"", transport.value())
+    finally:
+        served.stop()
+
+
+_WHOLE = None
+
+
+@settings(max_examples=50, deadline=None, database=None)
+@given(st.lists(st.integers(1, len(_STREAM)), max_size=20))
+def test_any_split_of_a_pipelined_stream_gets_the_same_answers(cuts):
+    global _WHOLE
+    if _WHOLE is None:
+        _WHOLE = _answers([_STREAM])
+        assert [code for code, _, _ in responses(_WHOLE)] == [200, 200, 200, 200, 400]
+    bounds = [0, *sorted(cuts), len(_STREAM)]
+    assert _answers([_STREAM[a:b] for a, b in zip(bounds, bounds[1:])]) == _WHOLE
+
+
+@settings(max_examples=80, deadline=None, database=None)
+@given(st.binary(max_size=200), st.sampled_from([b"", b"GET ", b"POST /job HTTP/1.1\r\n",
+                                                   b"GET /job?tube=t HTTP/1.1\r\nHost: x"]))
+def test_any_bytes_after_a_request_leave_its_answer_and_nothing_pending(garbage, prefix):
+    """Whatever follows a good request: its answer first, then only whole answers
+    (a JSON 400 for what cannot be read); nothing raised, nothing left scheduled."""
+    data = _answers([request(b"GET", b"/job?tube=t") + prefix + garbage])
+    found = responses(data)
+    assert found[0][0] == 200
+    for code, headers, body in found[1:]:
+        if code == 400 and b"connection" in headers:
+            assert json.loads(body)["error"] == "bad_request"

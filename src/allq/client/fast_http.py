@@ -558,6 +558,8 @@ class _Fallback:
         self.started = False
 
     def body_received(self, data: bytes) -> None:
+        if not data:
+            return  # (httptools reports an empty read as an empty piece: no chunk)
         if self._chunked:  # the parser took the chunks apart; twisted.web reads chunks
             data = b"%x\r\n%s\r\n" % (len(data), data)
         self.receive(data)
