@@ -10,7 +10,10 @@ facade behind it is the real one over an in-memory federation on a Clock.
 """
 
 import json
+import os
 import re
+import shutil
+import tempfile
 
 import httptools
 import pytest
@@ -373,7 +376,9 @@ class ObservedTests(SynchronousTestCase):
         protocol.connectionLost()
 
     def test_the_access_log_has_a_line_per_fast_request(self):
-        path = self.mktemp()
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "access.log")
         served = Served(site_class=lambda root: Site(root, logPath=path))
         self.addCleanup(served.stop)
         served.factory.doStart()
