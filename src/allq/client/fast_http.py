@@ -32,8 +32,8 @@ Limits and errors match twisted.web's, with JSON bodies where twisted.web
 answers a bare 400: a body declared over ``max_body`` gets 413 before it is
 read, a head over ``HTTPChannel.totalHeadersSize`` bytes or with more than
 ``HTTPChannel.maxHeaders`` headers and a malformed request get 400; all three
-close the connection. Like the client's twisted.web site, a connection has no
-idle timeout.
+close the connection. A connection has no idle timeout (twisted.web's is 12
+hours): nothing is scheduled per connection.
 """
 
 from collections import deque
