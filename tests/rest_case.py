@@ -3,12 +3,16 @@
 :class:`RestTestCase` serves :class:`allq.client.rest.RestApi` through StubTreq
 over a real :class:`allq.client.federation.Federation` whose server links are
 :class:`memory_servers.MemoryLink` objects: real queues and dispatchers in
-memory, with switches for a network that fails. Assertions about what the
+memory, with switches for a network that fails. Every test case runs twice:
+over twisted.web alone, and over the client's httptools protocol
+(:mod:`allq.client.fast_http`) in front of the same site (a twin class named
+``...OverHttptools``, made in the test's module). Assertions about what the
 facade asked of the federation are made on the wire requests the servers
 received (:meth:`RestTestCase.sent`). Time is a ``task.Clock``; nothing sleeps.
 """
 
 import json
+import sys
 from urllib.parse import quote
 
 import attrs
@@ -17,6 +21,7 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from allq.client.fast_http import FastHTTPFactory
 from allq.client.rest import RestApi
 from allq.core.queue import QueueConfig
 
@@ -40,9 +45,33 @@ class Reply:
     json: object
 
 
+def serve(api: RestApi, http_parser: str, resource=None) -> StubTreq:
+    """A StubTreq for ``api`` (or ``resource``, ``api``'s by default) read by
+    twisted.web (``"twisted"``) or by the httptools protocol in front of the same
+    Site (``"httptools"``)."""
+    stub = StubTreq(api.resource() if resource is None else resource)
+    if http_parser == "httptools":
+        agent = stub._agent  # treq.testing.RequestTraversalAgent: serves this factory
+        agent._serverFactory = FastHTTPFactory(agent._serverFactory, api.fast_routes())
+    return stub
+
+
 class RestTestCase(SynchronousTestCase):
     """Shared setup: a clock, a real federation over one in-memory server, the
     facade under StubTreq."""
+
+    #: Which protocol reads the requests (see :func:`serve`).
+    http_parser = "twisted"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # A test module's case also runs over the httptools protocol: its twin.
+        if "http_parser" in cls.__dict__ or not cls.__module__.startswith("test_"):
+            return
+        name = cls.__name__ + "OverHttptools"
+        twin = type(cls)(name, (cls,), {"http_parser": "httptools",
+                                        "__module__": cls.__module__, "__qualname__": name})
+        setattr(sys.modules[cls.__module__], name, twin)
 
     def setUp(self):
         self.clock = Clock()
@@ -60,8 +89,12 @@ class RestTestCase(SynchronousTestCase):
             config=QueueConfig(max_job_size=MAX_JOB_SIZE), retry_budget=RETRY_BUDGET)
         self.api = RestApi(
             self.federation, self.clock, max_body=MAX_BODY, request_timeout=REQUEST_TIMEOUT)
-        self.stub = StubTreq(self.api.resource())
+        self.stub = self.serve(self.api)
         return list(self.links)
+
+    def serve(self, api, resource=None):
+        """A StubTreq for ``api`` over this case's HTTP path (:func:`serve`)."""
+        return serve(api, self.http_parser, resource)
 
     @pytest.fixture(autouse=True)
     def _logged(self, observe_errors):

@@ -56,6 +56,8 @@ def test_environment_fallbacks_and_flags_win():
     (["--workers", "two"], {}, "--workers"),
     (["--workers", "2", "--http", "unix:/tmp/allq.sock"], {}, "--workers 2 needs a tcp"),
     ([], {"ALLQ_WORKERS": "-3"}, "--workers"),
+    (["--http-parser", "llhttp"], {}, "--http-parser"),
+    ([], {"ALLQ_HTTP_PARSER": "fast"}, "--http-parser"),
 ])
 def test_bad_values_name_the_option(args, env, named):
     """A bad value stops start-up with a message naming the option."""
@@ -68,6 +70,28 @@ def test_workers_option():
     assert parse()["workers"] == 1
     assert parse(["--workers", "4"])["workers"] == 4
     assert parse(environ={"ALLQ_WORKERS": "3"})["workers"] == 3
+
+
+def test_http_parser_option(tmp_path):
+    """httptools by default; --http-parser or ALLQ_HTTP_PARSER picks twisted.web alone,
+    and the listening factory follows."""
+    from allq.client.fast_http import FastHTTPFactory
+    from twisted.web.server import Site
+
+    assert parse()["http-parser"] == "httptools"
+    assert parse(["--http-parser", "twisted"])["http-parser"] == "twisted"
+    assert parse(environ={"ALLQ_HTTP_PARSER": "twisted"})["http-parser"] == "twisted"
+    generate_keys(str(tmp_path / "keys"))
+    for parser, kind in (("httptools", FastHTTPFactory), ("twisted", Site)):
+        reactor = MemoryReactorClock()
+        service = makeService(parse(["--keys", str(tmp_path / "keys"), "--http-parser", parser,
+                                     "--http", "tcp:0:interface=127.0.0.1"]), reactor=reactor)
+        service.startService()
+        try:
+            [(_, factory, _, _)] = reactor.tcpServers
+            assert isinstance(factory, kind)
+        finally:
+            service.stopService()
 
 
 def test_make_service_listens_on_the_configured_port(tmp_path):

@@ -25,7 +25,7 @@ LAYERS = {
                {"attrs", "twisted", "zope", "prometheus_client", "nacl"}),
     "client": ({"ground", "wire"},
                {"attrs", "twisted", "zope", "prometheus_client", "klein", "werkzeug", "treq",
-                "nacl"}),
+                "nacl", "httptools"}),
     # The `allq` command line: an entry point, like the twistd plugins; `allq import`
     # assembles the server's importer (it writes the server's journal).
     "entry": ({"ground", "wire", "server"}, {"attrs", "nacl"}),

@@ -1,6 +1,5 @@
 """REST batches: POST /multiple_job (batch put) and DELETE /multiple_job."""
 
-from treq.testing import StubTreq
 
 from allq.client.rest import RestApi
 from allq.vocabulary import MAX_COUNT
@@ -18,7 +17,7 @@ class BatchTests(RestTestCase):
     def allow_big_bodies(self):
         """Serve with a body limit that lets a batch of over MAX_COUNT entries in."""
         api = RestApi(self.federation, self.clock, max_body=1_000_000, request_timeout=REQUEST_TIMEOUT)
-        self.stub = StubTreq(api.resource())
+        self.stub = self.serve(api)
 
     def test_batch_put_answers_every_id_in_order(self):
         reply = self.put_batch([{"tube": "t", "body": f"job {n}"} for n in range(5)])

@@ -3,7 +3,6 @@
 import json
 from io import BytesIO
 
-from treq.testing import StubTreq
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
@@ -83,7 +82,7 @@ class BadInputTests(RestTestCase):
     def test_deeply_nested_json(self):
         """JSON nested deeper than the parser allows answers 400, not 500."""
         api = RestApi(self.federation, self.clock, max_body=1_000_000)
-        self.stub = StubTreq(api.resource())
+        self.stub = self.serve(api)
         self.error(400, "bad_request", "POST", "/job", data=b"[" * 200_000)
 
     def test_non_string_body(self):

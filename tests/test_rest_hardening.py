@@ -11,6 +11,7 @@ from twisted.web.resource import Resource
 
 from allq.client.graceful import InFlight
 from allq.client.http_guard import HostGuard, parse_allowed_hosts
+from allq.client.fast_http import http_factory
 from allq.client.site import build_site
 
 from rest_case import RestTestCase, q
@@ -104,19 +105,23 @@ class ContentTypeTests(RestTestCase):
         self.assertEqual(len(self.federation.links()), 1)
 
 
-def raw_site(max_body):
-    """A site whose requests take at most ``max_body`` bytes, and a connection to it."""
+def raw_site(max_body, http_parser="twisted"):
+    """A site whose requests take at most ``max_body`` bytes, and a connection to it
+    (read by twisted.web, or by the httptools protocol serving ``POST /job``)."""
     site = build_site(Hello(), None, None)
     site.requestFactory = InFlight().request_factory(max_body)
-    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 9))
+    factory = http_factory(site, [(b"POST", b"/job")], http_parser)
+    channel = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 9))
     transport = StringTransport()
     channel.makeConnection(transport)
     return channel, transport
 
 
 class EarlyTooLargeTests(SynchronousTestCase):
+    http_parser = "twisted"
+
     def test_a_declared_length_over_the_limit_is_answered_before_the_body(self):
-        channel, transport = raw_site(1000)
+        channel, transport = raw_site(1000, self.http_parser)
         channel.dataReceived(b"POST /job HTTP/1.1\r\nHost: localhost\r\n"
                              b"Content-Length: 1073741824\r\n\r\n" + b"x" * 100)
         head, _, body = transport.value().partition(b"\r\n\r\n")
@@ -127,7 +132,7 @@ class EarlyTooLargeTests(SynchronousTestCase):
         channel.connectionLost(None)
 
     def test_a_chunked_body_is_cut_at_the_limit(self):
-        channel, transport = raw_site(1000)
+        channel, transport = raw_site(1000, self.http_parser)
         channel.dataReceived(b"POST /job HTTP/1.1\r\nHost: localhost\r\n"
                              b"Transfer-Encoding: chunked\r\n\r\n")
         for _ in range(5):
@@ -137,12 +142,18 @@ class EarlyTooLargeTests(SynchronousTestCase):
         channel.connectionLost(None)
 
     def test_a_body_within_the_limit_is_served(self):
-        channel, transport = raw_site(1000)
+        channel, transport = raw_site(1000, self.http_parser)
         channel.dataReceived(b"POST /job HTTP/1.1\r\nHost: localhost\r\n"
                              b"Content-Length: 11\r\n\r\n{\"tube\":1}\n")
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "), transport.value())
         self.assertFalse(transport.disconnecting)
         channel.connectionLost(None)
+
+
+class EarlyTooLargeOverHttptoolsTests(EarlyTooLargeTests):
+    """The same over the httptools protocol (a chunked body goes to twisted.web)."""
+
+    http_parser = "httptools"
 
 
 # -- numbers --------------------------------------------------------------------------

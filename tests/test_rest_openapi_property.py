@@ -5,7 +5,8 @@ never a 500. (Red-team finding 8 of issue 10; its schema-driven run, kept in the
 The document's schemas drive Hypothesis (:func:`from_schema` reads the JSON Schema
 subset the document uses: types, enums, consts, patterns, bounds, oneOf, objects and
 arrays); the requests go through StubTreq to the REST facade over the real federation
-on in-memory servers.
+on in-memory servers, read by twisted.web, and for the job routes also by the client's
+httptools protocol.
 """
 
 import json
@@ -14,7 +15,6 @@ from urllib.parse import urlencode
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -23,10 +23,15 @@ from allq.client.rest import RestApi
 from allq.core.queue import QueueConfig
 
 from memory_servers import result_with_flush, start_federation
+from rest_case import serve
 
 MAX_BODY = 4096
 DOCUMENT = openapi.document(max_body=MAX_BODY)
 OPERATIONS = [(path, method) for path, item in DOCUMENT["paths"].items() for method in item]
+#: Each operation over twisted.web; the job routes (the httptools protocol's) over both.
+CASES = ([(path, method, "twisted") for path, method in OPERATIONS]
+         + [(path, method, "httptools") for path, method in OPERATIONS
+            if path in ("/job", "/multiple_job")])
 EXAMPLES = 15
 
 
@@ -118,13 +123,13 @@ def request_strategy(path: str, method: str):
 class Client:
     """The facade over a one-server federation, driven by a Clock."""
 
-    def __init__(self):
+    def __init__(self, http_parser):
         self.clock = Clock()
         self.federation, _ = start_federation(
             self.clock, ["127.0.0.1:7711"], config=QueueConfig(max_job_size=1024),
             retry_budget=0.5)
-        self.stub = StubTreq(RestApi(self.federation, self.clock, max_body=MAX_BODY,
-                                     request_timeout=5).resource())
+        self.stub = serve(RestApi(self.federation, self.clock, max_body=MAX_BODY,
+                                  request_timeout=5), http_parser)
 
     def send(self, case, method, path, query, body):
         url = f"http://localhost{path}" + (f"?{query}" if query else "")
@@ -134,9 +139,9 @@ class Client:
         return result_with_flush(case, self.stub, self.clock, d, limit=2000)
 
 
-@pytest.mark.parametrize("path, method", OPERATIONS, ids=lambda v: str(v))
-def test_generated_requests_get_documented_answers(path, method):
-    client = Client()
+@pytest.mark.parametrize("path, method, http_parser", CASES, ids=lambda v: str(v))
+def test_generated_requests_get_documented_answers(path, method, http_parser):
+    client = Client(http_parser)
     documented = set(DOCUMENT["paths"][path][method]["responses"]) - {"500"}
     seen = {}
 

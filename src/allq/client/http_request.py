@@ -79,11 +79,7 @@ class ClientRequest(Request):
     def _refuse(self) -> None:
         """Answer 413 now, before the request is complete, and close the connection."""
         self._refused = True
-        body = (b'{"error":"too_large","detail":"request body is larger than %d bytes"}\n'
-                % self.max_body)
-        self.channel.transport.write(
-            b"HTTP/1.1 413 Request Entity Too Large\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+        self.channel.transport.write(too_large_response(self.max_body))
         self.channel.transport.loseConnection()
 
     def process(self):
@@ -114,6 +110,14 @@ class ClientRequest(Request):
             self.tracker.ended()
         for hook in hooks:
             hook(completed)
+
+
+def too_large_response(max_body: int) -> bytes:
+    """The whole 413 response to a body over ``max_body`` bytes, written before the
+    body is read; the connection is closed after it (also by :mod:`allq.client.fast_http`)."""
+    body = b'{"error":"too_large","detail":"request body is larger than %d bytes"}\n' % max_body
+    return (b"HTTP/1.1 413 Request Entity Too Large\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
 
 
 def request_class(tracker: Tracker, max_body: int | None = None) -> type[ClientRequest]:

@@ -9,6 +9,7 @@ serving even when no server is reachable yet (the API answers 503 until one is).
 import os
 
 from twisted.application.service import MultiService
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
@@ -24,6 +25,7 @@ from allq.client.discovery import (
     parse_dns_server,
     system_lookup,
 )
+from allq.client.fast_http import PARSERS, http_factory
 from allq.client.federation import Federation
 from allq.client.graceful import GracefulClient, InFlight
 from allq.client.http_guard import HostGuard, parse_allowed_hosts
@@ -97,6 +99,10 @@ class Options(usage.Options):
          "host names or addresses (comma-separated, no ports) the REST API answers to "
          "besides the loopback ones and the interface it listens on: how containers or "
          "other hosts reach it; any other Host header gets 421 [env ALLQ_ALLOWED_HOSTS]"],
+        ["http-parser", None, None,
+         "how HTTP requests are read: httptools (a C parser serving the job routes, "
+         "everything else through twisted.web) or twisted (twisted.web alone, for "
+         "diagnosis) [default: httptools; env ALLQ_HTTP_PARSER]"],
         ["workers", None, None,
          "client processes serving the HTTP port together (SO_REUSEPORT; needs a tcp: "
          "--http endpoint) [default: 1; env ALLQ_WORKERS]"],
@@ -141,6 +147,12 @@ class Options(usage.Options):
         except ValueError as e:
             raise usage.UsageError(f"--allowed-hosts: {e}") from None
         self["allowed-hosts"] = allowed | _listening_host(http)
+        self["http-parser"] = (resolve(self, "http-parser", env, "ALLQ_HTTP_PARSER")
+                               or PARSERS[0])
+        if self["http-parser"] not in PARSERS:
+            raise usage.UsageError(
+                f"--http-parser must be one of {', '.join(PARSERS)}, "
+                f"not {self['http-parser'][:40]!r}")
         self["workers"] = positive_int("workers", resolve(self, "workers", env, "ALLQ_WORKERS") or 1)
         if self["workers"] > 1:
             try:
@@ -289,8 +301,9 @@ def _federation(config: Options, keys, reactor) -> Federation:
 
 
 def _client(config: Options, federation: Federation, metrics,
-            reactor) -> tuple[GracefulClient, Site]:
-    """The service tree and the site every client process has."""
+            reactor) -> tuple[GracefulClient, Factory]:
+    """The service tree and the HTTP factory (the site, behind ``--http-parser``'s
+    protocol) every client process has."""
     api = RestApi(federation, reactor, max_body=config["max-body"])
     in_flight = InFlight()
     service = GracefulClient(None, in_flight, federation.end_long_polls, reactor)
@@ -299,10 +312,10 @@ def _client(config: Options, federation: Federation, metrics,
                       guard=HostGuard(config["allowed-hosts"]),
                       site_class=Site if config["access-log"] else QuietSite)
     site.requestFactory = in_flight.request_factory(config["max-body"])
-    return service, site
+    return service, http_factory(site, api.fast_routes(), config["http-parser"])
 
 
-def _reuse_port_service(reactor, description: str, site: Site, on_listening):
+def _reuse_port_service(reactor, description: str, site: Factory, on_listening):
     interface, port, backlog = parse_tcp(description)
     return endpoint_service(ReusePortEndpoint(reactor, interface, port, backlog), site,
                             on_listening, setting=HTTP_PORT)
@@ -322,6 +335,7 @@ def _worker_options(config: Options, federation: Federation, interface: str, por
         "--request-timeout", repr(config["request-timeout"]),
         "--retry-budget", repr(config["retry-budget"]),
         "--max-body", str(config["max-body"]),
+        "--http-parser", config["http-parser"],
     ]
     if config["keys"] is not None:
         options += ["--keys", config["keys"]]
