@@ -316,6 +316,15 @@ class Federation(MultiService):
         return self._observed("get", d).addCallback(
             lambda job: self._got([job], job.tube, False)[0])
 
+    def peek_job(self, job_id: str) -> Deferred:
+        """A job by its id, in any state; fires with the :class:`FetchedJob`."""
+        try:
+            link = self._servers.holder(job_id)
+        except AllQError:
+            return fail()
+        d = link.request("peek_job", {"job_id": job_id})
+        return d.addCallback(lambda result: FetchedJob.from_reply(result["job"]))
+
     def job_stats(self, job_id: str) -> Deferred:
         """What the job's server says of it; fires with a :class:`JobStats`."""
         try:

@@ -155,6 +155,12 @@ class Dispatcher:
             raise NotFound(f"job {job_id[:90]} not found") from None
         return {"job": self._job_dict(job)}
 
+    def _do_peek_job(self, now, *, job_id):
+        try:
+            return {"job": self._job_dict(self._queue.job(self._number(job_id)))}
+        except NotFound:
+            raise NotFound(f"job {job_id[:90]} not found") from None
+
     def _do_job_stats(self, now, *, job_id):
         number = self._number(job_id)
         try:

@@ -42,6 +42,7 @@ Actions (params; ``?`` marks optional ones) and results
     ``get``        tube, count? (1), delete? (false) → ``{"jobs": [job, ...]}``
     ``get_any``    tubes (list), count? (1), delete? (false) → ``{"jobs": [...]}``: the
                    best jobs across the tubes (priority, then put order)
+    ``peek_job``   job_id → ``{"job": job}``: a job by its id, in any state
     ``reserve_job``  job_id → ``{"job": job}``: reserves a ready, delayed or buried job
     ``job_stats``  job_id → ``{"job_id", "tube", "state", "priority", "age", "delay",
                    "ttl", "time_left", "reserves", "timeouts", "releases", "buries",
@@ -170,6 +171,7 @@ ACTIONS: dict[str, dict[str, tuple[str, object]]] = {
     "get_any": {"tubes": ("strs", _REQUIRED), "count": ("int", 1), "delete": ("bool", False)},
     "reserve_job": {"job_id": ("str", _REQUIRED)},
     "job_stats": {"job_id": ("str", _REQUIRED)},
+    "peek_job": {"job_id": ("str", _REQUIRED)},
     "done": {"job_id": ("str", _REQUIRED)},
     "delete": {"job_id": ("str", _REQUIRED)},
     "bury": {"job_id": ("str", _REQUIRED)},
