@@ -186,6 +186,7 @@ class BeanstalkProtocol(Protocol):
         self._busy: Deferred | None = None
         self._paused = False
         self._closed = False
+        self._processing = False
         #: A put waiting for its body: (priority, delay, ttr, size).
         self._put: tuple[int, int, int, int] | None = None
         #: Bytes still to skip: the rest of an over-long line (-1: up to its
@@ -240,6 +241,16 @@ class BeanstalkProtocol(Protocol):
 
     def _process(self) -> None:
         """Run the buffered commands, in order, until one must wait."""
+        if self._processing:
+            return  # a command answered at once: the loop below goes on
+        self._processing = True
+        try:
+            self._process_commands()
+        finally:
+            self._processing = False
+        self._flow()
+
+    def _process_commands(self) -> None:
         buffer = self._buffer
         while self._busy is None and not self._closed:
             if self._skip_bytes:
@@ -280,7 +291,6 @@ class BeanstalkProtocol(Protocol):
             line = bytes(buffer[:end])
             del buffer[:end + 2]
             self._command(line)
-        self._flow()
 
     def _flow(self) -> None:
         """Stop reading while too much waits in the buffer; watch for a stall."""
