@@ -153,3 +153,13 @@ def test_a_pause_with_a_delay_ends_by_itself():
     assert q.tube_stats(T0 + 4)[0].pause_time_left == 1
     assert len(q.get("t", now=T0 + 5)) == 1
     assert q.tube_stats(T0 + 5)[0].paused is False
+
+
+def test_a_job_put_reserved_once_and_deleted_never_gets_a_counter_entry():
+    """The common life costs no counter memory; its one reserve is read from its state."""
+    q = make_queue()
+    job = q.put("t", "x", now=T0)
+    q.get("t", now=T0)
+    assert q.counters(job.id).reserves == 1 and len(q._counters) == 0
+    q.done(job.id, now=T0)
+    assert len(q._counters) == 0

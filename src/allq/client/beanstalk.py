@@ -443,7 +443,12 @@ class BeanstalkProtocol(Protocol):
 
     def _reserve_within(self, timeout: float | None) -> Deferred:
         self.worker = True
+        if timeout == 0 and not self.reserved:  # the common poll: one pass, no wait
+            return self._federation.get_any(self.watched).addCallback(self._polled)
         return Deferred.fromCoroutine(self._reserving(timeout))
+
+    def _polled(self, jobs: list[FetchedJob]) -> bytes:
+        return self._reserved_reply(jobs[0]) if jobs else b"TIMED_OUT\r\n"
 
     async def _reserving(self, timeout: float | None) -> bytes:
         clock = self._clock

@@ -216,10 +216,14 @@ class Federation(MultiService):
 
         Cancelling the Deferred gives up the wait; jobs a server handed out in
         the meantime are released again, so none stays reserved for nobody.
+        (With ``wait`` 0 there is no wait to give up: it is the plain one pass.)
         """
         key: str | tuple[str, ...] = tuple(dict.fromkeys(tubes))
         if len(key) == 1:
             key = key[0]
+        if wait <= 0:
+            d = Deferred.fromCoroutine(self._get_once(key, count, delete))
+            return self._observed("get", d).addCallback(self._got_any, delete)
         get = _CancellableGet()
         d = Deferred.fromCoroutine(self._get_cancellable(get, key, count, delete, wait))
         d = self._observed("get", d).addCallback(self._got_any, delete)

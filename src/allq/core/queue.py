@@ -193,7 +193,7 @@ class Queue:
         if delay > 0:
             job.state = JobState.DELAYED
             tube_.delayed_count += 1
-            self._counters.of(job.id).delay = delay
+            self._counters.of(job).delay = delay
             self._deadlines.schedule(job, now + delay, was_scheduled=False)
         else:
             tube_.push_ready(job)
@@ -386,7 +386,7 @@ class Queue:
         job = self._reserved(job_id, "release")
         tube = self._unreserve(job)
         job.releases += 1
-        counters = self._counters.of(job.id)
+        counters = self._counters.of(job)
         counters.releases += 1
         if job.releases > 2 * job.expired_limit:
             self._bury(job, tube)
@@ -404,8 +404,8 @@ class Queue:
     def bury(self, job_id: int, *, now: float) -> Job:
         """Move a reserved job to the buried (dead letter) list of its tube."""
         job = self._reserved(job_id, "bury")
+        self._counters.of(job).buries += 1
         self._bury(job, self._unreserve(job))
-        self._counters.of(job.id).buries += 1
         self._changed(job)
         return job
 
@@ -432,7 +432,7 @@ class Queue:
             self._deadlines.cancel(job)
         else:
             raise WrongState(f"job {job_id} is {job.state.value}, not buried or delayed")
-        self._counters.of(job.id).kicks += 1
+        self._counters.of(job).kicks += 1
         self._make_ready(job, tube)
         self._changed(job)
         return job
@@ -496,8 +496,7 @@ class Queue:
 
         :raises NotFound: no such job.
         """
-        self._job(job_id)
-        return self._counters.read(job_id)
+        return self._counters.read(self._job(job_id))
 
     def job(self, job_id: int) -> Job:
         """The live job with that id.
@@ -783,7 +782,7 @@ class Queue:
             job.reserved_at = None
             job.expireds += 1
             tube.expired_total += 1
-            counters = self._counters.of(job.id)
+            counters = self._counters.of(job)
             counters.timeouts += 1
             if job.expireds >= job.expired_limit:
                 self._bury(job, tube)
@@ -929,7 +928,7 @@ class Queue:
         job.state = JobState.RESERVED
         job.reserved_at = now
         tube.reserved_count += 1
-        self._counters.of(job.id).reserves += 1
+        self._counters.reserved(job)
         self._deadlines.schedule(job, now + job.ttl, was_scheduled=False)
         self._changed(job)
 
