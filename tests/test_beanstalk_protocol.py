@@ -217,6 +217,27 @@ def test_ten_thousand_pipelined_commands_in_one_write(h):
     conn[0].connectionLost()
 
 
+def test_unread_replies_stop_commands_and_reading_until_the_client_reads(h):
+    """A full transport buffer pauses the connection: no command runs meanwhile."""
+    conn = h.connect()
+    protocol, transport = conn
+    protocol.pauseProducing()  # what the transport does when its buffer is full
+    assert h.send(conn, b"list-tube-used\r\n") == b""
+    assert transport.producerState == "paused"
+    protocol.resumeProducing()
+    assert transport.value() == b"USING default\r\n"
+    assert transport.producerState == "producing"
+    protocol.connectionLost()
+
+
+def test_stats_tube_and_pause_of_default_before_any_job(h):
+    """The default tube always exists, as in beanstalkd."""
+    conn = h.connect()
+    assert h.send(conn, b"stats-tube default\r\n").startswith(b"OK ")
+    assert h.send(conn, b"stats-tube other\r\n") == b"NOT_FOUND\r\n"
+    conn[0].connectionLost()
+
+
 def test_stopping_closes_connections_and_releases_their_jobs(h):
     conn = h.connect()
     h.send(conn, b"put 0 0 10 1\r\nx\r\n")

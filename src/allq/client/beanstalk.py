@@ -14,7 +14,9 @@ Commands of one connection run one at a time, in order, as beanstalkd runs
 them (a ``reserve`` that waits holds back the commands behind it); while one
 waits for the servers, what the client sends next is buffered, and reading
 stops past :data:`HIGH_WATER` bytes (a client pipelining 10,000 commands in one
-write gets its answers in order, with bounded memory). A line too long is
+write gets its answers in order, with bounded memory). The connection is also
+its transport's producer: while replies pile up unread (the transport's buffer
+is full), no command runs and nothing is read. A line too long is
 answered ``BAD_FORMAT`` and skipped up to its end; a put's body not followed by
 ``\\r\\n`` is ``EXPECTED_CRLF``; a body over the maximum job size is skipped
 and answered ``JOB_TOO_BIG``. A connection holding half a command for
@@ -36,10 +38,11 @@ from collections.abc import Callable
 import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from allq import __version__
 from allq.client.beanstalk_ids import JobIds
@@ -172,8 +175,9 @@ class BeanstalkFactory(Factory):
         self.commands[command] = self.commands.get(command, 0) + 1
 
 
+@implementer(IPushProducer)
 class BeanstalkProtocol(Protocol):
-    """One beanstalkd connection."""
+    """One beanstalkd connection (and the producer of its replies)."""
 
     _log = Logger()
 
@@ -187,6 +191,8 @@ class BeanstalkProtocol(Protocol):
         self._paused = False
         self._closed = False
         self._processing = False
+        #: The transport's buffer is full: replies wait to be read.
+        self._replies_waiting = False
         #: A put waiting for its body: (priority, delay, ttr, size).
         self._put: tuple[int, int, int, int] | None = None
         #: Bytes still to skip: the rest of an over-long line (-1: up to its
@@ -206,6 +212,7 @@ class BeanstalkProtocol(Protocol):
     # -- connection ------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        self.transport.registerProducer(self, True)
         self.factory.connections.add(self)
         self.factory.total_connections += 1
 
@@ -225,6 +232,19 @@ class BeanstalkProtocol(Protocol):
         if refs:
             d = self._federation.job_action_many("release", refs)
             d.addErrback(self._log_failure, "releasing the jobs of a closed connection")
+
+    # -- IPushProducer: the transport says when replies pile up ------------------
+
+    def pauseProducing(self) -> None:
+        self._replies_waiting = True
+        self._flow()
+
+    def resumeProducing(self) -> None:
+        self._replies_waiting = False
+        self._process()
+
+    def stopProducing(self) -> None:
+        pass  # the connection is closing: connectionLost follows
 
     def _log_failure(self, failure: Failure, doing: str) -> None:
         if failure.check(AllQError):
@@ -252,7 +272,7 @@ class BeanstalkProtocol(Protocol):
 
     def _process_commands(self) -> None:
         buffer = self._buffer
-        while self._busy is None and not self._closed:
+        while self._busy is None and not self._closed and not self._replies_waiting:
             if self._skip_bytes:
                 skipped = min(self._skip_bytes, len(buffer))
                 del buffer[:skipped]
@@ -297,14 +317,15 @@ class BeanstalkProtocol(Protocol):
         waiting = len(self._buffer)
         if self._put is not None:
             waiting -= self._put[3] + 2
-        if waiting > HIGH_WATER and not self._paused:
+        hold = waiting > HIGH_WATER or self._replies_waiting
+        if hold and not self._paused:
             self._paused = True
             self.transport.pauseProducing()
-        elif waiting <= HIGH_WATER and self._paused:
+        elif not hold and self._paused:
             self._paused = False
             self.transport.resumeProducing()
         self._cancel_stall()
-        partial = self._busy is None and (self._buffer or self._put is not None
+        partial = self._busy is None and not self._replies_waiting and (self._buffer or self._put is not None
                                           or self._skip_bytes or self._skip_line)
         if partial and not self._closed:
             self._stall = self._clock.callLater(PARTIAL_COMMAND_TIMEOUT, self._stalled)
@@ -509,9 +530,8 @@ class BeanstalkProtocol(Protocol):
 
     def _delete(self, job_id: bytes) -> Deferred:
         number = _uint(job_id)
-        if number in self.reserved:
-            number, reservation = self._mine(job_id)
-            del self.reserved[number]
+        reservation = self.reserved.pop(number, None)
+        if reservation is not None and reservation.deadline > self._clock.seconds():
             d = self._federation.job_action("delete", reservation.ref)
         else:
             # Any job but one reserved by another connection may be deleted.
@@ -617,7 +637,7 @@ class BeanstalkProtocol(Protocol):
 
     def _tube_stats_reply(self, servers, name: str) -> bytes:
         tubes = [t for server in servers for t in server.tubes if t.tube == name]
-        if not tubes:
+        if not tubes and name != DEFAULT_TUBE:  # "default" always exists
             raise _Reply(_NOT_FOUND)
         connections = self.factory.connections
         paused = any(t.paused for t in tubes)
@@ -703,7 +723,7 @@ class BeanstalkProtocol(Protocol):
 
     async def _pausing(self, name: str, seconds: int) -> bytes:
         servers = await self._federation.stats()
-        if not any(t.tube == name for s in servers for t in s.tubes):
+        if name != DEFAULT_TUBE and not any(t.tube == name for s in servers for t in s.tubes):
             return _NOT_FOUND
         if seconds:
             await self._federation.pause(name, True, delay=seconds)
