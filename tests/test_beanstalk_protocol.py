@@ -257,3 +257,56 @@ def test_job_ids_are_bounded_and_never_reused():
     assert ids.id_for("s,2") not in (a, b, c)
     ids.forget(a)
     assert ids.ref_for(a) is None
+
+
+# -- refusals from the servers, in beanstalkd's words ---------------------------------------
+
+
+def test_a_draining_federation_answers_draining(h):
+    conn = h.connect()
+    h.links[0].call("drain")
+    assert h.send(conn, b"put 0 0 10 1\r\nx\r\n") == b"DRAINING\r\n"
+    conn[0].connectionLost()
+
+
+def test_a_full_server_answers_out_of_memory():
+    h = Harness()
+    h.links[0].queue.config = QueueConfig(max_jobs=1)
+    conn = h.connect()
+    assert h.send(conn, b"put 0 0 10 1\r\nx\r\n") == b"INSERTED 1\r\n"
+    assert h.send(conn, b"put 0 0 10 1\r\ny\r\n") == b"OUT_OF_MEMORY\r\n"
+    conn[0].connectionLost()
+    h.federation.stopService()
+
+
+def test_no_reachable_server_is_an_internal_error(h):
+    conn = h.connect()
+    h.links[0].up = False
+    h.send(conn, b"put 0 0 10 1\r\nx\r\n")
+    h.clock.pump([0.1] * 30)
+    assert conn[1].value() == b"INTERNAL_ERROR\r\n"
+    assert h.send(conn, b"list-tube-used\r\n") == b"USING default\r\n"
+    conn[0].connectionLost()
+
+
+# -- options --------------------------------------------------------------------------------
+
+
+def test_the_beanstalk_options_and_their_environment():
+    from allq.client.tap import Options
+
+    def parse(args, environ):
+        options = Options()
+        options.environ = environ
+        options.parseOptions(args)
+        return options
+
+    assert parse([], {})["beanstalk"] is None
+    assert parse([], {})["beanstalk-max-job-size"] == 65535
+    options = parse([], {"ALLQ_BEANSTALK": "unix:/tmp/b.sock",
+                         "ALLQ_BEANSTALK_MAX_JOB_SIZE": "1000"})
+    assert (options["beanstalk"], options["beanstalk-max-job-size"]) == ("unix:/tmp/b.sock", 1000)
+    assert parse(["--beanstalk", "tcp:11300"], {"ALLQ_BEANSTALK": "x"})["beanstalk"] == "tcp:11300"
+    from twisted.python import usage
+    with pytest.raises(usage.UsageError, match="beanstalk-max-job-size"):
+        parse(["--beanstalk-max-job-size", "big"], {})
