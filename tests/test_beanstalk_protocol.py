@@ -9,7 +9,6 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from allq.client.beanstalk import (
-    HIGH_WATER,
     PARTIAL_COMMAND_TIMEOUT,
     BeanstalkConnections,
     BeanstalkFactory,

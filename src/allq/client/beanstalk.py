@@ -37,7 +37,7 @@ from collections.abc import Callable
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -168,8 +168,7 @@ class BeanstalkFactory(Factory):
         self.started = clock.seconds()
 
     def buildProtocol(self, addr) -> "BeanstalkProtocol":
-        protocol = BeanstalkProtocol(self)
-        return protocol
+        return BeanstalkProtocol(self)
 
     def count(self, command: str) -> None:
         self.commands[command] = self.commands.get(command, 0) + 1
@@ -195,8 +194,8 @@ class BeanstalkProtocol(Protocol):
         self._replies_waiting = False
         #: A put waiting for its body: (priority, delay, ttr, size).
         self._put: tuple[int, int, int, int] | None = None
-        #: Bytes still to skip: the rest of an over-long line (-1: up to its
-        #: ``\r\n``) or of a body too big.
+        #: What to skip: the rest of an over-long line (up to its ``\r\n``), and
+        #: the bytes left of a body too big.
         self._skip_line = False
         self._skip_bytes = 0
         self._stall = None
@@ -412,7 +411,6 @@ class BeanstalkProtocol(Protocol):
         except _Reply as reply:
             self.factory.count("put")
             self._answer(reply.line)
-            self._skip_line = False
             return
         if size > self.factory.max_job_size:
             self.factory.count("put")
@@ -577,11 +575,10 @@ class BeanstalkProtocol(Protocol):
         return self._federation.job_action("kick", self._ref(job_id)).addCallback(
             lambda _: b"KICKED\r\n")
 
-    def _kick(self, bound: bytes) -> Deferred:
-        count = _uint(bound)
+    def _kick(self, bound: bytes) -> Deferred | bytes:
+        count = min(_uint(bound), 2**31)
         if count == 0:
-            return maybeDeferred(lambda: b"KICKED 0\r\n")
-        count = min(count, 2**31)
+            return b"KICKED 0\r\n"
         return Deferred.fromCoroutine(self._kicking(count))
 
     async def _kicking(self, count: int) -> bytes:
