@@ -211,6 +211,11 @@ class BeanstalkProtocol(Protocol):
     # -- connection ------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        # A reply is one write, awaited by a client that sends nothing more until it
+        # comes: Nagle's algorithm would hold it for the client's delayed ACK.
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            no_delay(True)
         self.transport.registerProducer(self, True)
         self.factory.connections.add(self)
         self.factory.total_connections += 1
