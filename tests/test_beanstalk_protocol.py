@@ -309,3 +309,20 @@ def test_the_beanstalk_options_and_their_environment():
     from twisted.python import usage
     with pytest.raises(usage.UsageError, match="beanstalk-max-job-size"):
         parse(["--beanstalk-max-job-size", "big"], {})
+
+
+def test_two_servers_peek_ready_shows_the_most_urgent_and_ids_stay_distinct():
+    """Jobs spread over two servers get distinct integer ids; peek-ready looks at both."""
+    h = Harness(servers=2)
+    conn = h.connect()
+    assert h.send(conn, b"put 9 0 10 1\r\na\r\n") == b"INSERTED 1\r\n"
+    assert h.send(conn, b"put 1 0 10 1\r\nb\r\n") == b"INSERTED 2\r\n"
+    assert {len(link.queue) for link in h.links} == {1}
+    assert h.send(conn, b"peek-ready\r\n") == b"FOUND 2 1\r\nb\r\n"
+    assert h.send(conn, b"stats-tube default\r\n").count(b"current-jobs-ready: 2\n") == 1
+    for _ in range(2):
+        assert h.send(conn, b"reserve-with-timeout 0\r\n").startswith(b"RESERVED")
+    conn[0].connectionLost()
+    h.clock.advance(0)
+    assert sum(t["ready"] for link in h.links for t in link.call("stats")["tubes"]) == 2
+    h.federation.stopService()

@@ -605,7 +605,8 @@ class BeanstalkProtocol(Protocol):
         return self._federation.peek_job(self._ref(job_id)).addCallback(self._found)
 
     def _peek_ready(self) -> Deferred:
-        return Deferred.fromCoroutine(self._federation.peek(self.used)).addCallback(self._found)
+        d = Deferred.fromCoroutine(self._federation.peek_most_urgent(self.used))
+        return d.addCallback(self._found)
 
     def _peek_buried(self) -> Deferred:
         d = Deferred.fromCoroutine(self._federation.peek(self.used, buried=True))

@@ -493,6 +493,14 @@ class Federation(MultiService):
                     return None  # the server's line changed between the two calls
         return None
 
+    async def peek_most_urgent(self, tube: str) -> FetchedJob | None:
+        """The ready job of a tube with the lowest priority number over every
+        reachable server (each server's next; ties: the first server's)."""
+        answers = await self._each("peek", {"tube": tube})
+        jobs = [FetchedJob.from_reply(result["job"]) for _, result in answers
+                if result["job"] is not None]
+        return min(jobs, key=lambda job: job.priority, default=None)
+
     async def peek_delayed(self, tube: str) -> FetchedJob | None:
         """The delayed job of a tube due soonest over every reachable server."""
         answers = await self._each("peek", {"tube": tube, "delayed": True})
