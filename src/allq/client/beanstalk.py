@@ -329,9 +329,9 @@ class BeanstalkProtocol(Protocol):
             self._paused = False
             self.transport.resumeProducing()
         self._cancel_stall()
-        partial = self._busy is None and not self._replies_waiting and (self._buffer or self._put is not None
-                                          or self._skip_bytes or self._skip_line)
-        if partial and not self._closed:
+        partial = (self._buffer or self._put is not None or self._skip_bytes
+                   or self._skip_line)
+        if partial and self._busy is None and not self._replies_waiting and not self._closed:
             self._stall = self._clock.callLater(PARTIAL_COMMAND_TIMEOUT, self._stalled)
 
     def _stalled(self) -> None:

@@ -160,8 +160,8 @@ class Federation(MultiService):
         :param run_on_timeout: after the timeout, run it (true) or bury it (false).
         """
         params = {
-            "tube": tube, "body": body, "priority": priority,
-            "ttl": ttl, "expired_limit": expired_limit, "shard_key": shard_key, "parent_id": parent_id,
+            "tube": tube, "body": body, "priority": priority, "ttl": ttl,
+            "expired_limit": expired_limit, "shard_key": shard_key, "parent_id": parent_id,
             "timeout": timeout, "run_on_timeout": run_on_timeout, "limit": limit,
             "idempotency_key": new_key(),
         }
@@ -586,8 +586,10 @@ class _CancellableGet:
 
         def settle(outcome):
             if not result.called:
-                result.callback(outcome) if not isinstance(outcome, Failure) \
-                    else result.errback(outcome)
+                if isinstance(outcome, Failure):
+                    result.errback(outcome)
+                else:
+                    result.callback(outcome)
             elif isinstance(outcome, Failure) and not outcome.check(CancelledError):
                 return outcome  # after a cancel, only the expected error is dropped
             return None

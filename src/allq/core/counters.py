@@ -6,8 +6,8 @@ beyond its first reserve happens to the job: the queue keeps them beside its
 jobs, in a dict by job id that gets an entry on the job's first delay, release,
 timeout, bury or kick (:class:`JobCounterMap`). Until then the one reserve a job
 can have had is read from its state, so a job that is put, reserved once and
-deleted, the common life, never pays for an entry. The counts are since the server started (they are not journaled: a
-restarted server starts them again). Unlike ``Job.expireds`` and
+deleted, the common life, never pays for an entry. The counts are since the
+server started (they are not journaled: a restarted server starts them again). Unlike ``Job.expireds`` and
 ``Job.releases``, which a kick resets (they drive AllQueue's auto-bury), these
 only grow. Pure: no I/O, no clock.
 """
