@@ -5,6 +5,7 @@ protocol is the real federation over real queues (``memory_servers``).
 """
 
 import pytest
+from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
@@ -326,3 +327,31 @@ def test_two_servers_peek_ready_shows_the_most_urgent_and_ids_stay_distinct():
     h.clock.advance(0)
     assert sum(t["ready"] for link in h.links for t in link.call("stats")["tubes"]) == 2
     h.federation.stopService()
+
+
+# -- Federation.get_any, which the front-end's reserve uses ---------------------------------
+
+
+def test_cancelling_a_waiting_get_any_gives_up_the_wait(h):
+    d = h.federation.get_any(["a", "b"], wait=30)
+    h.clock.advance(0.1)
+    d.cancel()
+    failures = []
+    d.addErrback(failures.append)
+    assert failures and failures[0].check(CancelledError)
+    h.links[0].call("put", tube="a", body="later")
+    h.clock.pump([0.5] * 4)
+    assert h.links[0].call("stats")["tubes"][0]["ready"] == 1  # nobody took it
+
+
+def test_cancelling_get_any_while_a_server_answers_gives_the_jobs_back(h):
+    h.links[0].call("put", tube="a", body="x")
+    h.links[0].hold = True
+    d = h.federation.get_any(["a", "b"], wait=30)
+    d.cancel()
+    d.addErrback(lambda f: f.trap(CancelledError))
+    h.links[0].hold = False
+    h.links[0].release_held()
+    h.clock.advance(0)
+    tube = h.links[0].call("stats")["tubes"][0]
+    assert (tube["ready"], tube["reserved"]) == (1, 0)
