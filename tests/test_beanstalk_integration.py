@@ -18,7 +18,13 @@ import pytest
 greenstalk = pytest.importorskip("greenstalk")
 pystalk = pytest.importorskip("pystalk")
 
-from servers import LOCALHOST, Daemons  # noqa: E402
+from servers import (  # noqa: E402
+    LOCALHOST,
+    SERVER_LISTENING,
+    Daemons,
+    RunningServer,
+    wait_for_greeting,
+)
 from test_client_integration import CLIENT_SERVING, Api  # noqa: E402
 
 BEANSTALK_SERVING = re.compile(r"serving the beanstalkd protocol on .*?port=(?P<port>\d+)")
@@ -214,3 +220,28 @@ def test_bad_input_gets_errors_and_the_client_keeps_serving(federation):
         assert received == expected
     with tcp(federation) as client:
         assert client.using() == "default"
+
+
+def test_a_persisted_binary_job_survives_a_server_restart(tmp_path):
+    """A binary body put through the beanstalkd port, on a server with --data-dir,
+    comes back byte for byte after the server restarts."""
+    body = b"\x00\xff\xfe\r\n" * 64
+    with Daemons(tmp_path) as daemons:
+        keys = daemons.generate_keys()
+        data = tmp_path / "data"
+        server = daemons.start_server(keys, ["--data-dir", str(data), "--fsync", "always"])
+        api, port = start_beanstalk_client(daemons, keys, [server], str(tmp_path / "b.sock"))
+        with greenstalk.Client((LOCALHOST, port), encoding=None, use="keep") as client:
+            client.put(body)
+        server.daemon.stop()
+        restarted = daemons.spawn(
+            "allq-server", ["--keys", str(keys.directory), "--data-dir", str(data),
+                            "--listen", f"tcp:{server.port}:interface={LOCALHOST}"],
+            name="restarted")
+        restarted.wait_for_log(SERVER_LISTENING)
+        wait_for_greeting(RunningServer(restarted, server.host, server.port, server.server_id))
+        api.wait_until(lambda h: h["up"] == 1)
+        with greenstalk.Client((LOCALHOST, port), encoding=None, watch="keep") as client:
+            job = client.reserve(timeout=10)
+            assert job.body == body
+            client.delete(job)
