@@ -172,6 +172,7 @@ def test_stats_reports_global_counters_and_tubes(h):
     assert set(result["tubes"][0]) == {
         "tube", "ready", "reserved", "delayed", "buried", "parents", "tps", "avg",
         "throttle_size", "paused", "draining", "fair", "max_size", "expired_total", "buried_total",
+        "pause_time_left",
     }
 
 

@@ -84,9 +84,9 @@ def test_good_tube_names_are_accepted(tube):
     assert q.peek(tube) is job
 
 
-@pytest.mark.parametrize("body", [b"bytes", None, 5, ["x"]])
+@pytest.mark.parametrize("body", [bytearray(b"x"), None, 5, ["x"]])
 def test_non_string_body_is_rejected(body):
-    """A job body must be a str."""
+    """A job body must be a str (text) or bytes (a binary body)."""
     with pytest.raises(BadRequest, match="body must be a string"):
         make_queue().put("t", body, now=T0)
 

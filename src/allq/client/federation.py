@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 from itertools import repeat
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, fail
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -48,10 +48,11 @@ from allq.client.membership import Membership
 from allq.client.observers import FederationObserver
 from allq.client.placement import Placement
 from allq.client.placement import idempotency_key as new_key
-from allq.client.records import FetchedJob, ServerStats
+from allq.client.records import FetchedJob, JobStats, ServerStats
 from allq.client.retry import DEFAULT_RETRY_BUDGET, Retries
-from allq.errors import AllQError, Unavailable
+from allq.errors import AllQError, NotFound, Unavailable
 from allq.vocabulary import check_tps, check_tube
+from allq.wire.bodies import encode_body
 
 
 class Federation(MultiService):
@@ -125,7 +126,7 @@ class Federation(MultiService):
 
     # -- put -------------------------------------------------------------------
 
-    def put(self, tube: str, body: str, *, priority=None, ttl=None, delay=0,
+    def put(self, tube: str, body: str | bytes, *, priority=None, ttl=None, delay=0,
             expired_limit=None, run_at=None, shard_key=None, parent_id=None,
             idempotency_key=None) -> Deferred:
         """Store a job on one server (see :mod:`allq.client.placement`); fires with its id.
@@ -149,7 +150,7 @@ class Federation(MultiService):
                              idempotency_key=idempotency_key)
         return self._observed("put", self._placement.store("put", params))
 
-    def put_parent(self, tube: str, body: str, *, priority=None, ttl=None,
+    def put_parent(self, tube: str, body: str | bytes, *, priority=None, ttl=None,
                    expired_limit=None, shard_key=None, parent_id=None,
                    timeout=None, run_on_timeout=False, limit=None) -> Deferred:
         """Store a parent job, waiting for ``limit`` finished children (or for
@@ -164,6 +165,8 @@ class Federation(MultiService):
             "timeout": timeout, "run_on_timeout": run_on_timeout, "limit": limit,
             "idempotency_key": new_key(),
         }
+        if type(body) is bytes:
+            params["body"], params["body_encoding"] = encode_body(body)
         return self._observed("put_parent", self._placement.store("put_parent", params))
 
     def put_many(self, jobs: list[dict]) -> Deferred:
@@ -204,14 +207,57 @@ class Federation(MultiService):
             jobs = await self._polls.wait(tube, count, delete, wait)
         return jobs
 
+    def get_any(self, tubes: list[str], *, count: int = 1, delete: bool = False,
+                wait: float = 0) -> Deferred:
+        """Reserve up to ``count`` jobs from any of ``tubes`` on any server: each
+        server hands out its best across the tubes (priority, then put order);
+        servers are asked in random order, as :meth:`get` does. Fires with a list
+        of :class:`FetchedJob`, ``[]`` when none came within ``wait`` seconds.
+
+        Cancelling the Deferred gives up the wait; jobs a server handed out in
+        the meantime are released again, so none stays reserved for nobody.
+        (With ``wait`` 0 there is no wait to give up: it is the plain one pass.)
+        """
+        key: str | tuple[str, ...] = tuple(dict.fromkeys(tubes))
+        if len(key) == 1:
+            key = key[0]
+        if wait <= 0:
+            d = Deferred.fromCoroutine(self._get_once(key, count, delete))
+            return self._observed("get", d).addCallback(self._got_any, delete)
+        get = _CancellableGet()
+        d = Deferred.fromCoroutine(self._get_cancellable(get, key, count, delete, wait))
+        d = self._observed("get", d).addCallback(self._got_any, delete)
+        return get.result(d)
+
+    async def _get_cancellable(self, get: "_CancellableGet", key, count: int, delete: bool,
+                               wait: float) -> list[FetchedJob]:
+        jobs = await self._get_once(key, count, delete)
+        if get.cancelled:
+            if jobs and not delete:
+                await self._give_back(jobs)
+            raise CancelledError()
+        if not jobs and wait > 0:
+            get.waiting = self._polls.wait(key, count, delete, wait)
+            jobs = await get.waiting
+        return jobs
+
+    def _got_any(self, jobs: list[FetchedJob], delete: bool) -> list[FetchedJob]:
+        by_tube: dict[str, list[FetchedJob]] = {}
+        for job in jobs:
+            by_tube.setdefault(job.tube, []).append(job)
+        for tube, some in by_tube.items():
+            self._got(some, tube, delete)
+        return jobs
+
     def _got(self, jobs: list[FetchedJob], tube: str, delete: bool) -> list[FetchedJob]:
         for observer in self._observers:
             observer.got(tube, jobs, delete)
         return jobs
 
-    async def _get_once(self, tube: str, count: int, delete: bool) -> list[FetchedJob]:
+    async def _get_once(self, tube: str | tuple[str, ...], count: int,
+                        delete: bool) -> list[FetchedJob]:
         """One pass over the healthy servers in random order, backing off while
-        none answers."""
+        none answers. ``tube`` may be a tuple of tubes (``get_any``)."""
         deadline = self._retries.deadline()
         attempt = 0
         while True:
@@ -220,9 +266,13 @@ class Federation(MultiService):
             jobs: list[FetchedJob] = []
             answered = False
             for link in links:
+                if type(tube) is tuple:
+                    action, params = "get_any", {"tubes": list(tube)}
+                else:
+                    action, params = "get", {"tube": tube}
                 try:
                     result = await link.request(
-                        "get", {"tube": tube, "count": count - len(jobs), "delete": delete})
+                        action, {**params, "count": count - len(jobs), "delete": delete})
                 except Unavailable:
                     self._retried("get", link.address)
                     continue
@@ -254,6 +304,38 @@ class Federation(MultiService):
             return self._observed(action, fail())
         d = link.request(action, {"job_id": job_id, **params})
         return self._observed(action, d).addCallback(self._acted, action, job_id, link)
+
+    def reserve_job(self, job_id: str) -> Deferred:
+        """Reserve one job by its id, whether ready, delayed or buried; fires
+        with the :class:`FetchedJob`.
+
+        :raises NotFound: no such job. :raises WrongState: it is reserved already.
+        """
+        try:
+            link = self._servers.holder(job_id)
+        except AllQError:
+            return self._observed("get", fail())
+        d = link.request("reserve_job", {"job_id": job_id})
+        d.addCallback(lambda result: FetchedJob.from_reply(result["job"]))
+        return self._observed("get", d).addCallback(
+            lambda job: self._got([job], job.tube, False)[0])
+
+    def peek_job(self, job_id: str) -> Deferred:
+        """A job by its id, in any state; fires with the :class:`FetchedJob`."""
+        try:
+            link = self._servers.holder(job_id)
+        except AllQError:
+            return fail()
+        d = link.request("peek_job", {"job_id": job_id})
+        return d.addCallback(lambda result: FetchedJob.from_reply(result["job"]))
+
+    def job_stats(self, job_id: str) -> Deferred:
+        """What the job's server says of it; fires with a :class:`JobStats`."""
+        try:
+            link = self._servers.holder(job_id)
+        except AllQError:
+            return fail()
+        return link.request("job_stats", {"job_id": job_id}).addCallback(JobStats.from_reply)
 
     def _acted(self, result: dict, action: str, job_id: str, link: ServerLink) -> str:
         for observer in self._observers:
@@ -326,8 +408,13 @@ class Federation(MultiService):
         await self._each("throttle", {"tube": tube, "tps": share}, links)
         return len(links)
 
-    async def pause(self, tube: str, paused: bool = True) -> int:
-        """Pause (no jobs handed out) or resume a tube on every reachable server."""
+    async def pause(self, tube: str, paused: bool = True, delay: float | None = None) -> int:
+        """Pause (no jobs handed out) or resume a tube on every reachable server.
+
+        :param delay: seconds after which each server resumes the tube by itself.
+        """
+        if paused and delay is not None:
+            return await self._broadcast("pause", tube, delay=delay)
         return await self._broadcast("pause" if paused else "unpause", tube)
 
     async def drain_tube(self, tube: str, draining: bool = True) -> int:
@@ -358,13 +445,14 @@ class Federation(MultiService):
         d.addCallback(lambda answers: sum(result["cleared"] for _, result in answers))
         return self._observed("clear", d).addCallback(self._counted, "clear", tube, int)
 
-    def kick_tube(self, tube: str, count: int = 1) -> Deferred:
-        """Kick up to ``count`` buried jobs of a tube, over all reachable servers;
-        fires with the ids kicked."""
-        d = Deferred.fromCoroutine(self._kick_tube(tube, count))
+    def kick_tube(self, tube: str, count: int = 1, delayed: bool = False) -> Deferred:
+        """Kick up to ``count`` buried jobs of a tube (with ``delayed``: delayed
+        jobs, each server's soonest first), over all reachable servers; fires
+        with the ids kicked."""
+        d = Deferred.fromCoroutine(self._kick_tube(tube, count, delayed))
         return self._observed("kick_tube", d).addCallback(self._counted, "kick", tube, len)
 
-    async def _kick_tube(self, tube: str, count: int) -> list[str]:
+    async def _kick_tube(self, tube: str, count: int, delayed: bool = False) -> list[str]:
         """Server by server until ``count`` are kicked; a server that fails is
         skipped (what others kicked is still reported), none answering is 503."""
         kicked: list[str] = []
@@ -373,7 +461,8 @@ class Federation(MultiService):
             if len(kicked) >= count:
                 break
             try:
-                result = await link.request("kick_tube", {"tube": tube, "count": count - len(kicked)})
+                result = await link.request("kick_tube", {"tube": tube, "delayed": delayed,
+                                                          "count": count - len(kicked)})
             except Unavailable:
                 continue
             answered = True
@@ -403,6 +492,31 @@ class Federation(MultiService):
                 if offset < 0:
                     return None  # the server's line changed between the two calls
         return None
+
+    async def peek_most_urgent(self, tube: str) -> FetchedJob | None:
+        """The ready job of a tube with the lowest priority number over every
+        reachable server (each server's next; ties: the first server's)."""
+        answers = await self._each("peek", {"tube": tube})
+        jobs = [FetchedJob.from_reply(result["job"]) for _, result in answers
+                if result["job"] is not None]
+        return min(jobs, key=lambda job: job.priority, default=None)
+
+    async def peek_delayed(self, tube: str) -> FetchedJob | None:
+        """The delayed job of a tube due soonest over every reachable server."""
+        answers = await self._each("peek", {"tube": tube, "delayed": True})
+        best: tuple[float, FetchedJob] | None = None
+        for link, result in answers:
+            if result["job"] is None:
+                continue
+            job = FetchedJob.from_reply(result["job"])
+            try:
+                stats = JobStats.from_reply(
+                    await link.request("job_stats", {"job_id": job.job_id}))
+            except (NotFound, Unavailable):
+                continue  # it left the delayed state, or its server, meanwhile
+            if best is None or stats.time_left < best[0]:
+                best = (stats.time_left, job)
+        return None if best is None else best[1]
 
     async def _tube_count(self, link: ServerLink, tube: str, state: str) -> int:
         stats = await link.request("stats", {})
@@ -451,12 +565,49 @@ class Federation(MultiService):
         return super().stopService()
 
 
-def _put_params(tube: str, body: str, *, priority=None, ttl=None, delay=0,
+class _CancellableGet:
+    """The state of one :meth:`Federation.get_any`: cancelling its result gives
+    up the long poll at once, or, while a server is being asked, lets the answer
+    come and gives its jobs back (a reply cut off would leave them reserved
+    until their ttl)."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self.waiting: Deferred | None = None
+
+    def result(self, work: Deferred) -> Deferred:
+        """The Deferred the caller gets: ``work``'s outcome, cancellable."""
+        def cancel(_: Deferred) -> None:
+            self.cancelled = True
+            if self.waiting is not None and not self.waiting.called:
+                self.waiting.cancel()
+
+        result = Deferred(canceller=cancel)
+
+        def settle(outcome):
+            if not result.called:
+                if isinstance(outcome, Failure):
+                    result.errback(outcome)
+                else:
+                    result.callback(outcome)
+            elif isinstance(outcome, Failure) and not outcome.check(CancelledError):
+                return outcome  # after a cancel, only the expected error is dropped
+            return None
+
+        work.addBoth(settle)
+        return result
+
+
+def _put_params(tube: str, body: str | bytes, *, priority=None, ttl=None, delay=0,
                 expired_limit=None, run_at=None, shard_key=None, parent_id=None,
                 idempotency_key=None) -> dict:
-    """A put request's parameters, with the caller's idempotency key or a fresh one."""
-    return {
+    """A put request's parameters, with the caller's idempotency key or a fresh one.
+    A binary body travels as base64 with its marker (:mod:`allq.wire.bodies`)."""
+    params = {
         "tube": tube, "body": body, "priority": priority, "ttl": ttl, "delay": delay,
         "expired_limit": expired_limit, "run_at": run_at, "shard_key": shard_key,
         "parent_id": parent_id, "idempotency_key": idempotency_key or new_key(),
     }
+    if type(body) is bytes:
+        params["body"], params["body_encoding"] = encode_body(body)
+    return params

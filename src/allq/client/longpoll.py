@@ -1,6 +1,8 @@
 """Long polls: callers waiting for a job of a tube, served by one poller per tube.
 
-A get with ``wait`` that finds nothing joins the waiters of its (tube, delete).
+A get with ``wait`` that finds nothing joins the waiters of its (tube, delete);
+``tube`` may also be a tuple of tubes (a get over several, served by priority
+across them), polled as one.
 One poller per (tube, delete) fetches for all of them at once (up to
 :data:`MAX_COUNT` jobs a round), hands the jobs out in arrival order, answers
 ``[]`` to a waiter whose time is up, and naps between rounds, backing off from
@@ -72,10 +74,10 @@ class LongPolls:
         return waiter.deferred
 
     def wake(self, tube: str) -> None:
-        """A job was put into ``tube``: poll it now."""
-        for delete in (False, True):
-            nap = self._naps.get((tube, delete))
-            if nap is not None:
+        """A job was put into ``tube``: poll it now (and every poll of several
+        tubes that include it)."""
+        for (polled, _), nap in list(self._naps.items()):
+            if polled == tube or (type(polled) is tuple and tube in polled):
                 nap.cancel()
 
     def end_all(self) -> None:

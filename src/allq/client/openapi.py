@@ -103,7 +103,10 @@ def _schemas() -> dict:
     new_job = {
         "tube": {**tube, "description": "the tube to put the job in"},
         "body": {"type": ["string", "null"], "default": "",
-                 "description": "the job's payload (a string; clients often base64-encode)"},
+                 "description": "the job's payload as text"},
+        "body_base64": {"type": ["string", "null"],
+                        "description": "a binary payload (any bytes), base64-encoded; "
+                        "instead of body (400 with both, or if it is not base64)"},
         "ttl": {"oneOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": MAX_SECONDS},
                           {"type": "string", "pattern": _SECONDS_STRING}, {"type": "null"}],
                 "description": "seconds a reserved job may run before it "
@@ -137,11 +140,14 @@ def _schemas() -> dict:
                      if name != "idempotency_key"}
     job = {
         "type": "object",
-        "required": ["id", "body", "tube", "expireds", "releases"],
+        "required": ["id", "tube", "expireds", "releases"],
         "properties": {
             "id": {**job_id, "description": "\"<server_id>,<number>\"; percent-encode it "
                    "in URLs"},
-            "body": {"type": "string"},
+            "body": {"type": "string", "description": "the payload, when it is UTF-8 text"},
+            "body_base64": {"type": "string", "description": "the payload in base64, when "
+                            "it is not UTF-8 text (binary); body_encoding says so"},
+            "body_encoding": {"const": "base64"},
             "tube": {"type": "string"},
             "expireds": {"type": "integer", "description": "how often its ttl elapsed"},
             "releases": {"type": "integer", "description": "how often it was released"},
@@ -218,9 +224,11 @@ def _schemas() -> dict:
             "properties": {
                 "action": {"const": "set_parent"},
                 "job_id": job_id,
-                "job": {"type": "object", "required": ["job_id", "tube", "body"],
+                "job": {"type": "object", "required": ["job_id", "tube"],
                         "properties": {"job_id": job_id, "tube": {"type": "string"},
                                        "body": {"type": "string"},
+                                       "body_base64": {"type": "string"},
+                                       "body_encoding": {"const": "base64"},
                                        "expireds": {"type": "integer"},
                                        "releases": {"type": "integer"}}},
             },
@@ -267,7 +275,7 @@ def _schemas() -> dict:
             "type": "object", "required": ["jobs"], "additionalProperties": False,
             "properties": {
                 **{name: schema for name, schema in new_job.items()
-                   if name not in ("body", "idempotency_key")},
+                   if name not in ("body", "body_base64", "idempotency_key")},
                 "jobs": {"type": "array", "minItems": 1, "maxItems": MAX_COUNT,
                          "items": {"type": "object", "additionalProperties": False,
                                    "properties": new_job},

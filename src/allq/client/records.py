@@ -11,14 +11,23 @@ from typing import Any
 
 import attrs
 
+from allq.wire.bodies import decode_body
+
 
 @attrs.frozen
 class FetchedJob:
-    """A job as a server handed it out (reserved, taken, or peeked at)."""
+    """A job as a server handed it out (reserved, taken, or peeked at).
+
+    ``body`` is ``str`` when the job's body is UTF-8 text and ``bytes`` otherwise
+    (a binary body, any byte; :mod:`allq.wire.bodies`). A front-end that speaks
+    text writes a ``bytes`` body its own way (REST: ``body_base64`` beside
+    ``"body_encoding": "base64"``); one that speaks bytes encodes a ``str`` body
+    as UTF-8.
+    """
 
     job_id: str
     tube: str
-    body: str
+    body: str | bytes
     priority: int
     ttl: float
     expireds: int
@@ -26,8 +35,35 @@ class FetchedJob:
 
     @classmethod
     def from_reply(cls, job: Mapping[str, Any]) -> "FetchedJob":
-        return cls(job["job_id"], job["tube"], job["body"], job["priority"], job["ttl"],
-                   int(job["expireds"]), int(job["releases"]))
+        return cls(job["job_id"], job["tube"],
+                   decode_body(job["body"], job.get("body_encoding")), job["priority"],
+                   job["ttl"], int(job["expireds"]), int(job["releases"]))
+
+
+@attrs.frozen
+class JobStats:
+    """What a server says of one job (beanstalkd's ``stats-job``): its state,
+    seconds (``age`` since put, ``time_left`` until its delay or ttl ends, 0
+    otherwise, the last ``delay`` it was given) and counts since the server
+    started."""
+
+    job_id: str
+    tube: str
+    state: str
+    priority: int
+    age: float
+    delay: float
+    ttl: float
+    time_left: float
+    reserves: int
+    timeouts: int
+    releases: int
+    buries: int
+    kicks: int
+
+    @classmethod
+    def from_reply(cls, reply: Mapping[str, Any]) -> "JobStats":
+        return cls(**{field.name: reply[field.name] for field in attrs.fields(cls)})
 
 
 @attrs.frozen
@@ -48,6 +84,7 @@ class TubeStats:
     draining: bool = False
     fair: str | None = None
     max_size: int | None = None
+    pause_time_left: float = 0.0
 
 
 @attrs.frozen
@@ -74,7 +111,8 @@ class ServerStats:
                 delayed=int(t["delayed"]), buried=int(t["buried"]), parents=int(t["parents"]),
                 tps=float(t["tps"]), avg=float(t["avg"]), throttle_size=t.get("throttle_size"),
                 paused=bool(t.get("paused", False)), draining=bool(t.get("draining", False)),
-                fair=t.get("fair"), max_size=t.get("max_size"))
+                fair=t.get("fair"), max_size=t.get("max_size"),
+                pause_time_left=float(t.get("pause_time_left", 0.0)))
             for t in reply["tubes"])
         return cls(address, reply["server_id"], reply["global"], tubes,
                    {**reply, "address": address})

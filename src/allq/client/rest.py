@@ -91,6 +91,7 @@ from allq.client.rest_requests import (
     throttle_body,
     tube_arg,
 )
+from allq.wire.bodies import encode_body
 from allq.errors import AllQError, BadRequest, Timeout
 from allq.vocabulary import (
     FRONTEND_REQUEST_TIMEOUT,
@@ -316,6 +317,9 @@ max_body=max_body)
         tube, body = args.pop("tube"), args.pop("body")
         job_id = await self._bounded(self._federation.put_parent(tube, body, **args))
         job = {"job_id": job_id, "tube": tube, "body": body, "expireds": 0, "releases": 0}
+        if type(body) is bytes:  # shown as a fetched job's binary body is
+            del job["body"]
+            job["body_base64"], job["body_encoding"] = encode_body(body)
         return json_response(request, {"action": "set_parent", "job_id": job_id, "job": job})
 
     @app.route("/throttle", methods=["POST"])

@@ -9,12 +9,18 @@ writes a response.
 from collections.abc import Sequence
 
 from allq.client.http import error_body
+from allq.wire.bodies import encode_body
 from allq.client.records import FetchedJob, ServerStats
 from allq.errors import AllQError
 
 
 def rest_job(job: FetchedJob) -> dict:
-    """A job in AllQueue's REST ``JobResponse`` shape."""
+    """A job in AllQueue's REST ``JobResponse`` shape; a binary body (not UTF-8
+    text) comes as ``body_base64`` beside ``"body_encoding": "base64"``."""
+    if type(job.body) is bytes:
+        text, encoding = encode_body(job.body)
+        return {"id": job.job_id, "body_base64": text, "body_encoding": encoding,
+                "tube": job.tube, "expireds": job.expireds, "releases": job.releases}
     return {
         "id": job.job_id,
         "body": job.body,

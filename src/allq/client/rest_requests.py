@@ -14,6 +14,7 @@ from twisted.web.iweb import IRequest
 
 from allq import vocabulary
 from allq.errors import BadRequest
+from allq.wire.bodies import BASE64, decode_body
 
 MAX_SERVER_REF = 255
 _TRUE = frozenset({"true", "1", "yes"})
@@ -21,7 +22,7 @@ _FALSE = frozenset({"false", "0", "no"})
 _INTEGER = re.compile(r"-?[0-9]{1,20}")
 _NUMBER = re.compile(r"-?[0-9]{1,20}(?:\.[0-9]{1,9})?")
 NEW_JOB_KEYS = frozenset({
-    "tube", "body", "ttl", "delay", "run_at", "priority", "expired_limit", "parent_id",
+    "tube", "body", "body_base64", "ttl", "delay", "run_at", "priority", "expired_limit", "parent_id",
     "shard_key", "idempotency_key",
 })
 NEW_PARENT_JOB_KEYS = (NEW_JOB_KEYS - {"idempotency_key"}
@@ -203,6 +204,11 @@ def new_job(obj: Mapping, allowed: frozenset = NEW_JOB_KEYS) -> dict:
     check_keys(obj, allowed)
     tube = vocabulary.check_tube(obj.get("tube"))
     body = field_str(obj, "body")
+    binary = field_str(obj, "body_base64")
+    if binary is not None:
+        if body is not None:
+            raise BadRequest("give body or body_base64, not both")
+        body = decode_body(binary, BASE64)
     priority = field_int(obj, "priority")
     expired_limit = field_int(obj, "expired_limit")
     if expired_limit is not None:
@@ -265,7 +271,7 @@ def new_parent_job(obj: Mapping) -> dict:
 
 
 #: Top-level fields of a batch put that are defaults for each of its jobs.
-BATCH_DEFAULT_KEYS = NEW_JOB_KEYS - {"body", "idempotency_key"}
+BATCH_DEFAULT_KEYS = NEW_JOB_KEYS - {"body", "body_base64", "idempotency_key"}
 
 
 def batch_items(obj: Mapping) -> list[dict]:

@@ -15,6 +15,8 @@ from twisted.python import usage
 from twisted.web.server import Site
 
 from allq import __version__
+from allq.client.beanstalk import DEFAULT_MAX_JOB_SIZE as DEFAULT_BEANSTALK_JOB_SIZE
+from allq.client.beanstalk import BeanstalkConnections, BeanstalkFactory
 from allq.client.dashboard import Dashboard
 from allq.client.discovery import (
     DEFAULT_DNS_INTERVAL,
@@ -55,6 +57,8 @@ _log = Logger()
 DEFAULT_SERVERS = "127.0.0.1:5555"
 #: Named when the REST port cannot be bound.
 HTTP_PORT = PortSetting("allq-client", "--http", "HTTP_SERVER_PORT")
+#: Named when the beanstalkd port cannot be bound.
+BEANSTALK_PORT = PortSetting("allq-client", "--beanstalk", "ALLQ_BEANSTALK")
 
 
 class Options(usage.Options):
@@ -106,6 +110,12 @@ class Options(usage.Options):
         ["workers", None, None,
          "client processes serving the HTTP port together (SO_REUSEPORT; needs a tcp: "
          "--http endpoint) [default: 1; env ALLQ_WORKERS]"],
+        ["beanstalk", None, None,
+         "Twisted endpoint for the beanstalkd protocol, e.g. tcp:11300:interface=127.0.0.1 "
+         "or unix:/run/allq/beanstalk.sock [default: off; env ALLQ_BEANSTALK]"],
+        ["beanstalk-max-job-size", None, None,
+         "largest job body a beanstalkd client may put, in bytes (beanstalkd's -z) "
+         "[default: 65535; env ALLQ_BEANSTALK_MAX_JOB_SIZE]"],
     ]
 
     def postOptions(self) -> None:
@@ -154,6 +164,7 @@ class Options(usage.Options):
                 f"--http-parser must be one of {', '.join(PARSERS)}, "
                 f"not {self['http-parser'][:40]!r}")
         self["workers"] = positive_int("workers", resolve(self, "workers", env, "ALLQ_WORKERS") or 1)
+        _beanstalk_options(self, env)
         if self["workers"] > 1:
             try:
                 parse_tcp(self["http"])
@@ -239,6 +250,32 @@ def makeService(config: Options, reactor=None) -> MultiService:
         http = _reuse_port_service(reactor, config["http"], site, listening)
     http.setServiceParent(service)
     service.set_http(http)
+    if config["beanstalk"] is not None:
+        _beanstalk_service(config, federation, reactor).setServiceParent(service)
+    return service
+
+
+def _beanstalk_options(options: Options, env) -> None:
+    """``--beanstalk`` and its job size (the listener lives in the primary process)."""
+    options["beanstalk"] = resolve(options, "beanstalk", env, "ALLQ_BEANSTALK") or None
+    options["beanstalk-max-job-size"] = positive_int(
+        "beanstalk-max-job-size",
+        resolve(options, "beanstalk-max-job-size", env, "ALLQ_BEANSTALK_MAX_JOB_SIZE")
+        or DEFAULT_BEANSTALK_JOB_SIZE)
+
+
+def _beanstalk_service(config: Options, federation: Federation, reactor) -> MultiService:
+    """The beanstalkd protocol listener and what closes its connections on stop."""
+    factory = BeanstalkFactory(federation, reactor, config["beanstalk-max-job-size"])
+    service = MultiService()
+    BeanstalkConnections(factory).setServiceParent(service)
+
+    def listening(port) -> None:
+        _log.info("allq-client serving the beanstalkd protocol on {address}",
+                  address=port.getHost())
+
+    listening_service(reactor, config["beanstalk"], factory, listening,
+                      setting=BEANSTALK_PORT).setServiceParent(service)
     return service
 
 

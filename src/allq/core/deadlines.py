@@ -60,6 +60,23 @@ class Deadlines:
             heapq.heappop(heap)
         return None
 
+    def in_order(self) -> Iterator[Job]:
+        """Yield the jobs holding a live deadline, earliest first, without
+        changing the heap: a walk of the heap as a tree (a child is never
+        earlier than its parent), so finding the first k costs O(k log k)."""
+        heap = self._heap
+        if not heap:
+            return
+        frontier = [(heap[0], 0)]
+        while frontier:
+            (deadline, job_id), index = heapq.heappop(frontier)
+            job = self._lookup(job_id)
+            if job is not None and job.deadline == deadline:
+                yield job
+            for child in (2 * index + 1, 2 * index + 2):
+                if child < len(heap):
+                    heapq.heappush(frontier, (heap[child], child))
+
     def pop_due(self, now: float) -> Iterator[Job]:
         """Yield each job whose live deadline is at or before ``now``.
 

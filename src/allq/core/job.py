@@ -68,7 +68,8 @@ class Job:
 
     id: int
     tube: str
-    body: str
+    #: ``str`` when the body is UTF-8 text, ``bytes`` otherwise (a binary body).
+    body: str | bytes
     created: float
     options: JobOptions
     state: JobState
@@ -81,7 +82,7 @@ class Job:
         self,
         id: int,  # noqa: A002 - the field's name
         tube: str,
-        body: str,
+        body: str | bytes,
         priority: int,
         ttl: float,
         expired_limit: int,

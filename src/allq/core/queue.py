@@ -25,6 +25,7 @@ import attrs
 
 from collections.abc import Callable
 
+from allq.core.counters import JobCounterMap, JobCounters
 from allq.core.deadlines import Deadlines
 from allq.core.job import Job, JobState
 from allq.core.parents import ParentInfo, Parents
@@ -105,6 +106,8 @@ class TubeStats:
     max_size: int | None = None
     expired_total: int = 0
     buried_total: int = 0
+    #: Seconds until a pause given with a delay ends by itself (0: none).
+    pause_time_left: float = 0.0
 
 
 @attrs.frozen
@@ -144,6 +147,7 @@ class Queue:
         self._tubes: dict[str, Tube] = {}
         self._parents = Parents()
         self._deadlines = Deadlines(self._jobs.get)
+        self._counters = JobCounterMap()
         self._next_id = first_id
         self._started = started
         self._on_change = on_change
@@ -157,7 +161,7 @@ class Queue:
     def put(
         self,
         tube: str,
-        body: str,
+        body: str | bytes,
         *,
         now: float,
         priority: int | None = None,
@@ -189,6 +193,7 @@ class Queue:
         if delay > 0:
             job.state = JobState.DELAYED
             tube_.delayed_count += 1
+            self._counters.of(job).delay = delay
             self._deadlines.schedule(job, now + delay, was_scheduled=False)
         else:
             tube_.push_ready(job)
@@ -198,7 +203,7 @@ class Queue:
     def put_parent(
         self,
         tube: str,
-        body: str,
+        body: str | bytes,
         *,
         now: float,
         timeout: float = DEFAULT_PARENT_TIMEOUT,
@@ -259,7 +264,7 @@ class Queue:
         check_tube(tube)
         count = check_count("count", count, maximum=MAX_COUNT)
         tube_ = self._tubes.get(tube)
-        if tube_ is None or tube_.paused or not tube_.ready_count:
+        if tube_ is None or not tube_.ready_count or tube_.is_paused(now):
             return []
         if tube_.throttle is not None:
             count = tube_.throttle.take(min(count, tube_.ready_count), now)
@@ -272,16 +277,69 @@ class Queue:
                 tube_.throughput.record(now, None)  # no processing time to average
                 self._forget(job)
             else:
-                job.state = JobState.RESERVED
-                job.reserved_at = now
-                tube_.reserved_count += 1
-                self._deadlines.schedule(job, now + job.ttl, was_scheduled=False)
-                self._changed(job)
+                self._reserve(job, tube_, now)
             jobs.append(job)
         if tube_.throttle is not None and len(jobs) < count:
             tube_.throttle.give_back(count - len(jobs))
         self.job_get += len(jobs)
         return jobs
+
+    def get_any(self, tubes: list[str], *, now: float, count: int = 1,
+                delete: bool = False) -> list[Job]:
+        """Reserve up to ``count`` ready jobs from any of ``tubes``, best first
+        across them: lowest priority number, then the one put first (as
+        beanstalkd serves the tubes a connection watches). Paused tubes, and
+        throttled ones out of tokens, are passed over.
+
+        :returns: the jobs, possibly none.
+        """
+        if not isinstance(tubes, list) or not tubes:
+            raise BadRequest("tubes must be a list of at least one tube")
+        count = check_count("count", count, maximum=MAX_COUNT)
+        candidates = []
+        for name in dict.fromkeys(tubes):  # each tube once, in order
+            check_tube(name)
+            tube_ = self._tubes.get(name)
+            if tube_ is not None:
+                candidates.append(tube_)
+        jobs: list[Job] = []
+        while len(jobs) < count and candidates:
+            best = None
+            for tube_ in candidates:
+                if tube_.ready_count and not tube_.is_paused(now):
+                    job = tube_.peek_ready()
+                    if job is not None and (best is None or (job.priority, job.id) < best[0]):
+                        best = ((job.priority, job.id), tube_)
+            if best is None:
+                break
+            got = self.get(best[1].name, now=now, count=1, delete=delete)
+            if got:
+                jobs += got
+            else:  # throttled: no more from this tube in this call
+                candidates.remove(best[1])
+        return jobs
+
+    def reserve_job(self, job_id: int, *, now: float) -> Job:
+        """Reserve one job by its id, whether it is ready, delayed or buried
+        (beanstalkd's ``reserve-job``); pause and throttle do not apply.
+
+        :raises NotFound: no such job.
+        :raises WrongState: the job is reserved already, or a waiting parent.
+        """
+        job = self._job(job_id)
+        tube = self._tubes[job.tube]
+        if job.state is JobState.READY:
+            tube.remove_ready(job)
+        elif job.state is JobState.DELAYED:
+            tube.delayed_count -= 1
+            self._deadlines.cancel(job)
+        elif job.state is JobState.BURIED:
+            del tube.buried[job.id]
+        else:
+            raise WrongState(f"job {job_id} is {job.state.value}, not ready, delayed or buried")
+        self._reserve(job, tube, now)
+        self.job_get += 1
+        return job
 
     def done(self, job_id: int, *, now: float) -> Job:
         """Finish a reserved job.
@@ -328,11 +386,15 @@ class Queue:
         job = self._reserved(job_id, "release")
         tube = self._unreserve(job)
         job.releases += 1
+        counters = self._counters.of(job)
+        counters.releases += 1
         if job.releases > 2 * job.expired_limit:
             self._bury(job, tube)
+            counters.buries += 1
         elif delay > 0:
             job.state = JobState.DELAYED
             tube.delayed_count += 1
+            counters.delay = delay
             self._deadlines.schedule(job, now + delay, was_scheduled=False)
         else:
             self._make_ready(job, tube)
@@ -342,6 +404,7 @@ class Queue:
     def bury(self, job_id: int, *, now: float) -> Job:
         """Move a reserved job to the buried (dead letter) list of its tube."""
         job = self._reserved(job_id, "bury")
+        self._counters.of(job).buries += 1
         self._bury(job, self._unreserve(job))
         self._changed(job)
         return job
@@ -369,23 +432,29 @@ class Queue:
             self._deadlines.cancel(job)
         else:
             raise WrongState(f"job {job_id} is {job.state.value}, not buried or delayed")
+        self._counters.of(job).kicks += 1
         self._make_ready(job, tube)
         self._changed(job)
         return job
 
-    def kick_tube(self, tube: str, *, now: float, count: int = 1) -> list[Job]:
-        """Kick up to ``count`` buried jobs of ``tube``, oldest buried first."""
+    def kick_tube(self, tube: str, *, now: float, count: int = 1,
+                  delayed: bool = False) -> list[Job]:
+        """Kick up to ``count`` buried jobs of ``tube``, oldest buried first; with
+        ``delayed``, its delayed jobs instead, soonest due first."""
         check_tube(tube)
         count = check_count("count", count, maximum=MAX_KICK_COUNT)
         tube_ = self._tubes.get(tube)
         if tube_ is None:
             return []
-        oldest = []
-        for job in tube_.buried.values():
-            if len(oldest) == count:
-                break
-            oldest.append(job)
-        return [self.kick(job.id, now=now) for job in oldest]
+        if delayed:
+            chosen = self._delayed_of(tube_, count)
+        else:
+            chosen = []
+            for job in tube_.buried.values():
+                if len(chosen) == count:
+                    break
+                chosen.append(job)
+        return [self.kick(job.id, now=now) for job in chosen]
 
     # -- inspecting ------------------------------------------------------------
 
@@ -401,6 +470,33 @@ class Queue:
             if index == offset:
                 return job
         return None
+
+    def peek_delayed(self, tube: str) -> Job | None:
+        """The delayed job of ``tube`` that becomes ready soonest."""
+        check_tube(tube)
+        tube_ = self._tubes.get(tube)
+        found = [] if tube_ is None else self._delayed_of(tube_, 1)
+        return found[0] if found else None
+
+    def _delayed_of(self, tube: Tube, count: int) -> list[Job]:
+        """Up to ``count`` delayed jobs of a tube, soonest due first (a walk of
+        the deadline heap in order, cut short by the tube's delayed count)."""
+        chosen: dict[int, Job] = {}
+        if tube.delayed_count:
+            wanted = min(count, tube.delayed_count)
+            for job in self._deadlines.in_order():
+                if job.state is JobState.DELAYED and job.tube == tube.name:
+                    chosen[job.id] = job  # a job may have two entries with its deadline
+                    if len(chosen) == wanted:
+                        break
+        return list(chosen.values())
+
+    def counters(self, job_id: int) -> JobCounters:
+        """What happened to a live job since it was put (beanstalkd's ``stats-job``).
+
+        :raises NotFound: no such job.
+        """
+        return self._counters.read(self._job(job_id))
 
     def job(self, job_id: int) -> Job:
         """The live job with that id.
@@ -469,11 +565,15 @@ class Queue:
         tube_.throttle = TokenBucket(tps, now) if tps is not None else None
         return self._tube_changed(tube_)
 
-    def set_paused(self, tube: str, paused: bool) -> Tube:
-        """Pause (no jobs handed out; puts still accepted) or resume a tube."""
+    def set_paused(self, tube: str, paused: bool, *, until: float | None = None) -> Tube:
+        """Pause (no jobs handed out; puts still accepted) or resume a tube.
+
+        :param until: when the pause ends by itself (``None``: when resumed).
+        """
         check_tube(tube)
         tube_ = self._tube(tube)
         tube_.paused = bool(paused)
+        tube_.paused_until = until if paused else None
         return self._tube_changed(tube_)
 
     def set_tube_draining(self, tube: str, draining: bool) -> Tube:
@@ -537,7 +637,9 @@ class Queue:
                 tps=t.throughput.tps(now),
                 avg=t.throughput.avg(),
                 throttle=None if t.throttle is None else t.throttle.rate,
-                paused=t.paused,
+                paused=t.is_paused(now),
+                pause_time_left=(0.0 if t.paused_until is None or not t.paused
+                                 else max(t.paused_until - now, 0.0)),
                 draining=t.draining,
                 fair=t.fair_policy,
                 max_size=t.max_size,
@@ -680,8 +782,11 @@ class Queue:
             job.reserved_at = None
             job.expireds += 1
             tube.expired_total += 1
+            counters = self._counters.of(job)
+            counters.timeouts += 1
             if job.expireds >= job.expired_limit:
                 self._bury(job, tube)
+                counters.buries += 1
                 events.append(Event("buried", job.id, job.tube))
             else:
                 self._make_ready(job, tube)
@@ -819,6 +924,14 @@ class Queue:
             tube.record_processing(job, duration)
         self._forget(job)
 
+    def _reserve(self, job: Job, tube: Tube, now: float) -> None:
+        job.state = JobState.RESERVED
+        job.reserved_at = now
+        tube.reserved_count += 1
+        self._counters.reserved(job)
+        self._deadlines.schedule(job, now + job.ttl, was_scheduled=False)
+        self._changed(job)
+
     def _make_ready(self, job: Job, tube: Tube) -> None:
         job.state = JobState.READY
         tube.push_ready(job)
@@ -831,14 +944,19 @@ class Queue:
     def _forget(self, job: Job) -> None:
         job.state = JobState.DELETED
         self._jobs.pop(job.id, None)
+        self._counters.pop(job.id, None)
         self._changed(job)
         if job.parent_id is not None:
             self._child_finished(job)
 
     def _check_body(self, body: object) -> None:
-        if not isinstance(body, str):
-            raise BadRequest("body must be a string")
         limit = self.config.max_job_size
+        if isinstance(body, bytes):  # a binary body (not UTF-8 text)
+            if len(body) > limit:
+                raise TooLarge(f"body is larger than the maximum job size of {limit} bytes")
+            return
+        if not isinstance(body, str):
+            raise BadRequest("body must be a string or bytes")
         # A str of n characters is at most 4n bytes in UTF-8: skip encoding small bodies.
         if len(body) * 4 > limit and len(body.encode("utf-8", "surrogatepass")) > limit:
             raise TooLarge(f"body is larger than the maximum job size of {limit} bytes")

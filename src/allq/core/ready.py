@@ -58,6 +58,14 @@ class ReadyLine:
             self._drop_priority(priority)
         return None
 
+    def remove(self, job: Job) -> None:
+        """Take ``job`` out of the line (O(n) in its priority's queue: for
+        reserving one job by id, which is rare). An emptied queue is dropped
+        when :meth:`pop` reaches it."""
+        queue = self._queues.get(job.priority)
+        if queue is not None and job in queue:
+            queue.remove(job)
+
     def __iter__(self) -> Iterator[Job]:
         for priority in sorted(self._priorities):
             for job in self._queues[priority]:
@@ -97,6 +105,11 @@ class RoundRobinLines:
             turns.append(key)  # its next turn comes after every other key's
             return job
         return None
+
+    def remove(self, job: Job) -> None:
+        line = self._lines.get(job.shard_key or "")
+        if line is not None:
+            line.remove(job)  # an emptied line is dropped when its turn comes
 
     def __iter__(self) -> Iterator[Job]:
         # The order gets would take them in, one key at a time.
@@ -148,6 +161,11 @@ class WeightedLines:
             heapq.heappush(heap, (self._clock[key], next(self._order), key))
             return job
         return None
+
+    def remove(self, job: Job) -> None:
+        line = self._lines.get(job.shard_key or "")
+        if line is not None:
+            line.remove(job)  # an emptied line is dropped when its turn comes
 
     def __iter__(self) -> Iterator[Job]:
         for key in sorted(self._lines, key=lambda k: self._clock[k]):

@@ -35,6 +35,8 @@ class Tube:
         self.buried_total = 0
         self.throughput = Throughput()
         self.paused = False
+        #: When a pause given with a delay ends by itself (``None``: no end).
+        self.paused_until: float | None = None
         self.draining = False
         self.throttle: TokenBucket | None = None
         self.max_size: int | None = None
@@ -56,6 +58,23 @@ class Tube:
     def fair_policy(self) -> str | None:
         """The fair-queuing policy in force, or ``None``."""
         return getattr(self._ready, "policy", None)
+
+    def is_paused(self, now: float) -> bool:
+        """Whether the tube hands out no jobs at ``now``. A pause with a delay
+        ends by itself once ``now`` reaches it: nothing needs a timer."""
+        if self.paused and self.paused_until is not None and now >= self.paused_until:
+            self.paused = False
+            self.paused_until = None
+        return self.paused
+
+    def peek_ready(self) -> Job | None:
+        """The ready job a get would take next, left in place."""
+        return next(iter(self._ready), None)
+
+    def remove_ready(self, job: Job) -> None:
+        """Take one ready job out of the ready line (it leaves the ready state)."""
+        self._ready.remove(job)
+        self.ready_count -= 1
 
     def is_idle(self) -> bool:
         """Whether the tube holds no job and no setting worth keeping."""

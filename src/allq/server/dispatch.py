@@ -16,7 +16,8 @@ from allq.core.idempotency import IdempotencyKeys
 from allq.core.job import Job
 from allq.core.queue import Queue
 from allq.errors import AllQError, BadRequest, NotFound
-from allq.vocabulary import JobRef
+from allq.vocabulary import JobRef, check_seconds
+from allq.wire.bodies import decode_body, encode_body
 from allq.wire.messages import decode_request, error_reply, request_id_of, result_reply
 
 
@@ -89,15 +90,19 @@ class Dispatcher:
         return ref.number
 
     def _job_dict(self, job: Job) -> dict:
-        return {
+        body = job.body
+        reply = {
             "job_id": self.job_ref(job),
             "tube": job.tube,
-            "body": job.body,
+            "body": body,
             "priority": job.priority,
             "ttl": job.ttl,
             "expireds": job.expireds,
             "releases": job.releases,
         }
+        if type(body) is bytes:  # a binary body: base64 and its marker
+            reply["body"], reply["body_encoding"] = encode_body(body)
+        return reply
 
     # -- actions (one per wire action; keyword names are the wire params) ------
 
@@ -110,10 +115,13 @@ class Dispatcher:
     def _store(self, put, now, idempotency_key, parent_id, params):
         """Apply a put once per idempotency key."""
         body = params["body"]
+        encoding = params.pop("body_encoding")
+        if encoding is not None:
+            body = params["body"] = decode_body(body, encoding)
         # JSON's "\ud800" escapes decode to lone surrogates that UTF-8 cannot encode:
         # stored, such a body would make every later reply carrying it fail to send.
         # isascii() is O(1), so plain bodies skip the encode.
-        if not body.isascii():
+        if type(body) is str and not body.isascii():
             try:
                 body.encode("utf-8")
             except UnicodeEncodeError:
@@ -136,6 +144,39 @@ class Dispatcher:
         jobs = self._queue.get(tube, now=now, count=count, delete=delete)
         return {"jobs": [self._job_dict(job) for job in jobs]}
 
+    def _do_get_any(self, now, *, tubes, count, delete):
+        jobs = self._queue.get_any(tubes, now=now, count=count, delete=delete)
+        return {"jobs": [self._job_dict(job) for job in jobs]}
+
+    def _do_reserve_job(self, now, *, job_id):
+        try:
+            job = self._queue.reserve_job(self._number(job_id), now=now)
+        except NotFound:
+            raise NotFound(f"job {job_id[:90]} not found") from None
+        return {"job": self._job_dict(job)}
+
+    def _do_peek_job(self, now, *, job_id):
+        try:
+            return {"job": self._job_dict(self._queue.job(self._number(job_id)))}
+        except NotFound:
+            raise NotFound(f"job {job_id[:90]} not found") from None
+
+    def _do_job_stats(self, now, *, job_id):
+        number = self._number(job_id)
+        try:
+            job = self._queue.job(number)
+        except NotFound:
+            raise NotFound(f"job {job_id[:90]} not found") from None
+        counters = self._queue.counters(number)
+        return {
+            "job_id": self.job_ref(job), "tube": job.tube, "state": job.state.value,
+            "priority": job.priority, "age": max(now - job.created, 0.0),
+            "delay": counters.delay, "ttl": job.ttl,
+            "time_left": 0.0 if job.deadline is None else max(job.deadline - now, 0.0),
+            "reserves": counters.reserves, "timeouts": counters.timeouts,
+            "releases": counters.releases, "buries": counters.buries, "kicks": counters.kicks,
+        }
+
     def _job_action(name: str):  # noqa: N805 - builds methods at class creation
         def action(self, now, *, job_id, **params):
             number = self._number(job_id)
@@ -157,12 +198,15 @@ class Dispatcher:
     _do_set_children_started = _job_action("set_children_started")
     del _job_action
 
-    def _do_kick_tube(self, now, *, tube, count):
-        jobs = self._queue.kick_tube(tube, now=now, count=count)
+    def _do_kick_tube(self, now, *, tube, count, delayed):
+        jobs = self._queue.kick_tube(tube, now=now, count=count, delayed=delayed)
         return {"job_ids": [self.job_ref(job) for job in jobs]}
 
-    def _do_peek(self, now, *, tube, buried, offset):
-        job = self._queue.peek(tube, buried=buried, offset=offset)
+    def _do_peek(self, now, *, tube, buried, offset, delayed):
+        if delayed:
+            job = self._queue.peek_delayed(tube)
+        else:
+            job = self._queue.peek(tube, buried=buried, offset=offset)
         return {"job": None if job is None else self._job_dict(job)}
 
     def _do_clear(self, now, *, tube, state):
@@ -172,8 +216,9 @@ class Dispatcher:
         tube_ = self._queue.set_throttle(tube, tps, now=now)
         return {"tube": tube, "tps": None if tube_.throttle is None else tube_.throttle.rate}
 
-    def _do_pause(self, now, *, tube):
-        return {"tube": tube, "paused": self._queue.set_paused(tube, True).paused}
+    def _do_pause(self, now, *, tube, delay):
+        until = None if delay is None else now + check_seconds("delay", delay, positive=True)
+        return {"tube": tube, "paused": self._queue.set_paused(tube, True, until=until).paused}
 
     def _do_unpause(self, now, *, tube):
         return {"tube": tube, "paused": self._queue.set_paused(tube, False).paused}
@@ -224,6 +269,7 @@ class Dispatcher:
                     "avg": round(t.avg, 2),
                     "throttle_size": t.throttle,
                     "paused": t.paused,
+                    "pause_time_left": round(t.pause_time_left, 3),
                     "draining": t.draining,
                     "fair": t.fair,
                     "max_size": t.max_size,

@@ -17,7 +17,9 @@ import zlib
 
 from allq.core.job import Job
 from allq.core.parents import ParentInfo
+from allq.errors import AllQError
 from allq.speedups import compact_json_encoder
+from allq.wire.bodies import decode_body, encode_body
 
 FORMAT_VERSION = 1
 LOCK_FILE = "lock"
@@ -68,9 +70,33 @@ def parent_fields(info: ParentInfo | None) -> list | None:
             info.children_done]
 
 
+def stored_body(body: str | bytes) -> str | list:
+    """A body as a ``j`` record holds it: text as it is, a binary body as
+    ``["base64", <its base64>]`` (the marker of :mod:`allq.wire.bodies`)."""
+    if type(body) is bytes:
+        return list(encode_body(body))[::-1]
+    return body
+
+
+def body_from_record(stored: object) -> str | bytes:
+    """The body a ``j`` record's body field stands for.
+
+    :raises ValueError: neither text nor a well-formed base64 pair.
+    """
+    if type(stored) is str:
+        return stored
+    if (type(stored) is list and len(stored) == 2 and type(stored[0]) is str
+            and type(stored[1]) is str):
+        try:
+            return decode_body(stored[1], stored[0])
+        except AllQError as e:
+            raise ValueError(e.message) from None
+    raise ValueError("a job body must be text or [\"base64\", text]")
+
+
 def job_record(job: Job, parent: ParentInfo | None) -> list:
     """The ``j`` record: a whole job."""
-    return ["j", job.id, job.tube, job.body, job.priority, job.ttl, job.expired_limit,
+    return ["j", job.id, job.tube, stored_body(job.body), job.priority, job.ttl, job.expired_limit,
             job.created, job.shard_key, job.parent_id, job.state.value, job.deadline,
             job.expireds, job.releases, parent_fields(parent)]
 
@@ -84,7 +110,9 @@ def state_record(job: Job, parent: ParentInfo | None) -> list:
 def tube_record(tube) -> list:
     """The ``t`` record: a tube's settings."""
     throttle = None if tube.throttle is None else tube.throttle.rate
-    return ["t", tube.name, throttle, tube.paused, tube.draining, tube.fair_setting,
+    # A pause with a delay ends by itself and is not kept across a restart.
+    paused = tube.paused and tube.paused_until is None
+    return ["t", tube.name, throttle, paused, tube.draining, tube.fair_setting,
             tube.max_size]
 
 

@@ -27,6 +27,7 @@ from allq.errors import AllQError
 from allq.server.journal import fsync_directory
 from allq.server.records import (
     FORMAT_VERSION,
+    body_from_record,
     LOCK_FILE,
     generation_of,
     journal_name,
@@ -342,7 +343,7 @@ def restore_queue(queue, recovered: Recovered, now: float) -> Restored:
             try:
                 (_, job_id, tube, body, priority, ttl, expired_limit, created, shard_key,
                  parent_id, state, deadline, expireds, releases, parent) = record
-                job = Job(id=job_id, tube=tube, body=body, priority=priority, ttl=ttl,
+                job = Job(id=job_id, tube=tube, body=body_from_record(body), priority=priority, ttl=ttl,
                           expired_limit=expired_limit, created=created, state=_STATES[state],
                           deadline=deadline, expireds=expireds, releases=releases,
                           shard_key=shard_key, parent_id=parent_id)

@@ -21,8 +21,10 @@ Envelope (JSON, inside a box)
     open.
 
 Actions (params; ``?`` marks optional ones) and results
-    ``put``        tube, body, priority?, ttl?, delay?, run_at?, expired_limit?,
-                   shard_key?, parent_id?, idempotency_key? → ``{"job_id"}``. A put
+    ``put``        tube, body, body_encoding?, priority?, ttl?, delay?, run_at?,
+                   expired_limit?, shard_key?, parent_id?, idempotency_key? →
+                   ``{"job_id"}``. ``body_encoding: "base64"`` marks a binary body
+                   sent as base64 (:mod:`allq.wire.bodies`). A put
                    repeated with the same idempotency_key within the server's
                    memory window returns the first job id and stores nothing new.
                    ``run_at`` is a unix time (instead of ``delay``); ``shard_key`` is
@@ -32,21 +34,32 @@ Actions (params; ``?`` marks optional ones) and results
                    → ``{"job_id"}``: a parent waiting for ``limit`` finished children.
     ``set_children_started``  job_id → ``{"job_id"}`` (limit := children put so far)
     ``throttle``   tube, tps? (null or <= 0 removes) → ``{"tube", "tps"}``
-    ``pause``, ``unpause``    tube → ``{"tube", "paused"}``
+    ``pause``      tube, delay? (seconds: the pause then ends by itself) → ``{"tube", "paused"}``
+    ``unpause``    tube → ``{"tube", "paused"}``
     ``drain``, ``undrain``    tube? (none: the whole server) → ``{"tube"?, "draining"}``
     ``fair``       tube, policy (round_robin | weighted | off | default) → ``{"tube", "fair"}``
     ``max_size``   tube, max_size? (null: unbounded) → ``{"tube", "max_size"}``
     ``get``        tube, count? (1), delete? (false) → ``{"jobs": [job, ...]}``
+    ``get_any``    tubes (list), count? (1), delete? (false) → ``{"jobs": [...]}``: the
+                   best jobs across the tubes (priority, then put order)
+    ``peek_job``   job_id → ``{"job": job}``: a job by its id, in any state
+    ``reserve_job``  job_id → ``{"job": job}``: reserves a ready, delayed or buried job
+    ``job_stats``  job_id → ``{"job_id", "tube", "state", "priority", "age", "delay",
+                   "ttl", "time_left", "reserves", "timeouts", "releases", "buries",
+                   "kicks"}`` (seconds as numbers; counts since the server started)
     ``done``, ``delete``, ``bury``, ``touch``, ``kick``   job_id → ``{"job_id"}``
     ``release``    job_id, delay? (0) → ``{"job_id"}``
-    ``kick_tube``  tube, count? (1) → ``{"job_ids": [...]}``
-    ``peek``       tube, buried? (false), offset? (0) → ``{"job": job | null}``
+    ``kick_tube``  tube, count? (1), delayed? (false: buried jobs; true: delayed ones,
+                   soonest first) → ``{"job_ids": [...]}``
+    ``peek``       tube, buried? (false), offset? (0), delayed? (false: true gives the
+                   delayed job due soonest) → ``{"job": job | null}``
     ``clear``      tube, state? ("all") → ``{"cleared": n}``
     ``stats``      → ``{"server_id", "global": {...}, "tubes": [{...}, ...]}``
     ``ping``       → ``{"server_id"}``
 
     A job is ``{"job_id": "<server_id>,<n>", "tube", "body", "priority", "ttl",
-    "expireds", "releases"}``. Error codes are those of :mod:`allq.errors`.
+    "expireds", "releases"}``, plus ``"body_encoding": "base64"`` when its body is
+    binary (then ``body`` is its base64). Error codes are those of :mod:`allq.errors`.
 
 Limits
     Every number in a request (the id included) must be finite and within
@@ -98,11 +111,21 @@ def _is_bool(value: object) -> bool:
     return isinstance(value, bool)
 
 
+#: The most names a list of tubes (``get_any``'s) may hold.
+MAX_TUBES = 1000
+
+
+def _is_strs(value: object) -> bool:
+    return (isinstance(value, list) and 0 < len(value) <= MAX_TUBES
+            and all(isinstance(item, str) for item in value))
+
+
 _TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
     "str": (_is_str, "a string"),
     "int": (_is_int, "an integer"),
     "number": (_is_number, "a number"),
     "bool": (_is_bool, "true or false"),
+    "strs": (_is_strs, f"a list of 1 to {MAX_TUBES} strings"),
 }
 
 _REQUIRED = object()
@@ -112,6 +135,7 @@ ACTIONS: dict[str, dict[str, tuple[str, object]]] = {
     "put": {
         "tube": ("str", _REQUIRED),
         "body": ("str", _REQUIRED),
+        "body_encoding": ("str", None),
         "priority": ("int", None),
         "ttl": ("number", None),
         "delay": ("number", 0),
@@ -124,6 +148,7 @@ ACTIONS: dict[str, dict[str, tuple[str, object]]] = {
     "put_parent": {
         "tube": ("str", _REQUIRED),
         "body": ("str", _REQUIRED),
+        "body_encoding": ("str", None),
         "priority": ("int", None),
         "ttl": ("number", None),
         "expired_limit": ("int", None),
@@ -136,21 +161,26 @@ ACTIONS: dict[str, dict[str, tuple[str, object]]] = {
     },
     "set_children_started": {"job_id": ("str", _REQUIRED)},
     "throttle": {"tube": ("str", _REQUIRED), "tps": ("number", None)},
-    "pause": {"tube": ("str", _REQUIRED)},
+    "pause": {"tube": ("str", _REQUIRED), "delay": ("number", None)},
     "unpause": {"tube": ("str", _REQUIRED)},
     "drain": {"tube": ("str", None)},
     "undrain": {"tube": ("str", None)},
     "fair": {"tube": ("str", _REQUIRED), "policy": ("str", _REQUIRED)},
     "max_size": {"tube": ("str", _REQUIRED), "max_size": ("int", None)},
     "get": {"tube": ("str", _REQUIRED), "count": ("int", 1), "delete": ("bool", False)},
+    "get_any": {"tubes": ("strs", _REQUIRED), "count": ("int", 1), "delete": ("bool", False)},
+    "reserve_job": {"job_id": ("str", _REQUIRED)},
+    "job_stats": {"job_id": ("str", _REQUIRED)},
+    "peek_job": {"job_id": ("str", _REQUIRED)},
     "done": {"job_id": ("str", _REQUIRED)},
     "delete": {"job_id": ("str", _REQUIRED)},
     "bury": {"job_id": ("str", _REQUIRED)},
     "touch": {"job_id": ("str", _REQUIRED)},
     "kick": {"job_id": ("str", _REQUIRED)},
     "release": {"job_id": ("str", _REQUIRED), "delay": ("number", 0)},
-    "kick_tube": {"tube": ("str", _REQUIRED), "count": ("int", 1)},
-    "peek": {"tube": ("str", _REQUIRED), "buried": ("bool", False), "offset": ("int", 0)},
+    "kick_tube": {"tube": ("str", _REQUIRED), "count": ("int", 1), "delayed": ("bool", False)},
+    "peek": {"tube": ("str", _REQUIRED), "buried": ("bool", False), "offset": ("int", 0),
+             "delayed": ("bool", False)},
     "clear": {"tube": ("str", _REQUIRED), "state": ("str", "all")},
     "stats": {},
     "ping": {},

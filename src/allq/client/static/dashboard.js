@@ -342,10 +342,16 @@
       for (const field of ["id", "tube", "expireds", "releases"]) {
         setText(panel.querySelector('[data-field="' + field + '"]'), job[field]);
       }
-      let body = String(job.body);
+      // A binary body (not UTF-8 text) comes as body_base64: shown as base64, said so.
+      const binary = job.body_encoding === "base64";
+      const text = String(binary ? job.body_base64 : job.body);
+      let body = text;
       if (body.length > PEEK_LIMIT) {
-        body = body.slice(0, PEEK_LIMIT) + "\n… (" + numbers.format(job.body.length) +
+        body = body.slice(0, PEEK_LIMIT) + "\n… (" + numbers.format(text.length) +
           " characters, first " + numbers.format(PEEK_LIMIT) + " shown)";
+      }
+      if (binary) {
+        body = "(binary body, base64)\n" + body;
       }
       byId("peek-body").textContent = body;
     }
