@@ -23,7 +23,9 @@ AllQueue where ``ALLQ-REFERENCE.md`` §15 marks a FIX:
 * a child put naming a missing parent stores nothing and answers 404 (§15 item 9);
 * parent jobs with ``noop`` or a caller-chosen ``id`` answer 400 ``not_supported``
   instead of being silently ignored;
-* ``GET /openapi.json`` describes exactly the routes served (:mod:`allq.client.openapi`).
+* ``GET /openapi.json`` describes exactly the routes served (:mod:`allq.client.openapi`);
+* a trailing slash is accepted on every route (``/job/`` is ``/job``), as AllQueue
+  ignored slashes (it also ignored case and inner slashes; allq does not).
 
 How a request reaches its route (the client's site, :mod:`allq.client.site`)::
 
