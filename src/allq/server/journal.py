@@ -33,7 +33,8 @@ mismatch or undecodable JSON marks the end of the good prefix. Records::
     ["end", records]                                        last line of a snapshot
 
 ``parent`` is ``null`` or ``[timeout, run_on_timeout, limit, children_put,
-children_done]`` for a waiting parent. Every record states absolute values
+children_done]`` for a waiting parent, followed by ``noop, alias`` when either is
+set (a noop parent, a caller-chosen id). Every record states absolute values
 (never "add one"), so applying a record twice, or applying a record to a state
 that already contains it, gives the same result. That is what makes a fuzzy
 snapshot correct, and it is why a child's put also writes its parent's counters.
