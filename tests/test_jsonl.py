@@ -174,8 +174,8 @@ class FramingTests(SynchronousTestCase):
         self.transport.disconnecting = True  # for tearDown
 
 
-class ApiTests(SynchronousTestCase):
-    """Every action through a real federation of in-memory servers, in AllQueue's shapes."""
+class ApiCase(SynchronousTestCase):
+    """A real federation of two in-memory servers behind one JSON-lines connection."""
 
     def setUp(self):
         self.clock = Clock()
@@ -204,6 +204,10 @@ class ApiTests(SynchronousTestCase):
         self.transport.clear()
         [reply] = data.decode().splitlines()
         return json.loads(reply)
+
+
+class ApiTests(ApiCase):
+    """Every action through a real federation of in-memory servers, in AllQueue's shapes."""
 
     def test_put_get_done_in_allqueue_shapes(self):
         """put, get and done answer as AllQueue did (counters as strings)."""
@@ -351,3 +355,28 @@ class ApiTests(SynchronousTestCase):
             reply = self.ask(action, **params)["response"]
             self.assertEqual((reply["action"], reply["code"]), (action, code), reply)
             self.assertIn(named, reply["error"])
+
+
+class WorkflowTests(ApiCase):
+    """AllQueue's workflows over JSON lines: noop joins and caller-chosen parent ids."""
+
+    def test_noop_join_with_caller_chosen_ids(self):
+        """A parent TOP and a noop join named by the caller: children name the join
+        by its id, set_children_started too; the join never runs and TOP does."""
+        top = self.ask("set_parent_job", tube="top", body="report", limit=1, id="top-1")
+        top_id = top["job"]["job_id"]
+        join = self.ask("set_parent_job", tube="join", body="", noop="true", id="join-1",
+                        parent_id="top-1", limit=None)
+        self.assertEqual(join["response"]["action"], "set_parent")
+        kids = [self.ask("put", tube="w", body=str(n), parent_id="join-1")["job"]["job_id"]
+                for n in range(2)]
+        self.assertEqual(len({kid.split(",")[0] for kid in kids + [top_id]}), 1)
+        self.assertEqual(self.ask("set_children_started", job_id="join-1")["response"]["job_id"],
+                         join["job"]["job_id"])
+        for _ in kids:
+            got = self.ask("get", tube="w")
+            self.ask("done", job_id=got["job"]["job_id"])
+        self.assertEqual(self.ask("get", tube="join")["job"], {})
+        self.assertEqual(self.ask("get", tube="top")["job"]["job_id"], top_id)
+        again = self.ask("set_children_started", job_id="join-1")["response"]
+        self.assertEqual(again["code"], "not_found")

@@ -97,7 +97,7 @@ class JsonLinesApi:
             "done": self._job_action("done"),
             "delete": self._delete,
             "release": self._release,
-            "set_children_started": self._job_action("set_children_started"),
+            "set_children_started": self._children_started,
             "kick": self._kick,
             "clear": self._clear,
             "throttle": self._throttle,
@@ -196,6 +196,9 @@ class JsonLinesApi:
     def _act(self, action: str, job_id: str, **params) -> Deferred:
         d = self._bounded(self._federation.job_action(action, job_id, **params))
         return d.addCallback(lambda done_id: replies.action_reply(action, done_id))
+
+    def _children_started(self, params: dict) -> Deferred:
+        return self._act("set_children_started", read.parent_ref(params))
 
     def _delete(self, params: dict) -> Deferred:
         job_id = read.job_id(params)

@@ -15,6 +15,7 @@ from allq import vocabulary
 from allq.client.http import parse_json_object
 from allq.client.rest_requests import (
     check_job_id,
+    check_parent_ref,
     check_server_ref,
     field_bool,
     field_int,
@@ -55,6 +56,14 @@ def job_id(params: Mapping, name: str = "job_id") -> str:
     if value is None or value == "":
         raise BadRequest(f"{name} is required")
     return check_job_id(value, name, in_query=False)
+
+
+def parent_ref(params: Mapping) -> str:
+    """``set_children_started``'s ``job_id``: a job id, or the id the parent was put with."""
+    value = params.get("job_id")
+    if value is None or value == "":
+        raise BadRequest("job_id is required")
+    return check_parent_ref(value, in_query=False)
 
 
 def flag(params: Mapping, name: str) -> bool:
