@@ -269,3 +269,27 @@ def test_socket_removed_on_shutdown_and_stale_one_replaced(daemons, local):
         assert reply == {server.server_id: "true"}
     finally:
         lines.close()
+
+
+def test_allqueue_workflow_with_noop_join_and_caller_ids(local):
+    """AllQueue's workflow as its clients write it, over two servers: a parent and a
+    noop join put with their own ids, children naming the join by its id; the join
+    never runs and the parent does once the children are done."""
+    lines = local["connect"]()
+    top = lines.ask("set_parent_job", tube="report", body="sum", limit=1, id="wf-top")
+    lines.ask("put", tube="filler", body="x")  # the round robin moves on
+    join = lines.ask("set_parent_job", tube="join", body="", noop=True, id="wf-join",
+                     parent_id="wf-top", limit="", delay=0)
+    assert join["response"]["action"] == "set_parent", join
+    kids = [lines.ask("put", tube="work", body=str(n), parent_id="wf-join")["job"]["job_id"]
+            for n in range(3)]
+    assert {kid.split(",")[0] for kid in kids} == {top["job"]["job_id"].split(",")[0]}
+    again = lines.ask("set_parent_job", tube="join", body="", id="wf-join")["response"]
+    assert again["code"] == "wrong_state"
+    assert lines.ask("set_children_started", job_id="wf-join")["response"]["action"] == \
+        "set_children_started"
+    for _ in kids:
+        job = lines.ask("get", tube="work", wait=5)["job"]
+        assert lines.ask("done", job_id=job["job_id"])["response"]["action"] == "done"
+    assert lines.ask("get", tube="report", wait=5)["job"]["job_id"] == top["job"]["job_id"]
+    assert lines.ask("get", tube="join")["job"] == {}
