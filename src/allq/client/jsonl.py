@@ -19,7 +19,9 @@ the reply shapes)
     ``get_multiple_jobs``, ``peek`` (``buried``, ``offset``), ``touch``, ``release``
     (``delay``), ``bury``, ``done``, ``delete``, ``kick`` (``job_id``, or ``tube`` and
     ``count``), ``clear`` (``tube``, ``cache_type``), ``throttle``, ``pause``,
-    ``unpause``, ``set_parent_job``, ``set_children_started``, ``stats``, ``ping``,
+    ``unpause``, ``set_parent_job`` (``limit``, ``timeout``, ``run_on_timeout``,
+    ``noop``, a caller-chosen ``id``), ``set_children_started`` (a job id or that
+    ``id``), ``stats``, ``ping``,
     ``drain`` / ``undrain`` (``server_id`` or ``tube``), ``add_server``
     (``server_url``), ``update_servers`` (``servers``); allq's extras under their
     REST names: ``fair`` (``tube``, ``policy``), ``max_size``, and the batches
@@ -137,10 +139,6 @@ class JsonLinesApi:
             return succeed(self._unexpected(Failure(), action, job_id))
         d = result if isinstance(result, Deferred) else succeed(result)
         return d.addErrback(self._failed, action, job_id)
-
-    def stop(self) -> None:
-        """Forget the time limits' timer (the calls still pending end with the federation)."""
-        self._expiry.stop()
 
     def _failed(self, failure: Failure, action: str, job_id: str | None) -> dict:
         if failure.check(AllQError):
