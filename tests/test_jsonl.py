@@ -5,7 +5,7 @@ Time is a ``task.Clock``; nothing sleeps."""
 
 import json
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
