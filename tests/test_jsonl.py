@@ -11,6 +11,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from allq.client.jsonl import JsonLinesApi, JsonLinesFactory, JsonLinesProtocol
+from allq.client.workers import AdminRelay
 from allq.core.queue import QueueConfig
 
 from memory_servers import local_addresses, start_federation
@@ -338,6 +339,19 @@ class ApiTests(ApiCase):
         self.assertFalse(self.links[0].draining)
         unknown = self.ask("drain", server_id="nowhere:1")["response"]
         self.assertEqual(unknown["code"], "not_found")
+
+    def test_admin_changes_reach_the_workers(self):
+        """With --workers the JSON-lines API lives in the primary: its admin actions
+        reach the worker processes through the AdminRelay observing the federation."""
+        relayed = []
+        AdminRelay(self.federation, relayed.append)
+        self.ask("add_server", server_url="127.0.0.1:7799")
+        self.ask("update_servers", servers="127.0.0.1:7711,127.0.0.1:7712")
+        self.ask("drain", server_id="127.0.0.1:7711")
+        self.assertEqual([(m["call"], m["args"]) for m in relayed], [
+            ("add_server", ["127.0.0.1:7799"]),
+            ("update_servers", [["127.0.0.1:7711", "127.0.0.1:7712"]]),
+            ("drain_server", ["127.0.0.1:7711", True])])
 
     def test_bad_params_name_the_field(self):
         """Wrong types and unknown actions are error replies with allq's code."""
