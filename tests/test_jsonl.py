@@ -5,6 +5,8 @@ Time is a ``task.Clock``; nothing sleeps."""
 
 import json
 
+import pytest
+
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -191,6 +193,11 @@ class ApiCase(SynchronousTestCase):
         self.transport = StringTransport()
         self.protocol.makeConnection(self.transport)
 
+    @pytest.fixture(autouse=True)
+    def _logged(self, observe_errors):
+        """The conftest's list of logged failures (to accept expected ones)."""
+        self.logged = observe_errors
+
     def tearDown(self):
         self.protocol.connectionLost(None)
         self.assertEqual(self.clock.getDelayedCalls(), [])
@@ -352,6 +359,35 @@ class ApiTests(ApiCase):
             ("add_server", ["127.0.0.1:7799"]),
             ("update_servers", [["127.0.0.1:7711", "127.0.0.1:7712"]]),
             ("drain_server", ["127.0.0.1:7711", True])])
+
+    def test_a_bug_is_a_logged_internal_error_reply(self):
+        """An unexpected exception in an action answers internal_error (logged once)
+        and the connection serves on."""
+        def broken(params):
+            raise ZeroDivisionError("bug")
+
+        self.api._actions["ping"] = broken
+        reply = self.ask("ping")["response"]
+        self.assertEqual((reply["action"], reply["code"]), ("ping", "internal_error"))
+        self.assertNotIn("bug", reply["error"])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        failures = [e.get("log_failure") for e in self.logged]
+        self.assertTrue(failures and all(f.check(ZeroDivisionError) for f in failures))
+        self.logged.clear()
+        self.assertEqual(self.ask("put", tube="t", body="x")["response"]["action"], "put")
+
+    def test_a_hung_federation_call_answers_timeout_in_order(self):
+        """A call the federation never answers ends as a timeout reply after
+        request_timeout; the replies after it wait their turn, then follow."""
+        self.links[0].hang = self.links[1].hang = True
+        self.protocol.dataReceived(line("stats"))
+        self.links[0].hang = self.links[1].hang = False
+        self.protocol.dataReceived(line("ping"))
+        self.assertEqual(self.transport.value(), b"")
+        self.clock.advance(31)
+        first, second = (json.loads(text) for text in self.transport.value().splitlines())
+        self.assertEqual(first["response"]["code"], "timeout")
+        self.assertEqual(set(second), {link.server_id for link in self.links})
 
     def test_bad_params_name_the_field(self):
         """Wrong types and unknown actions are error replies with allq's code."""
