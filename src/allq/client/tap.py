@@ -2,7 +2,8 @@
 
 :func:`makeService` builds the :class:`Federation` (one link per server) and the
 REST facade behind an HTTP endpoint (with the dashboard at ``/`` and Prometheus
-metrics at ``/metrics`` beside it), under one :class:`MultiService`. It starts
+metrics at ``/metrics`` beside it), and AllQueue's JSON-lines API on TCP and a
+UNIX socket (:mod:`allq.client.jsonl`), under one :class:`MultiService`. It starts
 serving even when no server is reachable yet (the API answers 503 until one is).
 """
 
