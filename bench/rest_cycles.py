@@ -745,7 +745,10 @@ def start_allq(procs: common.Processes, tmp: Path, client_options: list[str],
     client = procs.start_server(
         [*common.twistd(client_profile), "-n", "--pidfile=", "allq-client",
          "--keys", str(keys), "--servers", f"127.0.0.1:{server_port}",
-         "--http", "tcp:0:interface=127.0.0.1", *client_options], client_log,
+         "--http", "tcp:0:interface=127.0.0.1",
+         # No JSON-lines listeners on the fixed 7766 / socket unless asked (a later
+         # option wins): two runs at once would collide there.
+         "--jsonl", "none", "--unix", "none", *client_options], client_log,
         common.daemon_env())
     match = common.wait_for_log(client, client_log, CLIENT_SERVING, "allq-client")
     base = f"http://127.0.0.1:{match.group(2)}"

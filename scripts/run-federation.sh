@@ -46,6 +46,10 @@ server_string=$(IFS=,; echo "${servers[*]}")
 n=0
 for port in $HTTP_PORTS; do
   n=$((n + 1))
+  # Each client its own JSON-lines port (7766, 7767, ...) and socket: two on the
+  # defaults would collide (ALLQ_JSONL / ALLQ_UNIX_SOCKET, e.g. none, override).
+  ALLQ_JSONL="${ALLQ_JSONL:-tcp:$((7765 + n)):interface=127.0.0.1}" \
+  ALLQ_UNIX_SOCKET="${ALLQ_UNIX_SOCKET:-$RUN/client$n.sock}" \
   "$VENV/bin/twistd" -n --pidfile= allq-client --keys "$RUN/keys" \
     --servers "$server_string" --http "tcp:$port:interface=127.0.0.1" \
     >"$RUN/client$n.log" 2>&1 &

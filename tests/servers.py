@@ -80,6 +80,11 @@ def daemon_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]
     }
     env["PYTHONPATH"] = str(REPO_ROOT / "src")
     env["PYTHONUNBUFFERED"] = "1"
+    # A client's JSON-lines listeners default to the fixed 127.0.0.1:7766 and
+    # /tmp/allq_client.sock: two clients of a test run would collide there. Tests
+    # that want them pass --jsonl / --unix (flags win over these).
+    env["ALLQ_JSONL"] = "none"
+    env["ALLQ_UNIX_SOCKET"] = "none"
     env.update(extra or {})
     return env
 

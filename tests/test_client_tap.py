@@ -58,6 +58,8 @@ def test_environment_fallbacks_and_flags_win():
     ([], {"ALLQ_WORKERS": "-3"}, "--workers"),
     (["--http-parser", "llhttp"], {}, "--http-parser"),
     ([], {"ALLQ_HTTP_PARSER": "fast"}, "--http-parser"),
+    ([], {"CL_PORT": "x"}, "--jsonl"),
+    (["--jsonl-idle-timeout", "0"], {}, "--jsonl-idle-timeout"),
 ])
 def test_bad_values_name_the_option(args, env, named):
     """A bad value stops start-up with a message naming the option."""
@@ -99,13 +101,50 @@ def test_make_service_listens_on_the_configured_port(tmp_path):
     no server reachable yet."""
     generate_keys(str(tmp_path / "keys"))
     reactor = MemoryReactorClock()
+    socket_path = str(tmp_path / "allq_client.sock")
     service = makeService(parse(["--keys", str(tmp_path / "keys"),
-                                 "--http", "tcp:8123:interface=127.0.0.1"]), reactor=reactor)
+                                 "--http", "tcp:8123:interface=127.0.0.1",
+                                 "--jsonl", "tcp:7767:interface=127.0.0.1",
+                                 "--unix", socket_path]), reactor=reactor)
     assert isinstance(service, MultiService)
     service.startService()
     try:
         ports = [(port, interface) for port, _, _, interface in reactor.tcpServers]
         assert (8123, "127.0.0.1") in ports
+        assert (7767, "127.0.0.1") in ports
+        assert [(path, mode) for path, _, _, mode, _ in reactor.unixServers] == [
+            (socket_path, 0o600)]
+    finally:
+        service.stopService()
+
+
+def test_local_api_options():
+    """The JSON-lines listeners: on by default where AllQueue had them (loopback
+    here), from AllQueue's variables, or off with none."""
+    options = parse()
+    assert options["jsonl"] == "tcp:7766:interface=127.0.0.1"
+    assert options["unix"] == "/tmp/allq_client.sock"
+    assert options["jsonl-idle-timeout"] == 60.0
+    assert parse(environ={"TCP_CLIENT_PORT": "7768"})["jsonl"] == "tcp:7768:interface=127.0.0.1"
+    env = {"TCP_CLIENT_PORT": "7768", "CL_PORT": "7769", "CL_LISTEN": "0.0.0.0"}
+    assert parse(environ=env)["jsonl"] == "tcp:7769:interface=0.0.0.0"
+    assert parse(environ={"ALLQ_JSONL": "unix:/x"})["jsonl"] == "unix:/x"
+    off = parse(["--jsonl", "none", "--unix", "NONE"], environ=env)
+    assert (off["jsonl"], off["unix"]) == (None, None)
+    assert parse(environ={"ALLQ_UNIX_SOCKET": "none"})["unix"] is None
+    assert parse(["--jsonl-idle-timeout", "3"])["jsonl-idle-timeout"] == 3.0
+
+
+def test_make_service_without_local_api(tmp_path):
+    """--jsonl none --unix none: only the HTTP port is bound."""
+    generate_keys(str(tmp_path / "keys"))
+    reactor = MemoryReactorClock()
+    service = makeService(parse(["--keys", str(tmp_path / "keys"), "--http", "tcp:8123",
+                                 "--jsonl", "none", "--unix", "none"]), reactor=reactor)
+    service.startService()
+    try:
+        assert [port for port, *_ in reactor.tcpServers] == [8123]
+        assert reactor.unixServers == []
     finally:
         service.stopService()
 

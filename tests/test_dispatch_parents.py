@@ -112,3 +112,17 @@ def test_set_children_started_errors(h):
     assert h.error("set_children_started", job_id=f"{SERVER_ID},999")["code"] == "not_found"
     assert h.error("set_children_started", job_id=plain)["code"] == "wrong_state"
     assert h.error("set_children_started", job_id="srv2,1")["code"] == "not_found"
+
+
+def test_noop_parent_and_find_parent_over_the_wire(h):
+    """put_parent takes noop and alias; find_parent answers the aliased parent's
+    id while it waits, not_found otherwise; a noop parent finishes, never ready."""
+    parent = h.put_parent(tube="p", noop=True, alias="flow-1", limit=1)
+    assert h.ok("find_parent", alias="flow-1") == {"job_id": parent}
+    assert h.error("put_parent", tube="p", body="x", alias="flow-1")["code"] == "wrong_state"
+    assert h.error("put_parent", tube="p", body="x", alias="1,2")["code"] == "bad_request"
+    assert h.error("put_parent", tube="p", body="x", noop="yes")["code"] == "bad_request"
+    h.put("c", "c", parent_id=parent)
+    h.get("c", delete=True)
+    assert h.counts("p") == counts()
+    assert h.error("find_parent", alias="flow-1")["code"] == "not_found"

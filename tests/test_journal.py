@@ -274,6 +274,29 @@ def test_every_transition_replays(server):
     restarted.journal.close()
 
 
+def test_noop_parents_and_caller_ids_survive_a_restart(server):
+    """A waiting noop parent and a caller-chosen id come back: the id still names
+    the parent, and the noop still finishes instead of running."""
+    q, now = server.queue, server.now
+    top = q.put_parent("top", "top", now=now, limit=1)
+    join = q.put_parent("j", "join", now=now, limit=1, parent_id=top.id, noop=True,
+                        alias="flow-7")
+    kid = q.put("w", "kid", now=now, parent_id=join.id)
+    expected = canonical(q, now)
+    restarted = server.restart()
+    q2 = restarted.queue
+    assert canonical(q2, now) == expected
+    assert q2.parent_by_alias("flow-7").id == join.id
+    [got] = q2.get("w", now=now)
+    q2.done(got.id, now=now)
+    assert q2.get("j", now=now) == []
+    assert [job.id for job in q2.get("top", now=now)] == [top.id]
+    again = restarted.restart()
+    assert again.queue.parent_by_alias("flow-7") is None
+    assert again.queue.get("j", now=now) == []
+    again.journal.close()
+
+
 def test_restore_resumes_delays_and_parent_timeouts_from_the_wall_clock(server):
     """Downtime counts: a delay that ran out while stopped is ready at once, one that
     did not is due at its original time, and a parent past its timeout times out."""

@@ -114,3 +114,20 @@ def test_a_daemon_on_a_busy_port_prints_one_line_and_exits_non_zero(
     [line] = [line for line in log.splitlines() if "cannot listen" in line]
     assert f"{busy_port}: the port is already in use" in line, line
     assert f"choose another port with {option} or the environment variable {variable}" in line
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("how", ["option", "variable"])
+def test_a_client_whose_json_lines_port_is_busy_says_so(daemons, keys, busy_port, how):
+    """The JSON-lines port taken: exit 1, one line naming --jsonl and CL_PORT."""
+    args = ["--keys", str(keys.directory), "--http", f"tcp:0:interface={LOCALHOST}"]
+    if how == "option":
+        args += ["--jsonl", f"tcp:{busy_port}:interface={LOCALHOST}"]
+        env = {}
+    else:
+        env = {"ALLQ_JSONL": "", "CL_PORT": str(busy_port), "CL_LISTEN": LOCALHOST}
+    daemon = daemons.spawn("allq-client", args, env=env)
+    assert daemon.wait() == 1, daemon.log()
+    [line] = [line for line in daemon.log().splitlines() if "cannot listen" in line]
+    assert f"{busy_port}: the port is already in use" in line, line
+    assert "choose another port with --jsonl or the environment variable CL_PORT" in line

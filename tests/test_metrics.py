@@ -314,7 +314,7 @@ class RouteNameTests(SynchronousTestCase):
         routes = RouteNames(RestApi.app.url_map)
         self.assertEqual(routes.name("GET", b"/job"), "/job")
         self.assertEqual(routes.name("PUT", b"/kick"), "/kick")
-        self.assertEqual(routes.name("GET", b"/job/"), "other")
+        self.assertEqual(routes.name("GET", b"/job/"), "/job")  # served as /job
         self.assertEqual(routes.name("GET", b"/secret-\xff"), "other")
 
     def test_rules_with_arguments_name_their_template(self):

@@ -93,7 +93,7 @@ def test_children_started_fixes_the_limit_at_the_children_put():
 def test_time_out_forgets_the_parent_and_says_whether_it_runs(run_on_timeout):
     book = Parents()
     book.add(7, ParentInfo(10, run_on_timeout, 3))
-    assert book.time_out(7) is run_on_timeout
+    assert book.time_out(7).run_on_timeout is run_on_timeout
     assert book.info(7) is None
 
 
@@ -429,3 +429,68 @@ def test_bad_parent_params_are_rejected(params):
     with pytest.raises(BadRequest):
         q.put_parent("t", "p", now=T0, **params)
     assert len(q) == 0
+
+
+# -- noop parents and caller-chosen ids (AllQueue's workflow joins) ----------------------
+
+
+def test_noop_parent_never_runs_and_counts_for_its_own_parent():
+    """Case 79: a noop mid-parent (limit 2, child of TOP) whose 2 children are done
+    never appears in ready; TOP (limit 1) becomes ready (§6 "Start")."""
+    q = make_queue()
+    top = q.put_parent("top", "top", now=T0, limit=1)
+    mid = q.put_parent("mid", "join", now=T0, limit=2, parent_id=top.id, noop=True)
+    kids = [q.put("work", f"k{i}", now=T0, parent_id=mid.id) for i in range(2)]
+    for kid in kids:
+        [got] = q.get("work", now=T0)
+        q.done(got.id, now=T0)
+    assert q.get("mid", now=T0) == []
+    assert mid.state is JobState.DELETED and q.parent_info(mid.id) is None
+    [ready] = q.get("top", now=T0)
+    assert ready.id == top.id
+    assert counts(q, "mid") == zero_counts()
+
+
+def test_noop_parent_started_by_set_children_started_or_timeout():
+    """A noop parent finishes (never runs) whichever way it starts: all children
+    done at set_children_started, or its timeout with run_on_timeout; without
+    run_on_timeout it is buried, as any parent."""
+    q = make_queue()
+    top = q.put_parent("top", "top", now=T0, limit=3)
+    now_done = q.put_parent("n", "a", now=T0, parent_id=top.id, noop=True)
+    q.set_children_started(now_done.id, now=T0)  # no children: starts at once
+    timed = q.put_parent("n", "b", now=T0, parent_id=top.id, noop=True, timeout=5,
+                         run_on_timeout=True)
+    buried = q.put_parent("n", "c", now=T0, parent_id=top.id, noop=True, timeout=5)
+    events = q.expire(T0 + 6)
+    assert {(e.kind, e.job_id) for e in events} == {("parent_timeout", timed.id),
+                                                    ("parent_buried", buried.id)}
+    assert now_done.state is timed.state is JobState.DELETED
+    assert buried.state is JobState.BURIED
+    assert q.parent_info(top.id).children_done == 2
+    assert q.get("n", now=T0 + 6) == []
+
+
+def test_caller_chosen_ids_name_waiting_parents():
+    """An alias names its parent while it waits, is unique among waiting parents,
+    and is free again once the parent starts."""
+    q = make_queue()
+    parent = q.put_parent("p", "x", now=T0, alias="flow-1")
+    assert q.parent_by_alias("flow-1") is parent
+    assert q.parent_info(parent.id).alias == "flow-1"
+    with pytest.raises(WrongState, match="flow-1"):
+        q.put_parent("p", "again", now=T0, alias="flow-1")
+    assert len(q) == 1  # the refused parent stored nothing
+    q.set_children_started(parent.id, now=T0)
+    assert q.parent_by_alias("flow-1") is None
+    again = q.put_parent("p", "again", now=T0, alias="flow-1")
+    assert q.parent_by_alias("flow-1") is again
+    q.delete(again.id, now=T0)
+    assert q.parent_by_alias("flow-1") is None
+
+
+@pytest.mark.parametrize("alias", ["", "123", "a,1", "has space", "x" * 201, 7])
+def test_bad_caller_chosen_ids_are_refused(alias):
+    """Not digits only (a job number), no comma (a job id), bounded."""
+    with pytest.raises(BadRequest, match="id"):
+        make_queue().put_parent("p", "x", now=T0, alias=alias)

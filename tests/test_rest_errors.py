@@ -40,6 +40,8 @@ class BadInputTests(RestTestCase):
         for path in ["/touch", "/release", "/bury", "/set_children_started"]:
             self.error(400, "bad_request", "PUT", path)
             for bad in ["nope", "abc,", ",1", "abc,1x", "a%2Fb,1", "abc,1,2"]:
+                if bad == "nope" and path == "/set_children_started":
+                    continue  # a parent's caller-chosen id (404 when none has it)
                 self.error(400, "bad_request", "PUT", f"{path}?job_id={bad}")
         self.error(400, "bad_request", "DELETE", "/job")
         self.error(400, "bad_request", "DELETE", "/job?job_id=abc")

@@ -425,3 +425,25 @@ class RouterTests(RestTestCase):
         """Errors raised before any Deferred exists are answered like later ones."""
         self.error(400, "bad_request", "GET", "/job")
         self.error(400, "bad_request", "DELETE", "/job?job_id=nope")
+
+
+class TrailingSlashTests(RestTestCase):
+    """Every route answers with trailing slashes as without (AllQueue ignored '/')."""
+
+    def test_every_route_takes_a_trailing_slash(self):
+        """For each served (path, method), ``path/`` reaches the same route (never a
+        404 or a redirect), fast routes and Klein routes alike."""
+        for path, method in sorted(served_operations()):
+            if path == "/openapi.json":
+                continue
+            reply = self.call(method.upper(), path + "/")
+            self.assertNotIn(reply.code, (301, 308, 404, 405), (method, path, reply.json))
+
+    def test_slashed_paths_answer_as_plain_ones(self):
+        """The job cycle and stats with slashes, and ``//`` endings too."""
+        job_id = self.ok("POST", "/job/", json={"tube": "t", "body": "x"})["job_id"]
+        self.assertEqual(self.ok("GET", "/job//?tube=t")["id"], job_id)
+        self.assertEqual(self.ok("DELETE", "/job/?job_id=" + q(job_id))["action"], "delete")
+        self.assertEqual(len(self.ok("GET", "/stats/")), 1)
+        self.assertEqual(self.ok("GET", "/openapi.json/")["openapi"][:2], "3.")
+        self.error(404, "not_found", "GET", "/nope/")

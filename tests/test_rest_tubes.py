@@ -39,9 +39,10 @@ class TubeTests(RestTestCase):
         self.assertEqual(self.tube_stats()["ready"], 2)
 
     def test_put_with_non_string_parent_id(self):
-        """parent_id must be a string shaped like a job id."""
+        """parent_id must be a string shaped like a job id or a caller-chosen parent id."""
         self.error(400, "bad_request", "POST", "/job", json={"tube": "t", "parent_id": 5})
-        self.error(400, "bad_request", "POST", "/job", json={"tube": "t", "parent_id": "x"})
+        self.error(400, "bad_request", "POST", "/job", json={"tube": "t", "parent_id": "x,y"})
+        self.error(400, "bad_request", "POST", "/job", json={"tube": "t", "parent_id": "12"})
         self.assertEqual(self.sent(), [])
 
 

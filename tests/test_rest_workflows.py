@@ -54,7 +54,8 @@ class WorkflowTests(FeatureTestCase):
         server_id = self.link().server_id
         self.error(404, "not_found", "PUT", f"/set_children_started?job_id={server_id},999")
         self.error(409, "wrong_state", "PUT", f"/set_children_started?job_id={q(self.put())}")
-        self.error(400, "bad_request", "PUT", "/set_children_started?job_id=nope")
+        self.error(400, "bad_request", "PUT", "/set_children_started?job_id=no,pe")
+        self.error(404, "not_found", "PUT", "/set_children_started?job_id=no-such-flow")
 
     def test_child_of_a_missing_parent_is_404_and_stores_nothing(self):
         """A child naming a missing parent answers 404 and nothing is enqueued (FIX 9)."""
@@ -93,16 +94,70 @@ class WorkflowTests(FeatureTestCase):
         self.assertEqual(sum(len(s.queue) for s in servers), 1)
 
     def test_bad_parent_jobs(self):
-        """Bad parent bodies answer 400; noop and a caller-chosen id are not supported."""
+        """Bad parent bodies answer 400 (a bad caller-chosen id too)."""
         good = {"tube": "t", "body": "p", "ttl": 10, "delay": 0, "priority": 5, "limit": 2,
                 "timeout": 3600, "run_on_timeout": True, "noop": "false", "shard_key": None,
                 "id": None}
         self.parent(**good)
         for fields in [{"limit": "many"}, {"limit": -1}, {"run_on_timeout": "maybe"},
                        {"body": 1}, {"timeout": 0}, {"timeout": "x"}, {"delay": 5},
-                       {"run_at": 5}, {"parent_id": "x"}, {"colour": "red"}]:
+                       {"run_at": 5}, {"parent_id": "x,y"}, {"colour": "red"},
+                       {"noop": "maybe"}, {"id": "7"}, {"id": "a,1"}, {"id": 7}]:
             self.error(400, "bad_request", "POST", "/parent_job", json={**good, **fields})
-        self.error(400, "not_supported", "POST", "/parent_job", json={**good, "noop": True})
-        self.error(400, "not_supported", "POST", "/parent_job", json={**good, "id": "7"})
         self.error(404, "not_found", "POST", "/parent_job",
                    json={**good, "parent_id": "elsewhere,1"})
+
+    def test_noop_parent_is_a_join_point(self):
+        """Case 79 over REST: a noop parent (limit 2, child of TOP) never appears in
+        ready; once its 2 children are done TOP (limit 1) becomes ready."""
+        top = self.parent(limit=1)
+        join = self.ok("POST", "/parent_job", json={"tube": "join", "body": "j", "limit": 2,
+                                                     "parent_id": top, "noop": True})["job_id"]
+        self.assertEqual(self.sent()[-1][1]["noop"], True)
+        for n in range(2):
+            self.put("work", f"c{n}", parent_id=join)
+        for _ in range(2):
+            job = self.ok("GET", "/job?tube=work")
+            self.assertEqual(self.ok("GET", "/job?tube=flow"), {})
+            self.ok("DELETE", f"/job?job_id={q(job['id'])}")
+        self.assertEqual(self.ok("GET", "/job?tube=join"), {})
+        self.assertEqual(self.tube_stats("join")["parents"], 0)
+        self.assertEqual(self.ok("GET", "/job?tube=flow")["id"], top)
+
+    def test_caller_chosen_id_routes_children_across_servers(self):
+        """On three servers, a parent put with its own id is found by it: children
+        naming it land on its server, set_children_started takes it, and the id
+        is unique among waiting parents (409)."""
+        self.federate(3)
+        for _ in range(2):  # move the round robin along
+            self.parent(limit=9)
+        reply = self.ok("POST", "/parent_job", json={"tube": "flow", "body": "p",
+                                                      "id": "order-42"})
+        parent = reply["job_id"]
+        self.assertRegex(parent, "^[^,]+,[0-9]+$")  # the server's id is the answer's
+        home = self.holder(parent)
+        kids = [self.put("work", f"c{n}", parent_id="order-42") for n in range(3)]
+        self.assertEqual({self.holder(kid).address for kid in kids}, {home.address})
+        self.error(409, "wrong_state", "POST", "/parent_job",
+                   json={"tube": "flow", "body": "again", "id": "order-42"})
+        self.assertEqual(self.ok("PUT", "/set_children_started?job_id=order-42"),
+                         {"action": "set_children_started", "job_id": parent})
+        for _ in kids:
+            job = self.ok("GET", "/job?tube=work")
+            self.ok("DELETE", f"/job?job_id={q(job['id'])}")
+        self.assertEqual(self.ok("GET", "/job?tube=flow&count=1")["id"], parent)
+        # The id is free again once the parent no longer waits.
+        self.error(404, "not_found", "POST", "/job",
+                   json={"tube": "work", "body": "late", "parent_id": "order-42"})
+        self.ok("POST", "/parent_job", json={"tube": "flow", "body": "p", "id": "order-42"})
+
+    def test_caller_chosen_id_with_a_server_down(self):
+        """Not found on the answering servers while one is down: 503, not 404 (the
+        parent may be there)."""
+        self.federate(2)
+        self.ok("POST", "/parent_job", json={"tube": "flow", "body": "p", "id": "f1"})
+        self.links[0].up = self.links[1].up = True
+        holder = next(link for link in self.links if link.queue.parent_by_alias("f1"))
+        holder.up = False
+        self.error(503, "unavailable", "POST", "/job",
+                   json={"tube": "work", "body": "c", "parent_id": "f1"})

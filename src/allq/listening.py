@@ -42,7 +42,10 @@ class PortSetting:
 
 def cannot_listen_message(error: CannotListenError, setting: PortSetting | None) -> str:
     """One line: which address could not be bound, why, and what changes it."""
-    where = f"{error.interface}:{error.port}" if error.interface else f"port {error.port}"
+    if isinstance(error.port, (str, bytes)):  # a UNIX socket's path
+        where = os.fsdecode(error.port)
+    else:
+        where = f"{error.interface}:{error.port}" if error.interface else f"port {error.port}"
     code = getattr(error.socketError, "errno", None)
     if code == errno.EADDRINUSE:
         why = "the port is already in use (another daemon, or an earlier run still going)"

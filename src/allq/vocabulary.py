@@ -55,6 +55,10 @@ SERVER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: ``<server_id>,<number>`` (a server also takes a bare number as one of its own).
 JOB_ID = re.compile(r"([A-Za-z0-9_-]{1,64}),([0-9]{1,20})")
 _OWN_JOB_ID = re.compile(r"(?:([A-Za-z0-9_-]{1,64}),)?([0-9]{1,20})")
+#: A caller-chosen parent id (AllQueue's ``set_parent_job`` ``id``): no comma, so
+#: never a ``<server_id>,<number>`` job id, and not digits only (a server reads
+#: a bare number as one of its own job numbers).
+PARENT_ALIAS = re.compile(r"(?=.*[^0-9])[A-Za-z0-9_.:@=+/-]{1,200}")
 #: What ``clear`` may drop.
 CLEAR_STATES = ("all", "ready", "delayed", "buried", "reserved", "parents")
 #: Fair-queuing settings of a tube: the server's policies, ``off`` and ``default``
@@ -98,6 +102,22 @@ def check_job_id(text: object, name: str = "job_id") -> str:
     """Validate a job id and return it as given."""
     JobRef.parse(text, name)
     return text  # type: ignore[return-value]
+
+
+def is_parent_alias(text: object) -> bool:
+    """Whether ``text`` is a caller-chosen parent id rather than a job id."""
+    return isinstance(text, str) and PARENT_ALIAS.fullmatch(text) is not None
+
+
+def check_parent_alias(alias: object, name: str = "id") -> str:
+    """Validate a caller-chosen parent id.
+
+    :raises BadRequest: not 1-200 letters, digits or ``_.:@=+/-``, or digits only.
+    """
+    if not is_parent_alias(alias):
+        raise BadRequest(f"{name} must be 1-200 letters, digits or _.:@=+/- "
+                         "(no comma, not digits only)")
+    return alias  # type: ignore[return-value]
 
 
 # -- validators --------------------------------------------------------------------------

@@ -9,7 +9,8 @@ goes away cancels the call. Every other request (and the 405s and other
 spellings of the fast paths) goes to Klein.
 
 It also answers a JSON 400 for a URL Klein cannot decode (Klein would log an
-error and answer plain text).
+error and answer plain text), and serves every route with trailing slashes too
+(``/job/`` is ``/job``, as in AllQueue, which ignored slashes in paths).
 """
 
 from collections.abc import Callable
@@ -37,6 +38,16 @@ def request_path(request: IRequest) -> str:
     return request.path.decode("utf-8", "replace")[:200]
 
 
+def drop_trailing_slashes(request: IRequest) -> None:
+    """Read ``/job/`` (or ``/job//``) as ``/job``, for the routes and for Klein,
+    which sees the path through ``postpath``."""
+    path = request.path
+    if len(path) > 1 and path.endswith(b"/"):
+        request.path = path.rstrip(b"/") or b"/"
+        while len(request.postpath) > 1 and request.postpath[-1] == b"":
+            request.postpath.pop()
+
+
 class FastRouter(Resource):
     """Serves ``routes`` directly and every other request through ``klein``.
 
@@ -55,6 +66,7 @@ class FastRouter(Resource):
         self._failed = failed
 
     def render(self, request: IRequest) -> bytes | int:
+        drop_trailing_slashes(request)
         route = self._routes.get((request.method, request.path))
         if route is None:
             return self._render_klein(request)

@@ -24,6 +24,12 @@ The rest lives here, each rule in one method:
 * **server drain** stops this client placing puts on a server and tells the
   server to refuse puts from every other client too (and the link tells it
   again whenever it reconnects).
+* **caller-chosen parent ids** (AllQueue's ``set_parent_job`` ``id``): a job id
+  names its server, a caller's id does not. The parent is placed like any put
+  and its server keeps the id as an alias while the parent waits; a child put,
+  a parent put or a job action naming it asks every healthy server which one
+  holds it (``find_parent``) and goes on with the job id found. A new parent's
+  id must not name a waiting parent on any reachable server.
 
 What happened is reported to observers (:mod:`allq.client.observers`: metrics,
 job logs, the ``--workers`` relay); they watch and decide nothing. Results that
@@ -50,8 +56,8 @@ from allq.client.placement import Placement
 from allq.client.placement import idempotency_key as new_key
 from allq.client.records import FetchedJob, JobStats, ServerStats
 from allq.client.retry import DEFAULT_RETRY_BUDGET, Retries
-from allq.errors import AllQError, NotFound, Unavailable
-from allq.vocabulary import check_tps, check_tube
+from allq.errors import AllQError, NotFound, Unavailable, WrongState
+from allq.vocabulary import check_tps, check_tube, is_parent_alias
 from allq.wire.bodies import encode_body
 
 
@@ -148,16 +154,24 @@ class Federation(MultiService):
                              expired_limit=expired_limit, run_at=run_at,
                              shard_key=shard_key, parent_id=parent_id,
                              idempotency_key=idempotency_key)
+        if is_parent_alias(parent_id):
+            d = Deferred.fromCoroutine(self._store_with_parent("put", params))
+            return self._observed("put", d)
         return self._observed("put", self._placement.store("put", params))
 
     def put_parent(self, tube: str, body: str | bytes, *, priority=None, ttl=None,
                    expired_limit=None, shard_key=None, parent_id=None,
-                   timeout=None, run_on_timeout=False, limit=None) -> Deferred:
+                   timeout=None, run_on_timeout=False, limit=None, noop=False,
+                   alias=None) -> Deferred:
         """Store a parent job, waiting for ``limit`` finished children (or for
         :meth:`job_action` ``set_children_started``); placed like :meth:`put`.
 
         :param timeout: seconds the parent waits for its children (server default 3600).
         :param run_on_timeout: after the timeout, run it (true) or bury it (false).
+        :param noop: it never runs: once its children are done it counts as a
+            finished child of its own parent.
+        :param alias: a caller-chosen id naming it while it waits (see above).
+        :raises WrongState: ``alias`` already names a waiting parent.
         """
         params = {
             "tube": tube, "body": body, "priority": priority, "ttl": ttl,
@@ -167,7 +181,54 @@ class Federation(MultiService):
         }
         if type(body) is bytes:
             params["body"], params["body_encoding"] = encode_body(body)
+        # Only when set: servers of an earlier version know neither field.
+        if noop:
+            params["noop"] = True
+        if alias is not None:
+            params["alias"] = alias
+        if alias is not None or is_parent_alias(parent_id):
+            d = Deferred.fromCoroutine(self._store_with_parent("put_parent", params))
+            return self._observed("put_parent", d)
         return self._observed("put_parent", self._placement.store("put_parent", params))
+
+    async def _store_with_parent(self, action: str, params: dict) -> str:
+        """A put or parent put whose parent, or own id, is a caller-chosen id."""
+        alias = params.get("alias")
+        if alias is not None:
+            try:
+                await self._find_parent(alias)
+            except NotFound:
+                pass
+            else:
+                raise WrongState(f"id {alias[:90]!r} already names a waiting parent")
+        if is_parent_alias(params["parent_id"]):
+            params["parent_id"] = await self._find_parent(params["parent_id"])
+        return await self._placement.store(action, params)
+
+    async def _find_parent(self, alias: str) -> str:
+        """The job id of the waiting parent a caller-chosen id names.
+
+        :raises NotFound: no reachable server holds it.
+        :raises Unavailable: none holds it but some server did not answer.
+        """
+        links = self._servers.healthy()
+        if not links:
+            raise self._unreachable()
+        outcomes = await DeferredList(
+            [link.request("find_parent", {"alias": alias}) for link in links],
+            consumeErrors=True)
+        unanswered = len(links) < len(self._servers.links())  # a server down may hold it
+        for ok, value in outcomes:
+            if ok:
+                return value["job_id"]
+            if value.check(Unavailable):
+                unanswered = True
+            elif not value.check(NotFound):
+                value.raiseException()
+        if unanswered:
+            raise Unavailable(f"no answering server holds parent {alias[:90]!r}; "
+                              f"one that is down may ({self._servers.why_down()})")
+        raise NotFound(f"no waiting parent has the id {alias[:90]!r}")
 
     def put_many(self, jobs: list[dict]) -> Deferred:
         """Store a batch of jobs (each a dict of :meth:`put`'s arguments, ``tube`` and
@@ -180,8 +241,16 @@ class Federation(MultiService):
                 check_tube(params["tube"])
         except AllQError:
             return self._observed("put", fail())
-        d = Deferred.fromCoroutine(self._placement.store_many(batch))
+        d = Deferred.fromCoroutine(self._store_many(batch))
         return self._observed("put", d).addCallback(self._count_failures, "put")
+
+    async def _store_many(self, batch: list[dict]) -> list:
+        aliases = {params["parent_id"] for params in batch
+                   if is_parent_alias(params["parent_id"])}
+        found = {alias: await self._find_parent(alias) for alias in sorted(aliases)}
+        for params in batch:
+            params["parent_id"] = found.get(params["parent_id"], params["parent_id"])
+        return await self._placement.store_many(batch)
 
     def _stored(self, action: str, tube: str, job_id: str, address: str) -> None:
         self._polls.wake(tube)
@@ -297,7 +366,12 @@ class Federation(MultiService):
     def job_action(self, action: str, job_id: str, **params) -> Deferred:
         """Apply ``done``/``delete``/``touch``/``release``/``bury``/``kick`` or
         ``set_children_started`` to a job on the server its id names; fires with
-        the job id."""
+        the job id. ``set_children_started`` may name its parent by the id its
+        put chose."""
+        if action == "set_children_started" and is_parent_alias(job_id):
+            d = Deferred.fromCoroutine(self._find_parent(job_id))
+            d.addErrback(self._failed, action)  # the action reports its own failures
+            return d.addCallback(lambda found: self.job_action(action, found, **params))
         try:
             link = self._servers.holder(job_id)
         except AllQError:

@@ -63,6 +63,11 @@ class GracefulClient(MultiService):
         self._grace = grace
         self._workers: IService | None = None
 
+    @property
+    def in_flight(self) -> InFlight:
+        """The counter of requests being answered (HTTP, and JSON lines too)."""
+        return self._in_flight
+
     def set_http(self, http: IService) -> None:
         """Name the HTTP service (already a child) to stop first."""
         self._http = http

@@ -53,6 +53,7 @@ class RouteNames:
             text = path.decode("utf-8")
         except UnicodeDecodeError:
             return self.OTHER
+        text = text.rstrip("/") or "/"  # the API serves /job/ as /job
         if text in self._static:
             return text
         if not self._dynamic:

@@ -25,6 +25,7 @@ from allq.vocabulary import (
     MAX_SECONDS,
     MAX_TUBE_SIZE,
     MAX_WAIT,
+    PARENT_ALIAS,
     TUBE_NAME,
 )
 
@@ -100,6 +101,7 @@ def _schemas() -> dict:
                           {"type": "string", "pattern": _INTEGER_STRING}]}
     tube = {"type": "string", "pattern": f"^{TUBE_NAME.pattern}$"}
     job_id = {"type": "string", "pattern": f"^{JOB_ID.pattern}$"}
+    alias = {"type": "string", "pattern": f"^{PARENT_ALIAS.pattern}$"}
     new_job = {
         "tube": {**tube, "description": "the tube to put the job in"},
         "body": {"type": ["string", "null"], "default": "",
@@ -124,10 +126,11 @@ def _schemas() -> dict:
         "expired_limit": {"oneOf": [*bounded(1, MAX_EXPIRED_LIMIT)["oneOf"], {"type": "null"}],
                           "description": "expiries before the job is buried "
                           "(1..2^31); absent or null: the server default (3)"},
-        "parent_id": {"oneOf": [job_id, {"type": "null"}, {"const": ""}],
-                      "description": "the waiting parent job this job is a child of; the "
-                      "job goes to the parent's server (404 if no such parent, 503 if its "
-                      "server is down: never another server); \"\" or null: none"},
+        "parent_id": {"oneOf": [job_id, alias, {"type": "null"}, {"const": ""}],
+                      "description": "the waiting parent job this job is a child of, by "
+                      "job id or by the id its put chose; the job goes to the parent's "
+                      "server (404 if no such parent, 503 if its server is down: never "
+                      "another server); \"\" or null: none"},
         "shard_key": {"type": ["string", "null"], "description": "the job's key in a fair "
                       "tube (required there: 400 without it); 1-200 letters, digits and "
                       "_.:@$!#=+/-; ignored by other tubes; \"\" or null: none"},
@@ -159,7 +162,7 @@ def _schemas() -> dict:
             "required": ["error", "detail"],
             "properties": {
                 "error": {"type": "string", "description": "a machine-readable code, e.g. "
-                          "bad_request, not_supported, not_found, method_not_allowed, "
+                          "bad_request, not_found, method_not_allowed, "
                           "wrong_state, too_large, unavailable, timeout, internal_error"},
                 "detail": {"type": "string", "description": "a human-readable explanation"},
                 "idempotency_key": {"type": "string", "description": "with a 504 "
@@ -186,11 +189,14 @@ def _schemas() -> dict:
                           "are finished (0: at once); null: wait for "
                           "PUT /set_children_started"},
                 "noop": {"type": ["boolean", "string", "null"],
-                         "description": "only false or null: true answers 400 "
-                         "not_supported"},
-                "id": {"type": ["string", "null"],
-                       "description": "only \"\" or null (ids are chosen by the server): "
-                       "anything else answers 400 not_supported"},
+                         "description": "true: the parent never runs; once its children "
+                         "are finished it counts as a finished child of its own parent "
+                         "(a join point)"},
+                "id": {"oneOf": [alias, {"type": "null"}, {"const": ""}],
+                       "description": "a caller-chosen id (no comma, not digits only) that "
+                       "names the parent while it waits, as parent_id of its children and "
+                       "job_id of PUT /set_children_started; 409 if it already names a "
+                       "waiting parent. The answer's job_id is still the server's"},
             },
             "description": "NewJob's fields (delay and run_at only 0 or null) plus the "
             "parent's own; parent_id makes it a child of another parent (nested), on that "
@@ -407,6 +413,11 @@ def _parameters() -> dict:
                                 "optional; checked for shape, not used to find the job"),
         "job_id": _query("job_id", {"type": "string", "pattern": f"^{JOB_ID.pattern}$"},
                          "\"<server_id>,<number>\", percent-encoded", required=True),
+        "parent_ref": _query(
+            "job_id", {"oneOf": [{"type": "string", "pattern": f"^{JOB_ID.pattern}$"},
+                                 {"type": "string", "pattern": f"^{PARENT_ALIAS.pattern}$"}]},
+            "the waiting parent: \"<server_id>,<number>\" (percent-encoded), or the id "
+            "its put chose", required=True),
         "job_id_optional": _query(
             "job_id", {"type": "string", "pattern": f"^{JOB_ID.pattern}$"},
             "kick this job; without it, kick buried jobs of tube"),
@@ -453,8 +464,7 @@ def _responses() -> dict:
     error = _ref("schemas", "Error")
     return {
         "BadRequest": _json(error, "Bad input: missing or malformed parameter, bad JSON, "
-                            "unknown field, a fair tube's put without shard_key (error "
-                            "bad_request), or a parent's noop or id (error not_supported)"),
+                            "unknown field, or a fair tube's put without shard_key"),
         "NotFound": _json(error, "No such job (or server)"),
         "WrongState": _json(error, "The job is not in a state the action applies to"),
         "TooLarge": _json(error, "The request body or the job is larger than allowed"),
@@ -536,7 +546,7 @@ def document(*, max_body: int) -> dict:
             "set_children_started_put", "actions",
             "Every child of the waiting parent job_id has been put: its limit becomes the "
             "number put so far (it starts at once if they are all finished).",
-            action, _JOB_ERRORS, ("job_id",))},
+            action, _JOB_ERRORS, ("parent_ref",))},
         "/peek": {"get": _op("peek_get", "actions", "The next ready (or buried) job of a "
                              "tube without reserving it, or {}.",
                              _json(_ref("schemas", "JobOrEmpty"), "The job, or {}"),

@@ -21,9 +21,12 @@ AllQueue where ``ALLQ-REFERENCE.md`` §15 marks a FIX:
   and per server and really refuses new jobs (§15 item 30); ``PUT /pause``,
   ``/unpause``, ``/fair`` and ``/max_size`` are new;
 * a child put naming a missing parent stores nothing and answers 404 (§15 item 9);
-* parent jobs with ``noop`` or a caller-chosen ``id`` answer 400 ``not_supported``
-  instead of being silently ignored;
-* ``GET /openapi.json`` describes exactly the routes served (:mod:`allq.client.openapi`).
+* ``noop`` parents never run (once their children are done they count as a
+  finished child of their own parent), and a parent's caller-chosen ``id`` names it
+  while it waits (unique: a second one answers 409; AllQueue overwrote);
+* ``GET /openapi.json`` describes exactly the routes served (:mod:`allq.client.openapi`);
+* a trailing slash is accepted on every route (``/job/`` is ``/job``), as AllQueue
+  ignored slashes (it also ignored case and inner slashes; allq does not).
 
 How a request reaches its route (the client's site, :mod:`allq.client.site`)::
 
@@ -86,6 +89,7 @@ from allq.client.rest_requests import (
     max_size_arg,
     new_job,
     new_parent_job,
+    parent_ref_arg,
     required_arg,
     seconds_arg,
     throttle_body,
@@ -282,8 +286,9 @@ max_body=max_body)
 
     @app.route("/set_children_started", methods=["PUT"])
     async def set_children_started(self, request: IRequest) -> bytes:
-        """Say every child of a waiting parent (``job_id``) has been put."""
-        return await self._job_action(request, "set_children_started", job_id_arg(request))
+        """Say every child of a waiting parent (``job_id``: its job id or the id its
+        put chose) has been put."""
+        return await self._job_action(request, "set_children_started", parent_ref_arg(request))
 
     def _job_action(self, request: IRequest, action: str, job_id: str, **params) -> Deferred:
         d = self._bounded(self._federation.job_action(action, job_id, **params))

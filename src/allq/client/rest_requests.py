@@ -31,12 +31,6 @@ NEW_PARENT_JOB_KEYS = (NEW_JOB_KEYS - {"idempotency_key"}
 IDEMPOTENCY_KEY = re.compile(r"[!-~]{1,200}")
 
 
-class NotSupported(BadRequest):
-    """The request asks for a feature this version does not have yet."""
-
-    code = "not_supported"
-
-
 # -- query parameters ------------------------------------------------------------
 
 
@@ -122,6 +116,25 @@ def check_job_id(job_id: object, name: str = "job_id", *, in_query: bool = True)
     except BadRequest:
         hint = " (URL-encoded)" if in_query else ""
         raise BadRequest(f"{name} must look like <server_id>,<number>{hint}") from None
+
+
+def check_parent_ref(ref: object, name: str = "job_id", *, in_query: bool = True) -> str:
+    """A waiting parent, by job id or by the caller-chosen id its put gave it.
+
+    :raises BadRequest: neither.
+    """
+    if vocabulary.is_parent_alias(ref):
+        return ref  # type: ignore[return-value]
+    try:
+        return vocabulary.check_job_id(ref, name)
+    except BadRequest:
+        hint = " (URL-encoded)" if in_query else ""
+        raise BadRequest(f"{name} must look like <server_id>,<number>{hint}, or be the id "
+                         "a parent was put with") from None
+
+
+def parent_ref_arg(request: IRequest) -> str:
+    return check_parent_ref(required_arg(request, "job_id"))
 
 
 def parse_bool(name: str, value: str) -> bool:
@@ -222,7 +235,7 @@ def new_job(obj: Mapping, allowed: frozenset = NEW_JOB_KEYS) -> dict:
     # "" means "none" in AllQueue, and Swagger clients may send it.
     parent_id = field_str(obj, "parent_id") or None
     if parent_id is not None:
-        check_job_id(parent_id, "parent_id", in_query=False)
+        check_parent_ref(parent_id, "parent_id", in_query=False)
     return {
         "tube": tube,
         "body": "" if body is None else body,  # AllQueue's default body
@@ -252,11 +265,9 @@ def new_parent_job(obj: Mapping) -> dict:
     if delay or run_at is not None:
         raise BadRequest("a parent job becomes ready when its children finish: "
                          "delay and run_at do not apply")
-    if field_bool(obj, "noop"):
-        raise NotSupported("noop parents are not supported: put a parent with a body "
-                           "that does nothing")
-    if field_str(obj, "id"):
-        raise NotSupported("job ids are chosen by the server: leave id out")
+    alias = field_str(obj, "id") or None  # "" means none, as for parent_id
+    if alias is not None:
+        vocabulary.check_parent_alias(alias)
     timeout = field_seconds(obj, "timeout", positive=True)
     limit = field_int(obj, "limit")
     if limit is not None:
@@ -266,6 +277,8 @@ def new_parent_job(obj: Mapping) -> dict:
         "timeout": vocabulary.DEFAULT_PARENT_TIMEOUT if timeout is None else timeout,
         "run_on_timeout": bool(field_bool(obj, "run_on_timeout")),
         "limit": limit,
+        "noop": bool(field_bool(obj, "noop")),
+        "alias": alias,
     }
 
 

@@ -2,7 +2,8 @@
 
 :func:`makeService` builds the :class:`Federation` (one link per server) and the
 REST facade behind an HTTP endpoint (with the dashboard at ``/`` and Prometheus
-metrics at ``/metrics`` beside it), under one :class:`MultiService`. It starts
+metrics at ``/metrics`` beside it), and AllQueue's JSON-lines API on TCP and a
+UNIX socket (:mod:`allq.client.jsonl`), under one :class:`MultiService`. It starts
 serving even when no server is reachable yet (the API answers 503 until one is).
 """
 
@@ -31,8 +32,16 @@ from allq.client.fast_http import PARSERS, http_factory
 from allq.client.federation import Federation
 from allq.client.graceful import GracefulClient, InFlight
 from allq.client.http_guard import HostGuard, parse_allowed_hosts
+from allq.client.jsonl import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_PORT as JSONL_PORT,
+    DEFAULT_UNIX_PATH,
+    JsonLinesApi,
+    JsonLinesFactory,
+)
 from allq.client.keys import load_client_keys
 from allq.client.link import ServerLink, parse_address
+from allq.client.local_socket import UnixSocketEndpoint
 from allq.client.metrics import ClientMetrics, JobCounter, StatsRefresher
 from allq.client.observers import JobLog
 from allq.client.rest import DEFAULT_MAX_BODY, RestApi
@@ -59,6 +68,9 @@ DEFAULT_SERVERS = "127.0.0.1:5555"
 HTTP_PORT = PortSetting("allq-client", "--http", "HTTP_SERVER_PORT")
 #: Named when the beanstalkd port cannot be bound.
 BEANSTALK_PORT = PortSetting("allq-client", "--beanstalk", "ALLQ_BEANSTALK")
+#: Named when the JSON-lines port or socket cannot be bound.
+JSONL_PORT_SETTING = PortSetting("allq-client", "--jsonl", "CL_PORT")
+UNIX_SOCKET_SETTING = PortSetting("allq-client", "--unix", "ALLQ_UNIX_SOCKET")
 
 
 class Options(usage.Options):
@@ -97,8 +109,8 @@ class Options(usage.Options):
          f"seconds a put or get may spend retrying on other servers [default: "
          f"{DEFAULT_RETRY_BUDGET:g}; env ALLQ_RETRY_BUDGET]"],
         ["max-body", None, None,
-         f"largest HTTP request body in bytes [default: {DEFAULT_MAX_BODY}; "
-         "env SIZE_LIMIT]"],
+         f"largest HTTP request body, and longest JSON-lines request line, in bytes "
+         f"[default: {DEFAULT_MAX_BODY}; env SIZE_LIMIT]"],
         ["allowed-hosts", None, None,
          "host names or addresses (comma-separated, no ports) the REST API answers to "
          "besides the loopback ones and the interface it listens on: how containers or "
@@ -116,6 +128,16 @@ class Options(usage.Options):
         ["beanstalk-max-job-size", None, None,
          "largest job body a beanstalkd client may put, in bytes (beanstalkd's -z) "
          "[default: 65535; env ALLQ_BEANSTALK_MAX_JOB_SIZE]"],
+        ["jsonl", None, None,
+         f"Twisted endpoint for AllQueue's JSON-lines API, or none [default: "
+         f"tcp:{JSONL_PORT}:interface=127.0.0.1; env CL_PORT or TCP_CLIENT_PORT set the "
+         "port and CL_LISTEN the interface, ALLQ_JSONL the whole endpoint]"],
+        ["unix", None, None,
+         f"UNIX socket path for the JSON-lines API (mode 0600), or none [default: "
+         f"{DEFAULT_UNIX_PATH}; env ALLQ_UNIX_SOCKET]"],
+        ["jsonl-idle-timeout", None, None,
+         f"seconds a JSON-lines connection with nothing pending may stay silent before "
+         f"it is closed [default: {DEFAULT_IDLE_TIMEOUT:g}; env ALLQ_JSONL_IDLE_TIMEOUT]"],
     ]
 
     def postOptions(self) -> None:
@@ -165,12 +187,29 @@ class Options(usage.Options):
                 f"not {self['http-parser'][:40]!r}")
         self["workers"] = positive_int("workers", resolve(self, "workers", env, "ALLQ_WORKERS") or 1)
         _beanstalk_options(self, env)
+        self._local_api_options(env)
         if self["workers"] > 1:
             try:
                 parse_tcp(self["http"])
             except ValueError as e:
                 raise usage.UsageError(
                     f"--workers {self['workers']} needs a tcp:PORT --http endpoint: {e}") from None
+
+    def _local_api_options(self, env) -> None:
+        """``--jsonl``, ``--unix`` and ``--jsonl-idle-timeout`` (``none`` turns a
+        listener off)."""
+        jsonl = resolve(self, "jsonl", env, "ALLQ_JSONL")
+        if jsonl is None:
+            port = positive_int("jsonl", env.get("CL_PORT") or env.get("TCP_CLIENT_PORT")
+                                or JSONL_PORT)
+            jsonl = f"tcp:{port}:interface={env.get('CL_LISTEN') or '127.0.0.1'}"
+        self["jsonl"] = None if jsonl.strip().lower() == "none" else jsonl
+        unix = resolve(self, "unix", env, "ALLQ_UNIX_SOCKET") or DEFAULT_UNIX_PATH
+        self["unix"] = None if unix.strip().lower() == "none" else unix
+        self["jsonl-idle-timeout"] = positive_float(
+            "jsonl-idle-timeout",
+            resolve(self, "jsonl-idle-timeout", env, "ALLQ_JSONL_IDLE_TIMEOUT")
+            or DEFAULT_IDLE_TIMEOUT)
 
 
 def _dns_options(options: Options, env, entries: list[str]) -> dict:
@@ -221,6 +260,7 @@ def makeService(config: Options, reactor=None) -> MultiService:
         # The primary alone looks names up; --workers processes follow its changes
         # through the admin relay, like a REST update_servers.
         discovery.setServiceParent(service)
+    _local_api(config, federation, service, reactor)
     pool = None
     if config["workers"] > 1:
         interface, _, backlog = parse_tcp(config["http"])
@@ -299,6 +339,36 @@ def make_worker_service(config: Options, index: int, reactor) -> MultiService:
     http.setServiceParent(service)
     service.set_http(http)
     return service
+
+
+def _local_api(config: Options, federation: Federation, service: GracefulClient,
+               reactor) -> None:
+    """AllQueue's JSON-lines API on TCP and on a UNIX socket, each unless ``none``.
+
+    Only the primary process serves them (with ``--workers N`` they are not on a
+    shared port): admin actions made here (``add_server``, ``update_servers``,
+    ``drain``) reach the workers as the REST ones do, through the
+    :class:`AdminRelay` observing this federation.
+    """
+    api = JsonLinesApi(federation, reactor)
+    factory = JsonLinesFactory(api, reactor, max_line=config["max-body"],
+                               idle_timeout=config["jsonl-idle-timeout"],
+                               in_flight=service.in_flight)
+    if config["jsonl"] is not None:
+        def tcp_listening(port) -> None:
+            address = port.getHost()
+            _log.info("allq-client serving JSON lines on {host}:{port}",
+                      host=address.host, port=address.port)
+
+        listening_service(reactor, config["jsonl"], factory, tcp_listening,
+                          setting=JSONL_PORT_SETTING).setServiceParent(service)
+    if config["unix"] is not None:
+        def unix_listening(port) -> None:
+            _log.info("allq-client serving JSON lines on UNIX socket {path}",
+                      path=config["unix"])
+
+        endpoint_service(UnixSocketEndpoint(reactor, config["unix"]), factory, unix_listening,
+                         setting=UNIX_SOCKET_SETTING).setServiceParent(service)
 
 
 def _listening_host(http: str) -> frozenset[str]:

@@ -1,7 +1,11 @@
 """Parent jobs waiting for their children (workflows).
 
 A parent put with ``put_parent`` waits until ``limit`` of its children are
-finished, or until its timeout passes. :class:`Parents` keeps what each waiting
+finished, or until its timeout passes. A ``noop`` parent never runs itself: when
+it would start it is finished instead, which counts for its own parent (AllQueue's
+workflow joins). A parent may carry a caller-chosen ``alias`` (AllQueue's
+``set_parent_job`` ``id``), unique among the waiting parents of this queue, by
+which children and ``set_children_started`` can name it while it waits. :class:`Parents` keeps what each waiting
 parent waits for and counts its children; the :class:`allq.core.queue.Queue`
 owns the jobs, their states and the one deadline heap (a parent's timeout is
 its job's deadline), and asks this book what a finish, a timeout or a
@@ -11,7 +15,7 @@ its job's deadline), and asks this book what a finish, a timeout or a
 import attrs
 
 from allq.errors import BadRequest, WrongState
-from allq.vocabulary import MAX_CHILD_LIMIT, check_count, check_seconds
+from allq.vocabulary import MAX_CHILD_LIMIT, check_count, check_parent_alias, check_seconds
 
 
 @attrs.define(slots=True, eq=False)
@@ -20,6 +24,8 @@ class ParentInfo:
 
     ``limit`` is the number of finished children that starts it (``None``:
     not known yet, until ``set_children_started`` fixes it at ``children_put``).
+    ``noop``: it finishes instead of running. ``alias``: its caller-chosen id.
+    (The field order is the journal's: new fields go last, with defaults.)
     """
 
     timeout: float
@@ -27,9 +33,12 @@ class ParentInfo:
     limit: int | None = None
     children_put: int = 0
     children_done: int = 0
+    noop: bool = False
+    alias: str | None = None
 
     @classmethod
-    def checked(cls, timeout: object, run_on_timeout: object, limit: object) -> "ParentInfo":
+    def checked(cls, timeout: object, run_on_timeout: object, limit: object,
+                noop: object = False, alias: object = None) -> "ParentInfo":
         """A new parent's info from request values.
 
         :raises BadRequest: a value is of the wrong type or out of range.
@@ -37,9 +46,13 @@ class ParentInfo:
         timeout = check_seconds("timeout", timeout, positive=True)
         if not isinstance(run_on_timeout, bool):
             raise BadRequest("run_on_timeout must be true or false")
+        if not isinstance(noop, bool):
+            raise BadRequest("noop must be true or false")
         if limit is not None:
             limit = check_count("limit", limit, minimum=0, maximum=MAX_CHILD_LIMIT)
-        return cls(timeout, run_on_timeout, limit)
+        if alias is not None:
+            alias = check_parent_alias(alias)
+        return cls(timeout, run_on_timeout, limit, noop=noop, alias=alias)
 
     @property
     def complete(self) -> bool:
@@ -56,6 +69,7 @@ class Parents:
 
     def __init__(self) -> None:
         self._waiting: dict[int, ParentInfo] = {}
+        self._aliases: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -65,12 +79,29 @@ class Parents:
         return self._waiting.get(job_id)
 
     def add(self, job_id: int, info: ParentInfo) -> None:
-        """Start counting children for the parent ``job_id``."""
+        """Start counting children for the parent ``job_id`` (after :meth:`check_alias`)."""
         self._waiting[job_id] = info
+        if info.alias is not None:
+            self._aliases[info.alias] = job_id
 
     def remove(self, job_id: int) -> ParentInfo:
-        """Stop counting for a parent that started or is gone."""
-        return self._waiting.pop(job_id)
+        """Stop counting for a parent that started or is gone (its alias is free again)."""
+        info = self._waiting.pop(job_id)
+        if info.alias is not None:
+            self._aliases.pop(info.alias, None)
+        return info
+
+    def check_alias(self, alias: str | None) -> None:
+        """Refuse a caller-chosen id that already names a waiting parent here.
+
+        :raises WrongState: it does (AllQueue let the second overwrite the first).
+        """
+        if alias is not None and alias in self._aliases:
+            raise WrongState(f"id {alias!r} already names a waiting parent")
+
+    def by_alias(self, alias: str) -> int | None:
+        """The waiting parent a caller-chosen id names, or ``None``."""
+        return self._aliases.get(alias)
 
     def check_child(self, parent_id: int) -> None:
         """Refuse a child of a job that is not a waiting parent.
@@ -106,9 +137,10 @@ class Parents:
             info.limit = info.children_put
         return info
 
-    def time_out(self, job_id: int) -> bool:
+    def time_out(self, job_id: int) -> ParentInfo:
         """The parent's timeout passed: forget it.
 
-        :returns: whether it runs anyway (``run_on_timeout``) rather than being buried.
+        :returns: what it waited for; ``run_on_timeout`` says whether it starts
+            anyway rather than being buried.
         """
-        return self._waiting.pop(job_id).run_on_timeout
+        return self.remove(job_id)

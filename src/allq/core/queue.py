@@ -214,15 +214,23 @@ class Queue:
         expired_limit: int | None = None,
         shard_key: str | None = None,
         parent_id: int | None = None,
+        noop: bool = False,
+        alias: str | None = None,
     ) -> Job:
         """Add a parent job that waits until ``limit`` of its children are
         finished, or until ``timeout`` seconds pass (then it becomes ready if
         ``run_on_timeout``, else it is buried). Without ``limit`` it waits for
         :meth:`set_children_started` to fix the count. A parent may itself be
         the child of another parent.
+
+        :param noop: it never runs: where it would become ready it is finished
+            instead, and counts as a finished child of its own parent.
+        :param alias: a caller-chosen id naming it while it waits (:meth:`parent_by_alias`).
+        :raises WrongState: ``alias`` already names a waiting parent.
         """
         job = self._new_job(tube, body, now, priority, ttl, expired_limit, shard_key, parent_id)
-        info = ParentInfo.checked(timeout, run_on_timeout, limit)
+        info = ParentInfo.checked(timeout, run_on_timeout, limit, noop, alias)
+        self._parents.check_alias(info.alias)
         self._check_parent(parent_id)
         tube_ = self._admit(tube, job, child=parent_id is not None)
         if parent_id is not None:
@@ -251,6 +259,11 @@ class Queue:
     def parent_info(self, job_id: int) -> ParentInfo | None:
         """What a waiting parent waits for (``None`` for any other job)."""
         return self._parents.info(job_id)
+
+    def parent_by_alias(self, alias: str) -> Job | None:
+        """The waiting parent a caller-chosen id names, or ``None``."""
+        job_id = self._parents.by_alias(alias)
+        return None if job_id is None else self._jobs[job_id]
 
     # -- consuming -------------------------------------------------------------
 
@@ -770,7 +783,12 @@ class Queue:
                 continue
             if job.state is JobState.WAITING:
                 tube.waiting_count -= 1
-                if self._parents.time_out(job.id):
+                info = self._parents.time_out(job.id)
+                if info.run_on_timeout and info.noop:
+                    events.append(Event("parent_timeout", job.id, job.tube))
+                    self._forget(job)  # reports the change itself
+                    continue
+                if info.run_on_timeout:
                     self._make_ready(job, tube)
                     events.append(Event("parent_timeout", job.id, job.tube))
                 else:
@@ -877,9 +895,13 @@ class Queue:
         return tube_
 
     def _start_parent(self, job: Job, tube: Tube) -> None:
-        self._parents.remove(job.id)
+        info = self._parents.remove(job.id)
         self._deadlines.cancel(job)
         tube.waiting_count -= 1
+        if info.noop:
+            # A join point: it never runs; being done counts for its own parent.
+            self._forget(job)
+            return
         self._make_ready(job, tube)
         self._changed(job)
 

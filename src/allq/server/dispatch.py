@@ -198,6 +198,12 @@ class Dispatcher:
     _do_set_children_started = _job_action("set_children_started")
     del _job_action
 
+    def _do_find_parent(self, now, *, alias):
+        job = self._queue.parent_by_alias(alias)
+        if job is None:
+            raise NotFound(f"no waiting parent has the id {alias[:90]!r}")
+        return {"job_id": self.job_ref(job)}
+
     def _do_kick_tube(self, now, *, tube, count, delayed):
         jobs = self._queue.kick_tube(tube, now=now, count=count, delayed=delayed)
         return {"job_ids": [self.job_ref(job) for job in jobs]}

@@ -34,8 +34,9 @@ mismatch or undecodable JSON marks the end of the good prefix. Records::
 
 ``body`` is the body's text, or ``["base64", <base64>]`` for a binary body.
 ``paused`` is false for a pause given with a delay (it ends by itself, and
-does not outlast a restart). ``parent`` is ``null`` or ``[timeout, run_on_timeout, limit, children_put,
-children_done]`` for a waiting parent. Every record states absolute values
+does not outlast a restart). ``parent`` is ``null`` or ``[timeout, run_on_timeout,
+limit, children_put, children_done]`` for a waiting parent, followed by ``noop, alias``
+when either is set (a noop parent, a caller-chosen id). Every record states absolute values
 (never "add one"), so applying a record twice, or applying a record to a state
 that already contains it, gives the same result. That is what makes a fuzzy
 snapshot correct, and it is why a child's put also writes its parent's counters.

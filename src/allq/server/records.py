@@ -66,8 +66,11 @@ def parent_fields(info: ParentInfo | None) -> list | None:
     """A waiting parent's counters as stored (``None`` for other jobs)."""
     if info is None:
         return None
-    return [info.timeout, info.run_on_timeout, info.limit, info.children_put,
-            info.children_done]
+    fields = [info.timeout, info.run_on_timeout, info.limit, info.children_put,
+              info.children_done]
+    if info.noop or info.alias is not None:  # older journals have five fields
+        fields += [info.noop, info.alias]
+    return fields
 
 
 def stored_body(body: str | bytes) -> str | list:

@@ -31,7 +31,11 @@ Actions (params; ``?`` marks optional ones) and results
                    required in fair tubes; ``parent_id`` names a waiting parent.
     ``put_parent`` tube, body, priority?, ttl?, expired_limit?, shard_key?, parent_id?,
                    idempotency_key?, timeout? (3600), run_on_timeout? (false), limit?
-                   → ``{"job_id"}``: a parent waiting for ``limit`` finished children.
+                   noop? (false), alias? → ``{"job_id"}``: a parent waiting for
+                   ``limit`` finished children; a ``noop`` one finishes instead of
+                   running; ``alias`` is a caller-chosen id unique among the
+                   server's waiting parents.
+    ``find_parent``  alias → ``{"job_id"}`` of the waiting parent it names (or not_found)
     ``set_children_started``  job_id → ``{"job_id"}`` (limit := children put so far)
     ``throttle``   tube, tps? (null or <= 0 removes) → ``{"tube", "tps"}``
     ``pause``      tube, delay? (seconds: the pause then ends by itself) → ``{"tube", "paused"}``
@@ -158,7 +162,10 @@ ACTIONS: dict[str, dict[str, tuple[str, object]]] = {
         "timeout": ("number", 3600),
         "run_on_timeout": ("bool", False),
         "limit": ("int", None),
+        "noop": ("bool", False),
+        "alias": ("str", None),
     },
+    "find_parent": {"alias": ("str", _REQUIRED)},
     "set_children_started": {"job_id": ("str", _REQUIRED)},
     "throttle": {"tube": ("str", _REQUIRED), "tps": ("number", None)},
     "pause": {"tube": ("str", _REQUIRED), "delay": ("number", None)},
