@@ -139,6 +139,22 @@ def test_import_places_every_job_in_its_state(tmp_path):
     assert int(ids["p1"]) == parent.id
 
 
+def test_a_noop_parent_stays_a_noop(tmp_path):
+    """A noop parent imports as a waiting noop parent: when its children are done it
+    finishes instead of running."""
+    write(tmp_path, "parents/n1", {"start": int(NOW), "job": full_job("n1", "t", "", noop=True),
+                                   "child_count": 0, "timeout": 3600, "limit": 1,
+                                   "run_on_timeout": False, "started_count": 1})
+    write(tmp_path, "ready/t/c1", full_job("c1", "t", "child", parent_id="n1"))
+    import_allqueue(str(tmp_path), NOW)
+    queue, _ = restored(tmp_path)
+    (parent,) = [job for job in queue.live_jobs() if job.state is JobState.WAITING]
+    assert queue.parent_info(parent.id).noop
+    (child,) = queue.get("t", now=NOW)
+    queue.done(child.id, now=NOW)
+    assert queue.get("t", now=NOW) == [] and list(queue.live_jobs()) == []
+
+
 def test_ready_jobs_line_up_in_their_put_order(tmp_path):
     """Ready jobs of one priority are handed out oldest first (created_time)."""
     for number, created in ((1, 30), (2, 10), (3, 20)):
@@ -181,9 +197,7 @@ BAD_FILES = {
     "ready/bad tube!/j": json.dumps(job_hash("j", "bad tube!", "b")),
     "delayed/emails/when": json.dumps({"time_to_start": "soon",
                                        "job": full_job("w", "emails", "b")}),
-    "parents/noop": json.dumps({"start": 1, "job": full_job("n", "t", "b", noop=True),
-                                "child_count": 0, "timeout": 10, "limit": -1,
-                                "run_on_timeout": False, "started_count": 0}),
+    "ready/t/noop": json.dumps(full_job("n", "t", "b", noop=True)),
     "parents/timeout": json.dumps({"start": 1, "job": full_job("o", "t", "b"),
                                    "child_count": 0, "timeout": 0, "limit": -1,
                                    "run_on_timeout": False, "started_count": 0}),
@@ -208,7 +222,7 @@ def test_malformed_files_are_each_named_and_nothing_is_imported(tmp_path):
     for relative in BAD_FILES:
         assert str(tmp_path / relative) in message, relative
     assert re.search(r"notjson: not JSON", message)
-    assert "noop: a noop parent job" in message
+    assert "noop: a noop job outside parents/" in message
     assert "throttles/emails: the throttle must be a whole number" in message
     assert "bad tube!/j: tube" in message
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # no journal, no lock

@@ -42,7 +42,7 @@ files.
 
 Nothing is half-imported: every file is read and checked before anything is
 written, and one bad file (not JSON, a wrong field, a tube name allq refuses, a
-``noop`` parent, which this importer cannot carry) stops the import with a
+``noop`` job outside ``parents/``) stops the import with a
 message naming each bad file. Then the records are appended to allq's journal
 (through the core's restore and the journal's ``on_change``, as a recovery
 would place them) and fsynced, and only then are AllQueue's directories moved
@@ -273,8 +273,11 @@ def _plan_job(path: str, data: object, kind: str, now: float) -> Planned:
     old_id = job.get("job_id", job.get("id", os.path.basename(path)))
     if not isinstance(old_id, str) or not old_id:
         raise _Bad("the job id must be a non-empty string")
-    if job.get("noop") is True:
-        raise _Bad("a noop parent job: this importer cannot carry noop parents")
+    noop = job.get("noop", False)
+    if not isinstance(noop, bool):
+        raise _Bad("'noop' must be true or false")
+    if noop and kind != "parents":
+        raise _Bad("a noop job outside parents/: only a waiting parent can be a noop")
     priority = _checked(check_priority, _int(data.get("priority", job.get("priority")),
                                              "priority", DEFAULT_PRIORITY))
     ttl = _checked(check_seconds, "ttl", _int(job.get("ttl"), "ttl", int(DEFAULT_TTL)),
@@ -321,7 +324,8 @@ def _plan_job(path: str, data: object, kind: str, now: float) -> Planned:
         planned.deadline = float(start + timeout)
         # AllQueue starts a parent only at a positive limit; -1 (not yet known) and 0 never.
         planned.parent = ParentInfo(float(timeout), run_on_timeout,
-                                    limit if limit > 0 else None, max(started, done), done)
+                                    limit if limit > 0 else None, max(started, done), done,
+                                    noop=noop)
     return planned
 
 
