@@ -87,7 +87,8 @@ def test_http_parser_option(tmp_path):
     for parser, kind in (("httptools", FastHTTPFactory), ("twisted", Site)):
         reactor = MemoryReactorClock()
         service = makeService(parse(["--keys", str(tmp_path / "keys"), "--http-parser", parser,
-                                     "--http", "tcp:0:interface=127.0.0.1"]), reactor=reactor)
+                                     "--http", "tcp:0:interface=127.0.0.1",
+                                     "--jsonl", "none", "--unix", "none"]), reactor=reactor)
         service.startService()
         try:
             [(_, factory, _, _)] = reactor.tcpServers
