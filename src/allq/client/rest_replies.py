@@ -14,14 +14,18 @@ from allq.errors import AllQError
 
 
 def rest_job(job: FetchedJob) -> dict:
-    """A job in AllQueue's REST ``JobResponse`` shape."""
-    return {
+    """A job in AllQueue's REST ``JobResponse`` shape, plus ``error`` (the last
+    error a bury recorded) when the job has one."""
+    reply = {
         "id": job.job_id,
         "body": job.body,
         "tube": job.tube,
         "expireds": job.expireds,
         "releases": job.releases,
     }
+    if job.error is not None:
+        reply["error"] = job.error
+    return reply
 
 
 def rest_stats(server: ServerStats) -> dict:

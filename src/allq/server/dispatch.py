@@ -89,7 +89,7 @@ class Dispatcher:
         return ref.number
 
     def _job_dict(self, job: Job) -> dict:
-        return {
+        reply = {
             "job_id": self.job_ref(job),
             "tube": job.tube,
             "body": job.body,
@@ -98,6 +98,10 @@ class Dispatcher:
             "expireds": job.expireds,
             "releases": job.releases,
         }
+        error = self._queue.last_error(job.id)
+        if error is not None:
+            reply["error"] = error
+        return reply
 
     # -- actions (one per wire action; keyword names are the wire params) ------
 

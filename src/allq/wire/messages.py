@@ -38,6 +38,8 @@ Actions (params; ``?`` marks optional ones) and results
     ``max_size``   tube, max_size? (null: unbounded) → ``{"tube", "max_size"}``
     ``get``        tube, count? (1), delete? (false) → ``{"jobs": [job, ...]}``
     ``done``, ``delete``, ``bury``, ``touch``, ``kick``   job_id → ``{"job_id"}``
+    ``bury``       also error? (text up to ``MAX_ERROR_LENGTH``): kept as the job's
+                   last error until the job is gone
     ``release``    job_id, delay? (0) → ``{"job_id"}``
     ``kick_tube``  tube, count? (1) → ``{"job_ids": [...]}``
     ``peek``       tube, buried? (false), offset? (0) → ``{"job": job | null}``
@@ -46,7 +48,8 @@ Actions (params; ``?`` marks optional ones) and results
     ``ping``       → ``{"server_id"}``
 
     A job is ``{"job_id": "<server_id>,<n>", "tube", "body", "priority", "ttl",
-    "expireds", "releases"}``. Error codes are those of :mod:`allq.errors`.
+    "expireds", "releases"}``, plus ``"error"`` when a bury recorded one. Error
+    codes are those of :mod:`allq.errors`.
 
 Limits
     Every number in a request (the id included) must be finite and within
@@ -145,7 +148,7 @@ ACTIONS: dict[str, dict[str, tuple[str, object]]] = {
     "get": {"tube": ("str", _REQUIRED), "count": ("int", 1), "delete": ("bool", False)},
     "done": {"job_id": ("str", _REQUIRED)},
     "delete": {"job_id": ("str", _REQUIRED)},
-    "bury": {"job_id": ("str", _REQUIRED)},
+    "bury": {"job_id": ("str", _REQUIRED), "error": ("str", None)},
     "touch": {"job_id": ("str", _REQUIRED)},
     "kick": {"job_id": ("str", _REQUIRED)},
     "release": {"job_id": ("str", _REQUIRED), "delay": ("number", 0)},
