@@ -146,6 +146,8 @@ def _schemas() -> dict:
             "tube": {"type": "string"},
             "expireds": {"type": "integer", "description": "how often its ttl elapsed"},
             "releases": {"type": "integer", "description": "how often it was released"},
+            "ttl": {"type": "number", "description": "seconds the job may stay reserved "
+                    "before it goes back to ready (touch restarts it)"},
             "error": {"type": "string", "maxLength": MAX_ERROR_LENGTH,
                       "description": "the last error a bury recorded (absent: none)"},
         },

@@ -22,6 +22,7 @@ def rest_job(job: FetchedJob) -> dict:
         "tube": job.tube,
         "expireds": job.expireds,
         "releases": job.releases,
+        "ttl": job.ttl,  # what a worker needs to touch the job in time (allq.worker)
     }
     if job.error is not None:
         reply["error"] = job.error
