@@ -166,6 +166,18 @@ def new_job(tube: str, body: str, options: Mapping[str, Any]) -> dict:
     return job
 
 
+def new_jobs(jobs: Iterable[Mapping[str, Any] | str], tube: str | None,
+             defaults: Mapping[str, Any]) -> Iterable[dict]:
+    """Checked ``NewJob`` s for a batch: each item a mapping or a plain body; ``tube``
+    and ``defaults`` fill in what an item does not give."""
+    for item in jobs:
+        fields = {**defaults, **({"body": item} if isinstance(item, str) else item)}
+        job_tube = fields.pop("tube", tube)
+        if job_tube is None:
+            raise BadRequest("a job names no tube (give tube=)")
+        yield new_job(job_tube, fields.pop("body", ""), fields)
+
+
 def put(job: dict) -> Call:
     return Call("POST", "/job", body=job)
 

@@ -85,7 +85,7 @@ class Client:
         :raises BatchError: some failed; its ``results`` has each job's id or error.
         """
         results: list = []
-        for chunk in api.chunks(self._new_jobs(jobs, tube, defaults)):
+        for chunk in api.chunks(api.new_jobs(jobs, tube, defaults)):
             try:
                 status, reply = self._transport.call(api.put_batch(chunk))
             except api.ClientUnreachable as e:
@@ -93,16 +93,6 @@ class Client:
                 continue
             results += api.batch_outcomes(status, reply, len(chunk))
         return api.raise_for_batch(results, "put")
-
-    @staticmethod
-    def _new_jobs(jobs, tube, defaults):
-        for item in jobs:
-            fields = {"body": item} if isinstance(item, str) else dict(item)
-            fields = {**defaults, **fields}
-            job_tube = fields.pop("tube", tube)
-            if job_tube is None:
-                raise api.BadRequest("a job names no tube (give tube=)")
-            yield api.new_job(job_tube, fields.pop("body", ""), fields)
 
     # -- consuming -------------------------------------------------------------------------
 
