@@ -148,6 +148,7 @@ def _schemas() -> dict:
             "releases": {"type": "integer", "description": "how often it was released"},
             "ttl": {"type": "number", "description": "seconds the job may stay reserved "
                     "before it goes back to ready (touch restarts it)"},
+            "priority": {"type": "integer", "description": "lower runs first"},
             "error": {"type": "string", "maxLength": MAX_ERROR_LENGTH,
                       "description": "the last error a bury recorded (absent: none)"},
         },

@@ -22,7 +22,9 @@ def rest_job(job: FetchedJob) -> dict:
         "tube": job.tube,
         "expireds": job.expireds,
         "releases": job.releases,
-        "ttl": job.ttl,  # what a worker needs to touch the job in time (allq.worker)
+        # What a worker needs to touch the job in time, and a dump to put it again.
+        "ttl": job.ttl,
+        "priority": job.priority,
     }
     if job.error is not None:
         reply["error"] = job.error

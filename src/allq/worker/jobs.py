@@ -35,12 +35,13 @@ class Job:
     expireds: int = 0
     releases: int = 0
     error: str | None = None
+    priority: int | None = None
 
     @classmethod
     def from_rest(cls, reply: Mapping[str, Any]) -> Job:
         return cls(reply["id"], reply["tube"], reply["body"], reply.get("ttl"),
                    int(reply.get("expireds", 0)), int(reply.get("releases", 0)),
-                   reply.get("error"))
+                   reply.get("error"), reply.get("priority"))
 
 
 def _positive_count(instance: object, attribute: attrs.Attribute, value: object) -> None:
