@@ -115,7 +115,13 @@ class Worker:
         self._poll_wait = poll_wait
         self._grace = grace
         self.stats = WorkerStats()
-        self._cond = threading.Condition()
+        # One lock, three conditions: each thread is woken only for its own work
+        # (with no-op handlers, waking every thread per job costs more than the jobs).
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # what the lock guards, below
+        self._work = threading.Condition(lock)  # handlers: a job is ready
+        self._space = threading.Condition(lock)  # fetcher: room to prefetch
+        self._due = threading.Condition(lock)  # acker: acks to send
         self._held: dict[str, _Held] = {}
         self._ready: deque[_Held] = deque()
         self._acks: list[str] = []
@@ -135,7 +141,8 @@ class Worker:
 
     def _wake(self) -> None:
         with self._cond:
-            self._cond.notify_all()
+            for condition in (self._work, self._space, self._due):
+                condition.notify_all()
 
     def run(self, *, handle_signals: bool = True) -> WorkerStats:
         """Work until :meth:`stop` (or SIGTERM/SIGINT); returns what was done.
@@ -181,7 +188,7 @@ class Worker:
             self._release(held.job, 0)
         with self._cond:
             self._acker_done = True
-            self._cond.notify_all()
+            self._due.notify_all()
         acker.join()
 
     # -- fetching ----------------------------------------------------------------------------
@@ -193,7 +200,7 @@ class Worker:
         while not self._stopping.is_set():
             with self._cond:
                 while len(self._held) >= self._limit and not self._stopping.is_set():
-                    self._cond.wait()
+                    self._space.wait()
                 count = min(self._limit - len(self._held), MAX_BATCH)
             if self._stopping.is_set():
                 return
@@ -223,7 +230,7 @@ class Worker:
                         self._held[job.id] = held
                         self._ready.append(held)
                     self.stats.fetched += len(jobs)
-                    self._cond.notify_all()
+                    self._work.notify(len(jobs))
             if stopping:  # fetched while stopping: never started
                 for job in jobs:
                     self._release(job, 0)
@@ -234,7 +241,7 @@ class Worker:
         while True:
             with self._cond:
                 while not self._ready and not self._stopping.is_set():
-                    self._cond.wait()
+                    self._work.wait()
                 if self._stopping.is_set():
                     return
                 held = self._ready.popleft()
@@ -251,10 +258,10 @@ class Worker:
                     self._first_ack_at = time.monotonic()
                 self._acks.append(held.job.id)
                 self.stats.done += 1
-                if len(self._acks) >= self._ack_batch:
-                    self._cond.notify_all()
-                elif len(self._held) < self._limit:
-                    self._cond.notify_all()  # the fetcher may fetch again
+                if len(self._acks) == 1 or len(self._acks) >= self._ack_batch:
+                    self._due.notify()  # the first starts the ack_interval clock
+                if len(self._held) == self._limit - 1:
+                    self._space.notify()  # the fetcher may fetch again
 
     def _failed(self, held: _Held, error: Exception) -> None:
         job = held.job
@@ -262,7 +269,7 @@ class Worker:
             if self._held.pop(job.id, None) is None:
                 return
             self.stats.failed += 1
-            self._cond.notify_all()
+            self._space.notify()
         delay = held.policy.after_failure(job.releases)
         if delay is None:
             log.warning("job %s failed %d times, burying it: %r", job.id, job.releases + 1,
@@ -303,7 +310,7 @@ class Worker:
                     until = next_touch
                     if self._acks:
                         until = min(until, self._first_ack_at + self._ack_interval)
-                    self._cond.wait(max(0.0, until - now))
+                    self._due.wait(max(0.0, until - now))
                 batch, self._acks = self._acks[:MAX_BATCH], self._acks[MAX_BATCH:]
                 if self._acks:
                     self._first_ack_at = time.monotonic()
