@@ -50,6 +50,7 @@ from allq.worker.worker import (
     RETRY_DELAY,
     TOUCH_CHECK_INTERVAL,
     WorkerStats,
+    default_prefetch,
 )
 
 _JSON = {b"content-type": [b"application/json"], b"accept": [b"application/json"]}
@@ -352,7 +353,9 @@ class TxWorker:
         self._handler = handler
         self._client = client
         self._concurrency = concurrency
-        self._limit = concurrency + (4 * concurrency if prefetch is None else prefetch)
+        self._limit = concurrency + (default_prefetch(concurrency) if prefetch is None
+                                     else prefetch)
+        self._refill = max(1, self._limit // 2)
         self._policy = policy
         self._policies = dict(policies or {})
         self._ack_interval = ack_interval
@@ -456,7 +459,7 @@ class TxWorker:
         turn = empty = 0
         delay = RETRY_DELAY
         while not self._stopping:
-            if len(self._held) >= self._limit:
+            if not self._may_fetch():
                 self._space = Deferred()
                 await self._space
                 continue
@@ -485,8 +488,14 @@ class TxWorker:
             self.stats.fetched += len(jobs)
             self._dispatch()
 
+    def _may_fetch(self) -> bool:
+        """As :meth:`allq.worker.worker.Worker._may_fetch`: half the room free, or
+        any while no job waits."""
+        free = self._limit - len(self._held)
+        return free > 0 and (free >= self._refill or not self._ready)
+
     def _made_space(self) -> None:
-        if self._space is not None and len(self._held) < self._limit:
+        if self._space is not None and self._may_fetch():
             space, self._space = self._space, None
             space.callback(None)
 
@@ -504,6 +513,7 @@ class TxWorker:
             d.addCallbacks(self._succeeded, self._failed, callbackArgs=(entry,),
                            errbackArgs=(entry,))
             d.addBoth(self._finished, job_id)
+        self._made_space()
 
     def _call_handler(self, job: Job) -> Any:
         result = self._handler(job)

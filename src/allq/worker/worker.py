@@ -47,6 +47,12 @@ ACK_RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, None)
 log = logging.getLogger("allq.worker")
 
 
+def default_prefetch(concurrency: int) -> int:
+    """Jobs fetched ahead by default: 4 per thread (Celery's multiplier), at least 100,
+    so quick jobs come in batches large enough to make a fetch cheap per job."""
+    return max(4 * concurrency, 100)
+
+
 @attrs.define(eq=False)
 class _Held:
     """A job this worker holds (fetched, not yet acknowledged or released)."""
@@ -78,7 +84,8 @@ class Worker:
     :param client: the :class:`Client` to use (default: one for ``url``; closed
         by :meth:`run` when it made it).
     :param prefetch: jobs held beyond those running, fetched ahead (default
-        ``4 * concurrency``; 0 fetches only for idle threads).
+        :func:`default_prefetch`; 0 fetches only for idle threads: for slow jobs
+        spread over many workers).
     :param policy: the retry policy of every tube, unless ``policies`` names it.
     :param ack_interval: the longest an acknowledgement waits to share a batch.
     :param ack_batch: acknowledgements sent as soon as this many are waiting.
@@ -107,7 +114,9 @@ class Worker:
         self._own_client = client is None
         self._client = Client(url) if client is None else client
         self._concurrency = concurrency
-        self._limit = concurrency + (4 * concurrency if prefetch is None else prefetch)
+        self._limit = concurrency + (default_prefetch(concurrency) if prefetch is None
+                                     else prefetch)
+        self._refill = max(1, self._limit // 2)
         self._policy = policy
         self._policies = dict(policies or {})
         self._ack_interval = ack_interval
@@ -193,13 +202,19 @@ class Worker:
 
     # -- fetching ----------------------------------------------------------------------------
 
+    def _may_fetch(self) -> bool:
+        """Fetch when half the room is free, or any room while no job waits for a
+        thread: one job freed at a time would make a fetch of one job (the lock is held)."""
+        free = self._limit - len(self._held)
+        return free > 0 and (free >= self._refill or not self._ready)
+
     def _fetch_loop(self) -> None:
         turn = 0
         empty = 0
         delay = RETRY_DELAY
         while not self._stopping.is_set():
             with self._cond:
-                while len(self._held) >= self._limit and not self._stopping.is_set():
+                while not self._may_fetch() and not self._stopping.is_set():
                     self._space.wait()
                 count = min(self._limit - len(self._held), MAX_BATCH)
             if self._stopping.is_set():
@@ -246,6 +261,8 @@ class Worker:
                     return
                 held = self._ready.popleft()
                 held.started = True
+                if not self._ready and self._may_fetch():
+                    self._space.notify()
             try:
                 self._handler(held.job)
             except Exception as e:  # the handler's failure, by contract: retry or bury
@@ -260,8 +277,8 @@ class Worker:
                 self.stats.done += 1
                 if len(self._acks) == 1 or len(self._acks) >= self._ack_batch:
                     self._due.notify()  # the first starts the ack_interval clock
-                if len(self._held) == self._limit - 1:
-                    self._space.notify()  # the fetcher may fetch again
+                if self._may_fetch():
+                    self._space.notify()
 
     def _failed(self, held: _Held, error: Exception) -> None:
         job = held.job
