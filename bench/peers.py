@@ -253,6 +253,23 @@ def label(key) -> str:
     return f"{name}, {producer}"
 
 
+def versions() -> str:
+    """The peer's versions, for the report's header."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for dist in ("dramatiq", "redis"):
+        try:
+            found.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            found.append(f"{dist} missing")
+    server = shutil.which("redis-server")
+    if server:
+        found.append(subprocess.run([server, "--version"], capture_output=True, text=True,
+                                    timeout=10).stdout.split(" sha=")[0].strip())
+    return "peers: " + ", ".join(found)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=20_000)
@@ -267,7 +284,7 @@ def main(argv=None) -> int:
         allq_worker_main(args.allq_worker, TUBE)
         return 0
     common.stop_on_signals()
-    common.print_header("bench/peers.py: allq.worker beside Dramatiq + Redis")
+    common.print_header("bench/peers.py: allq.worker beside Dramatiq + Redis", versions())
     keys = [(system, threads) for threads in (1, args.producer_threads)
             for system in ("dramatiq", "allq")]
     runs: dict = {key: [] for key in keys}
