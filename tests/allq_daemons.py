@@ -9,17 +9,15 @@ import itertools
 import subprocess
 import sys
 
-import pytest
-
 from tests.servers import REPO_ROOT, Daemons, daemon_environment
 from tests.test_client_integration import start_client
 
 _tubes = itertools.count(1)
 
 
-@pytest.fixture(scope="module")
-def allq_url(tmp_path_factory):
-    """The REST base URL of a running allq-client over one allq-server."""
+def running_allq(tmp_path_factory):
+    """Yields the REST base URL of a running allq-client over one allq-server, and stops
+    both after (the ``allq_url`` fixture of ``conftest.py``, scoped to a module)."""
     with Daemons(tmp_path_factory.mktemp("daemons")) as daemons:
         keys = daemons.generate_keys()
         server = daemons.start_server(keys)

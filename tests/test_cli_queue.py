@@ -12,7 +12,7 @@ import pytest
 from allq.cli import main
 from allq.worker import Client
 
-from tests.allq_daemons import allq_url, fresh_tube, run_python  # noqa: F401
+from tests.allq_daemons import fresh_tube, run_python
 from tests.test_worker_integration import DEAD_URL, tube_counts
 
 pytestmark = pytest.mark.integration
@@ -193,6 +193,8 @@ def test_errors_are_one_line_and_exit_non_zero(allq):
     status, _, err = allq("throttle", tube, "fast")
     assert status == 2 and "TPS must be a number" in err
     assert main(["get"]) == 2  # argparse: TUBE missing
+    status, _, err = allq("put", tube)
+    assert status == 2 and "put needs a TUBE and a BODY" in err
 
 
 def test_the_command_reads_allq_url(allq_url):

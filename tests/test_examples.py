@@ -7,7 +7,7 @@ import pytest
 
 from allq.worker import Client
 
-from tests.allq_daemons import allq_url, fresh_tube, run_python, start_python  # noqa: F401
+from tests.allq_daemons import fresh_tube, run_python, start_python
 from tests.test_client_integration import wait_for
 from tests.test_worker_integration import tube_counts
 

@@ -15,7 +15,7 @@ import pytest
 from allq.errors import BadRequest, NotFound, WrongState
 from allq.worker import BatchError, Client, ClientUnreachable, TubePolicy, Worker
 
-from tests.allq_daemons import allq_url, fresh_tube  # noqa: F401 - the fixture
+from tests.allq_daemons import fresh_tube
 from tests.test_client_integration import wait_for
 
 pytestmark = pytest.mark.integration

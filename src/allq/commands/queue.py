@@ -61,6 +61,9 @@ def _command(run: Callable[[argparse.Namespace, Client, TextIO], int]):
             return _fail(str(e), EXIT_USAGE)
         except OSError as e:
             return _fail(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "))
+        except KeyboardInterrupt:
+            sys.stderr.write("allq: interrupted\n")
+            return 130
         finally:
             client.close()
 
@@ -98,9 +101,9 @@ def _put(args, client: Client, out: TextIO) -> int:
         if args.body is not None:
             raise _Usage("give a BODY or --from-file, not both")
         return _put_file(args, client, out, options)
-    if args.tube is None:
-        raise _Usage("put needs a TUBE")
-    body = sys.stdin.read() if args.body in (None, "-") else args.body
+    if args.tube is None or args.body is None:
+        raise _Usage("put needs a TUBE and a BODY (- reads it from stdin), or --from-file")
+    body = sys.stdin.read() if args.body == "-" else args.body
     job_id = client.put(args.tube, body, **options)
     if _json(args):
         render.print_json(out, {"job_id": job_id})

@@ -60,11 +60,6 @@ _UNREACHABLE = (net_error.ConnectError, net_error.ConnectionLost, net_error.Time
                 CancelledError, ResponseFailed, RequestTransmissionFailed)
 
 
-def default_http_client(reactor: Any) -> HTTPClient:
-    """A treq client with persistent connections (a few per allq-client)."""
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = 16
-    return HTTPClient(Agent(reactor, pool=pool))
 
 
 class TxTransport:
@@ -74,7 +69,13 @@ class TxTransport:
                  timeout: float = DEFAULT_TIMEOUT) -> None:
         self._urls = urls
         self._reactor = reactor
-        self._http = default_http_client(reactor) if http_client is None else http_client
+        self._pool: HTTPConnectionPool | None = None
+        if http_client is None:
+            # Persistent connections, a few per allq-client; ours to close.
+            self._pool = HTTPConnectionPool(reactor, persistent=True)
+            self._pool.maxPersistentPerHost = 16
+            http_client = HTTPClient(Agent(reactor, pool=self._pool))
+        self._http = http_client
         self._timeout = timeout
         self._current = 0
 
@@ -128,8 +129,9 @@ class TxTransport:
         return response.code, reply
 
     def close(self) -> Deferred:
-        pool = getattr(getattr(self._http, "_agent", None), "_pool", None)
-        return pool.closeCachedConnections() if pool is not None else succeed(None)
+        """Close the idle connections of the pool made here (an injected client's
+        are its owner's to close)."""
+        return self._pool.closeCachedConnections() if self._pool is not None else succeed(None)
 
 
 class TxPutCoalescer:
