@@ -1,6 +1,8 @@
 """allq.worker's pure parts and its Twisted flavour, without a network: the retry
 policy, URLs, put checks, batch answers, and the coalescers and TxWorker on a Clock."""
 
+import threading
+
 import pytest
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock, deferLater
@@ -8,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from allq.errors import BadRequest, NotFound, TooLarge, Unavailable
 from allq.vocabulary import MAX_ERROR_LENGTH
-from allq.worker import api
+from allq.worker import Worker, api
 from allq.worker.coalesce import PutCoalescer
 from allq.worker.jobs import Job, TubePolicy, error_text
 from allq.worker.tx import TxPutCoalescer, TxWorker
@@ -267,3 +269,53 @@ class TxWorkerTests(SynchronousTestCase):
         self.successResultOf(stopped)
         self.assertEqual(self.client.actions, [("release", "s,1", 0)])
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+# -- the synchronous worker with an in-memory client --------------------------------------------
+
+
+class FakeClient:
+    """The synchronous client's worker-facing methods, in memory, thread-safe enough
+    for one fetcher and one acker: ``outages`` acknowledgement calls fail first."""
+
+    def __init__(self, jobs, outages=0):
+        self.jobs = list(jobs)
+        self.outages = outages
+        self.done = []
+        self.attempts = 0
+
+    def get_many(self, tube, count, *, wait=0, delete=False):
+        taken, self.jobs = self.jobs[:count], self.jobs[count:]
+        if not taken and wait:
+            threading.Event().wait(wait)  # a long poll that finds nothing
+        return taken
+
+    def done_many(self, job_ids):
+        self.attempts += 1
+        if self.outages:
+            self.outages -= 1
+            raise api.ClientUnreachable("down for a moment")
+        self.done += job_ids
+        return list(job_ids)
+
+    def release(self, job_id, *, delay=0):
+        pass
+
+
+def test_acknowledgements_wait_out_a_short_outage():
+    """The allq-client is unreachable for the first two acknowledgements: the batch is
+    sent again (after short pauses) instead of leaving the jobs to their ttl."""
+    client = FakeClient([job(n) for n in range(5)], outages=2)
+    worker = Worker("t", lambda j: None, client=client, concurrency=2, poll_wait=0.01)
+    thread = threading.Thread(target=worker.run, kwargs={"handle_signals": False})
+    thread.start()
+    try:
+        for _ in range(200):  # bounded: the retries pause 0.2 s then 0.5 s
+            if len(client.done) == 5:
+                break
+            threading.Event().wait(0.05)
+    finally:
+        worker.stop()
+        thread.join(10)
+    assert sorted(client.done) == [f"s,{n}" for n in range(5)]
+    assert client.attempts >= 3 and worker.stats.done == 5
