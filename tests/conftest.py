@@ -44,6 +44,14 @@ def daemons(tmp_path):
         yield daemons
 
 
+@pytest.fixture(scope="module")
+def allq_url(tmp_path_factory):
+    """The REST URL of an allq-client over one allq-server, shared by a test module."""
+    from tests.allq_daemons import running_allq
+
+    yield from running_allq(tmp_path_factory)
+
+
 @pytest.fixture
 def keys(daemons):
     """A key set for the test's daemons (``allq keys generate``)."""

@@ -118,7 +118,8 @@ def test_dashboard_in_a_browser(sync_api, stack, tmp_path):
             # Bury one over HTTP: buried 1, ready 1.
             status, job = api.call("GET", "/job", tube="emails")
             assert status == 200 and job["body"] == body, job
-            assert api.call("PUT", "/bury", job_id=job["id"])[0] == 200
+            error = "ValueError: <i>boom</i>"  # a worker's recorded error, shown as text
+            assert api.call("PUT", "/bury", job_id=job["id"], error=error)[0] == 200
             expect(row.locator('[data-field="buried"]')).to_have_text("1")
             expect(row.locator('[data-field="ready"]')).to_have_text("1")
 
@@ -128,6 +129,8 @@ def test_dashboard_in_a_browser(sync_api, stack, tmp_path):
             expect(page.locator('#peek [data-field="id"]')).to_have_text(job["id"])
             assert page.locator("#peek-body img, #peek-body b").count() == 0
             assert page.evaluate("window.pwned") is None
+            expect(page.locator("#peek-error")).to_have_text(error)
+            assert page.locator("#peek-error i").count() == 0
 
             # Kick from the page: buried drops to 0, the job is ready again.
             row.locator('button[data-action="kick"]').click()
@@ -182,6 +185,7 @@ def _stage_screenshot(api: Api, page, expect) -> None:
     expect(page.locator('tr[data-tube="emails"] [data-field="buried"]')).to_have_text("1")
     page.locator('tr[data-tube="thumbnails"] button[data-action="peek"]').click()
     expect(page.locator("#peek-body")).to_have_text("resize photo 5")
+    expect(page.locator("#peek-error")).to_be_hidden()  # this job never failed
     page.locator("#toast").evaluate("node => { node.hidden = true; }")
     page.mouse.move(0, 0)  # no hover highlight in the picture
 

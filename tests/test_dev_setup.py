@@ -8,6 +8,7 @@
 """
 
 import os
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -95,6 +96,23 @@ def test_bootstrap_installs_the_test_tools_only_for_the_test_command(tmp_path, a
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert record.read_text().splitlines() == [install]
+
+
+def test_bootstrap_for_benchmarks_installs_the_bench_extra_and_redis(tmp_path):
+    """--bench installs the bench extra (no test tools, no chromium) and, where
+    redis-server is missing, asks apt-get for it (here the fake one, which fails:
+    the bootstrap still succeeds and says the Dramatiq peer will be skipped)."""
+    checkout, record = fake_checkout(tmp_path)
+    env = fake_environment(tmp_path, chromium=str(tmp_path / "no-chromium"))
+    done = subprocess.run(["bash", "scripts/bootstrap.sh", "--bench"], cwd=checkout, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "chromium" not in done.stderr, done.stderr
+    calls = record.read_text().splitlines()
+    assert calls[-1] == "pip install --quiet -e .[bench]"
+    if shutil.which("redis-server", path=env["PATH"]) is None:
+        assert "redis-server" in done.stderr
+        if os.geteuid() == 0:
+            assert any(line.startswith("apt-get ") for line in calls)
 
 
 def test_bootstrap_without_test_never_installs_chromium(tmp_path):

@@ -26,9 +26,13 @@ LAYERS = {
     "client": ({"ground", "wire"},
                {"attrs", "twisted", "zope", "prometheus_client", "klein", "werkzeug", "treq",
                 "nacl", "httptools"}),
-    # The `allq` command line: an entry point, like the twistd plugins; `allq import`
-    # assembles the server's importer (it writes the server's journal).
-    "entry": ({"ground", "wire", "server"}, {"attrs", "nacl"}),
+    # allq.worker: the library for producers and workers; it speaks REST to an
+    # allq-client, so it knows the ground floor's words and nothing of the daemons.
+    "worker": ({"ground"}, {"attrs", "twisted", "zope", "treq"}),
+    # The `allq` command line (allq.cli and its allq.commands): an entry point, like
+    # the twistd plugins; its queue commands go through allq.worker's client, and
+    # `allq import` assembles the server's importer (it writes the server's journal).
+    "entry": ({"ground", "wire", "worker", "server"}, {"attrs", "nacl", "rich"}),
 }
 #: Pure layers: no reactor, no sockets, no clock of their own.
 NO_TWISTED = {"core", "wire"}
@@ -36,9 +40,11 @@ NO_TWISTED = {"core", "wire"}
 
 def layer_of(module: str) -> str:
     parts = module.split(".")
-    if module == "allq.cli":
+    if module == "allq.cli" or parts[:2] == ["allq", "commands"]:
         return "entry"
-    if len(parts) > 2 and parts[1] in ("core", "wire", "server", "client"):
+    if parts[:2] == ["allq", "worker"]:  # the package's __init__ re-exports its modules
+        return "worker"
+    if len(parts) > 2 and parts[1] in ("core", "wire", "server", "client", "worker"):
         return parts[1]
     return "ground"
 
@@ -63,7 +69,7 @@ def imports(path: Path):
 def target_layer(name: str) -> str:
     """The layer an imported ``allq`` name belongs to (a package counts as its layer)."""
     parts = name.split(".")
-    if len(parts) == 2 and parts[1] in ("core", "wire", "server", "client"):
+    if len(parts) == 2 and parts[1] in ("core", "wire", "server", "client", "worker"):
         return parts[1]
     return layer_of(name)
 
@@ -103,6 +109,9 @@ def test_imports_point_down(module, path):
     ("allq.core.x", "import allq.client.rest\n"),
     ("allq.core.x", "import nacl\n"),
     ("allq.vocabulary", "from allq.wire.keys import ClientKeys\n"),
+    ("allq.worker.x", "from allq.client.federation import Federation\n"),
+    ("allq.worker.x", "from allq.core.queue import Queue\n"),
+    ("allq.client.x", "from allq.worker import Client\n"),
 ])
 def test_the_check_catches_an_upward_import(tmp_path, module, source):
     probe = tmp_path / "probe.py"

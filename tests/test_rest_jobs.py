@@ -65,11 +65,12 @@ class PutGetTests(RestTestCase):
         self.assertEqual(self.ok("GET", "/job?tube=t")["body"], "hello")
 
     def test_get_answers_rest_job_shape(self):
-        """GET /job answers {"id","body","tube","expireds","releases"} with int counters."""
+        """GET /job answers {"id","body","tube","expireds","releases","ttl",
+        "priority"} with int counters."""
         job_id = self.put()
         reply = self.ok("GET", "/job?tube=t")
         self.assertEqual(reply, {"id": job_id, "body": "hello", "tube": "t",
-                                 "expireds": 0, "releases": 0})
+                                 "expireds": 0, "releases": 0, "ttl": 3600, "priority": 5})
         self.assertEqual(self.tube_stats()["reserved"], 1)
 
     def test_get_accepts_tube_name_alias(self):
@@ -118,7 +119,8 @@ class PutGetTests(RestTestCase):
         """count=1 answers {"jobs": [job]} in the REST shape (AllQueue: the raw reply)."""
         job_id = self.put()
         self.assertEqual(self.ok("GET", "/multiple_job?tube=t&count=1"), {"jobs": [
-            {"id": job_id, "body": "hello", "tube": "t", "expireds": 0, "releases": 0}]})
+            {"id": job_id, "body": "hello", "tube": "t", "expireds": 0, "releases": 0,
+             "ttl": 3600, "priority": 5}]})
 
     def test_multiple_job_count_defaults_to_one(self):
         """Without count, one job is handed out."""

@@ -118,7 +118,7 @@ def test_run_federation_serves_across_clients_and_ctrl_c_stops_everything(federa
 def readme_worker_example() -> str:
     """The Python block of README.md's worker example, as written there."""
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    after = readme.partition("A worker needs nothing but HTTP.")[2]
+    after = readme.partition("A worker needs nothing but HTTP, and in Python")[2]
     assert after, "README.md has no worker example"
     return after.partition("```python\n")[2].partition("\n```")[0] + "\n"
 
@@ -135,8 +135,9 @@ def start_client_on(daemons, keys, server, port: int, name: str) -> Daemon:
 
 
 def test_the_readme_worker_example_runs_as_written(daemons, keys, tmp_path):
-    """README's worker: does jobs, releases a failing one (buried in the end), waits out a
-    client restart, and stops on SIGTERM with status 0."""
+    """README's allq.worker: does jobs, releases a failing one with backoff (buried in
+    the end, with its error), waits out a client restart, and stops on SIGTERM with
+    status 0."""
     server = daemons.start_server(keys)
     [port] = free_ports(1)
     client = start_client_on(daemons, keys, server, port, "client")
@@ -147,7 +148,7 @@ def test_the_readme_worker_example_runs_as_written(daemons, keys, tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(readme_worker_example(), encoding="utf-8")
     out = tmp_path / "worker.out"
-    env = shell_environment({"ALLQ_API": f"http://{LOCALHOST}:{port}"})
+    env = shell_environment({"ALLQ_URL": f"http://{LOCALHOST}:{port}"})
     with open(out, "wb") as log:
         worker = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=env,
                                   stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
@@ -158,12 +159,14 @@ def test_the_readme_worker_example_runs_as_written(daemons, keys, tmp_path):
         # The blank job fails each time: released, got again, ... until it is buried.
         buried = wait_for(lambda: call("GET", port, "/peek", {"tube": "emails", "buried": "true"})[1],
                           "the failing job buried", log=output)
-        assert buried["body"] == "   " and "releasing it" in output(), (buried, output())
+        assert buried["body"] == "   " and "released, ready again in" in output(), (
+            buried, output())
+        assert "ValueError: empty email body" in buried["error"], buried
         assert call("GET", port, "/peek", {"tube": "emails"})[1] in ({}, None)  # none ready
 
         # The client goes away for a while: the worker waits, then goes on.
         assert client.stop() == -signal.SIGTERM
-        wait_for(lambda: "client unreachable" in output(), "the worker noticed", log=output)
+        wait_for(lambda: "client_unreachable" in output(), "the worker noticed", log=output)
         assert worker.poll() is None, output()
         start_client_on(daemons, keys, server, port, "client-again")
         status, reply = call("POST", port, "/job", body={"tube": "emails", "body": "hello 3"})

@@ -6,10 +6,13 @@ instructions. Currently::
     allq keys generate DIR [--force]   write a server and a client key pair to DIR
     allq keys suggest                  print a fresh key set as environment variables
     allq import DIR [--data-dir D]     import an AllQueue data directory into allq's journal
+    allq put|get|done|peek|stats|...   the queue, through an allq-client
+                                       (:mod:`allq.commands.queue`)
 
-What this module must not do: no queue logic, no reactor, no network. It never prints a
+What this module must not do: no queue logic, no reactor, no network (the queue
+commands' modules in :mod:`allq.commands` call the allq-client). It never prints a
 secret key except in ``keys suggest``, whose whole purpose is to show one. Errors are one
-line on stderr and exit status 2.
+line on stderr and exit status 2 (a queue command's failed call: 1).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import TextIO
 
 import attrs
 
+from allq.commands import queue as queue_commands
 from allq.keyfiles import (
     AUTHORIZED_KEYS_FILE,
     CLIENT_PUBLIC_FILE,
@@ -43,6 +47,8 @@ EXIT_ERROR = 2
 #: server and a client started from one folder do not both claim ./twistd.pid (twistd's
 #: default, which makes the second one exit "Another twistd server is running").
 TWISTD = "twistd -n --pidfile="
+#: Modules that add subcommands (``add_commands(subparsers)``), after ``keys``.
+COMMAND_FAMILIES = (queue_commands,)
 
 
 def _generate_instructions(directory: str, paths: Sequence[str]) -> str:
@@ -124,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
         "suggest", help="print a freshly generated key set as environment variables"
     )
     suggest.set_defaults(run=_keys_suggest)
+
+    # Command families of their own modules (allq.commands): each adds its commands.
+    for family in COMMAND_FAMILIES:
+        family.add_commands(commands)
 
     # The importer is the server's (it writes the journal); it adds its own command.
     from allq.server.allqueue_import import add_import_command

@@ -35,6 +35,8 @@ MAX_KICK_COUNT = 2**31
 MAX_OFFSET = 2**31
 MAX_EXPIRED_LIMIT = 2**31
 MAX_CHILD_LIMIT = 2**31
+#: The longest error text a ``bury`` may record on a job (its last error), in characters.
+MAX_ERROR_LENGTH = 2000
 #: The largest ``max_size`` of a tube.
 MAX_TUBE_SIZE = 2**40
 #: How long a parent waits for its children unless told otherwise.
@@ -199,3 +201,11 @@ def check_tps(tps: object) -> float | None:
     if not math.isfinite(tps):
         raise BadRequest("tps must be a number or null")
     return tps if tps > 0 else None
+
+
+def check_error_text(error: object) -> str:
+    """Validate the error text a ``bury`` records on a job: a string of 1 to
+    :data:`MAX_ERROR_LENGTH` characters (a worker cuts a longer traceback itself)."""
+    if not isinstance(error, str) or not 0 < len(error) <= MAX_ERROR_LENGTH:
+        raise BadRequest(f"error must be a string of 1 to {MAX_ERROR_LENGTH} characters")
+    return error

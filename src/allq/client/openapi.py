@@ -17,6 +17,7 @@ from allq.vocabulary import (
     JOB_ID,
     MAX_CHILD_LIMIT,
     MAX_COUNT,
+    MAX_ERROR_LENGTH,
     MAX_EXPIRED_LIMIT,
     MAX_KICK_COUNT,
     MAX_OFFSET,
@@ -154,6 +155,11 @@ def _schemas() -> dict:
             "tube": {"type": "string"},
             "expireds": {"type": "integer", "description": "how often its ttl elapsed"},
             "releases": {"type": "integer", "description": "how often it was released"},
+            "ttl": {"type": "number", "description": "seconds the job may stay reserved "
+                    "before it goes back to ready (touch restarts it)"},
+            "priority": {"type": "integer", "description": "lower runs first"},
+            "error": {"type": "string", "maxLength": MAX_ERROR_LENGTH,
+                      "description": "the last error a bury recorded (absent: none)"},
         },
     }
     return {
@@ -396,6 +402,13 @@ def _schemas() -> dict:
             "properties": {"server_url": {"type": "string", "pattern": _ADDRESS,
                                           "description": "\"host:port\""}},
         },
+        "BuryError": {
+            "type": "object", "additionalProperties": False,
+            "properties": {"error": {"type": "string", "minLength": 1,
+                                     "maxLength": MAX_ERROR_LENGTH,
+                                     "description": "why the job failed; kept as its "
+                                     "last error"}},
+        },
         "Empty": {"type": "object", "maxProperties": 0},
         "OpenApi": {"type": "object", "description": "this document"},
     }
@@ -455,6 +468,10 @@ def _parameters() -> dict:
         "max_size": _query("max_size", {"type": "string", "pattern": "^([0-9]{1,13})?$"},
                            f"the most jobs the tube holds on each server (1..{MAX_TUBE_SIZE});"
                            " empty or absent: unbounded"),
+        "error": _query("error", {"type": "string", "minLength": 1,
+                                  "maxLength": MAX_ERROR_LENGTH},
+                        "why the job failed, kept as its last error (when the request "
+                        "has no JSON body)"),
         "server_url": _query("server_url", {"type": "string", "pattern": _ADDRESS},
                              "\"host:port\" (when the request has no JSON body)"),
     }
@@ -534,8 +551,12 @@ def document(*, max_body: int) -> dict:
         "/release": {"put": _op("release_put", "actions", "Give a reserved job back "
                                 "(ready, or delayed by delay seconds).",
                                 action, _JOB_ERRORS, ("job_id", "delay"))},
-        "/bury": {"put": _op("bury_put", "actions", "Bury a reserved job.",
-                             action, _JOB_ERRORS, ("job_id",))},
+        "/bury": {"put": _op("bury_put", "actions", "Bury a reserved job, with the error "
+                             "that made it fail (kept as the job's last error, shown by "
+                             "peek and get)." + body_note,
+                             action, ("400", "404", "409", "413", "415", *_FEDERATED),
+                             ("job_id", "error"),
+                             body=body("BuryError", required=False))},
         "/kick": {"put": _op(
             "kick_put", "actions", "Kick a buried or delayed job (job_id), or up to count "
             "buried jobs of a tube.",

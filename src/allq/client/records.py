@@ -32,12 +32,15 @@ class FetchedJob:
     ttl: float
     expireds: int
     releases: int
+    #: The last error a bury recorded on the job, if any.
+    error: str | None = None
 
     @classmethod
     def from_reply(cls, job: Mapping[str, Any]) -> "FetchedJob":
         return cls(job["job_id"], job["tube"],
                    decode_body(job["body"], job.get("body_encoding")), job["priority"],
-                   job["ttl"], int(job["expireds"]), int(job["releases"]))
+                   job["ttl"], int(job["expireds"]), int(job["releases"]),
+                   job.get("error"))
 
 
 @attrs.frozen

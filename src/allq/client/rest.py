@@ -104,6 +104,7 @@ from allq.vocabulary import (
     MAX_OFFSET,
     MAX_WAIT,
     check_clear_state,
+    check_error_text,
     check_fair_setting,
 )
 
@@ -266,8 +267,21 @@ max_body=max_body)
 
     @app.route("/bury", methods=["PUT"])
     async def bury_job(self, request: IRequest) -> bytes:
-        """Bury a reserved job."""
-        return await self._job_action(request, "bury", job_id_arg(request))
+        """Bury a reserved job, with the ``error`` that made it fail (a query
+        parameter, or ``{"error"}`` as a JSON body: a traceback is too long for a URL),
+        kept as the job's last error."""
+        job_id = job_id_arg(request)
+        data = read_body(request, self._max_body)
+        error = None
+        if data.strip():
+            check_json_type(request)
+            obj = parse_json_object(data)
+            check_keys(obj, frozenset({"error"}))
+            error = field_str(obj, "error")
+        if error is None:
+            error = arg(request, "error")
+        params = {} if error is None else {"error": check_error_text(error)}
+        return await self._job_action(request, "bury", job_id, **params)
 
     @app.route("/kick", methods=["PUT"])
     async def kick(self, request: IRequest) -> bytes:

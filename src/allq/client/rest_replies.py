@@ -15,19 +15,20 @@ from allq.errors import AllQError
 
 
 def rest_job(job: FetchedJob) -> dict:
-    """A job in AllQueue's REST ``JobResponse`` shape; a binary body (not UTF-8
-    text) comes as ``body_base64`` beside ``"body_encoding": "base64"``."""
+    """A job in AllQueue's REST ``JobResponse`` shape, plus ``error`` (the last
+    error a bury recorded) when the job has one; a binary body (not UTF-8 text)
+    comes as ``body_base64`` beside ``"body_encoding": "base64"``."""
+    reply: dict = {"id": job.job_id}
     if type(job.body) is bytes:
-        text, encoding = encode_body(job.body)
-        return {"id": job.job_id, "body_base64": text, "body_encoding": encoding,
-                "tube": job.tube, "expireds": job.expireds, "releases": job.releases}
-    return {
-        "id": job.job_id,
-        "body": job.body,
-        "tube": job.tube,
-        "expireds": job.expireds,
-        "releases": job.releases,
-    }
+        reply["body_base64"], reply["body_encoding"] = encode_body(job.body)
+    else:
+        reply["body"] = job.body
+    reply.update(tube=job.tube, expireds=job.expireds, releases=job.releases,
+                 # What a worker needs to touch the job in time, and a dump to put it again.
+                 ttl=job.ttl, priority=job.priority)
+    if job.error is not None:
+        reply["error"] = job.error
+    return reply
 
 
 def rest_stats(server: ServerStats) -> dict:

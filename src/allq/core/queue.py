@@ -43,6 +43,7 @@ from allq.vocabulary import (
     MAX_RUN_AT,
     MAX_TUBE_SIZE,
     check_count,
+    check_error_text,
     check_priority,
     check_seconds,
     check_shard_key,
@@ -144,6 +145,9 @@ class Queue:
     ) -> None:
         self.config = config
         self._jobs: dict[int, Job] = {}
+        # A job's last error (recorded by a bury), beside the jobs rather than in a
+        # slot of every job: few jobs have one, and a job without one costs nothing.
+        self._last_errors: dict[int, str] = {}
         self._tubes: dict[str, Tube] = {}
         self._parents = Parents()
         self._deadlines = Deadlines(self._jobs.get)
@@ -414,10 +418,19 @@ class Queue:
         self._changed(job)
         return job
 
-    def bury(self, job_id: int, *, now: float) -> Job:
-        """Move a reserved job to the buried (dead letter) list of its tube."""
+    def bury(self, job_id: int, *, now: float, error: str | None = None) -> Job:
+        """Move a reserved job to the buried (dead letter) list of its tube.
+
+        :param error: why (a worker's exception, say): kept as the job's last
+            error (:meth:`last_error`) until the job is gone; ``None`` keeps the
+            last one recorded, if any.
+        """
+        if error is not None:
+            check_error_text(error)
         job = self._reserved(job_id, "bury")
         self._counters.of(job).buries += 1
+        if error is not None:
+            self._last_errors[job.id] = error
         self._bury(job, self._unreserve(job))
         self._changed(job)
         return job
@@ -510,6 +523,10 @@ class Queue:
         :raises NotFound: no such job.
         """
         return self._counters.read(self._job(job_id))
+
+    def last_error(self, job_id: int) -> str | None:
+        """The error a bury recorded on a live job, or ``None``."""
+        return self._last_errors.get(job_id) if self._last_errors else None
 
     def job(self, job_id: int) -> Job:
         """The live job with that id.
@@ -683,7 +700,8 @@ class Queue:
         changes (a job may be ``DELETED`` by the time it is looked at)."""
         return list(self._jobs.values())
 
-    def restore(self, job: Job, *, now: float, parent: ParentInfo | None = None) -> Job:
+    def restore(self, job: Job, *, now: float, parent: ParentInfo | None = None,
+                last_error: str | None = None) -> Job:
         """Place a job read back from storage directly in its stored state.
 
         For recovery at start-up: no size limit or drain flag applies and
@@ -696,11 +714,14 @@ class Queue:
 
         :param job: the job, with ``state`` and ``deadline`` as stored.
         :param parent: what a waiting parent waits for (required for ``WAITING``).
+        :param last_error: the error a bury recorded on the job, if any.
         :raises BadRequest: the id is taken, the state is ``DELETED``, or a
             waiting parent comes without ``parent`` or a deadline.
         """
         if job.id in self._jobs:
             raise BadRequest(f"job {job.id} already exists")
+        if last_error is not None:
+            check_error_text(last_error)
         state = job.state
         deadline, job.deadline, job.reserved_at = job.deadline, None, None
         if state is JobState.DELETED:
@@ -712,6 +733,8 @@ class Queue:
             tube = self._tube(check_tube(job.tube))
         job.tube = tube.name  # one str per tube, not one per stored record
         self._jobs[job.id] = job
+        if last_error is not None:
+            self._last_errors[job.id] = last_error
         self._next_id = max(self._next_id, job.id + 1)
         if state is JobState.DELAYED and deadline is not None and deadline > now:
             tube.delayed_count += 1
@@ -967,6 +990,8 @@ class Queue:
         job.state = JobState.DELETED
         self._jobs.pop(job.id, None)
         self._counters.pop(job.id, None)
+        if self._last_errors:
+            self._last_errors.pop(job.id, None)
         self._changed(job)
         if job.parent_id is not None:
             self._child_finished(job)

@@ -102,6 +102,9 @@ class Dispatcher:
         }
         if type(body) is bytes:  # a binary body: base64 and its marker
             reply["body"], reply["body_encoding"] = encode_body(body)
+        error = self._queue.last_error(job.id)
+        if error is not None:
+            reply["error"] = error
         return reply
 
     # -- actions (one per wire action; keyword names are the wire params) ------

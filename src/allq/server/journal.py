@@ -26,6 +26,7 @@ mismatch or undecodable JSON marks the end of the good prefix. Records::
           parent_id, state, deadline, expireds, releases, parent]   a job, whole
     ["s", id, state, deadline, expireds, releases, parent]  a job's mutable fields
     ["d", id]                                               a job is gone
+    ["e", id, error]                                        a job's last error (a bury's)
     ["t", tube, throttle, paused, draining, fair_setting, max_size]  tube settings
     ["S", draining]                                         the server's drain flag
     ["k", key, id, expires]                                 a put's idempotency key
@@ -111,6 +112,7 @@ from allq.server.records import (
     frame_deleted,
     generation_of,
     has_settings,
+    error_record,
     job_record,
     journal_name,
     snapshot_name,
@@ -140,6 +142,7 @@ _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 _RESERVED = JobState.RESERVED
 _DELETED = JobState.DELETED
 _WAITING = JobState.WAITING
+_BURIED = JobState.BURIED
 #: ``fsync`` flushes data *and* the metadata needed to read it (the file size)
 #: with ``fdatasync``; macOS has no ``fdatasync``.
 _datasync = getattr(os, "fdatasync", os.fsync)
@@ -338,6 +341,10 @@ class Journal(Service):
                             self._queue.job(job.parent_id), parent)))
             else:
                 self._buffer.append(frame(state_record(job, info)))
+                if state is _BURIED:
+                    error = self._queue.last_error(job.id)
+                    if error is not None:
+                        self._buffer.append(frame(error_record(job.id, error)))
         elif kind == "tube":
             self._buffer.append(frame(tube_record(subject)))
         elif kind == "server":
@@ -723,6 +730,9 @@ class _Compaction:
                 continue  # gone since the copy; journal G+1 says so
             info = queue.parent_info(job.id) if state is _WAITING else None
             lines.append(frame(job_record(job, info)))
+            error = queue.last_error(job.id)
+            if error is not None:
+                lines.append(frame(error_record(job.id, error)))
         self._position = end
         self._write(lines, records=len(lines))
 

@@ -110,6 +110,11 @@ def state_record(job: Job, parent: ParentInfo | None) -> list:
             parent_fields(parent)]
 
 
+def error_record(job_id: int, error: str) -> list:
+    """The ``e`` record: the error a bury recorded on a job (its last error)."""
+    return ["e", job_id, error]
+
+
 def tube_record(tube) -> list:
     """The ``t`` record: a tube's settings."""
     throttle = None if tube.throttle is None else tube.throttle.rate

@@ -65,6 +65,7 @@ class Recovered:
     :ivar tubes: each tube's latest ``t`` record.
     :ivar draining: the server's drain flag.
     :ivar keys: each idempotency key's latest ``k`` record.
+    :ivar errors: each live job's last error (``e`` records), by job id.
     :ivar max_id: the largest job id ever recorded (ids above it are new).
     :ivar generation: the journal generation to go on appending to.
     :ivar snapshot_bytes: size of the snapshot loaded (0: none).
@@ -79,6 +80,7 @@ class Recovered:
     tubes: dict[str, list] = attrs.Factory(dict)
     draining: bool = False
     keys: dict[str, list] = attrs.Factory(dict)
+    errors: dict[int, str] = attrs.Factory(dict)
     max_id: int = 0
     generation: int = 1
     snapshot_generation: int | None = None
@@ -295,6 +297,13 @@ def _apply(state: Recovered, record: list) -> bool:
             job[_MUTABLE] = record[2:7]
     elif kind == "d" and size == 2:
         state.jobs.pop(record[1], None)
+        if state.errors:
+            state.errors.pop(record[1], None)
+    elif kind == "e" and size == 3 and isinstance(record[2], str):
+        if record[1] in state.jobs:
+            state.errors[record[1]] = record[2]
+        else:
+            state.orphans += 1  # as for an "s" record of a job gone since
     elif kind == "t" and size == 7 and isinstance(record[1], str):
         state.tubes[record[1]] = record
     elif kind == "S" and size == 2:
@@ -338,6 +347,7 @@ def restore_queue(queue, recovered: Recovered, now: float) -> Restored:
     counts = {JobState.READY: 0, JobState.DELAYED: 0, JobState.BURIED: 0, JobState.WAITING: 0}
     invalid = 0
     restore = queue.restore
+    errors = recovered.errors
     with _bulk_load():
         for record in recovered.jobs.values():
             try:
@@ -347,7 +357,8 @@ def restore_queue(queue, recovered: Recovered, now: float) -> Restored:
                           expired_limit=expired_limit, created=created, state=_STATES[state],
                           deadline=deadline, expireds=expireds, releases=releases,
                           shard_key=shard_key, parent_id=parent_id)
-                restore(job, now=now, parent=None if parent is None else ParentInfo(*parent))
+                restore(job, now=now, parent=None if parent is None else ParentInfo(*parent),
+                        last_error=errors.get(job_id) if errors else None)
             except (AllQError, TypeError, ValueError, KeyError):
                 invalid += 1
                 continue

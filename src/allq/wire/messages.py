@@ -52,6 +52,8 @@ Actions (params; ``?`` marks optional ones) and results
                    "ttl", "time_left", "reserves", "timeouts", "releases", "buries",
                    "kicks"}`` (seconds as numbers; counts since the server started)
     ``done``, ``delete``, ``bury``, ``touch``, ``kick``   job_id → ``{"job_id"}``
+    ``bury``       also error? (text up to ``MAX_ERROR_LENGTH``): kept as the job's
+                   last error until the job is gone
     ``release``    job_id, delay? (0) → ``{"job_id"}``
     ``kick_tube``  tube, count? (1), delayed? (false: buried jobs; true: delayed ones,
                    soonest first) → ``{"job_ids": [...]}``
@@ -63,7 +65,8 @@ Actions (params; ``?`` marks optional ones) and results
 
     A job is ``{"job_id": "<server_id>,<n>", "tube", "body", "priority", "ttl",
     "expireds", "releases"}``, plus ``"body_encoding": "base64"`` when its body is
-    binary (then ``body`` is its base64). Error codes are those of :mod:`allq.errors`.
+    binary (then ``body`` is its base64), and ``"error"`` when a bury recorded one.
+    Error codes are those of :mod:`allq.errors`.
 
 Limits
     Every number in a request (the id included) must be finite and within
@@ -181,7 +184,7 @@ ACTIONS: dict[str, dict[str, tuple[str, object]]] = {
     "peek_job": {"job_id": ("str", _REQUIRED)},
     "done": {"job_id": ("str", _REQUIRED)},
     "delete": {"job_id": ("str", _REQUIRED)},
-    "bury": {"job_id": ("str", _REQUIRED)},
+    "bury": {"job_id": ("str", _REQUIRED), "error": ("str", None)},
     "touch": {"job_id": ("str", _REQUIRED)},
     "kick": {"job_id": ("str", _REQUIRED)},
     "release": {"job_id": ("str", _REQUIRED), "delay": ("number", 0)},

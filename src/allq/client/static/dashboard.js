@@ -336,6 +336,11 @@
     byId("peek-empty").hidden = !empty;
     byId("peek-meta").hidden = empty;
     byId("peek-body").hidden = empty;
+    // A bury's recorded error (allq.worker records the handler's exception).
+    const error = empty || job.error === undefined ? null : String(job.error);
+    byId("peek-error-label").hidden = error === null;
+    byId("peek-error").hidden = error === null;
+    byId("peek-error").textContent = error === null ? "" : error;
     if (empty) {
       setText(byId("peek-empty"), "No " + (buried ? "buried" : "ready") + " job in " + tube + ".");
     } else {
