@@ -6,7 +6,7 @@ the network is simulated.
 """
 
 import pytest
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import Clock
 
 from allq.errors import (
@@ -19,7 +19,20 @@ from allq.errors import (
     WrongState,
 )
 
+from allq.client import federation as federation_module
+from allq.client.link import NotConnected
+from allq.client.observers import FederationObserver
 from memory_servers import local_addresses, start_federation
+
+
+class Recorder(FederationObserver):
+    """An observer that keeps the retries it is told of."""
+
+    def __init__(self):
+        self.retries = []
+
+    def retried(self, operation, address):
+        self.retries.append((operation, address))
 
 
 @pytest.fixture
@@ -112,6 +125,19 @@ def test_put_fails_over_when_the_unsure_server_stays_down(clock):
     assert result(d).startswith(other.server_id)
 
 
+def test_put_not_sent_goes_to_the_next_server_at_once(clock):
+    """A put whose first server turned out not connected (nothing sent) goes to the
+    next candidate in the same round: no backoff, no retry reported."""
+    federation, links = make(clock, n=2)
+    observer = Recorder()
+    federation.observe(observer)
+    first = links[(federation._placement._round_robin + 1) % 2]  # the next put's first pick
+    other = links[0] if first is links[1] else links[1]
+    first.fail_next(NotConnected("not connected"))
+    assert owner(links, result(run(federation.put("t", "x")))) is other
+    assert observer.retries == [] and clock.getDelayedCalls() == []
+
+
 def test_put_rejects_bad_input_without_retrying(clock):
     """A server-side validation error is reported at once, not retried."""
     federation, links = make(clock)
@@ -151,6 +177,36 @@ def test_get_when_no_server_answers_is_unavailable(clock):
     clock.pump([0.1] * 15)
     with pytest.raises(Unavailable):
         result(d)
+
+
+def test_get_goes_on_past_servers_that_fail(clock, monkeypatch):
+    """The first server asked fails, then the next one: the same call finds the job
+    on the third, without a backoff. (The random order is fixed here: the
+    configured one.)"""
+    monkeypatch.setattr(federation_module.random, "randrange", lambda n: 0)
+    monkeypatch.setattr(federation_module.random, "shuffle", lambda links: None)
+    federation, links = make(clock)
+    observer = Recorder()
+    federation.observe(observer)
+    links[2].queue.put("t", "here", now=0)
+    links[0].fail_next(ConnectionLost("lost"))
+    links[1].fail_next(ConnectionLost("lost"))
+    [job] = result(run(federation.get("t")))
+    assert job.body == "here"
+    assert sorted(observer.retries) == [("get", links[0].address), ("get", links[1].address)]
+    assert clock.getDelayedCalls() == []
+
+
+def test_cancelling_a_get_or_put_cancels_its_server_request(clock):
+    """A caller giving up (the REST bound) cancels the request waiting on the server."""
+    federation, links = make(clock, n=1)
+    links[0].hang = True
+    for d in (run(federation.get("t")), run(federation.put("t", "x"))):
+        assert not d.called
+        d.cancel()
+        with pytest.raises(CancelledError):
+            result(d)
+    assert links[0].hung == []
 
 
 def test_long_poll_answers_when_a_job_arrives(clock):

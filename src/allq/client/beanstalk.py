@@ -57,6 +57,7 @@ from allq.errors import (
     TooLarge,
     WrongState,
 )
+from allq.socket_writes import write_now
 from allq.vocabulary import MAX_EXPIRED_LIMIT, MAX_PRIORITY, MAX_SECONDS, check_tube
 from allq.wire.bodies import normal_body
 
@@ -348,7 +349,7 @@ class BeanstalkProtocol(Protocol):
 
     def _answer(self, reply: bytes) -> None:
         if not self._closed:
-            self.transport.write(reply)
+            write_now(self.transport, reply)
 
     def _run(self, name: str, command: Callable[[], object]) -> None:
         """Run one command: answer at once, or once its Deferred fires."""

@@ -31,6 +31,7 @@ from allq.errors import (
     Timeout,
     error_for_code,
 )
+from allq.socket_writes import write_now
 from allq.vocabulary import MAX_BATCH, SERVER_REQUEST_TIMEOUT
 from allq.wire.crypto import FrameError, HandshakeError, Session, client_hello, parse_challenge_line
 from allq.wire.keys import ClientKeys
@@ -153,15 +154,19 @@ class ServerConnection(LineOnlyReceiver):
             elif self._flush_call is None:
                 self._flush_call = self._clock.callLater(0, self._flush)
         else:
-            self.sendLine(self._session.seal(dumps(frame)))
+            self._write_frame(frame)
         return self._expiry.watch(d, self._timeout, self._timed_out)
+
+    def _write_frame(self, message: object) -> None:
+        # One write per frame, sent at once when nothing is buffered.
+        write_now(self.transport, self._session.seal(dumps(message)) + b"\n")
 
     def _flush(self) -> None:
         """Send the requests queued this turn: alone, or as one batch frame."""
         self._cancel_flush()
         outbox, self._outbox = self._outbox, []
         if outbox and not self.closed:
-            self.sendLine(self._session.seal(dumps(outbox[0] if len(outbox) == 1 else outbox)))
+            self._write_frame(outbox[0] if len(outbox) == 1 else outbox)
 
     def _cancel_flush(self) -> None:
         if self._flush_call is not None and self._flush_call.active():
@@ -172,6 +177,13 @@ class ServerConnection(LineOnlyReceiver):
         return Timeout(f"no reply within {self._timeout:g} s; the outcome is unknown")
 
     # -- receiving -------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        # Requests and replies are small frames, often several in flight:
+        # Nagle's algorithm would hold one back for the server's delayed ACK.
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            no_delay(True)
 
     def lineReceived(self, line: bytes) -> None:
         if line.startswith(_ERROR_PREFIX):

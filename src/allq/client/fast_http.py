@@ -56,6 +56,7 @@ from allq.client.http import error_body, json_response
 from allq.client.http_request import EndHook, too_large_response
 from allq.client.site import OneWriteHTTPChannel
 from allq.errors import BadRequest
+from allq.socket_writes import write_now
 from allq.wire.messages import dumps
 
 #: Parsed requests that may wait behind the one being answered before reading pauses.
@@ -510,7 +511,7 @@ class FastRequest:
         for name, value in headers.items():
             parts += (canonical.get(name) or _canonical(name), b": ", value, b"\r\n")
         parts += (b"\r\n", b"" if no_body else body)
-        self._connection.transport.write(b"".join(parts))
+        write_now(self._connection.transport, b"".join(parts))
         self._factory.site.log(self)
         self._ended(True)
         self._connection.answered(self, close=not self._persistent)

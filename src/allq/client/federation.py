@@ -48,6 +48,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from allq.client.chains import own_result
 from allq.client.link import ServerLink
 from allq.client.longpoll import LongPolls
 from allq.client.membership import Membership
@@ -267,14 +268,14 @@ class Federation(MultiService):
         :param wait: seconds to wait for a job when none is ready (long poll).
         :raises Unavailable: no server answered within the retry budget.
         """
-        d = Deferred.fromCoroutine(self._get(tube, count, delete, wait))
-        return self._observed("get", d).addCallback(self._got, tube, delete)
+        chain = self._first_pass(tube, count, delete)
+        if wait > 0:
+            chain.addCallback(self._wait_if_none, tube, count, delete, wait)
+        return self._observed("get", own_result(chain)).addCallback(self._got, tube, delete)
 
-    async def _get(self, tube: str, count: int, delete: bool, wait: float) -> list[FetchedJob]:
-        jobs = await self._get_once(tube, count, delete)
-        if not jobs and wait > 0:
-            jobs = await self._polls.wait(tube, count, delete, wait)
-        return jobs
+    def _wait_if_none(self, jobs: list[FetchedJob], tube: str, count: int, delete: bool,
+                      wait: float) -> list[FetchedJob] | Deferred:
+        return jobs if jobs else self._polls.wait(tube, count, delete, wait)
 
     def get_any(self, tubes: list[str], *, count: int = 1, delete: bool = False,
                 wait: float = 0) -> Deferred:
@@ -291,7 +292,7 @@ class Federation(MultiService):
         if len(key) == 1:
             key = key[0]
         if wait <= 0:
-            d = Deferred.fromCoroutine(self._get_once(key, count, delete))
+            d = self._get_once(key, count, delete)
             return self._observed("get", d).addCallback(self._got_any, delete)
         get = _CancellableGet()
         d = Deferred.fromCoroutine(self._get_cancellable(get, key, count, delete, wait))
@@ -323,25 +324,57 @@ class Federation(MultiService):
             observer.got(tube, jobs, delete)
         return jobs
 
-    async def _get_once(self, tube: str | tuple[str, ...], count: int,
-                        delete: bool) -> list[FetchedJob]:
+    def _get_once(self, tube: str | tuple[str, ...], count: int, delete: bool) -> Deferred:
         """One pass over the healthy servers in random order, backing off while
-        none answers. ``tube`` may be a tuple of tubes (``get_any``)."""
+        none answers; fires with the jobs got. ``tube`` may be a tuple of tubes
+        (``get_any``)."""
+        return own_result(self._first_pass(tube, count, delete))
+
+    def _first_pass(self, tube: str | tuple[str, ...], count: int, delete: bool) -> Deferred:
+        """:meth:`_get_once` as a callback chain (see :func:`own_result`).
+
+        The first server, drawn at random, is asked without a coroutine: when it
+        hands out enough jobs, or is the only one, that is the whole pass.
+        Otherwise :meth:`_get_passes` asks the others, in random order.
+        """
         deadline = self._retries.deadline()
+        links = self._servers.healthy()
+        if not links:
+            return Deferred.fromCoroutine(
+                self._get_passes(tube, count, delete, deadline, [], [], False))
+        first = links.pop(random.randrange(len(links)))
+        return first.request(*_get_request(tube, count, delete)).addCallbacks(
+            self._first_answered, self._first_failed,
+            callbackArgs=(tube, count, delete, deadline, links),
+            errbackArgs=(tube, count, delete, deadline, links, first))
+
+    def _first_answered(self, result: dict, tube, count: int, delete: bool, deadline: float,
+                        rest: list[ServerLink]) -> list[FetchedJob] | Deferred:
+        jobs = list(map(FetchedJob.from_reply, result["jobs"]))
+        if len(jobs) >= count or not rest:
+            return jobs
+        return Deferred.fromCoroutine(
+            self._get_passes(tube, count, delete, deadline, rest, jobs, True))
+
+    def _first_failed(self, failure: Failure, tube, count: int, delete: bool, deadline: float,
+                      rest: list[ServerLink], first: ServerLink) -> Deferred:
+        failure.trap(Unavailable)
+        self._retried("get", first.address)
+        return Deferred.fromCoroutine(
+            self._get_passes(tube, count, delete, deadline, rest, [], False))
+
+    async def _get_passes(self, tube, count: int, delete: bool, deadline: float,
+                          links: list[ServerLink], jobs: list[FetchedJob],
+                          answered: bool) -> list[FetchedJob]:
+        """The rest of a pass (``links`` not asked yet, ``jobs`` got so far, whether
+        a server ``answered``), then new passes after a backoff while none answers."""
         attempt = 0
         while True:
-            links = self._servers.healthy()
             random.shuffle(links)
-            jobs: list[FetchedJob] = []
-            answered = False
             for link in links:
-                if type(tube) is tuple:
-                    action, params = "get_any", {"tubes": list(tube)}
-                else:
-                    action, params = "get", {"tube": tube}
                 try:
                     result = await link.request(
-                        action, {**params, "count": count - len(jobs), "delete": delete})
+                        *_get_request(tube, count - len(jobs), delete))
                 except Unavailable:
                     self._retried("get", link.address)
                     continue
@@ -352,6 +385,7 @@ class Federation(MultiService):
             if answered:
                 return jobs
             attempt = await self._retries.backoff(attempt, deadline, "get")
+            links, jobs = self._servers.healthy(), []
 
     async def _give_back(self, jobs: list[FetchedJob]) -> None:
         for job in jobs:
@@ -670,6 +704,13 @@ class _CancellableGet:
 
         work.addBoth(settle)
         return result
+
+
+def _get_request(tube: str | tuple[str, ...], count: int, delete: bool) -> tuple[str, dict]:
+    """The wire request of a get from one tube, or (a tuple) from several."""
+    if type(tube) is tuple:
+        return "get_any", {"tubes": list(tube), "count": count, "delete": delete}
+    return "get", {"tube": tube, "count": count, "delete": delete}
 
 
 def _put_params(tube: str, body: str | bytes, *, priority=None, ttl=None, delay=0,

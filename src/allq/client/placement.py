@@ -31,7 +31,9 @@ from itertools import count
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from allq.client.chains import own_result
 from allq.client.link import NotConnected, ServerLink
 from allq.client.membership import Membership
 from allq.client.retry import Retries
@@ -93,8 +95,51 @@ class Placement:
 
     def store(self, action: str, params: dict) -> Deferred:
         """Place one job (``params``: the wire put's, with ``idempotency_key``);
-        fires with its job id."""
-        return Deferred.fromCoroutine(self._store(action, params))
+        fires with its job id.
+
+        The first try of a plain put (no parent, no key naming a server) is a
+        callback chain rather than a coroutine: when the first candidate stores
+        the job, as it nearly always does, that is the whole put. Any other
+        outcome goes on in :meth:`_store` exactly where its loop would stand.
+        """
+        if params.get("parent_id") is not None or ":" in params["idempotency_key"]:
+            return Deferred.fromCoroutine(self._store(action, params))
+        deadline = self._retries.deadline()
+        candidates = self._candidates(None, {})
+        if not candidates:
+            return Deferred.fromCoroutine(
+                self._store(action, params, deadline=deadline, candidates=[]))
+        first = candidates[0]
+        return own_result(first.request(action, params).addCallbacks(
+            self._first_stored, self._first_failed,
+            callbackArgs=(action, params, first),
+            errbackArgs=(action, params, first, candidates[1:], deadline)))
+
+    def _first_stored(self, reply: dict, action: str, params: dict, link: ServerLink) -> str:
+        return self._done(action, params, reply, link)
+
+    def _first_failed(self, failure: Failure, action: str, params: dict, link: ServerLink,
+                      rest: list[ServerLink], deadline: float) -> Deferred | Failure:
+        """What :meth:`_store`'s loop does with a first try that failed, then the loop."""
+        if failure.check(NotConnected):
+            pass  # never sent: the next candidate
+        elif failure.check(*_REFUSALS):
+            return Deferred.fromCoroutine(self._store(
+                action, params, refused={link: failure.value}, deadline=deadline,
+                candidates=rest))
+        elif failure.check(Unavailable):
+            self._unknown(action, link, failure.value)
+            return Deferred.fromCoroutine(self._store(
+                action, params, unsure=link, deadline=deadline, candidates=[]))
+        else:
+            return failure
+        return Deferred.fromCoroutine(
+            self._store(action, params, deadline=deadline, candidates=rest))
+
+    def _unknown(self, action: str, link: ServerLink, error: AllQError) -> None:
+        self._log.info("put on {address} outcome unknown ({error}); retrying",
+                       address=link.address, error=error.message)
+        self._retried(action, link.address)
 
     async def store_many(self, batch: list[dict]) -> list[str | AllQError]:
         """Place a batch of ``put`` jobs; per job, in order, its id or its error."""
@@ -148,17 +193,21 @@ class Placement:
         return job_id
 
     async def _store(self, action: str, params: dict, unsure: ServerLink | None = None,
-                     refused: dict[ServerLink, AllQError] | None = None) -> str:
+                     refused: dict[ServerLink, AllQError] | None = None,
+                     deadline: float | None = None,
+                     candidates: list[ServerLink] | None = None) -> str:
         """The retry loop: try the candidates, back off, until stored or refused
         everywhere or out of budget.
 
         :param unsure: the server that may already hold the job (an earlier try's
             outcome is unknown there).
         :param refused: servers that already refused it as draining or full.
+        :param deadline: when the put began, plus the budget (default: now).
+        :param candidates: the rest of a first round begun by :meth:`store`.
         :raises UnknownOutcome: the budget ran out while the job may be stored on
             ``unsure``; it names the key to retry with.
         """
-        deadline = self._retries.deadline()
+        deadline = self._retries.deadline() if deadline is None else deadline
         parent = params.get("parent_id")
         # A child goes to its parent's server only: no failover, no refusal list.
         # A retry with the key of an unknown outcome goes to that server only,
@@ -168,8 +217,9 @@ class Placement:
         refused = {} if refused is None else refused
         attempt = 0
         while True:
-            only = holder or pinned
-            candidates = [only] if only is not None else self._candidates(unsure, refused)
+            if candidates is None:
+                only = holder or pinned
+                candidates = [only] if only is not None else self._candidates(unsure, refused)
             for link in candidates:
                 try:
                     result = await link.request(action, params)
@@ -187,11 +237,10 @@ class Placement:
                     continue
                 except Unavailable as e:
                     unsure = link
-                    self._log.info("put on {address} outcome unknown ({error}); retrying",
-                                   address=link.address, error=e.message)
-                    self._retried(action, link.address)
+                    self._unknown(action, link, e)
                     break
                 return self._done(action, params, result, link)
+            candidates = None
             if unsure is None:
                 if holder is not None:
                     raise Unavailable(f"the server holding parent {parent[:90]} is down")

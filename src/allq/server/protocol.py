@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 from allq import __version__
 from allq.errors import AllQError, BadRequest
 from allq.server.dispatch import Dispatcher
+from allq.socket_writes import write_now
 from allq.wire.crypto import (
     Authenticator,
     FrameError,
@@ -84,6 +85,11 @@ class ServerProtocol(LineOnlyReceiver):
         return None if self._session is None else self._session.peer_public
 
     def connectionMade(self) -> None:
+        # A reply is one frame that its client may be waiting on: Nagle's
+        # algorithm would hold it for the client's delayed ACK.
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            no_delay(True)
         self._challenge = new_challenge()
         self._handshake_timeout = self._factory.clock.callLater(
             HANDSHAKE_TIMEOUT, self._refuse, "handshake_timeout", "no HELLO in time"
@@ -178,7 +184,7 @@ class ServerProtocol(LineOnlyReceiver):
             self._send(error_reply(None, AllQError("internal error handling the frame")))
             return
         # What _send does, inline: this is the path of every request.
-        self.sendLine(self._session.seal(dumps(reply)))
+        write_now(self.transport, self._session.seal(dumps(reply)) + b"\n")
         factory.after_frame()
 
     def _check_idle(self) -> None:
@@ -196,7 +202,7 @@ class ServerProtocol(LineOnlyReceiver):
             self._idle_call = self._factory.clock.callLater(timeout - silent, self._check_idle)
 
     def _send(self, obj: object) -> None:
-        self.sendLine(self._session.seal(dumps(obj)))
+        write_now(self.transport, self._session.seal(dumps(obj)) + b"\n")
 
     def _refuse(self, code: str, message: str) -> None:
         self._handshake_timeout = None if code == "handshake_timeout" else self._handshake_timeout
