@@ -200,3 +200,23 @@ def test_firings_missed_while_down_follow_the_policy(server, missed, jobs):
     assert listed["missed_total"] == (8 if missed == "once" else 9)
     again.service.stopService()
     restarted.journal.close()
+
+
+def test_a_full_disk_refuses_schedule_changes_but_lists(scheduled):
+    from allq.server.readonly import ReadOnlyDispatcher
+
+    scheduled.dispatcher = ReadOnlyDispatcher(scheduled.dispatcher)
+    error = scheduled.call("schedule_add", name="s", tube="t", body="", every=1)
+    assert error["code"] == "disk_full"
+    assert scheduled.call("schedule_list") == {"schedules": []}
+
+
+def test_an_unreadable_schedule_record_is_counted_not_fatal():
+    from allq.server.recovery import Recovered, _apply
+
+    state = Recovered("unused")
+    assert _apply(state, ["R", "bad", {"tube": "t"}]) is True
+    assert _apply(state, ["R", "worse", 7]) is False
+    schedules = Schedules()
+    assert restore_schedules(schedules, state, START) == 1
+    assert len(schedules) == 0
