@@ -42,7 +42,10 @@ from allq.client.federation import Federation
 from allq.client.link import NotConnected, normalize_address, parse_address
 from allq.core.queue import Queue, QueueConfig
 from allq.errors import ConnectionLost, Unavailable, error_for_code
+from allq.core.idempotency import IdempotencyKeys
+from allq.core.schedules import Schedules
 from allq.server.dispatch import Dispatcher
+from allq.server.schedules import ScheduleService
 from allq.server.tap import derived_server_id
 from allq.wire.messages import encode_request
 
@@ -63,7 +66,11 @@ class MemoryLink(Service):
         self.address = normalize_address(address)
         self.server_id = derived_server_id(host, port)
         self.queue = Queue(config or QueueConfig(), started=clock.seconds())
-        self.dispatcher = Dispatcher(self.queue, clock, lambda: self.server_id)
+        #: The server's schedules: kept, not fired by themselves (the service is not
+        #: started, so nothing is on the clock); :meth:`fire_schedules` fires the due ones.
+        self.schedules = ScheduleService(Schedules(), self.queue, clock, IdempotencyKeys())
+        self.dispatcher = Dispatcher(self.queue, clock, lambda: self.server_id,
+                                     schedules=self.schedules)
         self._clock = clock
         self._request_ids = count(1)
         #: Whether the link has a live connection; ``False``: requests fail at once.
@@ -101,6 +108,10 @@ class MemoryLink(Service):
         """Make the next request (or batch item) fail with ``error`` without
         reaching the server; ``None`` lets that one through. Calls queue up."""
         self._failures.append(error)
+
+    def fire_schedules(self) -> None:
+        """Fire the schedules due now, as the server's timer would."""
+        self.schedules._fire()
 
     def release_held(self) -> None:
         """Deliver every reply held while :attr:`hold` was set, in order."""

@@ -19,7 +19,8 @@ PACKAGE = SRC / "allq"
 LAYERS = {
     # twisted: what both daemons share (config, listening, logs); nacl: speedups only.
     "ground": ({"ground"}, {"attrs", "twisted", "zope", "prometheus_client", "nacl"}),
-    "core": ({"ground"}, {"attrs"}),
+    # croniter: pure date arithmetic for recurring schedules (allq.core.schedules).
+    "core": ({"ground"}, {"attrs", "croniter"}),
     "wire": ({"ground"}, {"attrs", "nacl"}),
     "server": ({"ground", "core", "wire"},
                {"attrs", "twisted", "zope", "prometheus_client", "nacl"}),

@@ -209,3 +209,37 @@ def check_error_text(error: object) -> str:
     if not isinstance(error, str) or not 0 < len(error) <= MAX_ERROR_LENGTH:
         raise BadRequest(f"error must be a string of 1 to {MAX_ERROR_LENGTH} characters")
     return error
+
+
+# -- recurring schedules (allq.core.schedules) -------------------------------------------
+
+#: A schedule's name: what names it in every route, and what places it on a server.
+SCHEDULE_NAME = re.compile(r"[A-Za-z0-9_.:@=+/-]{1,200}")
+#: The shortest and longest ``every`` period: a firing per second at most (a tighter
+#: loop is a job for a worker, not a schedule), one a year at least.
+MIN_EVERY = 1.0
+MAX_EVERY = 366 * 24 * 3600.0
+#: What a schedule does about firings it missed while its server was down.
+MISSED_POLICIES = ("once", "skip")
+
+
+def check_schedule_name(name: object, what: str = "name") -> str:
+    """Validate a schedule's name: 1-200 letters, digits or ``_.:@=+/-``."""
+    if not isinstance(name, str) or not SCHEDULE_NAME.fullmatch(name):
+        raise BadRequest(f"{what} must be 1-200 letters, digits or _.:@=+/-")
+    return name
+
+
+def check_every(every: object) -> float:
+    """Validate a schedule's period in seconds: from :data:`MIN_EVERY` to :data:`MAX_EVERY`."""
+    if isinstance(every, bool) or not isinstance(every, int | float) or not (
+            MIN_EVERY <= every <= MAX_EVERY):  # NaN fails the comparison
+        raise BadRequest(f"every must be a number of seconds from {MIN_EVERY:g} to "
+                         f"{MAX_EVERY:.0f}")
+    return float(every)
+
+
+def check_missed_policy(policy: object) -> str:
+    if policy not in MISSED_POLICIES:
+        raise BadRequest(f"missed must be one of {', '.join(MISSED_POLICIES)}")
+    return policy  # type: ignore[return-value]

@@ -57,6 +57,7 @@ from allq.client.placement import Placement
 from allq.client.placement import idempotency_key as new_key
 from allq.client.records import FetchedJob, JobStats, ServerStats
 from allq.client.retry import DEFAULT_RETRY_BUDGET, Retries
+from allq.client.schedules import ScheduleRouter
 from allq.errors import AllQError, NotFound, Unavailable, WrongState
 from allq.vocabulary import check_tps, check_tube, is_parent_alias
 from allq.wire.bodies import encode_body
@@ -87,6 +88,7 @@ class Federation(MultiService):
         self._retries = Retries(clock, retry_budget, self._retried, self._servers.why_down)
         self._placement = Placement(self._servers, self._retries, self._stored, self._retried)
         self._polls = LongPolls(clock, self._retries, self._get_once, self._give_back)
+        self._schedules = ScheduleRouter(self._servers)
 
     def observe(self, observer: FederationObserver) -> None:
         """Report what happens from now on to ``observer`` too."""
@@ -629,6 +631,26 @@ class Federation(MultiService):
     async def _tube_count(self, link: ServerLink, tube: str, state: str) -> int:
         stats = await link.request("stats", {})
         return sum(t[state] for t in stats["tubes"] if t["tube"] == tube)
+
+    # -- recurring schedules (allq.client.schedules) ------------------------------
+
+    def add_schedule(self, params: dict) -> Deferred:
+        """Create or replace a recurring schedule on the server its name picks
+        (``params``: the ``schedule_add`` wire params); fires with its description."""
+        if type(params.get("body")) is bytes:
+            params = dict(params)
+            params["body"], params["body_encoding"] = encode_body(params["body"])
+        d = Deferred.fromCoroutine(self._schedules.add(params))
+        return self._observed("schedule_add", d)
+
+    def schedules(self) -> Deferred:
+        """Every schedule of every reachable server, with its next firing."""
+        return self._observed("schedule_list", Deferred.fromCoroutine(self._schedules.list()))
+
+    def schedule_action(self, action: str, name: str) -> Deferred:
+        """``pause``, ``resume`` or ``remove`` the schedule ``name``."""
+        d = Deferred.fromCoroutine(self._schedules.act("schedule_" + action, name))
+        return self._observed("schedule_" + action, d)
 
     # -- reporting ---------------------------------------------------------------
 

@@ -26,7 +26,10 @@ the reply shapes)
     (``server_url``), ``update_servers`` (``servers``); allq's extras under their
     REST names: ``fair`` (``tube``, ``policy``), ``max_size``, and the batches
     ``put_multiple_jobs`` (``jobs``, top-level fields as defaults) and
-    ``delete_multiple_jobs`` (``job_ids``).
+    ``delete_multiple_jobs`` (``job_ids``); recurring schedules (README "Recurring
+    schedules"): ``add_schedule`` (the fields of ``POST /schedule``),
+    ``list_schedules``, ``pause_schedule``, ``resume_schedule`` and ``delete_schedule``
+    (``name``).
 
 Errors
     ``{"response": {"action": A, "error": TEXT, "code": CODE}}``: AllQueue's shape,
@@ -59,8 +62,9 @@ from allq.client import jsonl_requests as read
 from allq.client.expiry import Expiry
 from allq.client.federation import Federation
 from allq.client.rest_requests import batch_items, job_ids_body, new_job, new_parent_job
+from allq.client.schedule_requests import new_schedule
 from allq.errors import AllQError, BadRequest, Timeout, TooLarge, UnknownAction
-from allq.vocabulary import FRONTEND_REQUEST_TIMEOUT
+from allq.vocabulary import FRONTEND_REQUEST_TIMEOUT, check_schedule_name
 from allq.wire.messages import dumps
 
 DEFAULT_PORT = 7766
@@ -116,6 +120,11 @@ class JsonLinesApi:
             "max_size": self._max_size,
             "put_multiple_jobs": self._put_many,
             "delete_multiple_jobs": self._delete_many,
+            "add_schedule": self._add_schedule,
+            "list_schedules": self._list_schedules,
+            "pause_schedule": self._schedule_action("pause"),
+            "resume_schedule": self._schedule_action("resume"),
+            "delete_schedule": self._schedule_action("remove"),
         }
 
     @property
@@ -262,6 +271,26 @@ class JsonLinesApi:
         return self._bounded(self._federation.max_size(tube, size)).addCallback(
             lambda servers: replies.action_reply("max_size", tube=tube, max_size=size,
                                                  servers=servers))
+
+    # -- recurring schedules -------------------------------------------------------
+
+    def _add_schedule(self, params: dict) -> Deferred:
+        d = self._bounded(self._federation.add_schedule(new_schedule(params)))
+        return d.addCallback(lambda schedule: replies.action_reply(
+            "add_schedule", schedule=schedule))
+
+    def _list_schedules(self, params: dict) -> Deferred:
+        return self._bounded(self._federation.schedules()).addCallback(
+            lambda schedules: replies.action_reply("list_schedules", schedules=schedules))
+
+    def _schedule_action(self, action: str) -> Callable[[dict], Deferred]:
+        name = "delete_schedule" if action == "remove" else f"{action}_schedule"
+
+        def act(params: dict) -> Deferred:
+            schedule = check_schedule_name(params.get("name"))
+            d = self._bounded(self._federation.schedule_action(action, schedule))
+            return d.addCallback(lambda result: replies.action_reply(name, schedule=result))
+        return act
 
     # -- servers -----------------------------------------------------------------
 

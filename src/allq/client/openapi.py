@@ -29,6 +29,7 @@ from allq.vocabulary import (
     PARENT_ALIAS,
     TUBE_NAME,
 )
+from allq.vocabulary import MAX_EVERY, MIN_EVERY, MISSED_POLICIES, SCHEDULE_NAME
 
 _BOOLEAN_WORDS = ("true", "false", "1", "0", "yes", "no")
 
@@ -642,6 +643,7 @@ def document(*, max_body: int) -> dict:
             "openapi_get", "admin", "This document.",
             _json(_ref("schemas", "OpenApi"), "The OpenAPI document"), ("500",))},
     }
+    paths.update(_schedule_paths(body, body_note))
     paths["/health"]["get"]["responses"]["503"] = _json(
         _ref("schemas", "Health"), "No server is up (same body)")
     return {
@@ -660,11 +662,115 @@ def document(*, max_body: int) -> dict:
         },
         "servers": [{"url": "http://localhost:8090"}],
         "tags": [{"name": "actions", "description": "jobs and tubes"},
-                 {"name": "admin", "description": "servers, stats and this document"}],
+                 {"name": "admin", "description": "servers, stats and this document"},
+                 {"name": "schedules", "description": "recurring schedules"}],
         "paths": paths,
         "components": {
-            "schemas": _schemas(),
-            "parameters": _parameters(),
+            "schemas": {**_schemas(), **_schedule_schemas()},
+            "parameters": {**_parameters(), "schedule_name": _query(
+                "name", {"type": "string", "pattern": f"^{SCHEDULE_NAME.pattern}$"},
+                "the schedule's name", required=True)},
             "responses": _responses(),
         },
+    }
+
+
+# -- recurring schedules (allq.client.schedules) ------------------------------------------
+
+
+def _schedule_schemas() -> dict:
+    name = {"type": "string", "pattern": f"^{SCHEDULE_NAME.pattern}$"}
+    tube = {"type": "string", "pattern": f"^{TUBE_NAME.pattern}$"}
+    seconds = {"type": "number", "minimum": 0, "maximum": MAX_SECONDS}
+    every = {"type": "number", "minimum": MIN_EVERY, "maximum": MAX_EVERY,
+             "description": "seconds between firings"}
+    cron = {"type": "string", "maxLength": 200, "description": "five fields: minute hour "
+            "day-of-month month day-of-week, in timezone (e.g. \"0 9 * * mon-fri\")"}
+    options = {
+        "name": name, "tube": tube,
+        "timezone": {"type": "string", "maxLength": 100, "default": "UTC",
+                     "description": "IANA time zone of the cron expression"},
+        "missed": {"enum": list(MISSED_POLICIES), "default": "once",
+                   "description": "firings missed while the schedule's server was down: "
+                   "once (fire once on recovery) or skip"},
+        "body": {"type": "string"},
+        "body_base64": {"type": "string", "description": "a binary body, base64"},
+        "priority": {"type": "integer", "minimum": 0, "maximum": MAX_PRIORITY},
+        "ttl": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_SECONDS},
+        "delay": seconds,
+        "expired_limit": {"type": "integer", "minimum": 1, "maximum": MAX_EXPIRED_LIMIT},
+    }
+    schedule = {
+        "type": "object",
+        "required": ["name", "tube", "cron", "every", "timezone", "paused", "next_run",
+                     "server_id"],
+        "properties": {
+            "name": name, "tube": tube, "body": {"type": "string"},
+            "cron": {"type": ["string", "null"]}, "every": {"type": ["number", "null"]},
+            "timezone": {"type": "string"}, "missed": {"enum": list(MISSED_POLICIES)},
+            "paused": {"type": "boolean"},
+            "next_run": {"type": ["number", "null"], "description": "unix time of the next "
+                         "firing (null while paused)"},
+            "next_run_local": {"type": ["string", "null"],
+                               "description": "the same, ISO 8601 in the schedule's zone"},
+            "fired": {"type": "integer"}, "last_fired": {"type": ["number", "null"]},
+            "missed_total": {"type": "integer", "description": "firings dropped: collapsed "
+                             "after a late timer, or missed while the server was down"},
+            "server_id": {"type": "string", "description": "the server it lives on"},
+            "server": {"type": "string"},
+        },
+    }
+    return {
+        "NewSchedule": {
+            "type": "object", "additionalProperties": False, "required": ["name", "tube"],
+            "description": "exactly one of cron and every",
+            "properties": {**options, "cron": cron, "every": every},
+        },
+        "Schedule": schedule,
+        "ScheduleResult": {
+            "type": "object", "required": ["action", "schedule"],
+            "properties": {"action": {"type": "string"},
+                           "schedule": _ref("schemas", "Schedule")},
+        },
+        "ScheduleList": {
+            "type": "object", "required": ["schedules"],
+            "properties": {"schedules": {"type": "array",
+                                         "items": _ref("schemas", "Schedule")}},
+        },
+        "ScheduleRemoved": {
+            "type": "object", "required": ["action", "name", "server_id"],
+            "properties": {"action": {"const": "remove_schedule"}, "name": name,
+                           "server_id": {"type": "string"}},
+        },
+    }
+
+
+def _schedule_paths(body, body_note: str) -> dict:
+    errors = ("400", "404", *_FEDERATED)
+    return {
+        "/schedule": {
+            "post": _op(
+                "schedule_post", "schedules", "Create (or replace, by name) a recurring "
+                "schedule: every firing puts one job into tube, from the clock of the one "
+                "server the name picks (rendezvous hashing over the server ids). 503 when "
+                "that server is down. A bad cron expression or an unknown timezone is "
+                "400." + body_note,
+                _json(_ref("schemas", "ScheduleResult"), "Stored on its server"),
+                ("400", "413", "415", *_FEDERATED), body=body("NewSchedule")),
+            "delete": _op(
+                "schedule_delete", "schedules", "Remove a schedule (the jobs it put stay).",
+                _json(_ref("schemas", "ScheduleRemoved"), "Removed"), errors,
+                ("schedule_name",)),
+        },
+        "/schedules": {"get": _op(
+            "schedules_get", "schedules", "Every schedule of every reachable server, with "
+            "its next firing.", _json(_ref("schemas", "ScheduleList"), "The schedules"),
+            _FEDERATED)},
+        "/schedule/pause": {"put": _op(
+            "schedule_pause_put", "schedules", "Stop a schedule's firings until resumed.",
+            _json(_ref("schemas", "ScheduleResult"), "Paused"), errors, ("schedule_name",))},
+        "/schedule/resume": {"put": _op(
+            "schedule_resume_put", "schedules", "Fire a paused schedule again, from its "
+            "next firing after now (nothing missed while paused is caught up).",
+            _json(_ref("schemas", "ScheduleResult"), "Resumed"), errors, ("schedule_name",))},
     }

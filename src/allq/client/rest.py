@@ -76,6 +76,7 @@ from allq.client.http import (
 )
 from allq.client.records import FetchedJob
 from allq.client.rest_replies import batch_reply, rest_job, rest_stats
+from allq.client.schedule_requests import new_schedule
 from allq.client.rest_requests import (
     arg,
     batch_items,
@@ -106,6 +107,7 @@ from allq.vocabulary import (
     check_clear_state,
     check_error_text,
     check_fair_setting,
+    check_schedule_name,
 )
 
 KIB = 1024
@@ -384,6 +386,44 @@ max_body=max_body)
         tube = tube_arg(request)
         servers = await self._bounded(call(tube, flag))
         return json_response(request, {"action": action, "tube": tube, "servers": servers})
+
+    # -- recurring schedules (allq.client.schedules) -------------------------------
+
+    @app.route("/schedule", methods=["POST"])
+    async def add_schedule(self, request: IRequest) -> bytes:
+        """Create or replace a recurring schedule (``NewSchedule``) on its server."""
+        params = new_schedule(read_json(request, self._max_body))
+        schedule = await self._bounded(self._federation.add_schedule(params))
+        return json_response(request, {"action": "schedule", "schedule": schedule})
+
+    @app.route("/schedules", methods=["GET"])
+    async def list_schedules(self, request: IRequest) -> bytes:
+        """Every schedule, with its next firing, from every reachable server."""
+        schedules = await self._bounded(self._federation.schedules())
+        return json_response(request, {"schedules": schedules})
+
+    @app.route("/schedule/pause", methods=["PUT"])
+    async def pause_schedule(self, request: IRequest) -> bytes:
+        """Stop a schedule's firings until it is resumed."""
+        return await self._schedule_action(request, "pause")
+
+    @app.route("/schedule/resume", methods=["PUT"])
+    async def resume_schedule(self, request: IRequest) -> bytes:
+        """Fire a paused schedule again, from its next firing after now."""
+        return await self._schedule_action(request, "resume")
+
+    @app.route("/schedule", methods=["DELETE"])
+    async def remove_schedule(self, request: IRequest) -> bytes:
+        """Remove a schedule (jobs it already put stay)."""
+        return await self._schedule_action(request, "remove")
+
+    async def _schedule_action(self, request: IRequest, action: str) -> bytes:
+        name = check_schedule_name(required_arg(request, "name"))
+        result = await self._bounded(self._federation.schedule_action(action, name))
+        if action == "remove":
+            return json_response(request, {"action": "remove_schedule", "name": name,
+                                           "server_id": result["server_id"]})
+        return json_response(request, {"action": f"{action}_schedule", "schedule": result})
 
     # -- servers ---------------------------------------------------------------
 

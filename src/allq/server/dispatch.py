@@ -15,7 +15,8 @@ from allq import __version__
 from allq.core.idempotency import IdempotencyKeys
 from allq.core.job import Job
 from allq.core.queue import Queue
-from allq.errors import AllQError, BadRequest, NotFound
+from allq.errors import AllQError, BadRequest, NotFound, UnknownAction
+from allq.server.schedules import ScheduleService
 from allq.vocabulary import JobRef, check_seconds
 from allq.wire.bodies import decode_body, encode_body
 from allq.wire.messages import decode_request, error_reply, request_id_of, result_reply
@@ -41,7 +42,9 @@ class Dispatcher:
         idempotency: IdempotencyKeys | None = None,
         log_jobs: bool = False,
         disk_full: Callable[[], bool] = lambda: False,
+        schedules: ScheduleService | None = None,
     ) -> None:
+        self._schedules = schedules
         self._log_jobs = log_jobs
         self._disk_full = disk_full
         self._queue = queue
@@ -291,3 +294,25 @@ class Dispatcher:
 
     def _do_ping(self, now):
         return {"server_id": self._server_id()}
+
+    # -- recurring schedules (allq.server.schedules) ---------------------------------
+
+    def _schedule_service(self) -> ScheduleService:
+        if self._schedules is None:
+            raise UnknownAction("this server keeps no schedules")
+        return self._schedules
+
+    def _do_schedule_add(self, now, **params):
+        return self._schedule_service().add(now, **params)
+
+    def _do_schedule_list(self, now):
+        return self._schedule_service().list()
+
+    def _do_schedule_pause(self, now, *, name):
+        return self._schedule_service().set_paused(name, True, now)
+
+    def _do_schedule_resume(self, now, *, name):
+        return self._schedule_service().set_paused(name, False, now)
+
+    def _do_schedule_remove(self, now, *, name):
+        return self._schedule_service().remove(name)

@@ -30,6 +30,8 @@ mismatch or undecodable JSON marks the end of the good prefix. Records::
     ["t", tube, throttle, paused, draining, fair_setting, max_size]  tube settings
     ["S", draining]                                         the server's drain flag
     ["k", key, id, expires]                                 a put's idempotency key
+    ["R", name, schedule | null]                            a recurring schedule, whole
+                                                            (null: removed)
     ["snapshot", 1, G, next_id, created]                    first line of snapshot G
     ["end", records]                                        last line of a snapshot
 
@@ -115,6 +117,7 @@ from allq.server.records import (
     error_record,
     job_record,
     journal_name,
+    schedule_record,
     snapshot_name,
     state_record,
     tube_record,
@@ -285,6 +288,7 @@ class Journal(Service):
         self._retry: LoopingCall | None = None
         self._queue = None
         self._keys = None
+        self._schedules = None
         self._fd: int | None = None
         self._buffer: list[bytes] = []
         self._journal_bytes = 0
@@ -309,6 +313,16 @@ class Journal(Service):
         self._keys = keys
         if keys is not None:
             keys.on_remember = self.on_key
+
+    def attach_schedules(self, schedules) -> None:
+        """Follow ``schedules`` (:class:`allq.core.schedules.Schedules`): each change
+        is journaled, and snapshots keep them all."""
+        self._schedules = schedules
+        schedules.on_change = self.on_schedule
+
+    def on_schedule(self, name: str, schedule) -> None:
+        """A schedule was added, changed (a firing, a pause) or removed (``None``)."""
+        self._buffer.append(frame(schedule_record(name, schedule)))
 
     def on_key(self, key: str, job_id: int, expires: float) -> None:
         """A put's idempotency key was remembered: buffer its record. It follows
@@ -751,6 +765,10 @@ class _Compaction:
         if keys is not None:
             lines += [frame(["k", key, job_id, expires])
                       for key, job_id, expires in keys.entries()]
+        schedules = self._journal._schedules
+        if schedules is not None:
+            lines += [frame(schedule_record(schedule.spec.name, schedule))
+                      for schedule in schedules.all()]
         self._write(lines, records=len(lines))
         self._write([frame(["end", self._records])], records=0)
         self._jobs = []

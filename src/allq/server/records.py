@@ -7,7 +7,7 @@ record, ``<crc32 of payload, 8 hex digits> <payload>\\n``, the payload a
 compact JSON array.
 
 What it must not do: any I/O, or know anything of the queue beyond the
-fields of a job, a waiting parent and a tube.
+fields of a job, a waiting parent, a tube and a schedule.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import zlib
 
 from allq.core.job import Job
 from allq.core.parents import ParentInfo
+from allq.core.schedules import Schedule, ScheduleSpec
 from allq.errors import AllQError
 from allq.speedups import compact_json_encoder
 from allq.wire.bodies import decode_body, encode_body
@@ -150,3 +151,34 @@ def generation_of(name: str) -> int | None:
             if (not suffix or rest.endswith(suffix)) and number.isdigit():
                 return int(number)
     return None
+
+
+#: The fields of a schedule's spec in its ``R`` record, besides its name and body.
+_SPEC_FIELDS = ("tube", "cron", "every", "timezone", "missed", "priority", "ttl", "delay",
+                "expired_limit")
+_PROGRESS_FIELDS = ("anchor", "next_fire", "paused", "fired", "last_fired", "missed_total")
+
+
+def schedule_record(name: str, schedule: Schedule | None) -> list:
+    """The ``R`` record: a recurring schedule, whole (``None``: removed)."""
+    if schedule is None:
+        return ["R", name, None]
+    spec = schedule.spec
+    state = {field: getattr(spec, field) for field in _SPEC_FIELDS}
+    state["body"] = stored_body(spec.body)
+    state.update((field, getattr(schedule, field)) for field in _PROGRESS_FIELDS)
+    return ["R", name, state]
+
+
+def schedule_from_record(record: list) -> Schedule:
+    """The schedule an ``R`` record holds (not ``None``).
+
+    :raises ValueError: a field is missing or malformed.
+    """
+    _, name, state = record
+    try:
+        spec = ScheduleSpec(name=name, body=body_from_record(state["body"]),
+                            **{field: state[field] for field in _SPEC_FIELDS})
+        return Schedule(spec, **{field: state[field] for field in _PROGRESS_FIELDS})
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"schedule record {name!r}: {e}") from None

@@ -31,6 +31,7 @@ from allq.server.records import (
     LOCK_FILE,
     generation_of,
     journal_name,
+    schedule_from_record,
     snapshot_name,
     unframe,
 )
@@ -66,6 +67,7 @@ class Recovered:
     :ivar draining: the server's drain flag.
     :ivar keys: each idempotency key's latest ``k`` record.
     :ivar errors: each live job's last error (``e`` records), by job id.
+    :ivar schedules: each live schedule's latest ``R`` record, by name.
     :ivar max_id: the largest job id ever recorded (ids above it are new).
     :ivar generation: the journal generation to go on appending to.
     :ivar snapshot_bytes: size of the snapshot loaded (0: none).
@@ -81,6 +83,7 @@ class Recovered:
     draining: bool = False
     keys: dict[str, list] = attrs.Factory(dict)
     errors: dict[int, str] = attrs.Factory(dict)
+    schedules: dict[str, list] = attrs.Factory(dict)
     max_id: int = 0
     generation: int = 1
     snapshot_generation: int | None = None
@@ -310,6 +313,13 @@ def _apply(state: Recovered, record: list) -> bool:
         state.draining = bool(record[1])
     elif kind == "k" and size == 4 and isinstance(record[1], str):
         state.keys[record[1]] = record
+    elif kind == "R" and size == 3 and isinstance(record[1], str):
+        if record[2] is None:
+            state.schedules.pop(record[1], None)
+        elif isinstance(record[2], dict):
+            state.schedules[record[1]] = record
+        else:
+            return False
     else:
         return False
     return True
@@ -324,6 +334,18 @@ def restore_keys(keys, recovered: Recovered, now: float) -> int:
             keys.restore(key, job_id, expires, now)
             restored += 1
     return restored
+
+
+def restore_schedules(schedules, recovered: Recovered, now: float) -> int:
+    """Put the recovered schedules back into ``schedules`` (:class:`Schedules`),
+    each applying its missed-firing policy; how many could not be read."""
+    invalid = 0
+    for record in recovered.schedules.values():
+        try:
+            schedules.restore(schedule_from_record(record), now)
+        except (ValueError, TypeError):
+            invalid += 1
+    return invalid
 
 
 def _expiry(record: list) -> float:

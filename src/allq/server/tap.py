@@ -31,6 +31,7 @@ from twisted.python import usage
 from allq import __version__
 from allq.config import positive_float, positive_int, resolve
 from allq.core.idempotency import IdempotencyKeys
+from allq.core.schedules import Schedules
 from allq.core.queue import (
     DEFAULT_EXPIRED_LIMIT,
     DEFAULT_FAIR_PREFIX,
@@ -56,7 +57,14 @@ from allq.server.metrics import ServerMetrics, metrics_site
 from allq.server.keyreload import AuthorizedKeysWatcher
 from allq.server.protocol import DEFAULT_IDLE_TIMEOUT, ServerFactory
 from allq.server.readonly import ReadOnlyDispatcher
-from allq.server.recovery import DataDirError, recover, restore_keys, restore_queue
+from allq.server.recovery import (
+    DataDirError,
+    recover,
+    restore_keys,
+    restore_queue,
+    restore_schedules,
+)
+from allq.server.schedules import ScheduleService
 from allq.server.timer import DeadlineTimer
 from allq.vocabulary import SERVER_ID
 from allq.wire.crypto import Authenticator
@@ -337,13 +345,19 @@ def makeService(config: Options, reactor=None) -> MultiService:
         on_change=None if journal is None else journal.on_change,
     )
     idempotency = IdempotencyKeys()
+    schedules = Schedules()
     if journal is not None:
         _restore(queue, idempotency, journal, recovered, config["data-dir"], now, reactor)
+        _restore_schedules(schedules, journal, recovered, now)
     timer = DeadlineTimer(queue, reactor)
+    scheduler = ScheduleService(
+        schedules, queue, reactor, idempotency,
+        after_fire=_after_firing(timer, journal))
     factory = ServerFactory(
         authenticator=Authenticator(keys),
         dispatcher=Dispatcher(queue, reactor, identity.get, idempotency,
-                              log_jobs=config["log-jobs"], disk_full=disk.is_full),
+                              log_jobs=config["log-jobs"], disk_full=disk.is_full,
+                              schedules=scheduler),
         clock=reactor,
         server_id=identity.get,
         max_job_size=config["max-job-size"],
@@ -376,6 +390,7 @@ def makeService(config: Options, reactor=None) -> MultiService:
         journal.setServiceParent(service)
         reactor.addSystemEventTrigger("after", "shutdown", journal.close)
     timer.setServiceParent(service)
+    scheduler.setServiceParent(service)
     watcher.setServiceParent(service)
     listening_service(reactor, with_backlog(config["listen"], config["backlog"]), factory,
                       listening,
@@ -393,6 +408,26 @@ def makeService(config: Options, reactor=None) -> MultiService:
                           setting=PortSetting("allq-server", "--metrics", "ALLQ_METRICS")
                           ).setServiceParent(service)
     return service
+
+
+def _restore_schedules(schedules: Schedules, journal: Journal, recovered, now: float) -> None:
+    invalid = restore_schedules(schedules, recovered, now)
+    journal.attach_schedules(schedules)
+    if invalid:
+        _log.warn("{count} stored schedules could not be restored (invalid records)",
+                  count=invalid)
+    if len(schedules):
+        _log.info("restored {count} schedules", count=len(schedules))
+
+
+def _after_firing(timer: DeadlineTimer, journal: Journal | None):
+    """What follows a round of schedule firings: their jobs' deadlines armed, and
+    their records written now (they come outside any request frame)."""
+    def after() -> None:
+        timer.poke()
+        if journal is not None and not journal.disk_full:
+            journal.commit()
+    return after
 
 
 def _authorized_keys_path(config: Options) -> str | None:

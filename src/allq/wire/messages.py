@@ -62,6 +62,20 @@ Actions (params; ``?`` marks optional ones) and results
     ``clear``      tube, state? ("all") → ``{"cleared": n}``
     ``stats``      → ``{"server_id", "global": {...}, "tubes": [{...}, ...]}``
     ``ping``       → ``{"server_id"}``
+    ``schedule_add``  name, tube, body, body_encoding?, cron? | every?, timezone? ("UTC"),
+                   missed? ("once" | "skip"), priority?, ttl?, delay?, expired_limit? →
+                   ``{"schedule": schedule}``: creates or replaces a recurring schedule
+                   (:mod:`allq.core.schedules`); a bad cron or unknown timezone is
+                   ``bad_request``
+    ``schedule_list``  → ``{"schedules": [schedule, ...]}``
+    ``schedule_pause``, ``schedule_resume``  name → ``{"schedule": schedule}``
+    ``schedule_remove``  name → ``{"name", "removed": true}``; an unknown name is
+                   ``not_found`` for these three
+
+    A schedule is ``{"name", "tube", "body", "cron", "every", "timezone", "missed",
+    "priority", "ttl", "delay", "expired_limit", "paused", "next_run" (unix time, null
+    while paused), "next_run_local" (ISO 8601 in its zone), "fired", "last_fired",
+    "missed_total"}`` (:func:`allq.server.schedules.describe`).
 
     A job is ``{"job_id": "<server_id>,<n>", "tube", "body", "priority", "ttl",
     "expireds", "releases"}``, plus ``"body_encoding": "base64"`` when its body is
@@ -195,6 +209,29 @@ ACTIONS: dict[str, dict[str, tuple[str, object]]] = {
     "stats": {},
     "ping": {},
 }
+
+
+# Recurring schedules (allq.core.schedules), kept apart from the job actions above.
+ACTIONS.update({
+    "schedule_add": {
+        "name": ("str", _REQUIRED),
+        "tube": ("str", _REQUIRED),
+        "body": ("str", _REQUIRED),
+        "body_encoding": ("str", None),
+        "cron": ("str", None),
+        "every": ("number", None),
+        "timezone": ("str", None),
+        "missed": ("str", None),
+        "priority": ("int", None),
+        "ttl": ("number", None),
+        "delay": ("number", None),
+        "expired_limit": ("int", None),
+    },
+    "schedule_list": {},
+    "schedule_pause": {"name": ("str", _REQUIRED)},
+    "schedule_resume": {"name": ("str", _REQUIRED)},
+    "schedule_remove": {"name": ("str", _REQUIRED)},
+})
 
 
 @attrs.frozen

@@ -1,0 +1,52 @@
+"""Pure parsing of the schedule routes' requests (REST and JSON lines alike).
+
+The edge checks shapes and the vocabulary's limits; a cron expression and a time
+zone are checked by the server that keeps the schedule (one reader of cron, the
+core's), and come back as ``bad_request`` (400) with the reason.
+"""
+
+from collections.abc import Mapping
+
+from allq import vocabulary
+from allq.client.rest_requests import check_keys, field_int, field_seconds, field_str
+from allq.errors import BadRequest
+from allq.wire.bodies import BASE64, decode_body
+
+NEW_SCHEDULE_KEYS = frozenset({
+    "name", "cron", "every", "timezone", "missed", "tube", "body", "body_base64",
+    "priority", "ttl", "delay", "expired_limit",
+})
+
+
+def new_schedule(obj: Mapping) -> dict:
+    """Validate a ``NewSchedule`` body; the ``schedule_add`` params it stands for."""
+    check_keys(obj, NEW_SCHEDULE_KEYS)
+    name = vocabulary.check_schedule_name(obj.get("name"))
+    tube = vocabulary.check_tube(obj.get("tube"))
+    cron, every = field_str(obj, "cron"), obj.get("every")
+    if (cron is None) == (every is None):
+        raise BadRequest("give exactly one of cron and every")
+    if every is not None:
+        every = vocabulary.check_every(every)
+    body = field_str(obj, "body")
+    binary = field_str(obj, "body_base64")
+    if binary is not None:
+        if body is not None:
+            raise BadRequest("give body or body_base64, not both")
+        body = decode_body(binary, BASE64)
+    missed = obj.get("missed")
+    priority = field_int(obj, "priority")
+    expired_limit = field_int(obj, "expired_limit")
+    if expired_limit is not None:
+        vocabulary.check_count("expired_limit", expired_limit,
+                               maximum=vocabulary.MAX_EXPIRED_LIMIT)
+    return {
+        "name": name, "tube": tube, "cron": cron, "every": every,
+        "timezone": field_str(obj, "timezone"),
+        "missed": None if missed is None else vocabulary.check_missed_policy(missed),
+        "body": "" if body is None else body,
+        "priority": None if priority is None else vocabulary.check_priority(priority),
+        "ttl": field_seconds(obj, "ttl", positive=True),
+        "delay": field_seconds(obj, "delay"),
+        "expired_limit": expired_limit,
+    }
