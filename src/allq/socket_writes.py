@@ -1,5 +1,8 @@
-"""Writes that go to the socket at once: the private-API shortcut of every frame
-and fast-path reply (like those of :mod:`allq.speedups`, beside its public path).
+"""Writes that go to the socket at once: the private-API shortcut of the client's
+frames to its servers and of its front-ends' replies (like those of
+:mod:`allq.speedups`, beside its public path). Never the server's replies: a reply
+that acknowledges a change may leave only after the journal commit that ends each
+read (``ServerProtocol.dataReceived``), so the server keeps the buffered write.
 
 ``transport.write`` only buffers: it asks the reactor to watch the socket for
 writability (one ``epoll_ctl``), the next reactor turn calls ``doWrite``, which

@@ -32,7 +32,6 @@ from twisted.python.failure import Failure
 from allq import __version__
 from allq.errors import AllQError, BadRequest
 from allq.server.dispatch import Dispatcher
-from allq.socket_writes import write_now
 from allq.wire.crypto import (
     Authenticator,
     FrameError,
@@ -183,8 +182,10 @@ class ServerProtocol(LineOnlyReceiver):
             self._log.failure("handling a frame failed")
             self._send(error_reply(None, AllQError("internal error handling the frame")))
             return
-        # What _send does, inline: this is the path of every request.
-        write_now(self.transport, self._session.seal(dumps(reply)) + b"\n")
+        # What _send does, inline: this is the path of every request. Buffered, never
+        # written at once (allq.socket_writes): a reply acknowledges a change, so it
+        # may leave only after dataReceived's journal commit.
+        self.sendLine(self._session.seal(dumps(reply)))
         factory.after_frame()
 
     def _check_idle(self) -> None:
@@ -202,7 +203,7 @@ class ServerProtocol(LineOnlyReceiver):
             self._idle_call = self._factory.clock.callLater(timeout - silent, self._check_idle)
 
     def _send(self, obj: object) -> None:
-        write_now(self.transport, self._session.seal(dumps(obj)) + b"\n")
+        self.sendLine(self._session.seal(dumps(obj)))
 
     def _refuse(self, code: str, message: str) -> None:
         self._handshake_timeout = None if code == "handshake_timeout" else self._handshake_timeout
