@@ -19,7 +19,7 @@ PACKAGE = SRC / "allq"
 LAYERS = {
     # twisted: what both daemons share (config, listening, logs); nacl: speedups only.
     "ground": ({"ground"}, {"attrs", "twisted", "zope", "prometheus_client", "nacl"}),
-    "core": ({"ground"}, {"attrs"}),
+    "core": ({"ground"}, {"attrs", "re2"}),
     "wire": ({"ground"}, {"attrs", "nacl"}),
     "server": ({"ground", "core", "wire"},
                {"attrs", "twisted", "zope", "prometheus_client", "nacl"}),

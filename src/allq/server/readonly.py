@@ -19,7 +19,8 @@ from allq.server.dispatch import Dispatcher
 from allq.wire.messages import ACTIONS, error_reply, request_id_of
 
 #: Actions that need no journal record, or only a deletion's.
-READ_ONLY_ACTIONS = frozenset({"get", "peek", "stats", "ping", "touch", "done", "delete"})
+READ_ONLY_ACTIONS = frozenset({"get", "peek", "stats", "ping", "touch", "done", "delete",
+                               "interests"})
 
 
 class ReadOnlyDispatcher:

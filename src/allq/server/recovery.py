@@ -65,6 +65,7 @@ class Recovered:
     :ivar tubes: each tube's latest ``t`` record.
     :ivar draining: the server's drain flag.
     :ivar keys: each idempotency key's latest ``k`` record.
+    :ivar interests: each tube's ``i`` records (interests, merged on restore).
     :ivar errors: each live job's last error (``e`` records), by job id.
     :ivar max_id: the largest job id ever recorded (ids above it are new).
     :ivar generation: the journal generation to go on appending to.
@@ -80,6 +81,7 @@ class Recovered:
     tubes: dict[str, list] = attrs.Factory(dict)
     draining: bool = False
     keys: dict[str, list] = attrs.Factory(dict)
+    interests: dict[str, list] = attrs.Factory(dict)
     errors: dict[int, str] = attrs.Factory(dict)
     max_id: int = 0
     generation: int = 1
@@ -310,6 +312,9 @@ def _apply(state: Recovered, record: list) -> bool:
         state.draining = bool(record[1])
     elif kind == "k" and size == 4 and isinstance(record[1], str):
         state.keys[record[1]] = record
+    elif kind == "i" and size == 4 and isinstance(record[1], str):
+        # Merged last-writer-wins on restore, so keep every version seen.
+        state.interests.setdefault(record[1], []).append(record[1:])
     else:
         return False
     return True
@@ -324,6 +329,13 @@ def restore_keys(keys, recovered: Recovered, now: float) -> int:
             keys.restore(key, job_id, expires, now)
             restored += 1
     return restored
+
+
+def restore_interests(interests, recovered: Recovered) -> int:
+    """Merge the recovered interest records into ``interests``
+    (:class:`InterestTable`); how many tubes' entries were taken."""
+    return interests.restore(record for records in recovered.interests.values()
+                             for record in records)
 
 
 def _expiry(record: list) -> float:

@@ -31,6 +31,7 @@ from twisted.python import usage
 from allq import __version__
 from allq.config import positive_float, positive_int, resolve
 from allq.core.idempotency import IdempotencyKeys
+from allq.core.interests import InterestTable
 from allq.core.queue import (
     DEFAULT_EXPIRED_LIMIT,
     DEFAULT_FAIR_PREFIX,
@@ -56,7 +57,13 @@ from allq.server.metrics import ServerMetrics, metrics_site
 from allq.server.keyreload import AuthorizedKeysWatcher
 from allq.server.protocol import DEFAULT_IDLE_TIMEOUT, ServerFactory
 from allq.server.readonly import ReadOnlyDispatcher
-from allq.server.recovery import DataDirError, recover, restore_keys, restore_queue
+from allq.server.recovery import (
+    DataDirError,
+    recover,
+    restore_interests,
+    restore_keys,
+    restore_queue,
+)
 from allq.server.timer import DeadlineTimer
 from allq.vocabulary import SERVER_ID
 from allq.wire.crypto import Authenticator
@@ -337,13 +344,16 @@ def makeService(config: Options, reactor=None) -> MultiService:
         on_change=None if journal is None else journal.on_change,
     )
     idempotency = IdempotencyKeys()
+    interests = InterestTable()
     if journal is not None:
-        _restore(queue, idempotency, journal, recovered, config["data-dir"], now, reactor)
+        _restore(queue, idempotency, journal, recovered, config["data-dir"], now, reactor,
+                 interests=interests)
     timer = DeadlineTimer(queue, reactor)
     factory = ServerFactory(
         authenticator=Authenticator(keys),
         dispatcher=Dispatcher(queue, reactor, identity.get, idempotency,
-                              log_jobs=config["log-jobs"], disk_full=disk.is_full),
+                              log_jobs=config["log-jobs"], disk_full=disk.is_full,
+                              interests=interests),
         clock=reactor,
         server_id=identity.get,
         max_job_size=config["max-job-size"],
@@ -451,10 +461,12 @@ def _open_data_dir(config: Options, reactor, now: float, on_failure, on_disk_ful
 
 
 def _restore(queue: Queue, idempotency: IdempotencyKeys, journal: Journal, recovered,
-             directory: str, now: float, reactor) -> None:
+             directory: str, now: float, reactor, interests: InterestTable | None = None) -> None:
     restored = restore_queue(queue, recovered, now)
     restore_keys(idempotency, recovered, now)
-    journal.attach(queue, idempotency)
+    if interests is not None:
+        restore_interests(interests, recovered)
+    journal.attach(queue, idempotency, interests)
     for note in recovered.damaged:
         _log.warn("data directory damaged: {note}", note=note)
     if restored.invalid:
