@@ -41,6 +41,8 @@ Interests = str | dict[str, str] | None
 _OPTIONS = re2.Options()
 # The compiled program's memory, per pattern: RE2 refuses a pattern needing more.
 _OPTIONS.max_mem = 8 << 20
+# A bad pattern is answered 400 with its reason; RE2 need not also log it to stderr.
+_OPTIONS.log_errors = False
 
 
 def check_interests(interests: object) -> Interests:
