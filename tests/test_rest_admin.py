@@ -26,7 +26,8 @@ class AdminTests(RestTestCase):
         [server] = self.ok("GET", "/stats")
         self.assertEqual(server["server_name"], f"{self.link().server_id},{ADDRESS}")
         self.assertEqual(set(server), {"server_name", "action_count", "job_put", "job_get",
-                                       "draining", "disk_full", "stats"})
+                                       "draining", "disk_full", "events", "events_unmatched",
+                                       "stats"})
         self.assertIs(server["disk_full"], False)
         self.assertGreater(server["action_count"], 1)
         self.assertEqual((server["job_put"], server["job_get"]), (1, 1))

@@ -122,6 +122,12 @@ def extend(document: dict, errors_by_code: dict, body_note: str) -> dict:
     """``document`` with the interest routes and schemas added."""
     components = document["components"]["schemas"]
     components.update(schemas(components["NewJob"]["properties"]))
+    components["StatsResults"]["properties"].update({
+        "events": {"type": "integer", "description": "events published through this "
+                   "server since it started"},
+        "events_unmatched": {"type": "integer", "description": "of those, events no "
+                             "tube's interests matched (dropped, or refused with 404)"},
+    })
     document["paths"].update(paths(errors_by_code, body_note))
     document["tags"].append({"name": "interests",
                              "description": "interest routing: publish once, fan out"})
