@@ -74,6 +74,7 @@ class InterestTests(FeatureTestCase):
         server = first["copies"][0]["job_id"].split(",")[0]
         again = self.ok("POST", "/event", json={**body, "idempotency_key": f"{server}:event-1"})
         self.assertEqual(again["copies"], first["copies"])
+        self.assertEqual(self.ok("POST", "/event", json=body)["copies"], first["copies"])
         self.assertEqual(sum(len(link.queue) for link in self.links), 2)
 
     def test_a_lost_reply_is_504_and_the_retry_stores_no_duplicate(self):

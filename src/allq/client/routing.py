@@ -18,7 +18,16 @@ that is down.
 An event goes through :class:`allq.client.placement.Placement` like a put (same
 retry loop, same idempotency key rules): the chosen server stores one copy per
 interested tube, all or none, and answers which (:mod:`allq.server.events`).
+An event with the caller's own ``idempotency_key`` goes to the server that key
+hashes to (rendezvous hashing over the healthy, undrained servers), so the
+caller's retry reaches the server that has the copies, while the same servers are
+up, and answers them again instead of storing a second set. (A plain put's key
+is only known to the server it went to; an event's retry is the usual case, as
+publishers often re-send.) If that server went down meanwhile, the retry is
+placed like any put: at least once.
 """
+
+import hashlib
 
 from collections.abc import Awaitable, Callable
 
@@ -131,14 +140,30 @@ class InterestRouting:
         check_event_scope(scope)
         if unmatched not in EVENT_UNMATCHED:
             raise BadRequest('unmatched must be "drop" or "error"')
-        params = {"data": data, "scope": scope,
-                  "idempotency_key": idempotency_key or new_key(), **options}
+        if idempotency_key is None:
+            idempotency_key = new_key()
+        elif ":" not in idempotency_key:
+            idempotency_key = self._pin(idempotency_key)
+        params = {"data": data, "scope": scope, "idempotency_key": idempotency_key,
+                  **options}
         copies = await self._store("event", params)
         if not copies:
             self._unmatched()
             if unmatched == "error":
                 raise NotFound("no tube's interests match this event")
         return [EventCopy(copy["tube"], copy["job_id"]) for copy in copies]
+
+
+    def _pin(self, key: str) -> str:
+        """``<server_id>:<key>`` for the server ``key`` hashes to (``key`` alone
+        when none is up); placement sends a key so named to that server only."""
+        links = [link for link in self._servers.healthy()
+                 if not link.draining and link.server_id is not None]
+        if not links:
+            return key
+        chosen = max(links, key=lambda link: hashlib.blake2b(
+            f"{link.server_id}\0{key}".encode(), digest_size=8).digest())
+        return f"{chosen.server_id}:{key}"
 
 
 def _key(entry: list) -> tuple:
