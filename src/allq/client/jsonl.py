@@ -26,7 +26,9 @@ the reply shapes)
     (``server_url``), ``update_servers`` (``servers``); allq's extras under their
     REST names: ``fair`` (``tube``, ``policy``), ``max_size``, and the batches
     ``put_multiple_jobs`` (``jobs``, top-level fields as defaults) and
-    ``delete_multiple_jobs`` (``job_ids``).
+    ``delete_multiple_jobs`` (``job_ids``); interest routing as REST has it:
+    ``interest`` (``tube``, ``interests``), ``delete_interest`` (``tube``),
+    ``interests``, ``event`` (``data``, ``scope``, ``unmatched``, job options).
 
 Errors
     ``{"response": {"action": A, "error": TEXT, "code": CODE}}``: AllQueue's shape,
@@ -56,6 +58,7 @@ from zope.interface import implementer
 
 from allq.client import jsonl_replies as replies
 from allq.client import jsonl_requests as read
+from allq.client.event_requests import event_body, interest_body
 from allq.client.expiry import Expiry
 from allq.client.federation import Federation
 from allq.client.rest_requests import batch_items, job_ids_body, new_job, new_parent_job
@@ -116,6 +119,10 @@ class JsonLinesApi:
             "max_size": self._max_size,
             "put_multiple_jobs": self._put_many,
             "delete_multiple_jobs": self._delete_many,
+            "interest": self._interest,
+            "delete_interest": self._delete_interest,
+            "interests": self._interests,
+            "event": self._event,
         }
 
     @property
@@ -262,6 +269,31 @@ class JsonLinesApi:
         return self._bounded(self._federation.max_size(tube, size)).addCallback(
             lambda servers: replies.action_reply("max_size", tube=tube, max_size=size,
                                                  servers=servers))
+
+    # -- interest routing (REST's PUT/DELETE /interest, GET /interests, POST /event) ---
+
+    def _interest(self, params: dict) -> Deferred:
+        tube, interests = interest_body(params)
+        return self._bounded(self._federation.set_interest(tube, interests)).addCallback(
+            lambda servers: replies.action_reply("interest", tube=tube, interests=interests,
+                                                 servers=servers))
+
+    def _delete_interest(self, params: dict) -> Deferred:
+        tube = read.tube(params)
+        return self._bounded(self._federation.delete_interest(tube)).addCallback(
+            lambda servers: replies.action_reply("delete_interest", tube=tube,
+                                                 servers=servers))
+
+    def _interests(self, params: dict) -> Deferred:
+        return self._bounded(self._federation.interests()).addCallback(
+            lambda interests: replies.action_reply("interests", interests=interests))
+
+    def _event(self, params: dict) -> Deferred:
+        args = event_body(params)
+        d = self._bounded(self._federation.publish_event(args.pop("data"), **args))
+        return d.addCallback(lambda copies: replies.action_reply(
+            "event", matched=len(copies),
+            copies=[{"tube": copy.tube, "job_id": copy.job_id} for copy in copies]))
 
     # -- servers -----------------------------------------------------------------
 
