@@ -113,6 +113,9 @@ class InterestRouting:
         try:
             answers = await self._each("interests", {})
         except Unavailable:
+            return  # nobody to sync; the next connection tries again
+        except AllQError as e:  # e.g. a server too old to know the action
+            self._log.warn("interest sync skipped: {error}", error=e.message)
             return
         held = {link: {_key(entry) for entry in reply["entries"]} for link, reply in answers}
         union = {key for keys in held.values() for key in keys}
@@ -125,7 +128,10 @@ class InterestRouting:
             if ok:
                 self._log.info("sent {count} interest entries to {address}",
                                count=len(missing), address=link.address)
-            elif not value.check(AllQError):
+            elif value.check(AllQError):
+                self._log.warn("sending interests to {address} failed: {error}",
+                               address=link.address, error=value.value.message)
+            else:
                 value.raiseException()
 
     async def publish(self, data: object, *, scope: str = "any", unmatched: str = "drop",
