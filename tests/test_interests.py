@@ -248,3 +248,10 @@ def test_interests_survive_compaction(server):
     assert [e.record() for e in restarted.interests.entries()] == [
         ["a", {"k": "x"}, 1.0], ["b", None, 2.0]]
     restarted.journal.close()
+
+
+def test_an_event_with_a_lone_surrogate_is_refused():
+    s = OneServer()
+    s.call("interest_merge", entries=[["a", "*", 1]])
+    assert s.call("event", data={"x": "\ud800"})["code"] == "bad_request"
+    assert len(s.queue) == 0

@@ -109,6 +109,8 @@ class InterestTable:
     def __init__(self, on_change: Callable[[InterestEntry], None] | None = None) -> None:
         self._entries: dict[str, InterestEntry] = {}
         self._compiled: dict[str, _Compiled] = {}
+        #: ``_compiled``'s items by tube name, rebuilt after a change (not per event).
+        self._routes: list[tuple[str, _Compiled]] = []
         self.on_change = on_change
         #: Events matched here, and those no tube wanted (dropped or refused).
         self.events = 0
@@ -151,6 +153,8 @@ class InterestTable:
             changed.append(entry)
             if self.on_change is not None:
                 self.on_change(entry)
+        if changed:
+            self._routes = sorted(self._compiled.items())
         return changed
 
     def restore(self, records: Iterable[object]) -> int:
@@ -169,8 +173,7 @@ class InterestTable:
         self.events += 1
         texts: dict[str, str | None] = {}
         tubes = []
-        for tube in sorted(self._compiled):
-            compiled = self._compiled[tube]
+        for tube, compiled in self._routes:
             if compiled.everything or _matches(compiled.patterns, data, scope, texts):
                 tubes.append(tube)
         if not tubes:

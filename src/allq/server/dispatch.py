@@ -307,7 +307,8 @@ class Dispatcher:
                 "events_unmatched": self.interests.events_unmatched}
 
     def _do_event(self, now, **params):
-        return fan_out(self, now, **params)
+        return fan_out(self._queue, self._idempotency, self.interests, self._server_id(),
+                       now, **params)
 
     def _do_ping(self, now):
         return {"server_id": self._server_id()}
