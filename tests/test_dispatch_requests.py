@@ -164,6 +164,8 @@ def test_stats_reports_global_counters_and_tubes(h):
         "draining": False,
         "max_jobs": None,
         "disk_full": False,
+        "events": 0,
+        "events_unmatched": 0,
     }
     assert [(t["tube"], t["ready"], t["reserved"]) for t in result["tubes"]] == [
         ("a", 1, 0),

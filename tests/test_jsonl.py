@@ -430,3 +430,40 @@ class WorkflowTests(ApiCase):
         self.assertEqual(self.ask("get", tube="top")["job"]["job_id"], top_id)
         again = self.ask("set_children_started", job_id="join-1")["response"]
         self.assertEqual(again["code"], "not_found")
+
+
+class InterestRoutingTests(ApiCase):
+    """Interest routing over JSON lines: the REST routes' actions and shapes."""
+
+    def test_register_publish_list_and_delete(self):
+        reply = self.ask("interest", tube="mail", interests={"email": "@example[.]com$"})
+        self.assertEqual(reply["response"], {"action": "interest", "tube": "mail",
+                                             "interests": {"email": "@example[.]com$"},
+                                             "servers": 2})
+        self.ask("interest", tube="audit", interests="*")
+        event = self.ask("event", data={"email": "ann@example.com"}, idempotency_key="e-1")
+        self.assertEqual(event["response"]["matched"], 2)
+        self.assertEqual([c["tube"] for c in event["response"]["copies"]], ["audit", "mail"])
+        self.assertEqual(self.ask("event", data={"email": "ann@example.com"},
+                                  idempotency_key="e-1")["response"]["copies"],
+                         event["response"]["copies"])
+        job = self.ask("get", tube="mail", delete=True)
+        self.assertEqual(json.loads(job["job"]["body"]), {"email": "ann@example.com"})
+        self.assertEqual(self.ask("interests")["response"]["interests"], [
+            {"tube": "audit", "interests": "*"},
+            {"tube": "mail", "interests": {"email": "@example[.]com$"}}])
+        self.ask("delete_interest", tube="audit")
+        self.ask("delete_interest", tube="mail")
+        self.assertEqual(self.ask("event", data={"email": "x"})["response"],
+                         {"action": "event", "matched": 0, "copies": []})
+        refused = self.ask("event", data={"email": "x"}, unmatched="error")["response"]
+        self.assertEqual((refused["action"], refused["code"]), ("event", "not_found"))
+
+    def test_bad_input_is_an_error_reply(self):
+        for action, params in [("interest", {"tube": "t", "interests": {"f": "(a)\\1"}}),
+                               ("interest", {"tube": "t", "interests": 3}),
+                               ("delete_interest", {}),
+                               ("event", {"data": "text"}),
+                               ("event", {"data": {}, "scope": "every"})]:
+            reply = self.ask(action, **params)["response"]
+            self.assertEqual(reply["code"], "bad_request", (action, params, reply))

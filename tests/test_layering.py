@@ -19,8 +19,9 @@ PACKAGE = SRC / "allq"
 LAYERS = {
     # twisted: what both daemons share (config, listening, logs); nacl: speedups only.
     "ground": ({"ground"}, {"attrs", "twisted", "zope", "prometheus_client", "nacl"}),
-    # croniter: pure date arithmetic for recurring schedules (allq.core.schedules).
-    "core": ({"ground"}, {"attrs", "croniter"}),
+    # croniter: pure date arithmetic for recurring schedules (allq.core.schedules);
+    # re2: linear-time matching for interest routing (allq.core.interests).
+    "core": ({"ground"}, {"attrs", "croniter", "re2"}),
     "wire": ({"ground"}, {"attrs", "nacl"}),
     "server": ({"ground", "core", "wire"},
                {"attrs", "twisted", "zope", "prometheus_client", "nacl"}),

@@ -26,7 +26,8 @@ class AdminTests(RestTestCase):
         [server] = self.ok("GET", "/stats")
         self.assertEqual(server["server_name"], f"{self.link().server_id},{ADDRESS}")
         self.assertEqual(set(server), {"server_name", "action_count", "job_put", "job_get",
-                                       "draining", "disk_full", "stats"})
+                                       "draining", "disk_full", "events", "events_unmatched",
+                                       "stats"})
         self.assertIs(server["disk_full"], False)
         self.assertGreater(server["action_count"], 1)
         self.assertEqual((server["job_put"], server["job_get"]), (1, 1))
@@ -171,7 +172,7 @@ class OpenApiTests(RestTestCase):
         """Every Klein route+method is documented and every documented one is served."""
         document = self.document()
         self.assertEqual(documented_operations(document), served_operations())
-        self.assertEqual(len(served_operations()), 31)  # 26, and 5 schedule routes
+        self.assertEqual(len(served_operations()), 35)  # 26, 5 schedule and 4 interest routes
 
     def test_document_header(self):
         """It is an OpenAPI 3.1 document with unique operation ids."""

@@ -243,3 +243,47 @@ def check_missed_policy(policy: object) -> str:
     if policy not in MISSED_POLICIES:
         raise BadRequest(f"missed must be one of {', '.join(MISSED_POLICIES)}")
     return policy  # type: ignore[return-value]
+
+
+# -- interest routing ---------------------------------------------------------------------
+
+#: The most fields one tube's interests may name (each a regex over one event field).
+MAX_INTEREST_FIELDS = 32
+#: The longest interest pattern, in characters (RE2 is linear in the text, but a
+#: pattern's compiled program grows with its length).
+MAX_INTEREST_PATTERN = 1000
+#: The most tubes with interests (deleted ones included: a deletion is kept as a
+#: tombstone, so a server that missed it learns it on reconnect).
+MAX_INTEREST_TUBES = 10_000
+#: An interest's field name: what a top-level key of an event's data may be called.
+INTEREST_FIELD = re.compile(r"[^\x00-\x1f]{1,200}")
+#: The most top-level fields an event's data may have.
+MAX_EVENT_FIELDS = 1000
+#: How an event's fields combine: ``any`` (couchqueue's OR) or ``all`` (AND).
+EVENT_SCOPES = ("any", "all")
+#: What happens to an event no tube is interested in: ``drop`` (counted; couchqueue's
+#: rule) or ``error`` (the publisher is told, HTTP 404).
+EVENT_UNMATCHED = ("drop", "error")
+
+
+def check_event_scope(scope: object) -> str:
+    """Validate an event's ``scope``.
+
+    :raises BadRequest: not one of :data:`EVENT_SCOPES`.
+    """
+    if scope not in EVENT_SCOPES:
+        raise BadRequest("scope must be \"any\" or \"all\"")
+    return scope  # type: ignore[return-value]
+
+
+def check_event_data(data: object) -> dict:
+    """Validate an event's ``data``: a JSON object of at most :data:`MAX_EVENT_FIELDS`
+    fields (its size is bounded as a job body's is, by the server).
+
+    :raises BadRequest: not an object, or too many fields.
+    """
+    if not isinstance(data, dict):
+        raise BadRequest("data must be a JSON object")
+    if len(data) > MAX_EVENT_FIELDS:
+        raise BadRequest(f"data may have at most {MAX_EVENT_FIELDS} fields")
+    return data

@@ -58,6 +58,7 @@ from allq.client.placement import idempotency_key as new_key
 from allq.client.records import FetchedJob, JobStats, ServerStats
 from allq.client.retry import DEFAULT_RETRY_BUDGET, Retries
 from allq.client.schedules import ScheduleRouter
+from allq.client.routing import InterestRouting
 from allq.errors import AllQError, NotFound, Unavailable, WrongState
 from allq.vocabulary import check_tps, check_tube, is_parent_alias
 from allq.wire.bodies import encode_body
@@ -83,12 +84,24 @@ class Federation(MultiService):
     ) -> None:
         super().__init__()
         self._observers: list[FederationObserver] = []
-        self._servers = Membership(addresses, make_link)
+        self._servers = Membership(addresses, self._syncing(make_link))
         self._servers.setServiceParent(self)
         self._retries = Retries(clock, retry_budget, self._retried, self._servers.why_down)
         self._placement = Placement(self._servers, self._retries, self._stored, self._retried)
         self._polls = LongPolls(clock, self._retries, self._get_once, self._give_back)
         self._schedules = ScheduleRouter(self._servers)
+        self._routing = InterestRouting(self._servers, clock, self._each,
+                                        self._placement.store, self._event_unmatched)
+
+    def _syncing(self, make_link: Callable[[str], ServerLink]) -> Callable[[str], ServerLink]:
+        """``make_link``, whose links sync the servers' interests on each connection."""
+        def make(address: str) -> ServerLink:
+            link = make_link(address)
+            hooks = getattr(link, "on_connected", None)  # test doubles may have none
+            if hooks is not None:
+                hooks.append(self.sync_interests)
+            return link
+        return make
 
     def observe(self, observer: FederationObserver) -> None:
         """Report what happens from now on to ``observer`` too."""
@@ -651,6 +664,41 @@ class Federation(MultiService):
         """``pause``, ``resume`` or ``remove`` the schedule ``name``."""
         d = Deferred.fromCoroutine(self._schedules.act("schedule_" + action, name))
         return self._observed("schedule_" + action, d)
+
+    # -- interest routing (allq.client.routing) ------------------------------------
+
+    def set_interest(self, tube: str, interests: object) -> Deferred:
+        """Register ``tube``'s interests on every reachable server; fires with how
+        many took them."""
+        d = Deferred.fromCoroutine(self._routing.register(tube, interests))
+        return self._observed("interest", d)
+
+    def delete_interest(self, tube: str) -> Deferred:
+        """Remove ``tube``'s interests everywhere; fires with how many servers did."""
+        return self._observed("interest", Deferred.fromCoroutine(
+            self._routing.unregister(tube)))
+
+    def interests(self) -> Deferred:
+        """Every tube's interests (``[{"tube", "interests"}]``), servers synced first."""
+        return self._observed("interest", Deferred.fromCoroutine(self._routing.interests()))
+
+    def publish_event(self, data: object, **options) -> Deferred:
+        """Fan an event out to the interested tubes; fires with its
+        :class:`allq.client.routing.EventCopy` list (see ``InterestRouting.publish``)."""
+        return self._observed("event", Deferred.fromCoroutine(
+            self._routing.publish(data, **options)))
+
+    def sync_interests(self, link: ServerLink | None = None) -> Deferred:
+        """Bring every reachable server's interests up to date (a link connected)."""
+        d = Deferred.fromCoroutine(self._routing.sync(link))
+        return d.addErrback(self._sync_failed)
+
+    def _sync_failed(self, failure: Failure) -> None:
+        self._log.failure("interest sync failed", failure)
+
+    def _event_unmatched(self) -> None:
+        for observer in self._observers:
+            observer.counted("event_unmatched", "", 1)
 
     # -- reporting ---------------------------------------------------------------
 

@@ -29,7 +29,9 @@ the reply shapes)
     ``delete_multiple_jobs`` (``job_ids``); recurring schedules (README "Recurring
     schedules"): ``add_schedule`` (the fields of ``POST /schedule``),
     ``list_schedules``, ``pause_schedule``, ``resume_schedule`` and ``delete_schedule``
-    (``name``).
+    (``name``); interest routing as REST has it:
+    ``interest`` (``tube``, ``interests``), ``delete_interest`` (``tube``),
+    ``interests``, ``event`` (``data``, ``scope``, ``unmatched``, job options).
 
 Errors
     ``{"response": {"action": A, "error": TEXT, "code": CODE}}``: AllQueue's shape,
@@ -59,6 +61,7 @@ from zope.interface import implementer
 
 from allq.client import jsonl_replies as replies
 from allq.client import jsonl_requests as read
+from allq.client.event_requests import event_body, interest_body
 from allq.client.expiry import Expiry
 from allq.client.federation import Federation
 from allq.client.rest_requests import batch_items, job_ids_body, new_job, new_parent_job
@@ -125,6 +128,10 @@ class JsonLinesApi:
             "pause_schedule": self._schedule_action("pause"),
             "resume_schedule": self._schedule_action("resume"),
             "delete_schedule": self._schedule_action("remove"),
+            "interest": self._interest,
+            "delete_interest": self._delete_interest,
+            "interests": self._interests,
+            "event": self._event,
         }
 
     @property
@@ -291,6 +298,31 @@ class JsonLinesApi:
             d = self._bounded(self._federation.schedule_action(action, schedule))
             return d.addCallback(lambda result: replies.action_reply(name, schedule=result))
         return act
+
+    # -- interest routing (REST's PUT/DELETE /interest, GET /interests, POST /event) ---
+
+    def _interest(self, params: dict) -> Deferred:
+        tube, interests = interest_body(params)
+        return self._bounded(self._federation.set_interest(tube, interests)).addCallback(
+            lambda servers: replies.action_reply("interest", tube=tube, interests=interests,
+                                                 servers=servers))
+
+    def _delete_interest(self, params: dict) -> Deferred:
+        tube = read.tube(params)
+        return self._bounded(self._federation.delete_interest(tube)).addCallback(
+            lambda servers: replies.action_reply("delete_interest", tube=tube,
+                                                 servers=servers))
+
+    def _interests(self, params: dict) -> Deferred:
+        return self._bounded(self._federation.interests()).addCallback(
+            lambda interests: replies.action_reply("interests", interests=interests))
+
+    def _event(self, params: dict) -> Deferred:
+        args = event_body(params)
+        d = self._bounded(self._federation.publish_event(args.pop("data"), **args))
+        return d.addCallback(lambda copies: replies.action_reply(
+            "event", matched=len(copies),
+            copies=[{"tube": copy.tube, "job_id": copy.job_id} for copy in copies]))
 
     # -- servers -----------------------------------------------------------------
 

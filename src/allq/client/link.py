@@ -26,6 +26,7 @@ not be sent is sent on the next connection.
 """
 
 import re
+from collections.abc import Callable
 
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
@@ -122,6 +123,8 @@ class ServerLink(Service):
         self._failures = 0
         self._attempt: Deferred | None = None
         self._retry: IDelayedCall | None = None
+        #: Called with this link each time a connection is established.
+        self.on_connected: list[Callable[["ServerLink"], object]] = []
         self._keepalive = LoopingCall(self._ping)
         self._keepalive.clock = reactor
         self._logged: tuple[bool, str] | None = None
@@ -190,6 +193,8 @@ class ServerLink(Service):
         connection.lost.addCallback(self._lost, connection)
         if self.running and not self._keepalive.running:
             self._keepalive.start(KEEPALIVE_INTERVAL, now=False)
+        for hook in self.on_connected:
+            hook(self)
         if self._drain_to_tell is None:
             return None
         draining = self._drain_to_tell

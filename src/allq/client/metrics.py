@@ -91,7 +91,8 @@ class ClientMetrics:
         self._jobs = Counter(
             "allq_client_jobs",
             "Jobs handled through this client, by tube and action (put, put_parent, get, "
-            "done, delete, touch, release, bury, kick, set_children_started, clear).",
+            "done, delete, touch, release, bury, kick, set_children_started, clear; event: "
+            "one per copy of an event; event_unmatched: events no tube wanted, tube empty).",
             ["tube", "action"], registry=self.registry)
         self._errors = Counter(
             "allq_client_operation_errors",

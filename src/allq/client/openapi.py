@@ -11,6 +11,7 @@ values the running facade enforces.
 """
 
 from allq import __version__
+from allq.client import openapi_events
 from allq.vocabulary import (
     CLEAR_STATES,
     FAIR_SETTINGS,
@@ -646,7 +647,7 @@ def document(*, max_body: int) -> dict:
     paths.update(_schedule_paths(body, body_note))
     paths["/health"]["get"]["responses"]["503"] = _json(
         _ref("schemas", "Health"), "No server is up (same body)")
-    return {
+    return openapi_events.extend({
         "openapi": "3.1.0",
         "info": {
             "title": "allq client REST API",
@@ -672,7 +673,7 @@ def document(*, max_body: int) -> dict:
                 "the schedule's name", required=True)},
             "responses": _responses(),
         },
-    }
+    }, _ERRORS, body_note)
 
 
 # -- recurring schedules (allq.client.schedules) ------------------------------------------

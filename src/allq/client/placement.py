@@ -188,6 +188,10 @@ class Placement:
         return outcomes
 
     def _done(self, action: str, params: dict, reply: dict, link: ServerLink) -> str:
+        if action == "event":  # allq.client.routing: one job per interested tube
+            for copy in reply["copies"]:
+                self._stored(action, copy["tube"], copy["job_id"], link.address)
+            return reply["copies"]
         job_id = reply["job_id"]
         self._stored(action, params["tube"], job_id, link.address)
         return job_id

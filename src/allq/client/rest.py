@@ -65,6 +65,7 @@ from werkzeug.routing import RequestRedirect
 from allq.client import openapi
 from allq.client.expiry import Expiry
 from allq.client.fast_routes import FastRouter, request_path
+from allq.client.event_requests import event_body, interest_body
 from allq.client.federation import Federation
 from allq.client.http import (
     check_json_type,
@@ -424,6 +425,42 @@ max_body=max_body)
             return json_response(request, {"action": "remove_schedule", "name": name,
                                            "server_id": result["server_id"]})
         return json_response(request, {"action": f"{action}_schedule", "schedule": result})
+
+    # -- interest routing (allq.client.routing) ----------------------------------
+
+    @app.route("/interest", methods=["PUT"])
+    async def put_interest(self, request: IRequest) -> bytes:
+        """Register a tube's interests (``{"tube", "interests": {field: regex} | "*"}``)
+        on every server; a bad regex is 400."""
+        tube, interests = interest_body(read_json(request, self._max_body))
+        servers = await self._bounded(self._federation.set_interest(tube, interests))
+        return json_response(request, {"action": "interest", "tube": tube,
+                                       "interests": interests, "servers": servers})
+
+    @app.route("/interest", methods=["DELETE"])
+    async def delete_interest(self, request: IRequest) -> bytes:
+        """Remove a tube's interests (``?tube=``) on every server."""
+        tube = tube_arg(request)
+        servers = await self._bounded(self._federation.delete_interest(tube))
+        return json_response(request, {"action": "delete_interest", "tube": tube,
+                                       "servers": servers})
+
+    @app.route("/interests", methods=["GET"])
+    async def interests(self, request: IRequest) -> bytes:
+        """Every tube's interests, by tube."""
+        interests = await self._bounded(self._federation.interests())
+        return json_response(request, {"interests": interests})
+
+    @app.route("/event", methods=["POST"])
+    async def post_event(self, request: IRequest) -> bytes:
+        """Publish an event: one job (its body the data as JSON) into every tube whose
+        interests match; ``copies`` says which (empty: dropped, unless ``unmatched``
+        is ``error``: 404)."""
+        args = event_body(read_json(request, self._max_body))
+        copies = await self._bounded(self._federation.publish_event(args.pop("data"), **args))
+        return json_response(request, {
+            "action": "event", "matched": len(copies),
+            "copies": [{"tube": copy.tube, "job_id": copy.job_id} for copy in copies]})
 
     # -- servers ---------------------------------------------------------------
 

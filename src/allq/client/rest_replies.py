@@ -60,6 +60,8 @@ def rest_stats(server: ServerStats) -> dict:
         "job_get": int(totals["job_get"]),
         "draining": bool(totals.get("draining", False)),
         "disk_full": bool(totals.get("disk_full", False)),
+        "events": int(totals.get("events", 0)),
+        "events_unmatched": int(totals.get("events_unmatched", 0)),
         "stats": tubes,
     }
 

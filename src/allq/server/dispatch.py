@@ -13,11 +13,13 @@ from twisted.logger import Logger
 
 from allq import __version__
 from allq.core.idempotency import IdempotencyKeys
+from allq.core.interests import InterestTable
 from allq.core.job import Job
 from allq.core.queue import Queue
 from allq.errors import AllQError, BadRequest, NotFound, UnknownAction
 from allq.server.schedules import ScheduleService
 from allq.vocabulary import JobRef, check_seconds
+from allq.server.events import fan_out
 from allq.wire.bodies import decode_body, encode_body
 from allq.wire.messages import decode_request, error_reply, request_id_of, result_reply
 
@@ -30,6 +32,7 @@ class Dispatcher:
     :param server_id: a callable giving this server's id (known once it listens).
     :param idempotency: memory of recent put idempotency keys.
     :param disk_full: whether the data directory is full (shown in ``stats``).
+    :param interests: the interest table events are routed by.
     """
 
     _log = Logger()
@@ -43,8 +46,10 @@ class Dispatcher:
         log_jobs: bool = False,
         disk_full: Callable[[], bool] = lambda: False,
         schedules: ScheduleService | None = None,
+        interests: InterestTable | None = None,
     ) -> None:
         self._schedules = schedules
+        self.interests = interests if interests is not None else InterestTable()
         self._log_jobs = log_jobs
         self._disk_full = disk_full
         self._queue = queue
@@ -268,6 +273,8 @@ class Dispatcher:
                 "draining": totals.draining,
                 "max_jobs": totals.max_jobs,
                 "disk_full": self._disk_full(),
+                "events": self.interests.events,
+                "events_unmatched": self.interests.events_unmatched,
             },
             "tubes": [
                 {
@@ -291,6 +298,20 @@ class Dispatcher:
                 for t in self._queue.tube_stats(now)
             ],
         }
+
+    # -- interest routing (allq.core.interests, allq.server.events) -----------------
+
+    def _do_interest_merge(self, now, *, entries):
+        return {"changed": len(self.interests.merge(entries))}
+
+    def _do_interests(self, now):
+        return {"entries": [entry.record() for entry in self.interests.entries()],
+                "events": self.interests.events,
+                "events_unmatched": self.interests.events_unmatched}
+
+    def _do_event(self, now, **params):
+        return fan_out(self._queue, self._idempotency, self.interests, self._server_id(),
+                       now, **params)
 
     def _do_ping(self, now):
         return {"server_id": self._server_id()}

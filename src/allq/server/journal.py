@@ -32,6 +32,8 @@ mismatch or undecodable JSON marks the end of the good prefix. Records::
     ["k", key, id, expires]                                 a put's idempotency key
     ["R", name, schedule | null]                            a recurring schedule, whole
                                                             (null: removed)
+    ["i", tube, interests, version]                         a tube's interests (null:
+                                                            deleted; allq.core.interests)
     ["snapshot", 1, G, next_id, created]                    first line of snapshot G
     ["end", records]                                        last line of a snapshot
 
@@ -289,6 +291,7 @@ class Journal(Service):
         self._queue = None
         self._keys = None
         self._schedules = None
+        self._interests = None
         self._fd: int | None = None
         self._buffer: list[bytes] = []
         self._journal_bytes = 0
@@ -306,13 +309,21 @@ class Journal(Service):
         self.writes = 0
         self.compactions = 0
 
-    def attach(self, queue, keys=None) -> None:
+    def attach(self, queue, keys=None, interests=None) -> None:
         """Follow ``queue``: it gives parents' counters and the jobs for snapshots;
-        and ``keys`` (:class:`IdempotencyKeys`), whose new keys are journaled."""
+        ``keys`` (:class:`IdempotencyKeys`), whose new keys are journaled; and
+        ``interests`` (:class:`InterestTable`), whose changed entries are."""
         self._queue = queue
         self._keys = keys
         if keys is not None:
             keys.on_remember = self.on_key
+        self._interests = interests
+        if interests is not None:
+            interests.on_change = self.on_interest
+
+    def on_interest(self, entry) -> None:
+        """A tube's interests changed (or were deleted): buffer its record."""
+        self._buffer.append(frame(["i", *entry.record()]))
 
     def attach_schedules(self, schedules) -> None:
         """Follow ``schedules`` (:class:`allq.core.schedules.Schedules`): each change
@@ -769,6 +780,9 @@ class _Compaction:
         if schedules is not None:
             lines += [frame(schedule_record(schedule.spec.name, schedule))
                       for schedule in schedules.all()]
+        interests = self._journal._interests
+        if interests is not None:
+            lines += [frame(["i", *entry.record()]) for entry in interests.entries()]
         self._write(lines, records=len(lines))
         self._write([frame(["end", self._records])], records=0)
         self._jobs = []

@@ -66,6 +66,7 @@ class Recovered:
     :ivar tubes: each tube's latest ``t`` record.
     :ivar draining: the server's drain flag.
     :ivar keys: each idempotency key's latest ``k`` record.
+    :ivar interests: each tube's ``i`` records (interests, merged on restore).
     :ivar errors: each live job's last error (``e`` records), by job id.
     :ivar schedules: each live schedule's latest ``R`` record, by name.
     :ivar max_id: the largest job id ever recorded (ids above it are new).
@@ -82,6 +83,7 @@ class Recovered:
     tubes: dict[str, list] = attrs.Factory(dict)
     draining: bool = False
     keys: dict[str, list] = attrs.Factory(dict)
+    interests: dict[str, list] = attrs.Factory(dict)
     errors: dict[int, str] = attrs.Factory(dict)
     schedules: dict[str, list] = attrs.Factory(dict)
     max_id: int = 0
@@ -320,6 +322,9 @@ def _apply(state: Recovered, record: list) -> bool:
             state.schedules[record[1]] = record
         else:
             return False
+    elif kind == "i" and size == 4 and isinstance(record[1], str):
+        # Merged last-writer-wins on restore, so keep every version seen.
+        state.interests.setdefault(record[1], []).append(record[1:])
     else:
         return False
     return True
@@ -346,6 +351,13 @@ def restore_schedules(schedules, recovered: Recovered, now: float) -> int:
         except (ValueError, TypeError):
             invalid += 1
     return invalid
+
+
+def restore_interests(interests, recovered: Recovered) -> int:
+    """Merge the recovered interest records into ``interests``
+    (:class:`InterestTable`); how many tubes' entries were taken."""
+    return interests.restore(record for records in recovered.interests.values()
+                             for record in records)
 
 
 def _expiry(record: list) -> float:

@@ -32,6 +32,7 @@ from allq import __version__
 from allq.config import positive_float, positive_int, resolve
 from allq.core.idempotency import IdempotencyKeys
 from allq.core.schedules import Schedules
+from allq.core.interests import InterestTable
 from allq.core.queue import (
     DEFAULT_EXPIRED_LIMIT,
     DEFAULT_FAIR_PREFIX,
@@ -60,6 +61,7 @@ from allq.server.readonly import ReadOnlyDispatcher
 from allq.server.recovery import (
     DataDirError,
     recover,
+    restore_interests,
     restore_keys,
     restore_queue,
     restore_schedules,
@@ -346,8 +348,10 @@ def makeService(config: Options, reactor=None) -> MultiService:
     )
     idempotency = IdempotencyKeys()
     schedules = Schedules()
+    interests = InterestTable()
     if journal is not None:
-        _restore(queue, idempotency, journal, recovered, config["data-dir"], now, reactor)
+        _restore(queue, idempotency, journal, recovered, config["data-dir"], now, reactor,
+                 interests=interests)
         _restore_schedules(schedules, journal, recovered, now)
     timer = DeadlineTimer(queue, reactor)
     scheduler = ScheduleService(
@@ -357,7 +361,7 @@ def makeService(config: Options, reactor=None) -> MultiService:
         authenticator=Authenticator(keys),
         dispatcher=Dispatcher(queue, reactor, identity.get, idempotency,
                               log_jobs=config["log-jobs"], disk_full=disk.is_full,
-                              schedules=scheduler),
+                              schedules=scheduler, interests=interests),
         clock=reactor,
         server_id=identity.get,
         max_job_size=config["max-job-size"],
@@ -486,10 +490,12 @@ def _open_data_dir(config: Options, reactor, now: float, on_failure, on_disk_ful
 
 
 def _restore(queue: Queue, idempotency: IdempotencyKeys, journal: Journal, recovered,
-             directory: str, now: float, reactor) -> None:
+             directory: str, now: float, reactor, interests: InterestTable | None = None) -> None:
     restored = restore_queue(queue, recovered, now)
     restore_keys(idempotency, recovered, now)
-    journal.attach(queue, idempotency)
+    if interests is not None:
+        restore_interests(interests, recovered)
+    journal.attach(queue, idempotency, interests)
     for note in recovered.damaged:
         _log.warn("data directory damaged: {note}", note=note)
     if restored.invalid:

@@ -21,6 +21,13 @@ Envelope (JSON, inside a box)
     open.
 
 Actions (params; ``?`` marks optional ones) and results
+    ``interest_merge``  entries (``[[tube, interests or null, version], ...]``) →
+                   ``{"changed"}``: merged last-writer-wins (:mod:`allq.core.interests`)
+    ``interests``  → ``{"entries": [...], "events", "events_unmatched"}`` (tombstones too)
+    ``event``      data (object), scope? ("any"), priority?, ttl?, delay?, run_at?,
+                   expired_limit?, idempotency_key? → ``{"copies": [{"tube",
+                   "job_id"}, ...]}``: one job per tube whose interests match, its
+                   body the data as JSON text; all or none stored
     ``put``        tube, body, body_encoding?, priority?, ttl?, delay?, run_at?,
                    expired_limit?, shard_key?, parent_id?, idempotency_key? →
                    ``{"job_id"}``. ``body_encoding: "base64"`` marks a binary body
@@ -147,6 +154,8 @@ _TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
     "number": (_is_number, "a number"),
     "bool": (_is_bool, "true or false"),
     "strs": (_is_strs, f"a list of 1 to {MAX_TUBES} strings"),
+    "object": (lambda value: isinstance(value, dict), "a JSON object"),
+    "list": (lambda value: isinstance(value, list), "a JSON array"),
 }
 
 _REQUIRED = object()
@@ -208,6 +217,20 @@ ACTIONS: dict[str, dict[str, tuple[str, object]]] = {
     "clear": {"tube": ("str", _REQUIRED), "state": ("str", "all")},
     "stats": {},
     "ping": {},
+    # Interest routing (allq.core.interests): entries are [tube, interests|null, version].
+    "interest_merge": {"entries": ("list", _REQUIRED)},
+    "interests": {},
+    "event": {
+        "data": ("object", _REQUIRED),
+        "scope": ("str", "any"),
+        "priority": ("int", None),
+        "ttl": ("number", None),
+        "delay": ("number", 0),
+        "expired_limit": ("int", None),
+        "run_at": ("number", None),
+        "shard_key": ("str", None),
+        "idempotency_key": ("str", None),
+    },
 }
 
 
