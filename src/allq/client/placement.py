@@ -17,6 +17,13 @@
 * A put naming a parent (``parent_id``) goes to the parent's server and nowhere
   else: parent and children always live on one server. When that server is down
   the put fails at once with :class:`Unavailable`.
+* A put with a ``unique_key`` or a ``concurrency_key`` goes to the one server
+  the key chooses (:mod:`allq.client.keyed`: rendezvous hashing over the
+  configured servers' ids), so a key's jobs are all on one server, which
+  enforces uniqueness and the concurrency limit; a batch's keyed jobs go
+  alone. That server is never swapped for another: while it is down, not yet
+  connected, or draining, the put fails (:class:`Unavailable`, or
+  :class:`Draining`; HTTP 503) rather than break the key's guarantee.
 * A batch is cut into contiguous slices, one per server in round-robin order,
   each sent as one frame; a job without a definite answer there goes on alone
   through the same retry loop, from where it stands.
@@ -32,8 +39,10 @@ from itertools import count
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
+from allq.client.keyed import key_holder, routing_key
 from allq.client.link import NotConnected, ServerLink
 from allq.client.membership import Membership
+from allq.client.records import DuplicateJobId
 from allq.client.retry import Retries
 from allq.errors import (
     AllQError,
@@ -56,6 +65,12 @@ _key_numbers = count()
 
 def idempotency_key() -> str:
     return _KEY_PREFIX + str(next(_key_numbers))
+
+
+def _alone(params: dict) -> bool:
+    """Whether a batch's job goes through the retry loop on its own: a child (to
+    its parent's server) or a keyed job (to its key's server)."""
+    return params["parent_id"] is not None or routing_key(params) is not None
 
 
 def _slices(items: list, parts: int) -> list[list]:
@@ -101,9 +116,8 @@ class Placement:
         outcomes: list[str | AllQError | None] = [None] * len(batch)
         # (index, the server that may hold it, servers that refused it)
         later: list[tuple[int, ServerLink | None, dict]] = [
-            (index, None, {}) for index, params in enumerate(batch)
-            if params["parent_id"] is not None]
-        placed = [index for index, params in enumerate(batch) if params["parent_id"] is None]
+            (index, None, {}) for index, params in enumerate(batch) if _alone(params)]
+        placed = [index for index, params in enumerate(batch) if not _alone(params)]
         links = self._candidates(None, {}) if placed else []
         slices = [(link, chunk) for link, chunk in zip(links, _slices(placed, len(links)))
                   if chunk]
@@ -144,6 +158,8 @@ class Placement:
 
     def _done(self, action: str, params: dict, reply: dict, link: ServerLink) -> str:
         job_id = reply["job_id"]
+        if reply.get("duplicate"):  # a unique key's live job: nothing new stored
+            return DuplicateJobId(job_id)
         self._stored(action, params["tube"], job_id, link.address)
         return job_id
 
@@ -164,6 +180,9 @@ class Placement:
         # A retry with the key of an unknown outcome goes to that server only,
         # unless it says it did not store the job (draining, full).
         holder = None if parent is None else self._servers.holder(parent, "parent")
+        key = routing_key(params) if holder is None else None
+        if key is not None:
+            holder = key_holder(self._servers.links(), key)
         pinned, params = (None, params) if holder is not None else self._pinned(params)
         refused = {} if refused is None else refused
         attempt = 0
@@ -193,6 +212,8 @@ class Placement:
                     break
                 return self._done(action, params, result, link)
             if unsure is None:
+                if key is not None:
+                    raise Unavailable("the server this job's key goes to is down")
                 if holder is not None:
                     raise Unavailable(f"the server holding parent {parent[:90]} is down")
                 if pinned is not None:
