@@ -114,6 +114,7 @@ class JsonLinesApi:
             "update_servers": self._update_servers,
             "fair": self._fair,
             "max_size": self._max_size,
+            "concurrency": self._concurrency,
             "put_multiple_jobs": self._put_many,
             "delete_multiple_jobs": self._delete_many,
         }
@@ -261,6 +262,12 @@ class JsonLinesApi:
         tube, size = read.tube(params), read.max_size(params)
         return self._bounded(self._federation.max_size(tube, size)).addCallback(
             lambda servers: replies.action_reply("max_size", tube=tube, max_size=size,
+                                                 servers=servers))
+
+    def _concurrency(self, params: dict) -> Deferred:
+        tube, limit = read.tube(params), read.concurrency_limit(params)
+        return self._bounded(self._federation.concurrency(tube, limit)).addCallback(
+            lambda servers: replies.action_reply("concurrency", tube=tube, limit=limit,
                                                  servers=servers))
 
     # -- servers -----------------------------------------------------------------
