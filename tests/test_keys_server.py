@@ -25,6 +25,14 @@ def test_a_second_put_with_a_live_unique_key_answers_the_first_job_as_a_duplicat
     assert third["job_id"] != first["job_id"] and "duplicate" not in third
 
 
+def test_a_retried_keyed_put_gets_its_own_job_back_not_a_duplicate():
+    h = Harness()
+    first = h.ok("put", tube="t", body="a", unique_key="k", idempotency_key="try-1")
+    assert h.ok("put", tube="t", body="a", unique_key="k", idempotency_key="try-1") == first
+    assert h.ok("put", tube="t", body="a", unique_key="k", idempotency_key="try-2") == {
+        **first, "duplicate": True}
+
+
 @pytest.mark.parametrize("params, message", [
     ({"unique_key": 7}, "unique_key must be a string"),
     ({"unique_key": "x" * 201}, "unique_key must be a string of 1-200"),

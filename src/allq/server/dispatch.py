@@ -111,7 +111,11 @@ class Dispatcher:
 
     def _do_put(self, now, *, idempotency_key, parent_id, **params):
         unique_key = params["unique_key"]
-        if unique_key is not None:
+        # A retry of a put that stored its job (same idempotency key) is answered by
+        # _store as the first try was: that job is no duplicate of itself.
+        if unique_key is not None and (
+                idempotency_key is None
+                or self._idempotency.lookup(idempotency_key, now) is None):
             existing = self._queue.unique_job(params["tube"], unique_key)
             if existing is not None:  # the key's job is live: store nothing
                 return {"job_id": self.job_ref(existing), "duplicate": True}
