@@ -133,12 +133,25 @@ def test_a_tube_limit_of_two_and_raising_it_lines_held_jobs_up():
     q.set_concurrency("t", 4)
     assert q.get("t", now=T0, count=10) == jobs[2:4]
     q.set_concurrency("t", 1)  # a cut lets the reserved ones finish
+    assert q.get("t", now=T0, count=10) == []
     for job in jobs[:3]:
         q.done(job.id, now=T0)
     assert q.get("t", now=T0) == []
     q.done(jobs[3].id, now=T0)
     assert q.get("t", now=T0) == [jobs[4]]
     assert q.concurrency("t") == 1 and q.concurrency_limits() == {}
+
+
+def test_a_cut_limit_holds_jobs_already_in_line():
+    q = make_queue()
+    q.set_concurrency("t", 2)
+    a = q.put("t", "a", now=T0, concurrency_key="k")
+    b = q.put("t", "b", now=T0, concurrency_key="k")
+    q.set_concurrency("t", 1)
+    assert q.get("t", now=T0, count=2) == [a]
+    assert counts(q) == zero_counts(ready=1, reserved=1)
+    q.done(a.id, now=T0)
+    assert q.get("t", now=T0, count=2) == [b]
 
 
 @pytest.mark.parametrize("bad", [0, -1, MAX_CONCURRENCY + 1, 1.5, True, "2", None])

@@ -171,7 +171,7 @@ class OpenApiTests(RestTestCase):
         """Every Klein route+method is documented and every documented one is served."""
         document = self.document()
         self.assertEqual(documented_operations(document), served_operations())
-        self.assertEqual(len(served_operations()), 26)
+        self.assertEqual(len(served_operations()), 27)
 
     def test_document_header(self):
         """It is an OpenAPI 3.1 document with unique operation ids."""

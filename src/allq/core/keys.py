@@ -10,8 +10,8 @@ N of a key's jobs reserved at once).
   jobs in the tube's ready line, and its other ready jobs wait *held* in the
   group's own line, by (priority, put order). When a reserved job of the group
   leaves (done, delete, bury, release, ttl expiry) the best held job joins the
-  tube's ready line. So a get never meets a job it may not hand out, and a
-  plain tube pays nothing. Held jobs are ready (counted in ``ready``) but a peek
+  tube's ready line. So a get meets a job it may not hand out only after the
+  limit was cut (it is held then), and a plain tube pays nothing. Held jobs are ready (counted in ``ready``) but a peek
   does not show them.
 
 Only keyed jobs are indexed, and an entry goes when its job does: a keyed job
@@ -128,20 +128,29 @@ class KeyedJobs:
         heapq.heappush(group.heap, (job.priority, job.id, job))
         return False
 
-    def taken(self, job: Job, tube: Tube, reserved: bool) -> None:
-        """A ready job left the ready state: reserved (``reserved``), or taken
-        with delete, or deleted."""
+    def taken(self, job: Job, tube: Tube, reserved: bool, by_id: bool = False) -> bool:
+        """A ready job leaves the ready state: reserved (``reserved``), or taken
+        with delete, or deleted. ``False``: it may not be reserved now (its
+        group is at its limit since the limit was cut), so it is held again and
+        stays ready; a reserve ``by_id`` is never refused."""
         group_key, group = self._group(job)
         if group is None:
-            return
+            return True
+        limit = self.limit(tube.name)
         if job.id in self._held:  # reserved by id or deleted while held
             self._held.discard(job.id)
             group.held -= 1
         else:
             group.lined_up -= 1
+            if reserved and not by_id and group.reserved >= limit:
+                group.held += 1
+                self._held.add(job.id)
+                heapq.heappush(group.heap, (job.priority, job.id, job))
+                return False
         if reserved:
             group.reserved += 1
-        self._refill(group_key, group, tube, self.limit(tube.name))
+        self._refill(group_key, group, tube, limit)
+        return True
 
     def reserved(self, job: Job) -> None:
         """A delayed or buried job was reserved by its id."""

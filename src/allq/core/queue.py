@@ -318,8 +318,9 @@ class Queue:
             job = tube_.pop_ready()
             if job is None:
                 break
-            if self._keyed:
-                self._keyed.taken(job, tube_, reserved=not delete)
+            if self._keyed and not self._keyed.taken(job, tube_, reserved=not delete):
+                tube_.ready_count += 1  # held: its key is at its (cut) limit
+                continue
             if delete:
                 tube_.throughput.record(now, None)  # no processing time to average
                 self._forget(job)
@@ -378,7 +379,7 @@ class Queue:
         if job.state is JobState.READY:
             tube.remove_ready(job)
             if self._keyed:
-                self._keyed.taken(job, tube, reserved=True)
+                self._keyed.taken(job, tube, reserved=True, by_id=True)
         elif job.state is JobState.DELAYED:
             tube.delayed_count -= 1
             self._deadlines.cancel(job)
