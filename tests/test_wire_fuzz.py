@@ -98,6 +98,11 @@ def test_hostile_frames_all_get_replies_and_the_server_keeps_serving():
     for n in range(FRAMES):
         peer = peers[n % len(peers)]
         plaintext = hostile_frame(rng, n)
+        if len(plaintext) * 4 // 3 + 128 > 256 * 1024:
+            # Sealed, over the line limit: refused and closed by design (see
+            # test_wire_limits); which frames are this big depends on the seeded
+            # draw over ACTIONS, which grows with the protocol.
+            continue
         peer.send_line(peer.seal(plaintext))
         lines = peer.lines()
         assert len(lines) == 1, (n, plaintext[:200])

@@ -287,3 +287,31 @@ def check_event_data(data: object) -> dict:
     if len(data) > MAX_EVENT_FIELDS:
         raise BadRequest(f"data may have at most {MAX_EVENT_FIELDS} fields")
     return data
+
+
+# -- unique jobs and concurrency keys --------------------------------------------
+
+#: The longest ``unique_key`` or ``concurrency_key``, in characters.
+MAX_JOB_KEY_LENGTH = 200
+#: The largest per-tube concurrency limit (jobs of one key reserved at once).
+MAX_CONCURRENCY = 10_000
+#: A tube's concurrency limit until set: one job of a key at a time.
+DEFAULT_CONCURRENCY = 1
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_job_key(name: str, key: object) -> str:
+    """Validate a ``unique_key`` or ``concurrency_key``: 1 to
+    :data:`MAX_JOB_KEY_LENGTH` characters, no control characters."""
+    if (not isinstance(key, str) or not 0 < len(key) <= MAX_JOB_KEY_LENGTH
+            or _CONTROL_CHARACTERS.search(key)):
+        raise BadRequest(f"{name} must be a string of 1-{MAX_JOB_KEY_LENGTH} characters "
+                         "without control characters")
+    return key
+
+
+def check_concurrency(limit: object) -> int:
+    """Validate a tube's concurrency limit: an integer from 1 to :data:`MAX_CONCURRENCY`."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_CONCURRENCY:
+        raise BadRequest(f"limit must be an integer from 1 to {MAX_CONCURRENCY}")
+    return limit

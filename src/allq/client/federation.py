@@ -59,8 +59,14 @@ from allq.client.records import FetchedJob, JobStats, ServerStats
 from allq.client.retry import DEFAULT_RETRY_BUDGET, Retries
 from allq.client.schedules import ScheduleRouter
 from allq.client.routing import InterestRouting
-from allq.errors import AllQError, NotFound, Unavailable, WrongState
-from allq.vocabulary import check_tps, check_tube, is_parent_alias
+from allq.errors import AllQError, BadRequest, NotFound, Unavailable, WrongState
+from allq.vocabulary import (
+    check_concurrency,
+    check_job_key,
+    check_tps,
+    check_tube,
+    is_parent_alias,
+)
 from allq.wire.bodies import encode_body
 
 
@@ -150,7 +156,7 @@ class Federation(MultiService):
 
     def put(self, tube: str, body: str | bytes, *, priority=None, ttl=None, delay=0,
             expired_limit=None, run_at=None, shard_key=None, parent_id=None,
-            idempotency_key=None) -> Deferred:
+            idempotency_key=None, unique_key=None, concurrency_key=None) -> Deferred:
         """Store a job on one server (see :mod:`allq.client.placement`); fires with its id.
 
         :param run_at: a unix time at which the job becomes ready (not with ``delay``).
@@ -159,17 +165,26 @@ class Federation(MultiService):
             to the parent's server.
         :param idempotency_key: the caller's key (default: a fresh one); the key of
             an :class:`UnknownOutcome` sends the put to the server that may hold it.
+        :param unique_key: while a job of the tube holds it, the put stores nothing
+            and fires with that job's id as a :class:`DuplicateJobId`.
+        :param concurrency_key: at most the tube's concurrency limit of the jobs
+            with this key are reserved at once. A keyed put goes to the server its
+            key chooses (:mod:`allq.client.keyed`), and only there.
         :raises Unavailable: no server stored it within the retry budget, or the
-            parent's server is down.
+            parent's server (or the key's) is down.
         :raises UnknownOutcome: the server that may have stored it did not answer.
         :raises Draining: every reachable server refused it as draining.
         :raises QueueFull: every reachable server refused it, at least one as full.
         :raises NotFound: ``parent_id`` names no waiting job.
         """
-        params = _put_params(tube, body, priority=priority, ttl=ttl, delay=delay,
-                             expired_limit=expired_limit, run_at=run_at,
-                             shard_key=shard_key, parent_id=parent_id,
-                             idempotency_key=idempotency_key)
+        try:
+            params = _put_params(tube, body, priority=priority, ttl=ttl, delay=delay,
+                                 expired_limit=expired_limit, run_at=run_at,
+                                 shard_key=shard_key, parent_id=parent_id,
+                                 idempotency_key=idempotency_key, unique_key=unique_key,
+                                 concurrency_key=concurrency_key)
+        except AllQError:
+            return self._observed("put", fail())
         if is_parent_alias(parent_id):
             d = Deferred.fromCoroutine(self._store_with_parent("put", params))
             return self._observed("put", d)
@@ -251,8 +266,8 @@ class Federation(MultiService):
         ``body`` included); fires with, per job in order, its id or the error that
         kept it out. Every tube is checked before anything is stored.
         """
-        batch = [_put_params(**job) for job in jobs]
         try:
+            batch = [_put_params(**job) for job in jobs]
             for params in batch:
                 check_tube(params["tube"])
         except AllQError:
@@ -554,6 +569,11 @@ class Federation(MultiService):
         every reachable server."""
         return await self._broadcast("max_size", tube, max_size=max_size)
 
+    async def concurrency(self, tube: str, limit: int) -> int:
+        """Set how many jobs of one concurrency key of a tube may be reserved at
+        once, on every reachable server (each key's jobs live on one server)."""
+        return await self._broadcast("concurrency", tube, limit=check_concurrency(limit))
+
     async def stats(self) -> list[ServerStats]:
         """Every reachable server's stats (which also tell each link whether its
         server's disk is full, for ``/health``)."""
@@ -785,14 +805,25 @@ def _get_request(tube: str | tuple[str, ...], count: int, delete: bool) -> tuple
 
 def _put_params(tube: str, body: str | bytes, *, priority=None, ttl=None, delay=0,
                 expired_limit=None, run_at=None, shard_key=None, parent_id=None,
-                idempotency_key=None) -> dict:
+                idempotency_key=None, unique_key=None, concurrency_key=None) -> dict:
     """A put request's parameters, with the caller's idempotency key or a fresh one.
-    A binary body travels as base64 with its marker (:mod:`allq.wire.bodies`)."""
+    A binary body travels as base64 with its marker (:mod:`allq.wire.bodies`).
+
+    :raises BadRequest: a key is not valid, or a child job (which goes to its
+        parent's server) carries one (it goes to its key's server).
+    """
     params = {
         "tube": tube, "body": body, "priority": priority, "ttl": ttl, "delay": delay,
         "expired_limit": expired_limit, "run_at": run_at, "shard_key": shard_key,
         "parent_id": parent_id, "idempotency_key": idempotency_key or new_key(),
     }
+    # Only when set: servers of an earlier version know neither field.
+    for name, key in (("unique_key", unique_key), ("concurrency_key", concurrency_key)):
+        if key is not None:
+            params[name] = check_job_key(name, key)
+            if parent_id is not None:
+                raise BadRequest(f"a child job goes to its parent's server: it cannot "
+                                 f"carry a {name}")
     if type(body) is bytes:
         params["body"], params["body_encoding"] = encode_body(body)
     return params

@@ -121,6 +121,7 @@ class JsonLinesApi:
             "update_servers": self._update_servers,
             "fair": self._fair,
             "max_size": self._max_size,
+            "concurrency": self._concurrency,
             "put_multiple_jobs": self._put_many,
             "delete_multiple_jobs": self._delete_many,
             "add_schedule": self._add_schedule,
@@ -323,6 +324,12 @@ class JsonLinesApi:
         return d.addCallback(lambda copies: replies.action_reply(
             "event", matched=len(copies),
             copies=[{"tube": copy.tube, "job_id": copy.job_id} for copy in copies]))
+
+    def _concurrency(self, params: dict) -> Deferred:
+        tube, limit = read.tube(params), read.concurrency_limit(params)
+        return self._bounded(self._federation.concurrency(tube, limit)).addCallback(
+            lambda servers: replies.action_reply("concurrency", tube=tube, limit=limit,
+                                                 servers=servers))
 
     # -- servers -----------------------------------------------------------------
 

@@ -23,7 +23,7 @@ no client depends on them). Nothing here reads a request or a socket.
 
 from collections.abc import Sequence
 
-from allq.client.records import FetchedJob, ServerStats
+from allq.client.records import DuplicateJobId, FetchedJob, ServerStats
 from allq.errors import AllQError
 
 #: The longest error text a reply carries.
@@ -42,6 +42,9 @@ def job_hash(job: FetchedJob) -> dict:
 
 
 def put_reply(job_id: str) -> dict:
+    if isinstance(job_id, DuplicateJobId):  # a unique key's live job: nothing stored
+        return {"response": {"action": "put", "job_id": job_id, "duplicate": True},
+                "job": {"job_id": job_id}}
     return {"response": {"action": "put", "job_id": job_id}, "job": {"job_id": job_id}}
 
 
@@ -86,6 +89,10 @@ def batch_reply(action: str, outcomes: Sequence[str | AllQError]) -> dict:
     response: dict = {"action": action, "job_ids": job_ids}
     if errors:
         response["errors"] = errors
+    duplicates = [i for i, outcome in enumerate(outcomes)
+                  if isinstance(outcome, DuplicateJobId)]
+    if duplicates:  # jobs a unique_key found live (their ids are those jobs')
+        response["duplicates"] = duplicates
     return {"response": response}
 
 

@@ -132,6 +132,13 @@ def max_size(params: Mapping) -> int | None:
     return vocabulary.check_count("max_size", size, maximum=vocabulary.MAX_TUBE_SIZE)
 
 
+def concurrency_limit(params: Mapping) -> int:
+    """A tube's concurrency limit (absent: 1, the default); numbers as strings too."""
+    if params.get("limit") is None or params.get("limit") == "":
+        return vocabulary.DEFAULT_CONCURRENCY
+    return vocabulary.check_concurrency(field_int(params, "limit"))
+
+
 def fair_policy(params: Mapping) -> str:
     policy = field_str(params, "policy")
     if policy is None:

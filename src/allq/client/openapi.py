@@ -17,9 +17,11 @@ from allq.vocabulary import (
     FAIR_SETTINGS,
     JOB_ID,
     MAX_CHILD_LIMIT,
+    MAX_CONCURRENCY,
     MAX_COUNT,
     MAX_ERROR_LENGTH,
     MAX_EXPIRED_LIMIT,
+    MAX_JOB_KEY_LENGTH,
     MAX_KICK_COUNT,
     MAX_OFFSET,
     MAX_PRIORITY,
@@ -141,9 +143,23 @@ def _schemas() -> dict:
                             "description": "your key for this put (default: a fresh one); "
                             "the key of a 504 outcome_unknown answer sends the put to the "
                             "server that may hold the job, which never stores it twice"},
+        "unique_key": {"type": ["string", "null"], "minLength": 1,
+                       "maxLength": MAX_JOB_KEY_LENGTH,
+                       "description": "while a job of the tube with this key is ready, "
+                       "delayed, reserved or buried, the put stores nothing and answers "
+                       "that job's id with \"duplicate\": true. The job goes to the server "
+                       "its key chooses (its concurrency_key's when it has one): 503 while "
+                       "that server is down or draining, never another server. "
+                       f"1-{MAX_JOB_KEY_LENGTH} characters, no control characters"},
+        "concurrency_key": {"type": ["string", "null"], "minLength": 1,
+                            "maxLength": MAX_JOB_KEY_LENGTH,
+                            "description": "at most the tube's concurrency limit (PUT "
+                            "/concurrency, default 1) of the jobs with this key are reserved "
+                            "at once, federation-wide; the others wait, ready, in order. "
+                            "Routed like unique_key"},
     }
     parent_fields = {name: schema for name, schema in new_job.items()
-                     if name != "idempotency_key"}
+                     if name not in ("idempotency_key", "unique_key", "concurrency_key")}
     job = {
         "type": "object",
         "required": ["id", "tube", "expireds", "releases"],
@@ -262,6 +278,13 @@ def _schemas() -> dict:
                            "policy": {"enum": list(FAIR_SETTINGS)},
                            "servers": {"type": "integer"}},
         },
+        "ConcurrencySetting": {
+            "type": "object", "required": ["action", "tube", "limit", "servers"],
+            "properties": {"action": {"const": "concurrency"}, "tube": {"type": "string"},
+                           "limit": {"type": "integer", "minimum": 1,
+                                     "maximum": MAX_CONCURRENCY},
+                           "servers": {"type": "integer"}},
+        },
         "MaxSizeSetting": {
             "type": "object", "required": ["action", "tube", "max_size", "servers"],
             "properties": {"action": {"const": "max_size"}, "tube": {"type": "string"},
@@ -280,7 +303,10 @@ def _schemas() -> dict:
         },
         "JobRef": {
             "type": "object", "required": ["action", "job_id"],
-            "properties": {"action": {"const": "put"}, "job_id": job_id},
+            "properties": {"action": {"const": "put"}, "job_id": job_id,
+                           "duplicate": {"const": True, "description": "only when a "
+                                         "unique_key found its live job: job_id is that "
+                                         "job's, nothing new was stored"}},
         },
         "Job": job,
         "JobOrEmpty": {"oneOf": [_ref("schemas", "Job"),
@@ -309,6 +335,10 @@ def _schemas() -> dict:
                 "job_ids": {"type": "array", "items": {"oneOf": [job_id, {"type": "null"}]},
                             "description": "in request order; null where that job failed "
                             "(only in an error answer)"},
+                "duplicates": {"type": "array", "items": {"type": "integer", "minimum": 0},
+                               "description": "puts only, when any: the indexes of the "
+                               "jobs whose unique_key found a live job (their ids are "
+                               "those jobs')"},
                 "error": {"type": "string", "description": "error answers: the first "
                           "failed job's code (its HTTP status is the answer's)"},
                 "detail": {"type": "string"},
@@ -467,6 +497,9 @@ def _parameters() -> dict:
         "policy": _query("policy", {"type": "string", "enum": list(FAIR_SETTINGS)},
                          "round_robin or weighted: fair over shard keys; off: not fair; "
                          "default: by name (fair when it starts with fq-)", required=True),
+        "concurrency_limit": _query(
+            "limit", {"type": "string", "pattern": "^[0-9]{1,5}$", "default": "1"},
+            f"how many jobs of one concurrency_key are reserved at once (1..{MAX_CONCURRENCY})"),
         "max_size": _query("max_size", {"type": "string", "pattern": "^([0-9]{1,13})?$"},
                            f"the most jobs the tube holds on each server (1..{MAX_TUBE_SIZE});"
                            " empty or absent: unbounded"),
@@ -604,6 +637,12 @@ def document(*, max_body: int) -> dict:
             "server. Puts to a fair tube need a shard_key.",
             _json(_ref("schemas", "FairSetting"), "Set"), _SETTING_ERRORS,
             ("tube", "tube_name", "policy"))},
+        "/concurrency": {"put": _op(
+            "concurrency_put", "actions", "Set how many jobs of one concurrency_key of a "
+            "tube are reserved at once (default 1), on every healthy server (a key's jobs "
+            "all live on the one server its key chooses).",
+            _json(_ref("schemas", "ConcurrencySetting"), "Set"), _SETTING_ERRORS,
+            ("tube", "tube_name", "concurrency_limit"))},
         "/max_size": {"put": _op(
             "max_size_put", "actions", "Bound a tube to max_size jobs on each healthy "
             "server (the bound is per server). A put to a full tube goes to another "

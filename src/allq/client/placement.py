@@ -17,6 +17,13 @@
 * A put naming a parent (``parent_id``) goes to the parent's server and nowhere
   else: parent and children always live on one server. When that server is down
   the put fails at once with :class:`Unavailable`.
+* A put with a ``unique_key`` or a ``concurrency_key`` goes to the one server
+  the key chooses (:mod:`allq.client.keyed`: rendezvous hashing over the
+  configured servers' ids), so a key's jobs are all on one server, which
+  enforces uniqueness and the concurrency limit; a batch's keyed jobs go
+  alone. That server is never swapped for another: while it is down, not yet
+  connected, or draining, the put fails (:class:`Unavailable`, or
+  :class:`Draining`; HTTP 503) rather than break the key's guarantee.
 * A batch is cut into contiguous slices, one per server in round-robin order,
   each sent as one frame; a job without a definite answer there goes on alone
   through the same retry loop, from where it stands.
@@ -34,8 +41,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from allq.client.chains import own_result
+from allq.client.keyed import key_holder, routing_key
 from allq.client.link import NotConnected, ServerLink
 from allq.client.membership import Membership
+from allq.client.records import DuplicateJobId
 from allq.client.retry import Retries
 from allq.errors import (
     AllQError,
@@ -58,6 +67,12 @@ _key_numbers = count()
 
 def idempotency_key() -> str:
     return _KEY_PREFIX + str(next(_key_numbers))
+
+
+def _alone(params: dict) -> bool:
+    """Whether a batch's job goes through the retry loop on its own: a child (to
+    its parent's server) or a keyed job (to its key's server)."""
+    return params["parent_id"] is not None or routing_key(params) is not None
 
 
 def _slices(items: list, parts: int) -> list[list]:
@@ -97,12 +112,14 @@ class Placement:
         """Place one job (``params``: the wire put's, with ``idempotency_key``);
         fires with its job id.
 
-        The first try of a plain put (no parent, no key naming a server) is a
-        callback chain rather than a coroutine: when the first candidate stores
-        the job, as it nearly always does, that is the whole put. Any other
-        outcome goes on in :meth:`_store` exactly where its loop would stand.
+        The first try of a plain put (no parent, no key naming a server, no
+        unique or concurrency key) is a callback chain rather than a coroutine:
+        when the first candidate stores the job, as it nearly always does, that
+        is the whole put. Any other outcome goes on in :meth:`_store` exactly
+        where its loop would stand.
         """
-        if params.get("parent_id") is not None or ":" in params["idempotency_key"]:
+        if (params.get("parent_id") is not None or ":" in params["idempotency_key"]
+                or routing_key(params) is not None):
             return Deferred.fromCoroutine(self._store(action, params))
         deadline = self._retries.deadline()
         candidates = self._candidates(None, {})
@@ -146,9 +163,8 @@ class Placement:
         outcomes: list[str | AllQError | None] = [None] * len(batch)
         # (index, the server that may hold it, servers that refused it)
         later: list[tuple[int, ServerLink | None, dict]] = [
-            (index, None, {}) for index, params in enumerate(batch)
-            if params["parent_id"] is not None]
-        placed = [index for index, params in enumerate(batch) if params["parent_id"] is None]
+            (index, None, {}) for index, params in enumerate(batch) if _alone(params)]
+        placed = [index for index, params in enumerate(batch) if not _alone(params)]
         links = self._candidates(None, {}) if placed else []
         slices = [(link, chunk) for link, chunk in zip(links, _slices(placed, len(links)))
                   if chunk]
@@ -193,6 +209,8 @@ class Placement:
                 self._stored(action, copy["tube"], copy["job_id"], link.address)
             return reply["copies"]
         job_id = reply["job_id"]
+        if reply.get("duplicate"):  # a unique key's live job: nothing new stored
+            return DuplicateJobId(job_id)
         self._stored(action, params["tube"], job_id, link.address)
         return job_id
 
@@ -217,6 +235,9 @@ class Placement:
         # A retry with the key of an unknown outcome goes to that server only,
         # unless it says it did not store the job (draining, full).
         holder = None if parent is None else self._servers.holder(parent, "parent")
+        key = routing_key(params) if holder is None else None
+        if key is not None:
+            holder = key_holder(self._servers.links(), key)
         pinned, params = (None, params) if holder is not None else self._pinned(params)
         refused = {} if refused is None else refused
         attempt = 0
@@ -246,6 +267,8 @@ class Placement:
                 return self._done(action, params, result, link)
             candidates = None
             if unsure is None:
+                if key is not None:
+                    raise Unavailable("the server this job's key goes to is down")
                 if holder is not None:
                     raise Unavailable(f"the server holding parent {parent[:90]} is down")
                 if pinned is not None:

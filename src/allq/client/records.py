@@ -14,6 +14,14 @@ import attrs
 from allq.wire.bodies import decode_body
 
 
+class DuplicateJobId(str):
+    """The id a put with a ``unique_key`` answers when the key's job is live: that
+    job's id, marked so a front-end can say nothing new was stored (REST
+    ``"duplicate": true``). A ``str`` everywhere else."""
+
+    __slots__ = ()
+
+
 @attrs.frozen
 class FetchedJob:
     """A job as a server handed it out (reserved, taken, or peeked at).

@@ -75,7 +75,7 @@ from allq.client.http import (
     read_body,
     read_json,
 )
-from allq.client.records import FetchedJob
+from allq.client.records import DuplicateJobId, FetchedJob
 from allq.client.rest_replies import batch_reply, rest_job, rest_stats
 from allq.client.schedule_requests import new_schedule
 from allq.client.rest_requests import (
@@ -100,12 +100,15 @@ from allq.client.rest_requests import (
 from allq.wire.bodies import encode_body
 from allq.errors import AllQError, BadRequest, Timeout
 from allq.vocabulary import (
+    DEFAULT_CONCURRENCY,
     FRONTEND_REQUEST_TIMEOUT,
     MAX_BATCH,
+    MAX_CONCURRENCY,
     MAX_KICK_COUNT,
     MAX_OFFSET,
     MAX_WAIT,
     check_clear_state,
+    check_concurrency,
     check_error_text,
     check_fair_setting,
     check_schedule_name,
@@ -121,6 +124,8 @@ _log = Logger()
 
 
 def _put_reply(job_id: str, request: IRequest) -> bytes:
+    if isinstance(job_id, DuplicateJobId):  # a unique key's live job: nothing stored
+        return json_response(request, {"action": "put", "job_id": job_id, "duplicate": True})
     return json_response(request, {"action": "put", "job_id": job_id})
 
 
@@ -373,6 +378,17 @@ max_body=max_body)
         servers = await self._bounded(self._federation.fair(tube, policy))
         return json_response(request, {"action": "fair", "tube": tube, "policy": policy,
                                        "servers": servers})
+
+    @app.route("/concurrency", methods=["PUT"])
+    async def concurrency(self, request: IRequest) -> bytes:
+        """Set how many jobs of one ``concurrency_key`` of a tube are reserved at
+        once (``limit``, default 1), on every server."""
+        tube = tube_arg(request)
+        limit = check_concurrency(int_arg(request, "limit", default=DEFAULT_CONCURRENCY,
+                                          minimum=1, maximum=MAX_CONCURRENCY))
+        servers = await self._bounded(self._federation.concurrency(tube, limit))
+        return json_response(request, {"action": "concurrency", "tube": tube,
+                                       "limit": limit, "servers": servers})
 
     @app.route("/max_size", methods=["PUT"])
     async def max_size(self, request: IRequest) -> bytes:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from allq.client.http import error_body
 from allq.wire.bodies import encode_body
-from allq.client.records import FetchedJob, ServerStats
+from allq.client.records import DuplicateJobId, FetchedJob, ServerStats
 from allq.errors import AllQError
 
 
@@ -82,15 +82,20 @@ def batch_reply(outcomes: Sequence[str | AllQError], action: str) -> tuple[dict,
     """
     job_ids: list[str | None] = []
     errors: list[dict] = []
+    duplicates: list[int] = []
     first: AllQError | None = None
     for index, outcome in enumerate(outcomes):
         if not isinstance(outcome, AllQError):
             job_ids.append(outcome)
+            if isinstance(outcome, DuplicateJobId):
+                duplicates.append(index)
             continue
         job_ids.append(None)
         first = first or outcome
         errors.append({"index": index, **error_body(outcome)})
+    # Jobs a unique_key found live (their ids are the existing jobs'), by index.
+    marked = {"duplicates": duplicates} if duplicates else {}
     if first is None:
-        return {"action": action, "job_ids": job_ids}, 200
-    return ({**error_body(first), "action": action, "job_ids": job_ids, "errors": errors},
-            first.http_status)
+        return {"action": action, "job_ids": job_ids, **marked}, 200
+    return ({**error_body(first), "action": action, "job_ids": job_ids, "errors": errors,
+             **marked}, first.http_status)

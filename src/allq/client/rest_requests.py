@@ -23,9 +23,9 @@ _INTEGER = re.compile(r"-?[0-9]{1,20}")
 _NUMBER = re.compile(r"-?[0-9]{1,20}(?:\.[0-9]{1,9})?")
 NEW_JOB_KEYS = frozenset({
     "tube", "body", "body_base64", "ttl", "delay", "run_at", "priority", "expired_limit", "parent_id",
-    "shard_key", "idempotency_key",
+    "shard_key", "idempotency_key", "unique_key", "concurrency_key",
 })
-NEW_PARENT_JOB_KEYS = (NEW_JOB_KEYS - {"idempotency_key"}
+NEW_PARENT_JOB_KEYS = (NEW_JOB_KEYS - {"idempotency_key", "unique_key", "concurrency_key"}
                        | {"timeout", "run_on_timeout", "limit", "noop", "id"})
 #: A caller's idempotency key: printable ASCII without spaces.
 IDEMPOTENCY_KEY = re.compile(r"[!-~]{1,200}")
@@ -247,7 +247,21 @@ def new_job(obj: Mapping, allowed: frozenset = NEW_JOB_KEYS) -> dict:
         "shard_key": field_str(obj, "shard_key") or None,
         "parent_id": parent_id,
         "idempotency_key": _idempotency_key(obj),
+        **_job_keys(obj, parent_id),
     }
+
+
+def _job_keys(obj: Mapping, parent_id: str | None) -> dict:
+    """The ``unique_key`` and ``concurrency_key`` given (only those: a parent put
+    takes neither)."""
+    keys = {}
+    for name in ("unique_key", "concurrency_key"):
+        if obj.get(name) is not None:
+            keys[name] = vocabulary.check_job_key(name, obj[name])
+            if parent_id is not None:
+                raise BadRequest(f"a child job goes to its parent's server: it cannot "
+                                 f"carry a {name}")
+    return keys
 
 
 def _idempotency_key(obj: Mapping) -> str | None:

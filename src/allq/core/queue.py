@@ -28,6 +28,7 @@ from collections.abc import Callable
 from allq.core.counters import JobCounterMap, JobCounters
 from allq.core.deadlines import Deadlines
 from allq.core.job import Job, JobState
+from allq.core.keys import KeyedJobs
 from allq.core.parents import ParentInfo, Parents
 from allq.core.throttle import TokenBucket
 from allq.core.tube import Tube
@@ -42,8 +43,10 @@ from allq.vocabulary import (
     MAX_OFFSET,
     MAX_RUN_AT,
     MAX_TUBE_SIZE,
+    check_concurrency,
     check_count,
     check_error_text,
+    check_job_key,
     check_priority,
     check_seconds,
     check_shard_key,
@@ -152,6 +155,8 @@ class Queue:
         self._parents = Parents()
         self._deadlines = Deadlines(self._jobs.get)
         self._counters = JobCounterMap()
+        # Unique and concurrency keys, of keyed jobs only (see allq.core.keys).
+        self._keyed = KeyedJobs()
         self._next_id = first_id
         self._started = started
         self._on_change = on_change
@@ -175,12 +180,19 @@ class Queue:
         run_at: float | None = None,
         shard_key: str | None = None,
         parent_id: int | None = None,
+        unique_key: str | None = None,
+        concurrency_key: str | None = None,
     ) -> Job:
         """Add a job; it is ready at once, or delayed by ``delay`` seconds or
         until the unix time ``run_at``.
 
         :param shard_key: the job's key in a fair tube (required there).
         :param parent_id: the waiting parent this job is a child of.
+        :param unique_key: no other live job of the tube may hold it (look for
+            one first with :meth:`unique_job`).
+        :param concurrency_key: at most the tube's concurrency limit of the jobs
+            with this key are reserved at once; the others wait, ready.
+        :raises WrongState: ``unique_key`` names a live job of the tube.
         :raises BadRequest: a value is missing, of the wrong type or out of range.
         :raises TooLarge: the body exceeds ``max_job_size`` bytes (UTF-8).
         :raises NotFound: ``parent_id`` names no job here.
@@ -191,18 +203,34 @@ class Queue:
         job = self._new_job(tube, body, now, priority, ttl, expired_limit, shard_key, parent_id)
         delay = self._delay(delay, run_at, now)
         self._check_parent(parent_id)
+        if unique_key is not None or concurrency_key is not None:
+            self._check_keys(tube, unique_key, concurrency_key)
         tube_ = self._admit(tube, job, child=parent_id is not None)
         if parent_id is not None:
             self._parents.child_put(parent_id)
+        if unique_key is not None or concurrency_key is not None:
+            self._keyed.add(job, unique_key, concurrency_key)
         if delay > 0:
             job.state = JobState.DELAYED
             tube_.delayed_count += 1
             self._counters.of(job).delay = delay
             self._deadlines.schedule(job, now + delay, was_scheduled=False)
         else:
-            tube_.push_ready(job)
+            self._make_ready(job, tube_)
         self._changed(job)
         return job
+
+    def unique_job(self, tube: str, unique_key: str) -> Job | None:
+        """The live job of ``tube`` that holds ``unique_key``, or ``None``."""
+        return self._keyed.unique_job(tube, unique_key) if self._keyed else None
+
+    def job_keys(self, job_id: int) -> tuple[str | None, str | None] | None:
+        """A live job's ``(unique_key, concurrency_key)``, or ``None`` without keys."""
+        return self._keyed.keys_of(job_id) if self._keyed else None
+
+    def keyed_jobs(self) -> int:
+        """How many live jobs carry a unique or concurrency key."""
+        return len(self._keyed)
 
     def put_parent(
         self,
@@ -290,6 +318,9 @@ class Queue:
             job = tube_.pop_ready()
             if job is None:
                 break
+            if self._keyed and not self._keyed.taken(job, tube_, reserved=not delete):
+                tube_.ready_count += 1  # held: its key is at its (cut) limit
+                continue
             if delete:
                 tube_.throughput.record(now, None)  # no processing time to average
                 self._forget(job)
@@ -347,11 +378,17 @@ class Queue:
         tube = self._tubes[job.tube]
         if job.state is JobState.READY:
             tube.remove_ready(job)
+            if self._keyed:
+                self._keyed.taken(job, tube, reserved=True, by_id=True)
         elif job.state is JobState.DELAYED:
             tube.delayed_count -= 1
             self._deadlines.cancel(job)
+            if self._keyed:
+                self._keyed.reserved(job)
         elif job.state is JobState.BURIED:
             del tube.buried[job.id]
+            if self._keyed:
+                self._keyed.reserved(job)
         else:
             raise WrongState(f"job {job_id} is {job.state.value}, not ready, delayed or buried")
         self._reserve(job, tube, now)
@@ -378,6 +415,8 @@ class Queue:
         ready = job.state is JobState.READY
         if ready:
             tube.ready_count -= 1  # its deque entry is dropped lazily
+            if self._keyed:
+                self._keyed.taken(job, tube, reserved=False)
         elif job.state is JobState.DELAYED:
             tube.delayed_count -= 1
             self._deadlines.cancel(job)
@@ -415,6 +454,8 @@ class Queue:
             self._deadlines.schedule(job, now + delay, was_scheduled=False)
         else:
             self._make_ready(job, tube)
+        if self._keyed:
+            self._keyed.freed(job, tube)
         self._changed(job)
         return job
 
@@ -431,7 +472,10 @@ class Queue:
         self._counters.of(job).buries += 1
         if error is not None:
             self._last_errors[job.id] = error
-        self._bury(job, self._unreserve(job))
+        tube = self._unreserve(job)
+        self._bury(job, tube)
+        if self._keyed:
+            self._keyed.freed(job, tube)
         self._changed(job)
         return job
 
@@ -548,6 +592,8 @@ class Queue:
             return 0
         dropped: list[Job] = []
         if state in ("all", "ready"):
+            if self._keyed:
+                dropped += self._keyed.drop_held(tube_)
             dropped += tube_.drop_all_ready()
         if state in ("all", "buried"):
             dropped += tube_.buried.values()
@@ -579,6 +625,8 @@ class Queue:
                     self._parents.remove(job.id)
                 else:
                     tube_.reserved_count -= 1
+                    if self._keyed:
+                        self._keyed.freed(job, tube_)
             dropped += scheduled
         for job in dropped:
             self._forget(job)
@@ -634,6 +682,31 @@ class Queue:
         tube_ = self._tube(tube)
         tube_.max_size = max_size
         return self._tube_changed(tube_)
+
+    def set_concurrency(self, tube: str, limit: int) -> Tube:
+        """How many jobs of one concurrency key of ``tube`` may be reserved at
+        once (default 1). A raise lets held jobs line up at once; a cut lets the
+        jobs reserved now finish."""
+        check_tube(tube)
+        limit = check_concurrency(limit)
+        tube_ = self._tube(tube)
+        self._keyed.set_limit(tube_, limit)
+        if self._on_change is not None:
+            self._on_change("concurrency", (tube, limit))
+        return tube_
+
+    def concurrency(self, tube: str) -> int:
+        """A tube's concurrency limit."""
+        return self._keyed.limit(tube)
+
+    def concurrency_limits(self) -> dict[str, int]:
+        """Every tube whose concurrency limit is not the default, and its limit."""
+        return self._keyed.limits()
+
+    def restore_concurrency(self, tube: str, limit: int) -> None:
+        """Give a tube its stored concurrency limit, without ``on_change``."""
+        check_tube(tube)
+        self._keyed.set_limit(self._tube(tube), check_concurrency(limit))
 
     def set_draining(self, draining: bool) -> None:
         """Drain the whole server: it hands out what it holds and takes no new jobs."""
@@ -701,7 +774,8 @@ class Queue:
         return list(self._jobs.values())
 
     def restore(self, job: Job, *, now: float, parent: ParentInfo | None = None,
-                last_error: str | None = None) -> Job:
+                last_error: str | None = None, unique_key: str | None = None,
+                concurrency_key: str | None = None) -> Job:
         """Place a job read back from storage directly in its stored state.
 
         For recovery at start-up: no size limit or drain flag applies and
@@ -715,6 +789,7 @@ class Queue:
         :param job: the job, with ``state`` and ``deadline`` as stored.
         :param parent: what a waiting parent waits for (required for ``WAITING``).
         :param last_error: the error a bury recorded on the job, if any.
+        :param unique_key: its unique key; :param concurrency_key: its concurrency key.
         :raises BadRequest: the id is taken, the state is ``DELETED``, or a
             waiting parent comes without ``parent`` or a deadline.
         """
@@ -722,6 +797,8 @@ class Queue:
             raise BadRequest(f"job {job.id} already exists")
         if last_error is not None:
             check_error_text(last_error)
+        if unique_key is not None or concurrency_key is not None:
+            self._check_keys(job.tube, unique_key, concurrency_key)
         state = job.state
         deadline, job.deadline, job.reserved_at = job.deadline, None, None
         if state is JobState.DELETED:
@@ -735,6 +812,8 @@ class Queue:
         self._jobs[job.id] = job
         if last_error is not None:
             self._last_errors[job.id] = last_error
+        if unique_key is not None or concurrency_key is not None:
+            self._keyed.add(job, unique_key, concurrency_key)
         self._next_id = max(self._next_id, job.id + 1)
         if state is JobState.DELAYED and deadline is not None and deadline > now:
             tube.delayed_count += 1
@@ -832,6 +911,8 @@ class Queue:
             else:
                 self._make_ready(job, tube)
                 events.append(Event("expired", job.id, job.tube))
+            if self._keyed:
+                self._keyed.freed(job, tube)
             self._changed(job)
         return events
 
@@ -967,6 +1048,8 @@ class Queue:
         tube.throughput.record(now, duration)
         if duration is not None:
             tube.record_processing(job, duration)
+        if self._keyed:
+            self._keyed.freed(job, tube)
         self._forget(job)
 
     def _reserve(self, job: Job, tube: Tube, now: float) -> None:
@@ -979,6 +1062,9 @@ class Queue:
 
     def _make_ready(self, job: Job, tube: Tube) -> None:
         job.state = JobState.READY
+        if self._keyed and not self._keyed.line_up(job, tube):
+            tube.ready_count += 1  # held: ready, out of the line until a slot frees
+            return
         tube.push_ready(job)
 
     def _bury(self, job: Job, tube: Tube) -> None:
@@ -992,9 +1078,20 @@ class Queue:
         self._counters.pop(job.id, None)
         if self._last_errors:
             self._last_errors.pop(job.id, None)
+        if self._keyed:
+            self._keyed.forget(job)
         self._changed(job)
         if job.parent_id is not None:
             self._child_finished(job)
+
+    def _check_keys(self, tube: str, unique_key: object, concurrency_key: object) -> None:
+        if concurrency_key is not None:
+            check_job_key("concurrency_key", concurrency_key)
+        if unique_key is not None:
+            check_job_key("unique_key", unique_key)
+            known = self._keyed.unique_job(tube, unique_key)
+            if known is not None:
+                raise WrongState(f"unique_key {unique_key[:90]!r} already names job {known.id}")
 
     def _check_body(self, body: object) -> None:
         limit = self.config.max_job_size

@@ -86,6 +86,11 @@ class Tube:
         self._ready.push(job)
         self.ready_count += 1
 
+    def line_up(self, job: Job) -> None:
+        """Put a ready job that is counted already (a concurrency key's held job
+        whose turn came, :mod:`allq.core.keys`) into the ready line."""
+        self._ready.push(job)
+
     def pop_ready(self) -> Job | None:
         """Remove and return the next ready job, or ``None`` when there is none."""
         job = self._ready.pop()

@@ -118,6 +118,15 @@ class Dispatcher:
     # -- actions (one per wire action; keyword names are the wire params) ------
 
     def _do_put(self, now, *, idempotency_key, parent_id, **params):
+        unique_key = params["unique_key"]
+        # A retry of a put that stored its job (same idempotency key) is answered by
+        # _store as the first try was: that job is no duplicate of itself.
+        if unique_key is not None and (
+                idempotency_key is None
+                or self._idempotency.lookup(idempotency_key, now) is None):
+            existing = self._queue.unique_job(params["tube"], unique_key)
+            if existing is not None:  # the key's job is live: store nothing
+                return {"job_id": self.job_ref(existing), "duplicate": True}
         return self._store(self._queue.put, now, idempotency_key, parent_id, params)
 
     def _do_put_parent(self, now, *, idempotency_key, parent_id, **params):
@@ -258,6 +267,10 @@ class Dispatcher:
 
     def _do_max_size(self, now, *, tube, max_size):
         return {"tube": tube, "max_size": self._queue.set_max_size(tube, max_size).max_size}
+
+    def _do_concurrency(self, now, *, tube, limit):
+        self._queue.set_concurrency(tube, limit)
+        return {"tube": tube, "limit": self._queue.concurrency(tube)}
 
     def _do_stats(self, now):
         totals = self._queue.global_stats(now)

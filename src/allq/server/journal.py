@@ -34,6 +34,8 @@ mismatch or undecodable JSON marks the end of the good prefix. Records::
                                                             (null: removed)
     ["i", tube, interests, version]                         a tube's interests (null:
                                                             deleted; allq.core.interests)
+    ["u", id, unique_key, concurrency_key]                  a keyed job's keys (after its "j")
+    ["c", tube, limit]                                      a tube's concurrency limit
     ["snapshot", 1, G, next_id, created]                    first line of snapshot G
     ["end", records]                                        last line of a snapshot
 
@@ -116,7 +118,9 @@ from allq.server.records import (
     frame_deleted,
     generation_of,
     has_settings,
+    concurrency_record,
     error_record,
+    keys_record,
     job_record,
     journal_name,
     schedule_record,
@@ -357,6 +361,9 @@ class Journal(Service):
             if job.id > self._max_id:
                 self._max_id = job.id
                 self._buffer.append(frame(job_record(job, info)))
+                keys = self._queue.job_keys(job.id)
+                if keys is not None:
+                    self._buffer.append(frame(keys_record(job.id, keys)))
                 if job.parent_id is not None:
                     # The core counts the child toward its parent without a change
                     # report of its own; records are absolute, so state the count.
@@ -374,6 +381,8 @@ class Journal(Service):
             self._buffer.append(frame(tube_record(subject)))
         elif kind == "server":
             self._buffer.append(frame(["S", bool(subject.draining)]))
+        elif kind == "concurrency":
+            self._buffer.append(frame(concurrency_record(*subject)))
 
     # -- durability ------------------------------------------------------------------
 
@@ -755,6 +764,9 @@ class _Compaction:
                 continue  # gone since the copy; journal G+1 says so
             info = queue.parent_info(job.id) if state is _WAITING else None
             lines.append(frame(job_record(job, info)))
+            keys = queue.job_keys(job.id)
+            if keys is not None:
+                lines.append(frame(keys_record(job.id, keys)))
             error = queue.last_error(job.id)
             if error is not None:
                 lines.append(frame(error_record(job.id, error)))
@@ -771,6 +783,8 @@ class _Compaction:
         queue = self._queue
         lines = [frame(tube_record(queue.tube(name))) for name in queue.tube_names()
                  if has_settings(queue.tube(name))]
+        lines += [frame(concurrency_record(name, limit))
+                  for name, limit in queue.concurrency_limits().items()]
         lines.append(frame(["S", bool(queue.draining)]))
         keys = self._journal._keys
         if keys is not None:

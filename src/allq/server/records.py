@@ -116,6 +116,16 @@ def error_record(job_id: int, error: str) -> list:
     return ["e", job_id, error]
 
 
+def keys_record(job_id: int, keys: tuple[str | None, str | None]) -> list:
+    """The ``u`` record: a keyed job's unique and concurrency keys (after its ``j``)."""
+    return ["u", job_id, keys[0], keys[1]]
+
+
+def concurrency_record(tube: str, limit: int) -> list:
+    """The ``c`` record: a tube's concurrency limit."""
+    return ["c", tube, limit]
+
+
 def tube_record(tube) -> list:
     """The ``t`` record: a tube's settings."""
     throttle = None if tube.throttle is None else tube.throttle.rate

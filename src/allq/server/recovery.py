@@ -86,6 +86,10 @@ class Recovered:
     interests: dict[str, list] = attrs.Factory(dict)
     errors: dict[int, str] = attrs.Factory(dict)
     schedules: dict[str, list] = attrs.Factory(dict)
+    #: Each live keyed job's ``(unique_key, concurrency_key)`` (``u`` records), by job id.
+    job_keys: dict[int, tuple] = attrs.Factory(dict)
+    #: Each tube's concurrency limit (``c`` records).
+    concurrency: dict[str, int] = attrs.Factory(dict)
     max_id: int = 0
     generation: int = 1
     snapshot_generation: int | None = None
@@ -304,6 +308,8 @@ def _apply(state: Recovered, record: list) -> bool:
         state.jobs.pop(record[1], None)
         if state.errors:
             state.errors.pop(record[1], None)
+        if state.job_keys:
+            state.job_keys.pop(record[1], None)
     elif kind == "e" and size == 3 and isinstance(record[2], str):
         if record[1] in state.jobs:
             state.errors[record[1]] = record[2]
@@ -311,6 +317,13 @@ def _apply(state: Recovered, record: list) -> bool:
             state.orphans += 1  # as for an "s" record of a job gone since
     elif kind == "t" and size == 7 and isinstance(record[1], str):
         state.tubes[record[1]] = record
+    elif kind == "u" and size == 4:
+        if record[1] in state.jobs:
+            state.job_keys[record[1]] = (record[2], record[3])
+        else:
+            state.orphans += 1
+    elif kind == "c" and size == 3 and isinstance(record[1], str):
+        state.concurrency[record[1]] = record[2]
     elif kind == "S" and size == 2:
         state.draining = bool(record[1])
     elif kind == "k" and size == 4 and isinstance(record[1], str):
@@ -378,10 +391,16 @@ def restore_queue(queue, recovered: Recovered, now: float) -> Restored:
                                draining=draining, fair=fair, max_size=max_size)
         except (AllQError, TypeError, ValueError):
             pass
+    for name, limit in recovered.concurrency.items():
+        try:
+            queue.restore_concurrency(name, limit)
+        except AllQError:
+            pass
     counts = {JobState.READY: 0, JobState.DELAYED: 0, JobState.BURIED: 0, JobState.WAITING: 0}
     invalid = 0
     restore = queue.restore
     errors = recovered.errors
+    job_keys = recovered.job_keys
     with _bulk_load():
         for record in recovered.jobs.values():
             try:
@@ -391,8 +410,11 @@ def restore_queue(queue, recovered: Recovered, now: float) -> Restored:
                           expired_limit=expired_limit, created=created, state=_STATES[state],
                           deadline=deadline, expireds=expireds, releases=releases,
                           shard_key=shard_key, parent_id=parent_id)
+                unique_key, concurrency_key = (job_keys.get(job_id, (None, None))
+                                               if job_keys else (None, None))
                 restore(job, now=now, parent=None if parent is None else ParentInfo(*parent),
-                        last_error=errors.get(job_id) if errors else None)
+                        last_error=errors.get(job_id) if errors else None,
+                        unique_key=unique_key, concurrency_key=concurrency_key)
             except (AllQError, TypeError, ValueError, KeyError):
                 invalid += 1
                 continue

@@ -36,6 +36,10 @@ Actions (params; ``?`` marks optional ones) and results
                    memory window returns the first job id and stores nothing new.
                    ``run_at`` is a unix time (instead of ``delay``); ``shard_key`` is
                    required in fair tubes; ``parent_id`` names a waiting parent.
+                   unique_key?, concurrency_key?: while a live job of the tube holds
+                   ``unique_key`` the put stores nothing and answers ``{"job_id":
+                   <that job>, "duplicate": true}``; at most the tube's concurrency
+                   limit of the jobs sharing a ``concurrency_key`` are reserved at once.
     ``put_parent`` tube, body, priority?, ttl?, expired_limit?, shard_key?, parent_id?,
                    idempotency_key?, timeout? (3600), run_on_timeout? (false), limit?
                    noop? (false), alias? → ``{"job_id"}``: a parent waiting for
@@ -50,6 +54,8 @@ Actions (params; ``?`` marks optional ones) and results
     ``drain``, ``undrain``    tube? (none: the whole server) → ``{"tube"?, "draining"}``
     ``fair``       tube, policy (round_robin | weighted | off | default) → ``{"tube", "fair"}``
     ``max_size``   tube, max_size? (null: unbounded) → ``{"tube", "max_size"}``
+    ``concurrency``  tube, limit? (1) → ``{"tube", "limit"}``: how many jobs of one
+                   concurrency key are reserved at once
     ``get``        tube, count? (1), delete? (false) → ``{"jobs": [job, ...]}``
     ``get_any``    tubes (list), count? (1), delete? (false) → ``{"jobs": [...]}``: the
                    best jobs across the tubes (priority, then put order)
@@ -174,6 +180,8 @@ ACTIONS: dict[str, dict[str, tuple[str, object]]] = {
         "run_at": ("number", None),
         "shard_key": ("str", None),
         "parent_id": ("str", None),
+        "unique_key": ("str", None),
+        "concurrency_key": ("str", None),
     },
     "put_parent": {
         "tube": ("str", _REQUIRED),
@@ -200,6 +208,7 @@ ACTIONS: dict[str, dict[str, tuple[str, object]]] = {
     "undrain": {"tube": ("str", None)},
     "fair": {"tube": ("str", _REQUIRED), "policy": ("str", _REQUIRED)},
     "max_size": {"tube": ("str", _REQUIRED), "max_size": ("int", None)},
+    "concurrency": {"tube": ("str", _REQUIRED), "limit": ("int", 1)},
     "get": {"tube": ("str", _REQUIRED), "count": ("int", 1), "delete": ("bool", False)},
     "get_any": {"tubes": ("strs", _REQUIRED), "count": ("int", 1), "delete": ("bool", False)},
     "reserve_job": {"job_id": ("str", _REQUIRED)},
