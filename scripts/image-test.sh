@@ -102,13 +102,14 @@ export ALLQ_SERVER_IMAGE="$SERVER_IMAGE" ALLQ_CLIENT_IMAGE="$CLIENT_IMAGE"
 # A killed server must stay down for the failover check; probe health every second.
 export ALLQ_RESTART=no ALLQ_HEALTHCHECK_INTERVAL=1s
 read -r ALLQ_SERVER1_PORT ALLQ_SERVER2_PORT ALLQ_SERVER3_PORT ALLQ_CLIENT1_PORT ALLQ_CLIENT2_PORT \
-  < <("$PY" -c '
+  ALLQ_CLIENT1_JSONL_PORT ALLQ_CLIENT2_JSONL_PORT < <("$PY" -c '
 import socket
-socks = [socket.socket() for _ in range(5)]
+socks = [socket.socket() for _ in range(7)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])')
-export ALLQ_SERVER1_PORT ALLQ_SERVER2_PORT ALLQ_SERVER3_PORT ALLQ_CLIENT1_PORT ALLQ_CLIENT2_PORT
+export ALLQ_SERVER1_PORT ALLQ_SERVER2_PORT ALLQ_SERVER3_PORT ALLQ_CLIENT1_PORT ALLQ_CLIENT2_PORT \
+  ALLQ_CLIENT1_JSONL_PORT ALLQ_CLIENT2_JSONL_PORT
 touch "$work/env"
 stack=(-p "$PROJECT" --env-file "$work/env" -f docker/federated.yml -f docker/federated.host.yml)
 

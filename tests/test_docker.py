@@ -70,15 +70,17 @@ def test_compose_files_and_dockerfiles_pass_the_static_checks():
     assert output.count("compose ok") == 6, output
 
 
-def compose_config(stack: str, env: dict[str, str], tmp_path) -> dict:
-    """``docker compose config`` of a stack with these variables, as JSON (no engine)."""
+def compose_config(stack: str, env: dict[str, str], tmp_path, *overlays: str) -> dict:
+    """``docker compose config`` of a stack (and its overlays) with these variables, as
+    JSON (no engine)."""
     import json
 
     binary = run_script_output(["docker-checks.sh", "--install"]).strip().splitlines()[-1]
     env_file = tmp_path / "env"
     env_file.write_text("".join(f"{name}={value}\n" for name, value in env.items()))
     done = subprocess.run(
-        [binary, "--env-file", str(env_file), "-f", f"docker/{stack}", "config",
+        [binary, "--env-file", str(env_file),
+         *[arg for name in (stack, *overlays) for arg in ("-f", f"docker/{name}")], "config",
          "--format", "json"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -112,6 +114,19 @@ def test_the_allqueue_stack_is_the_originals_with_the_key_switch(tmp_path):
     assert sorted((p["host_ip"], p["published"], p["target"]) for p in client["ports"]) == [
         ("127.0.0.1", "7768", 7768), ("127.0.0.1", "8090", 8090)]
     assert client["depends_on"]["us-server"]["condition"] == "service_healthy"
+
+
+def test_host_network_stacks_keep_the_json_lines_api_on_loopback(tmp_path):
+    """With host networking the image's CL_LISTEN=0.0.0.0 would publish the unauthenticated
+    JSON-lines API on every interface of the host, and two clients would both want 7766:
+    the host overlays keep it on 127.0.0.1, one port per client."""
+    single = compose_config("single.yml", {}, tmp_path, "single.host.yml")
+    assert single["services"]["client"]["environment"]["CL_LISTEN"] == "127.0.0.1"
+    federated = compose_config("federated.yml", {"ALLQ_CLIENT1_JSONL_PORT": "17766"},
+                               tmp_path, "federated.host.yml")
+    endpoints = [federated["services"][name]["environment"]["ALLQ_JSONL"]
+                 for name in ("client1", "client2")]
+    assert endpoints == ["tcp:17766:interface=127.0.0.1", "tcp:7767:interface=127.0.0.1"]
 
 
 def test_the_client_image_exposes_the_json_lines_port():
