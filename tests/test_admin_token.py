@@ -91,13 +91,21 @@ class TokenSiteTests(RestTestCase):
 
     def test_no_token_is_401_everywhere(self):
         for method, path in (("POST", "/job"), ("GET", "/jobs?tube=t&state=ready"),
-                             ("GET", "/health"), ("GET", "/"), ("GET", "/static/dashboard.js")):
+                             ("GET", "/health"), ("GET", "/openapi.json"),
+                             ("PUT", "/kick?tube=t")):
             reply = self.call(method, path, json={"tube": "t", "body": "x"}
                               if method == "POST" else None)
             self.assert_error(reply, 401, "unauthorized")
         reply = self.call("GET", "/health", headers={"authorization": "Bearer wrong-token-0123456"})
         self.assert_error(reply, 401, "unauthorized")
         self.assertEqual(self.sent(), [])
+
+    def test_the_dashboard_files_need_no_token(self):
+        """The page and its files hold no data: a browser opens them, then the page
+        sends the token on its calls."""
+        for path in ("/", "/static/dashboard.js"):
+            response = self.result_of_with_flush(self.stub.request("GET", "http://allq.test" + path))
+            self.assertEqual(response.code, 200)
 
     def test_the_token_opens_every_route(self):
         auth = {"authorization": "Bearer " + TOKEN}

@@ -242,3 +242,40 @@ def test_metrics_of_a_running_client(stack):
         {"tube": "metered", "action": "get"}.items()))] == 1
     assert found[("allq_client_request_duration_seconds_count", frozenset(
         {"method": "POST", "route": "/job", "status": "2xx"}.items()))] == 3
+
+
+def test_dashboard_asks_for_the_admin_token_once(sync_api, tmp_path):
+    """A client on every interface with --admin-token: the page asks for the token
+    once, then polls with it (the counts show up)."""
+    from tests.test_client_integration import CLIENT_SERVING
+
+    token = "dashboard-admin-token-0123456789"
+    expect = sync_api.expect
+    expect.set_options(timeout=WAIT * 1000)
+    with Daemons(tmp_path) as daemons:
+        keys = daemons.generate_keys()
+        server = daemons.start_server(keys)
+        client = daemons.spawn(
+            "allq-client", ["--keys", str(keys.directory), "--servers",
+                            f"{server.host}:{server.port}", "--http", "tcp:0:interface=0.0.0.0",
+                            "--admin-token", token, "--jsonl", "none", "--unix", "none"])
+        port = int(client.wait_for_log(CLIENT_SERVING)["port"])
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                asked = []
+
+                def answer(dialog):
+                    asked.append(dialog.message)
+                    dialog.accept(token)
+
+                page.on("dialog", answer)
+                page.goto(f"http://127.0.0.1:{port}/")
+                server_row = page.locator(f'tr[data-server="{server.host}:{server.port}"]')
+                expect(server_row.locator(".status")).to_have_text("up")
+                expect(page.locator("#summary-text")).to_contain_text("1/1 servers up")
+                page.wait_for_timeout(2000)  # more polls: none asks again
+                assert len(asked) == 1 and "admin token" in asked[0], asked
+            finally:
+                browser.close()

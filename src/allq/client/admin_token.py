@@ -4,9 +4,12 @@ On loopback the API (and the dashboard) needs no password: any process of the
 machine may call it, which is the point, and :class:`allq.client.http_guard.HostGuard`
 keeps web pages out. Published beyond loopback it would let anyone who reaches the
 port delete jobs, so the client refuses to start there without ``--admin-token``
-(:func:`needs_token`), and then every request, REST and site alike, must carry
-``Authorization: Bearer <token>`` (:class:`TokenGuard`; 401 otherwise). A token given
-on loopback is required there too.
+(:func:`needs_token`), and then every request (the REST API, ``/metrics``, every
+call the dashboard makes) must carry ``Authorization: Bearer <token>``
+(:class:`TokenGuard`; 401 otherwise). Only the dashboard's static files (the page,
+its script and its style: no data) are served without it, since a browser opening
+the page cannot send a header; the page asks for the token and sends it. A token
+given on loopback is required there too.
 
 The token is compared in constant time (:func:`hmac.compare_digest`), so the time an
 answer takes says nothing about how much of a guess was right.

@@ -25,7 +25,8 @@ class SiteRoot(Resource):
 
     Every request is first checked by the :class:`HostGuard` (DNS rebinding and
     cross-site requests are refused before any route sees them), then, with an
-    admin token, by its :class:`TokenGuard` (no route is served without the token).
+    admin token, by its :class:`TokenGuard`: nothing but the dashboard's static
+    files (the page and its script and style) is served without the token.
 
     :param api: the REST facade's resource.
     :param metrics: the ``/metrics`` resource, or ``None`` for none.
@@ -48,13 +49,17 @@ class SiteRoot(Resource):
 
     def render(self, request: IRequest) -> bytes | int:
         refusal = self._guard.refusal(request)
-        if refusal is None and self._token is not None:
-            refusal = self._token.refusal(request)
         if refusal is not None:
             return refusal
         segments = request.postpath
         if self._dashboard is not None and (segments == [b""] or segments[:1] == [b"static"]):
+            # The page's own files hold no data and a browser cannot send a token
+            # when it opens a page: the page asks for it and sends it on every call.
             return self._dashboard.render(request)
+        if self._token is not None:
+            refusal = self._token.refusal(request)
+            if refusal is not None:
+                return refusal
         if self._metrics is not None and segments == [b"metrics"]:
             return self._metrics.render(request)
         return self._api.render(request)
