@@ -170,6 +170,14 @@ def test_dashboard_in_a_browser(sync_api, stack, tmp_path):
             row.locator('button[data-action="unpause"]').click()
             expect(row.locator('[data-field="state"]')).to_have_text("active")
 
+            # Drain (confirmed): puts are refused until it is undrained.
+            page.once("dialog", lambda dialog: dialog.accept())
+            row.locator('button[data-action="drain"]').click()
+            expect(row.locator('[data-field="state"]')).to_have_text("draining")
+            assert api.call("POST", "/job", {"tube": "emails", "body": "no"})[0] == 503
+            row.locator('button[data-action="undrain"]').click()
+            expect(row.locator('[data-field="state"]')).to_have_text("active")
+
             # Clear a tube from the page, confirming the browser's dialog.
             api.put("scratch", "to be cleared")
             scratch = page.locator('tr[data-tube="scratch"]')
