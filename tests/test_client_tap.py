@@ -10,6 +10,9 @@ from allq.client.tap import Options, makeService
 from allq.cli import generate_keys
 
 
+TOKEN = "s3cret-admin-token-0123456789"
+
+
 def parse(args=(), environ=None):
     options = Options()
     options.environ = environ or {}
@@ -38,9 +41,10 @@ def test_environment_fallbacks_and_flags_win():
     assert options["http"] == "tcp:9000:interface=127.0.0.1:backlog=1024"
     assert (options["keys"], options["retry-budget"], options["max-body"]) == ("/k", 2.5, 4096)
     assert options["access-log"] is True
-    inside_a_container = parse(environ={"HTTP_SERVER_PORT": "9000", "ALLQ_HTTP_INTERFACE": "0.0.0.0"})
+    inside_a_container = parse(environ={"HTTP_SERVER_PORT": "9000", "ALLQ_HTTP_INTERFACE": "0.0.0.0",
+                                        "ALLQ_ADMIN_TOKEN": TOKEN})
     assert inside_a_container["http"] == "tcp:9000:interface=0.0.0.0:backlog=1024"
-    options = parse(["--servers", "c:3", "--http", "tcp:0"], environ=env)
+    options = parse(["--servers", "c:3", "--http", "tcp:0", "--admin-token", TOKEN], environ=env)
     assert (options["servers"], options["http"]) == (["c:3"], "tcp:0")
 
 
@@ -140,7 +144,8 @@ def test_make_service_without_local_api(tmp_path):
     """--jsonl none --unix none: only the HTTP port is bound."""
     generate_keys(str(tmp_path / "keys"))
     reactor = MemoryReactorClock()
-    service = makeService(parse(["--keys", str(tmp_path / "keys"), "--http", "tcp:8123",
+    service = makeService(parse(["--keys", str(tmp_path / "keys"), "--http",
+                                 "tcp:8123:interface=127.0.0.1",
                                  "--jsonl", "none", "--unix", "none"]), reactor=reactor)
     service.startService()
     try:
@@ -161,3 +166,31 @@ def test_plugin_is_discoverable():
     import twisted.plugins
 
     assert "allq-client" in {p.tapname for p in getPlugins(IServiceMaker, twisted.plugins)}
+
+
+# -- --admin-token ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("http", ["tcp:8090", "tcp:8090:interface=0.0.0.0",
+                                  "tcp6:8090:interface=\\:\\:", "tcp:8090:interface=10.1.2.3",
+                                  "tcp:8090:interface=allq.example"])
+def test_beyond_loopback_needs_a_token(http):
+    """Listening beyond loopback without a token is a startup error naming the option."""
+    with pytest.raises(usage.UsageError, match="--admin-token TOKEN .env ALLQ_ADMIN_TOKEN"):
+        parse(["--http", http])
+    assert parse(["--http", http, "--admin-token", TOKEN])["admin-token"] == TOKEN
+    assert parse(["--http", http], environ={"ALLQ_ADMIN_TOKEN": TOKEN})["admin-token"] == TOKEN
+
+
+@pytest.mark.parametrize("http", ["tcp:8090:interface=127.0.0.1", "tcp:0:interface=localhost",
+                                  "tcp6:8090:interface=\\:\\:1", "unix:/tmp/allq-http.sock"])
+def test_loopback_needs_no_token(http):
+    assert parse(["--http", http])["admin-token"] is None
+    assert parse(["--http", http, "--admin-token", TOKEN])["admin-token"] == TOKEN
+
+
+@pytest.mark.parametrize("token", ["short", "has a space in it here", "x" * 513, "tökén-0123456789abc"])
+def test_bad_token_is_refused_without_quoting_it(token):
+    with pytest.raises(usage.UsageError, match="--admin-token: the token must be") as raised:
+        parse(["--admin-token", token])
+    assert token not in str(raised.value)

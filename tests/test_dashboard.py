@@ -90,7 +90,8 @@ def metric_samples(api: Api) -> dict:
 
 def test_dashboard_in_a_browser(sync_api, stack, tmp_path):
     """The page shows the server up, a tube's ready count after puts, its buried count
-    after a bury, and kick / pause / peek / clear work from its buttons."""
+    after a bury, its jobs panel lists the buried job (error, server) and kicks it back
+    to ready, and kick all / pause / peek / clear work from its buttons."""
     expect = sync_api.expect
     expect.set_options(timeout=WAIT * 1000)
     api, server = stack
@@ -123,16 +124,40 @@ def test_dashboard_in_a_browser(sync_api, stack, tmp_path):
             expect(row.locator('[data-field="buried"]')).to_have_text("1")
             expect(row.locator('[data-field="ready"]')).to_have_text("1")
 
-            # Peek at the buried job: its body is shown as text, never as markup.
-            row.locator('button[data-action="peek-buried"]').click()
+            # The tube's jobs panel lists the buried job with its error and server.
+            row.locator('button[data-action="jobs"]').click()
+            expect(page.locator("#jobs-title")).to_have_text("Jobs in emails")
+            buried_row = page.locator(f'#jobs-table tr[data-job-id="{job["id"]}"]')
+            expect(buried_row).to_contain_text(error)
+            expect(buried_row).to_contain_text(server.server_id)
+            expect(page.locator("#jobs-range")).to_have_text("1–1 of 1")
+
+            # Look at it: its body is shown as text, never as markup.
+            buried_row.locator('button[data-action="view"]').click()
             expect(page.locator("#peek-body")).to_have_text(body)
             expect(page.locator('#peek [data-field="id"]')).to_have_text(job["id"])
+            expect(page.locator('#peek [data-field="server"]')).to_have_text(server.server_id)
             assert page.locator("#peek-body img, #peek-body b").count() == 0
             assert page.evaluate("window.pwned") is None
             expect(page.locator("#peek-error")).to_have_text(error)
             assert page.locator("#peek-error i").count() == 0
 
-            # Kick from the page: buried drops to 0, the job is ready again.
+            # Kick that one job from its row: buried drops to 0, it is ready again
+            # and the ready list shows it.
+            buried_row.locator('button[data-action="kick-job"]').click()
+            expect(page.locator("#toast")).to_contain_text("Kicked " + job["id"])
+            expect(row.locator('[data-field="buried"]')).to_have_text("0")
+            expect(row.locator('[data-field="ready"]')).to_have_text("2")
+            expect(page.locator("#jobs-empty")).to_have_text("No buried job in emails.")
+            page.locator('#jobs-states button[data-state="ready"]').click()
+            expect(page.locator(f'#jobs-table tr[data-job-id="{job["id"]}"]')).to_be_visible()
+            expect(page.locator("#jobs-range")).to_have_text("1–2 of 2")
+
+            # Bury it again and kick every buried job of the tube, confirming.
+            status, again = api.call("GET", "/job", tube="emails")
+            assert api.call("PUT", "/bury", job_id=again["id"])[0] == 200
+            expect(row.locator('[data-field="buried"]')).to_have_text("1")
+            page.once("dialog", lambda dialog: dialog.accept())
             row.locator('button[data-action="kick"]').click()
             expect(row.locator('[data-field="buried"]')).to_have_text("0")
             expect(row.locator('[data-field="ready"]')).to_have_text("2")
@@ -143,6 +168,14 @@ def test_dashboard_in_a_browser(sync_api, stack, tmp_path):
             expect(row.locator('[data-field="state"]')).to_have_text("paused")
             assert api.call("GET", "/job", tube="emails") == (200, {})
             row.locator('button[data-action="unpause"]').click()
+            expect(row.locator('[data-field="state"]')).to_have_text("active")
+
+            # Drain (confirmed): puts are refused until it is undrained.
+            page.once("dialog", lambda dialog: dialog.accept())
+            row.locator('button[data-action="drain"]').click()
+            expect(row.locator('[data-field="state"]')).to_have_text("draining")
+            assert api.call("POST", "/job", {"tube": "emails", "body": "no"})[0] == 503
+            row.locator('button[data-action="undrain"]').click()
             expect(row.locator('[data-field="state"]')).to_have_text("active")
 
             # Clear a tube from the page, confirming the browser's dialog.
@@ -217,3 +250,40 @@ def test_metrics_of_a_running_client(stack):
         {"tube": "metered", "action": "get"}.items()))] == 1
     assert found[("allq_client_request_duration_seconds_count", frozenset(
         {"method": "POST", "route": "/job", "status": "2xx"}.items()))] == 3
+
+
+def test_dashboard_asks_for_the_admin_token_once(sync_api, tmp_path):
+    """A client on every interface with --admin-token: the page asks for the token
+    once, then polls with it (the counts show up)."""
+    from tests.test_client_integration import CLIENT_SERVING
+
+    token = "dashboard-admin-token-0123456789"
+    expect = sync_api.expect
+    expect.set_options(timeout=WAIT * 1000)
+    with Daemons(tmp_path) as daemons:
+        keys = daemons.generate_keys()
+        server = daemons.start_server(keys)
+        client = daemons.spawn(
+            "allq-client", ["--keys", str(keys.directory), "--servers",
+                            f"{server.host}:{server.port}", "--http", "tcp:0:interface=0.0.0.0",
+                            "--admin-token", token, "--jsonl", "none", "--unix", "none"])
+        port = int(client.wait_for_log(CLIENT_SERVING)["port"])
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                asked = []
+
+                def answer(dialog):
+                    asked.append(dialog.message)
+                    dialog.accept(token)
+
+                page.on("dialog", answer)
+                page.goto(f"http://127.0.0.1:{port}/")
+                server_row = page.locator(f'tr[data-server="{server.host}:{server.port}"]')
+                expect(server_row.locator(".status")).to_have_text("up")
+                expect(page.locator("#summary-text")).to_contain_text("1/1 servers up")
+                page.wait_for_timeout(2000)  # more polls: none asks again
+                assert len(asked) == 1 and "admin token" in asked[0], asked
+            finally:
+                browser.close()

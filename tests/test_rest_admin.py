@@ -172,7 +172,7 @@ class OpenApiTests(RestTestCase):
         """Every Klein route+method is documented and every documented one is served."""
         document = self.document()
         self.assertEqual(documented_operations(document), served_operations())
-        self.assertEqual(len(served_operations()), 36)  # 26; 5 schedule, 4 interest, 1 concurrency route
+        self.assertEqual(len(served_operations()), 37)  # 26; 5 schedule, 4 interest, 1 concurrency, 1 jobs route
 
     def test_document_header(self):
         """It is an OpenAPI 3.1 document with unique operation ids."""

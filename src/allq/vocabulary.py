@@ -67,6 +67,10 @@ CLEAR_STATES = ("all", "ready", "delayed", "buried", "reserved", "parents")
 #: (back to the name convention, e.g. ``fq-`` tubes are round robin).
 FAIR_POLICIES = ("round_robin", "weighted")
 FAIR_SETTINGS = (*FAIR_POLICIES, "off", "default")
+#: The states a tube's jobs can be listed in (``GET /jobs``), and the most jobs one
+#: page of that list holds.
+LIST_STATES = ("ready", "delayed", "reserved", "buried")
+MAX_LIST_LIMIT = 200
 
 
 # -- job references -------------------------------------------------------------------
@@ -315,3 +319,10 @@ def check_concurrency(limit: object) -> int:
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_CONCURRENCY:
         raise BadRequest(f"limit must be an integer from 1 to {MAX_CONCURRENCY}")
     return limit
+
+
+def check_list_state(state: object) -> str:
+    """A state a tube's jobs can be listed in (:data:`LIST_STATES`)."""
+    if state not in LIST_STATES:
+        raise BadRequest(f"state must be one of {', '.join(LIST_STATES)}")
+    return state

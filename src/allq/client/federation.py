@@ -636,6 +636,29 @@ class Federation(MultiService):
                     return None  # the server's line changed between the two calls
         return None
 
+    async def list_jobs(self, tube: str, state: str, *, offset: int = 0,
+                        limit: int = 50) -> tuple[list[tuple[str, FetchedJob]], int]:
+        """A page of a tube's jobs in one state, each with its server's id, and how
+        many the reachable servers hold in that state: the servers' lists one after
+        another in server-id order (as :meth:`peek` counts), ``offset`` into that."""
+        links = sorted(self._servers.healthy(), key=lambda l: l.server_id or "")
+        if not links:
+            raise self._unreachable()
+        page: list[tuple[str, FetchedJob]] = []
+        total = 0
+        for link in links:
+            wanted = limit - len(page)
+            result = await link.request("list_jobs", {
+                "tube": tube, "state": state, "offset": offset if wanted else 0,
+                "limit": max(wanted, 1)})
+            held = result["total"]
+            if wanted:
+                page += [(link.server_id, FetchedJob.from_reply(job))
+                         for job in result["jobs"][:wanted]]
+                offset = max(offset - held, 0)
+            total += held
+        return page, total
+
     async def peek_most_urgent(self, tube: str) -> FetchedJob | None:
         """The ready job of a tube with the lowest priority number over every
         reachable server (each server's next; ties: the first server's)."""

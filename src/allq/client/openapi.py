@@ -16,6 +16,7 @@ from allq.vocabulary import (
     CLEAR_STATES,
     FAIR_SETTINGS,
     JOB_ID,
+    LIST_STATES,
     MAX_CHILD_LIMIT,
     MAX_CONCURRENCY,
     MAX_COUNT,
@@ -23,6 +24,7 @@ from allq.vocabulary import (
     MAX_EXPIRED_LIMIT,
     MAX_JOB_KEY_LENGTH,
     MAX_KICK_COUNT,
+    MAX_LIST_LIMIT,
     MAX_OFFSET,
     MAX_PRIORITY,
     MAX_RUN_AT,
@@ -309,6 +311,21 @@ def _schemas() -> dict:
                                          "job's, nothing new was stored"}},
         },
         "Job": job,
+        "JobPage": {
+            "type": "object",
+            "required": ["tube", "state", "offset", "limit", "total", "jobs"],
+            "properties": {
+                "tube": {"type": "string"}, "state": {"enum": list(LIST_STATES)},
+                "offset": {"type": "integer"}, "limit": {"type": "integer"},
+                "total": {"type": "integer", "minimum": 0,
+                          "description": "jobs in that state on the reachable servers"},
+                "jobs": {"type": "array", "items": {"allOf": [
+                    _ref("schemas", "Job"),
+                    {"type": "object", "required": ["server"],
+                     "properties": {"server": {"type": "string",
+                                               "description": "the id of its server"}}}]}},
+            },
+        },
         "JobOrEmpty": {"oneOf": [_ref("schemas", "Job"),
                                  {"type": "object", "maxProperties": 0}]},
         "NewJobBatch": {
@@ -481,6 +498,14 @@ def _parameters() -> dict:
         "offset": _query("offset", {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET,
                                     "default": 0},
                          "skip this many jobs"),
+        "list_state": _query("state", {"type": "string", "enum": list(LIST_STATES)},
+                             "which of the tube's jobs to list", required=True),
+        "list_offset": _query("offset", {"type": "integer", "minimum": 0,
+                                         "maximum": MAX_OFFSET, "default": 0},
+                              "skip this many jobs (counting servers in id order)"),
+        "list_limit": _query("limit", {"type": "integer", "minimum": 1,
+                                       "maximum": MAX_LIST_LIMIT, "default": 50},
+                             "how many jobs at most"),
         "delay": _query("delay", {"type": "string", "pattern": _SECONDS_STRING,
                                   "default": "0"},
                         "seconds before the released job is ready again"),
@@ -607,6 +632,13 @@ def document(*, max_body: int) -> dict:
                              "tube without reserving it, or {}.",
                              _json(_ref("schemas", "JobOrEmpty"), "The job, or {}"),
                              ("400", *_FEDERATED), ("tube", "tube_name", "buried", "offset"))},
+        "/jobs": {"get": _op("jobs_get", "actions", "A page of a tube's jobs in one state, "
+                             "without reserving them: each server's list (ready: in get "
+                             "order; buried: oldest first; delayed: soonest due first; "
+                             "reserved: put order), servers in id order.",
+                             _json(_ref("schemas", "JobPage"), "The page"),
+                             ("400", *_FEDERATED),
+                             ("tube", "tube_name", "list_state", "list_offset", "list_limit"))},
         "/tube": {"delete": _op("tube_delete", "actions", "Drop a tube's jobs (in one state, "
                                 "or all) on every server.",
                                 _json(_ref("schemas", "Cleared"), "How many were dropped"),

@@ -105,12 +105,14 @@ from allq.vocabulary import (
     MAX_BATCH,
     MAX_CONCURRENCY,
     MAX_KICK_COUNT,
+    MAX_LIST_LIMIT,
     MAX_OFFSET,
     MAX_WAIT,
     check_clear_state,
     check_concurrency,
     check_error_text,
     check_fair_setting,
+    check_list_state,
     check_schedule_name,
 )
 
@@ -324,6 +326,20 @@ max_body=max_body)
         offset = int_arg(request, "offset", default=0, minimum=0, maximum=MAX_OFFSET)
         job = await self._bounded(self._federation.peek(tube, buried=buried, offset=offset))
         return json_response(request, {} if job is None else rest_job(job))
+
+    @app.route("/jobs", methods=["GET"])
+    async def list_jobs(self, request: IRequest) -> bytes:
+        """A page of a tube's jobs in one state (``state``), the servers' lists one
+        after another in server-id order; each job names its ``server``."""
+        tube = tube_arg(request)
+        state = check_list_state(arg(request, "state"))
+        offset = int_arg(request, "offset", default=0, minimum=0, maximum=MAX_OFFSET)
+        limit = int_arg(request, "limit", default=50, minimum=1, maximum=MAX_LIST_LIMIT)
+        page, total = await self._bounded(
+            self._federation.list_jobs(tube, state, offset=offset, limit=limit))
+        return json_response(request, {
+            "tube": tube, "state": state, "offset": offset, "limit": limit, "total": total,
+            "jobs": [{**rest_job(job), "server": server} for server, job in page]})
 
     # -- tubes -----------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
+from allq.client.admin_token import TokenGuard
 from allq.client.http_guard import HostGuard
 from allq.client.metrics import ClientMetrics
 from allq.client.metrics_http import RouteNames
@@ -23,23 +24,28 @@ class SiteRoot(Resource):
     the request's path exactly as if it were the root itself.
 
     Every request is first checked by the :class:`HostGuard` (DNS rebinding and
-    cross-site requests are refused before any route sees them).
+    cross-site requests are refused before any route sees them), then, with an
+    admin token, by its :class:`TokenGuard`: nothing but the dashboard's static
+    files (the page and its script and style) is served without the token.
 
     :param api: the REST facade's resource.
     :param metrics: the ``/metrics`` resource, or ``None`` for none.
     :param dashboard: serves ``/`` and ``/static/*``, or ``None`` for none.
     :param guard: which ``Host`` and ``Origin`` values are served.
+    :param token: the admin token's guard, or ``None`` (no token needed).
     """
 
     isLeaf = True
 
     def __init__(self, api: IResource, metrics: IResource | None = None,
-                 dashboard: IResource | None = None, guard: HostGuard = HostGuard()) -> None:
+                 dashboard: IResource | None = None, guard: HostGuard = HostGuard(),
+                 token: TokenGuard | None = None) -> None:
         super().__init__()
         self._api = api
         self._metrics = metrics
         self._dashboard = dashboard
         self._guard = guard
+        self._token = token
 
     def render(self, request: IRequest) -> bytes | int:
         refusal = self._guard.refusal(request)
@@ -47,7 +53,13 @@ class SiteRoot(Resource):
             return refusal
         segments = request.postpath
         if self._dashboard is not None and (segments == [b""] or segments[:1] == [b"static"]):
+            # The page's own files hold no data and a browser cannot send a token
+            # when it opens a page: the page asks for it and sends it on every call.
             return self._dashboard.render(request)
+        if self._token is not None:
+            refusal = self._token.refusal(request)
+            if refusal is not None:
+                return refusal
         if self._metrics is not None and segments == [b"metrics"]:
             return self._metrics.render(request)
         return self._api.render(request)
@@ -89,7 +101,8 @@ class OneWriteHTTPChannel(HTTPChannel):
 
 def build_site(api_resource: IResource, metrics: ClientMetrics | None,
                dashboard: IResource | None, *, routes: RouteNames | None = None,
-               site_class: type[Site] = Site, guard: HostGuard = HostGuard()) -> Site:
+               site_class: type[Site] = Site, guard: HostGuard = HostGuard(),
+               admin_token: str | None = None) -> Site:
     """The client's :class:`Site`.
 
     :param api_resource: ``RestApi(...).resource()``.
@@ -99,6 +112,8 @@ def build_site(api_resource: IResource, metrics: ClientMetrics | None,
         of :class:`allq.client.rest.RestApi`'s Klein app.
     :param site_class: e.g. a ``Site`` subclass that writes no access log.
     :param guard: which ``Host`` and ``Origin`` values are served.
+    :param admin_token: every request must carry it (``Authorization: Bearer``);
+        ``None``: none needed.
     """
     api = api_resource
     metrics_resource = None
@@ -109,7 +124,8 @@ def build_site(api_resource: IResource, metrics: ClientMetrics | None,
             routes = RouteNames(RestApi.app.url_map)
         api = metrics.instrument(api_resource, routes)
         metrics_resource = metrics.resource()
-    site = site_class(SiteRoot(api, metrics_resource, dashboard, guard))
+    token = None if admin_token is None else TokenGuard(admin_token)
+    site = site_class(SiteRoot(api, metrics_resource, dashboard, guard, token))
     site.protocol = OneWriteHTTPChannel
     site.noisy = False
     return site

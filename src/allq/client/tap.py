@@ -31,6 +31,7 @@ from allq.client.discovery import (
 from allq.client.fast_http import PARSERS, http_factory
 from allq.client.federation import Federation
 from allq.client.graceful import GracefulClient, InFlight
+from allq.client.admin_token import check_admin_token, needs_token
 from allq.client.http_guard import HostGuard, parse_allowed_hosts
 from allq.client.jsonl import (
     DEFAULT_IDLE_TIMEOUT,
@@ -115,6 +116,10 @@ class Options(usage.Options):
          "host names or addresses (comma-separated, no ports) the REST API answers to "
          "besides the loopback ones and the interface it listens on: how containers or "
          "other hosts reach it; any other Host header gets 421 [env ALLQ_ALLOWED_HOSTS]"],
+        ["admin-token", None, None,
+         "a token every HTTP request (REST API and dashboard) must carry as "
+         "`Authorization: Bearer TOKEN`; required when --http listens beyond loopback "
+         "[env ALLQ_ADMIN_TOKEN]"],
         ["http-parser", None, None,
          "how HTTP requests are read: httptools (a C parser serving the job routes, "
          "everything else through twisted.web) or twisted (twisted.web alone, for "
@@ -179,6 +184,7 @@ class Options(usage.Options):
         except ValueError as e:
             raise usage.UsageError(f"--allowed-hosts: {e}") from None
         self["allowed-hosts"] = allowed | _listening_host(http)
+        self["admin-token"] = _admin_token(self, env, http)
         self["http-parser"] = (resolve(self, "http-parser", env, "ALLQ_HTTP_PARSER")
                                or PARSERS[0])
         if self["http-parser"] not in PARSERS:
@@ -371,6 +377,22 @@ def _local_api(config: Options, federation: Federation, service: GracefulClient,
                          setting=UNIX_SOCKET_SETTING).setServiceParent(service)
 
 
+def _admin_token(options: Options, env, http: str) -> str | None:
+    """``--admin-token`` (checked), required when ``http`` listens beyond loopback."""
+    token = resolve(options, "admin-token", env, "ALLQ_ADMIN_TOKEN")
+    if token is None:
+        if needs_token(http):
+            raise usage.UsageError(
+                f"--http {http[:120]} listens beyond loopback: give --admin-token TOKEN "
+                "(env ALLQ_ADMIN_TOKEN), which every HTTP request must then carry as "
+                "`Authorization: Bearer TOKEN`, or listen on 127.0.0.1")
+        return None
+    try:
+        return check_admin_token(token)
+    except ValueError as e:
+        raise usage.UsageError(f"--admin-token: {e}") from None
+
+
 def _listening_host(http: str) -> frozenset[str]:
     """The address a ``tcp:`` endpoint listens on, when it is one host's (not every
     interface's): the client is reached by it, so it answers to it."""
@@ -417,6 +439,7 @@ def _client(config: Options, federation: Federation, metrics,
     federation.setServiceParent(service)
     site = build_site(api.resource(), metrics, Dashboard(),
                       guard=HostGuard(config["allowed-hosts"]),
+                      admin_token=config["admin-token"],
                       site_class=Site if config["access-log"] else QuietSite)
     site.requestFactory = in_flight.request_factory(config["max-body"])
     return service, http_factory(site, api.fast_routes(), config["http-parser"])

@@ -68,6 +68,10 @@ class KeyedJobs:
         """A live job's ``(unique_key, concurrency_key)``, or ``None`` if it has none."""
         return self._keys.get(job_id)
 
+    def is_held(self, job_id: int) -> bool:
+        """Whether a ready job waits held (not in its tube's ready line)."""
+        return job_id in self._held
+
     def add(self, job: Job, unique_key: str | None, concurrency_key: str | None) -> None:
         """Index a new (or restored) job's keys, before it is placed."""
         if unique_key is None and concurrency_key is None:

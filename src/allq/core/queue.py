@@ -21,6 +21,8 @@ not count. Every change of a job or a tube setting is reported to the optional
 ``on_change`` hook, which the server's journal uses for persistence.
 """
 
+import itertools
+
 import attrs
 
 from collections.abc import Callable
@@ -40,11 +42,13 @@ from allq.vocabulary import (
     MAX_COUNT,
     MAX_EXPIRED_LIMIT,
     MAX_KICK_COUNT,
+    MAX_LIST_LIMIT,
     MAX_OFFSET,
     MAX_RUN_AT,
     MAX_TUBE_SIZE,
     check_concurrency,
     check_count,
+    check_list_state,
     check_error_text,
     check_job_key,
     check_priority,
@@ -540,6 +544,50 @@ class Queue:
             if index == offset:
                 return job
         return None
+
+    def list_jobs(self, tube: str, state: str, *, offset: int = 0,
+                  limit: int = 50) -> tuple[list[Job], int]:
+        """A page of a tube's jobs in one state and how many it holds in that state.
+
+        Ready jobs in the order gets take them (held jobs of a concurrency key
+        last), buried ones oldest buried first, delayed ones soonest due first,
+        reserved ones in put order. A page of reserved jobs, or of ready jobs past
+        the ready line, is a scan of the server's jobs, cut short by the counts.
+        """
+        check_tube(tube)
+        state = check_list_state(state)
+        offset = check_count("offset", offset, minimum=0, maximum=MAX_OFFSET)
+        limit = check_count("limit", limit, minimum=1, maximum=MAX_LIST_LIMIT)
+        tube_ = self._tubes.get(tube)
+        if tube_ is None:
+            return [], 0
+        total = {"ready": tube_.ready_count, "delayed": tube_.delayed_count,
+                 "reserved": tube_.reserved_count, "buried": tube_.buried_count}[state]
+        if offset >= total:
+            return [], total
+        if state == "delayed":
+            return self._delayed_of(tube_, offset + limit)[offset:], total
+        if state == "buried":
+            jobs = iter(tube_.buried.values())
+        elif state == "ready":
+            jobs = self._ready_of(tube_)
+        else:
+            jobs = (job for job in self._jobs.values()
+                    if job.tube == tube and job.state is JobState.RESERVED)
+        return list(itertools.islice(jobs, offset, offset + limit)), total
+
+    def _ready_of(self, tube: Tube):
+        """A tube's ready jobs: its ready line, then the held jobs of its
+        concurrency keys (found by a scan, only when there are any)."""
+        lined_up = 0
+        for job in tube.iter_ready():
+            lined_up += 1
+            yield job
+        if self._keyed and lined_up < tube.ready_count:
+            for job in self._jobs.values():
+                if (job.tube == tube.name and job.state is JobState.READY
+                        and self._keyed.is_held(job.id)):
+                    yield job
 
     def peek_delayed(self, tube: str) -> Job | None:
         """The delayed job of ``tube`` that becomes ready soonest."""

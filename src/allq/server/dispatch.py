@@ -235,6 +235,10 @@ class Dispatcher:
             job = self._queue.peek(tube, buried=buried, offset=offset)
         return {"job": None if job is None else self._job_dict(job)}
 
+    def _do_list_jobs(self, now, *, tube, state, offset, limit):
+        jobs, total = self._queue.list_jobs(tube, state, offset=offset, limit=limit)
+        return {"jobs": [self._job_dict(job) for job in jobs], "total": total}
+
     def _do_clear(self, now, *, tube, state):
         return {"cleared": self._queue.clear(tube, state=state)}
 

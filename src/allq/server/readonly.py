@@ -20,7 +20,8 @@ from allq.wire.messages import ACTIONS, error_reply, request_id_of
 
 #: Actions that need no journal record, or only a deletion's.
 READ_ONLY_ACTIONS = frozenset({"get", "peek", "stats", "ping", "touch", "done", "delete",
-                               "schedule_list", "interests"})
+                               "schedule_list", "interests",
+                               "list_jobs"})
 
 
 class ReadOnlyDispatcher:

@@ -73,6 +73,9 @@ Actions (params; ``?`` marks optional ones) and results
     ``peek``       tube, buried? (false), offset? (0), delayed? (false: true gives the
                    delayed job due soonest) → ``{"job": job | null}``
     ``clear``      tube, state? ("all") → ``{"cleared": n}``
+    ``list_jobs``  tube, state (ready | delayed | reserved | buried), offset? (0),
+                   limit? (50, at most ``MAX_LIST_LIMIT``) → ``{"jobs": [job, ...],
+                   "total": n}``: a page of the tube's jobs in that state
     ``stats``      → ``{"server_id", "global": {...}, "tubes": [{...}, ...]}``
     ``ping``       → ``{"server_id"}``
     ``schedule_add``  name, tube, body, body_encoding?, cron? | every?, timezone? ("UTC"),
@@ -224,6 +227,8 @@ ACTIONS: dict[str, dict[str, tuple[str, object]]] = {
     "peek": {"tube": ("str", _REQUIRED), "buried": ("bool", False), "offset": ("int", 0),
              "delayed": ("bool", False)},
     "clear": {"tube": ("str", _REQUIRED), "state": ("str", "all")},
+    "list_jobs": {"tube": ("str", _REQUIRED), "state": ("str", _REQUIRED), "offset": ("int", 0),
+                  "limit": ("int", 50)},
     "stats": {},
     "ping": {},
     # Interest routing (allq.core.interests): entries are [tube, interests|null, version].

@@ -1,4 +1,5 @@
-// allq client dashboard: polls the same origin's REST API and shows servers and tubes.
+// allq client dashboard: polls the same origin's REST API and shows servers and tubes;
+// lists a tube's jobs by state and acts on them (kick, delete, pause, drain).
 //
 // Plain browser JavaScript, no build step and no third-party code. Every piece of
 // text that comes from the API is written with textContent (never innerHTML), so
@@ -42,12 +43,35 @@
 
   // One REST call, relative to the page (so a reverse-proxy prefix keeps working).
   // Resolves to {status, body}; rejects only when the request itself failed.
-  async function call(method, path, params) {
+  // A client published beyond loopback wants its admin token (Authorization:
+  // Bearer): asked once, on the first 401, kept for this tab only.
+  let token = window.sessionStorage.getItem("allq-admin-token");
+  let asking = null;
+
+  function askToken() {
+    if (!asking) {
+      asking = new Promise((resolve) => {
+        const given = window.prompt("This allq client needs its admin token (--admin-token):");
+        token = given ? given.trim() : null;
+        if (token) window.sessionStorage.setItem("allq-admin-token", token);
+        else window.sessionStorage.removeItem("allq-admin-token");
+        resolve(token);
+      }).finally(() => { setTimeout(() => { asking = null; }, 0); });
+    }
+    return asking;
+  }
+
+  async function call(method, path, params, retried) {
+    const headers = { accept: "application/json" };
+    if (token) headers.authorization = "Bearer " + token;
     const response = await fetch(path + query(params), {
       method: method,
-      headers: { accept: "application/json" },
+      headers: headers,
       cache: "no-store",
     });
+    if (response.status === 401 && !retried && (await askToken())) {
+      return call(method, path, params, true);
+    }
     let body = null;
     try {
       body = await response.json();
@@ -196,19 +220,21 @@
     row.appendChild(cells.state);
     const actions = el("td", "actions");
     const buttons = {
+      jobs: button("Jobs", "jobs", "list this tube's jobs by state", "primary"),
       peek: button("Peek", "peek", "show the next ready job without reserving it"),
-      peekBuried: button("Peek buried", "peek-buried", "show the first buried job"),
-      kick: button("Kick", "kick", "make every buried job of this tube ready again", "primary"),
+      kick: button("Kick all", "kick", "make every buried job of this tube ready again"),
       pause: button("Pause", "pause", "stop handing out this tube's jobs on every server"),
+      drain: button("Drain", "drain", "take no new jobs into this tube on every server"),
       clear: button("Clear", "clear", "delete every job of this tube on every server", "danger"),
     };
     for (const node of Object.values(buttons)) actions.appendChild(node);
     row.appendChild(actions);
     entry = { row: row, cells: cells, buttons: buttons, data: null };
+    buttons.jobs.addEventListener("click", () => openJobs(entry.data.tube, "buried"));
     buttons.peek.addEventListener("click", () => peek(entry.data.tube, false));
-    buttons.peekBuried.addEventListener("click", () => peek(entry.data.tube, true));
     buttons.kick.addEventListener("click", () => kick(entry));
     buttons.pause.addEventListener("click", () => pause(entry));
+    buttons.drain.addEventListener("click", () => drain(entry));
     buttons.clear.addEventListener("click", () => clear(entry));
     tubeRows.set(name, entry);
     return entry;
@@ -230,9 +256,11 @@
       setText(entry.cells.tps, data.tps.toFixed(2));
       entry.cells.tps.classList.toggle("zero", data.tps === 0);
       renderState(entry.cells.state, data);
-      entry.buttons.peekBuried.disabled = data.buried === 0;
       entry.buttons.kick.disabled = data.buried === 0;
-      setText(entry.buttons.kick, data.buried > 0 ? "Kick " + numbers.format(data.buried) : "Kick");
+      setText(entry.buttons.kick,
+        data.buried > 0 ? "Kick all " + numbers.format(data.buried) : "Kick all");
+      setText(entry.buttons.drain, data.draining ? "Undrain" : "Drain");
+      entry.buttons.drain.dataset.action = data.draining ? "undrain" : "drain";
       setText(entry.buttons.pause, data.paused ? "Resume" : "Pause");
       entry.buttons.pause.dataset.action = data.paused ? "unpause" : "pause";
       entry.buttons.pause.title = data.paused
@@ -291,6 +319,10 @@
   function kick(entry) {
     const tube = entry.data.tube;
     const count = Math.max(entry.data.buried, 1);
+    if (!window.confirm("Kick every buried job of tube \u201c" + tube + "\u201d (" +
+      numbers.format(entry.data.buried) + ") back to ready?")) {
+      return null;
+    }
     return act(entry, "PUT", "kick", { tube: tube, count: count }, (body) => {
       const kicked = (body.job_ids || []).length;
       return "Kicked " + numbers.format(kicked) + " buried job" + (kicked === 1 ? "" : "s") +
@@ -303,6 +335,17 @@
     const paused = entry.data.paused;
     return act(entry, "PUT", paused ? "unpause" : "pause", { tube: tube }, () =>
       (paused ? "Resumed " : "Paused ") + tube);
+  }
+
+  function drain(entry) {
+    const tube = entry.data.tube;
+    const draining = entry.data.draining;
+    if (!draining && !window.confirm("Drain tube \u201c" + tube + "\u201d? Every server " +
+      "refuses new jobs for it until it is undrained.")) {
+      return null;
+    }
+    return act(entry, "PUT", draining ? "undrain" : "drain", { tube: tube }, () =>
+      (draining ? "Undrained " : "Draining ") + tube);
   }
 
   function clear(entry) {
@@ -318,8 +361,6 @@
   }
 
   async function peek(tube, buried) {
-    const panel = byId("peek");
-    setText(byId("peek-title"), (buried ? "First buried job in " : "Next ready job in ") + tube);
     let reply;
     try {
       reply = await call("GET", "peek", buried ? { tube: tube, buried: "true" } : { tube: tube });
@@ -331,7 +372,14 @@
       toast(tube + ": " + errorText(reply), "error");
       return;
     }
-    const job = reply.body || {};
+    showJob(reply.body || {}, (buried ? "First buried job in " : "Next ready job in ") + tube,
+      "No " + (buried ? "buried" : "ready") + " job in " + tube + ".");
+  }
+
+  // The job panel: one job's fields, its last error and its body.
+  function showJob(job, title, emptyText) {
+    const panel = byId("peek");
+    setText(byId("peek-title"), title);
     const empty = !job.id;
     byId("peek-empty").hidden = !empty;
     byId("peek-meta").hidden = empty;
@@ -342,10 +390,12 @@
     byId("peek-error").hidden = error === null;
     byId("peek-error").textContent = error === null ? "" : error;
     if (empty) {
-      setText(byId("peek-empty"), "No " + (buried ? "buried" : "ready") + " job in " + tube + ".");
+      setText(byId("peek-empty"), emptyText);
     } else {
-      for (const field of ["id", "tube", "expireds", "releases"]) {
-        setText(panel.querySelector('[data-field="' + field + '"]'), job[field]);
+      for (const field of ["id", "tube", "server", "priority", "ttl", "expireds", "releases"]) {
+        const value = job[field];
+        setText(panel.querySelector('[data-field="' + field + '"]'),
+          value === undefined || value === null ? "—" : value);
       }
       // A binary body (not UTF-8 text) comes as body_base64: shown as base64, said so.
       const binary = job.body_encoding === "base64";
@@ -361,6 +411,156 @@
       byId("peek-body").textContent = body;
     }
     panel.hidden = false;
+  }
+
+  // -- the jobs panel: a tube's jobs by state, a page at a time (GET /jobs) -------
+
+  const PAGE = 20;
+  const jobsView = { tube: null, state: "buried", offset: 0 };
+
+  function openJobs(tube, state) {
+    jobsView.tube = tube;
+    jobsView.state = state;
+    jobsView.offset = 0;
+    byId("jobs").hidden = false;
+    return loadJobs();
+  }
+
+  async function loadJobs() {
+    const view = Object.assign({}, jobsView);
+    if (!view.tube) return;
+    setText(byId("jobs-title"), "Jobs in " + view.tube);
+    for (const node of byId("jobs-states").querySelectorAll("button")) {
+      node.setAttribute("aria-pressed", String(node.dataset.state === view.state));
+    }
+    byId("jobs-kick-all").hidden = view.state !== "buried";
+    let reply;
+    try {
+      reply = await call("GET", "jobs", { tube: view.tube, state: view.state,
+        offset: view.offset, limit: PAGE });
+    } catch (e) {
+      toast("request failed: " + e.message, "error");
+      return;
+    }
+    if (view.tube !== jobsView.tube || view.state !== jobsView.state ||
+      view.offset !== jobsView.offset) return; // another page was asked for meanwhile
+    if (reply.status >= 400) {
+      toast(view.tube + ": " + errorText(reply), "error");
+      return;
+    }
+    const page = reply.body;
+    const jobs = page.jobs || [];
+    const total = Number(page.total) || 0;
+    const tbody = byId("jobs-table").tBodies[0];
+    tbody.replaceChildren();
+    for (const job of jobs) tbody.appendChild(jobRow(job, view.state));
+    byId("jobs-empty").hidden = jobs.length > 0;
+    setText(byId("jobs-empty"), "No " + view.state + " job in " + view.tube + ".");
+    setText(byId("jobs-range"), jobs.length
+      ? (view.offset + 1) + "–" + (view.offset + jobs.length) + " of " + numbers.format(total)
+      : numbers.format(total) + " " + view.state);
+    byId("jobs-prev").disabled = view.offset === 0;
+    byId("jobs-next").disabled = view.offset + jobs.length >= total;
+    byId("jobs-kick-all").disabled = view.state !== "buried" || total === 0;
+  }
+
+  function jobRow(job, state) {
+    const row = el("tr");
+    row.dataset.jobId = job.id;
+    row.appendChild(el("td", "mono", job.id));
+    row.appendChild(el("td", "mono muted", job.server));
+    for (const field of ["priority", "expireds", "releases"]) {
+      row.appendChild(el("td", "num", numbers.format(Number(job[field]) || 0)));
+    }
+    const error = job.error === undefined ? "" : String(job.error);
+    const errorCell = el("td", "job-error", error.length > 80 ? error.slice(0, 80) + "…" : error);
+    errorCell.title = error;
+    row.appendChild(errorCell);
+    const actions = el("td", "actions");
+    const view = button("View", "view", "show this job's body, attempts and last error");
+    view.addEventListener("click", () => showJob(job, "Job " + job.id + " (" + state + ")", ""));
+    actions.appendChild(view);
+    if (state === "buried" || state === "delayed") {
+      const kickOne = button("Kick", "kick-job", "make this job ready now", "primary");
+      kickOne.addEventListener("click", () => jobAction("PUT", "kick", job, "Kicked "));
+      actions.appendChild(kickOne);
+    }
+    const remove = button("Delete", "delete-job", "delete this job", "danger");
+    remove.addEventListener("click", () => {
+      if (window.confirm("Delete job " + job.id + " of tube \u201c" + job.tube + "\u201d?")) {
+        jobAction("DELETE", "job", job, "Deleted ");
+      }
+    });
+    actions.appendChild(remove);
+    row.appendChild(actions);
+    return row;
+  }
+
+  async function jobAction(method, path, job, done) {
+    try {
+      const reply = await call(method, path, { job_id: job.id });
+      if (reply.status >= 400) toast(job.id + ": " + errorText(reply), "error");
+      else toast(done + job.id, "ok");
+    } catch (e) {
+      toast("request failed: " + e.message, "error");
+    }
+    loadJobs();
+    refreshNow();
+  }
+
+  async function kickAllBuried() {
+    const tube = jobsView.tube;
+    const entry = tubeRows.get(tube);
+    const buried = entry && entry.data ? entry.data.buried : 0;
+    if (!window.confirm("Kick every buried job of tube \u201c" + tube + "\u201d (" +
+      numbers.format(buried) + ") back to ready?")) return;
+    try {
+      const reply = await call("PUT", "kick", { tube: tube, count: Math.max(buried, 1) });
+      if (reply.status >= 400) toast(tube + ": " + errorText(reply), "error");
+      else toast("Kicked " + numbers.format((reply.body.job_ids || []).length) + " in " + tube);
+    } catch (e) {
+      toast("request failed: " + e.message, "error");
+    }
+    loadJobs();
+    refreshNow();
+  }
+
+  // -- interests and schedules (read only) --------------------------------------
+
+  const shown = { interests: null, schedules: null };
+
+  async function refreshLists() {
+    const [interests, schedules] = await Promise.all([
+      call("GET", "interests").catch(() => null), call("GET", "schedules").catch(() => null)]);
+    if (interests && interests.status === 200) {
+      renderList("interests", interests.body.interests || [], (item) => [
+        item.tube,
+        item.interests === "*" ? "* (every event)" : Object.entries(item.interests || {})
+          .map(([field, pattern]) => field + " ~ /" + pattern + "/").join("  or  "),
+      ]);
+    }
+    if (schedules && schedules.status === 200) {
+      renderList("schedules", schedules.body.schedules || [], (item) => [
+        item.name, item.tube,
+        item.cron ? "cron " + item.cron + " (" + item.timezone + ")" : "every " + item.every + " s",
+        item.paused ? "paused" : item.next_run_local || "—",
+        numbers.format(Number(item.fired) || 0),
+      ]);
+    }
+  }
+
+  function renderList(name, items, cells) {
+    const text = JSON.stringify(items);
+    if (shown[name] === text) return; // unchanged: leave the rows (and a selection) alone
+    shown[name] = text;
+    const tbody = byId(name).tBodies[0];
+    tbody.replaceChildren();
+    for (const item of items) {
+      const row = el("tr");
+      cells(item).forEach((value, i) => row.appendChild(el("td", i === 0 ? "mono" : "", value)));
+      tbody.appendChild(row);
+    }
+    byId("no-" + name).hidden = items.length > 0;
   }
 
   // -- polling ----------------------------------------------------------------
@@ -406,7 +606,7 @@
   }
 
   async function tick() {
-    await refresh();
+    await Promise.all([refresh(), refreshLists()]);
     schedule();
   }
 
@@ -417,6 +617,23 @@
 
   document.addEventListener("DOMContentLoaded", () => {
     byId("peek-close").addEventListener("click", () => { byId("peek").hidden = true; });
+    byId("jobs-close").addEventListener("click", () => {
+      byId("jobs").hidden = true;
+      jobsView.tube = null;
+    });
+    for (const node of byId("jobs-states").querySelectorAll("button")) {
+      node.addEventListener("click", () => openJobs(jobsView.tube, node.dataset.state));
+    }
+    byId("jobs-prev").addEventListener("click", () => {
+      jobsView.offset = Math.max(jobsView.offset - PAGE, 0);
+      loadJobs();
+    });
+    byId("jobs-next").addEventListener("click", () => {
+      jobsView.offset += PAGE;
+      loadJobs();
+    });
+    byId("jobs-refresh").addEventListener("click", () => loadJobs());
+    byId("jobs-kick-all").addEventListener("click", () => kickAllBuried());
     tick();
   });
 })();
