@@ -15,7 +15,10 @@ if [ "$source" = - ]; then
 else
   text=$(docker run --rm --network none -e CONFIG_ONLY=true "$source")
 fi
-printf '%s\n' "$text" | awk '
+# The client's admin token: the images listen on all of the container's interfaces, so the
+# client needs one (README "Dashboard"); 24 random bytes, hex.
+token=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')
+printf '%s\n' "$text" | awk -v token="$token" '
   /# allq-server/ { side = "server" }
   /# allq-client/ { side = "client" }
   $1 == "export" {
@@ -38,4 +41,6 @@ printf '%s\n' "$text" | awk '
     print "# allq-client"
     print "CLIENT_A_CURVE_SECRETKEY=" out["CLIENT_A_CURVE_SECRETKEY"]
     print "A_CURVE_SERVER_PUBLICKEY=" out["A_CURVE_SERVER_PUBLICKEY"]
+    print "# the REST API and dashboard: Authorization: Bearer <this>"
+    print "ALLQ_ADMIN_TOKEN=" token
   }'

@@ -79,8 +79,11 @@ def check_server(host: str, port: int) -> str | None:
 def check_client(host: str, port: int) -> str | None:
     """``None`` if ``GET /health`` answers 200, else what went wrong."""
     url = f"http://[{host}]:{port}/health" if ":" in host else f"http://{host}:{port}/health"
+    token = os.environ.get("ALLQ_ADMIN_TOKEN")  # the client's own, when it has one
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                    timeout=TIMEOUT) as response:
             return None if response.status == 200 else f"HTTP {response.status}"
     except urllib.error.HTTPError as e:
         return f"HTTP {e.code}: {e.read(300).decode('utf-8', 'replace')}"

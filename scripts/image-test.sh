@@ -131,6 +131,10 @@ done
 # -- 3. keys: the key set the server image suggests, as docker/gen-env.sh writes it -------
 step "keys from docker/gen-env.sh"
 timeout 120 docker/gen-env.sh "$SERVER_IMAGE" >"$work/env" || fail "docker/gen-env.sh failed"
+# The clients' admin token, for the checks' REST calls.
+ALLQ_ADMIN_TOKEN=$(sed -n 's/^ALLQ_ADMIN_TOKEN=//p' "$work/env")
+[ -n "$ALLQ_ADMIN_TOKEN" ] || fail "docker/gen-env.sh wrote no ALLQ_ADMIN_TOKEN"
+export ALLQ_ADMIN_TOKEN
 
 # -- 4-5. the federated stack ------------------------------------------------------------
 step "starting the federated stack (servers on $ALLQ_SERVER1_PORT $ALLQ_SERVER2_PORT $ALLQ_SERVER3_PORT, clients on $ALLQ_CLIENT1_PORT $ALLQ_CLIENT2_PORT)"
@@ -149,8 +153,10 @@ TUBE = "imagetest"
 def call(method, base, path, params=None, body=None, timeout=20):
     url = base + path + ("?" + urllib.parse.urlencode(params) if params else "")
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={} if data is None else {"content-type": "application/json"})
+    headers = {"Authorization": f"Bearer {os.environ['ALLQ_ADMIN_TOKEN']}"}
+    if data is not None:
+        headers["content-type"] = "application/json"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read() or b"{}")
