@@ -166,6 +166,7 @@ def test_stats_reports_global_counters_and_tubes(h):
         "disk_full": False,
         "events": 0,
         "events_unmatched": 0,
+        "schedule_failures": 0,
     }
     assert [(t["tube"], t["ready"], t["reserved"]) for t in result["tubes"]] == [
         ("a", 1, 0),
@@ -174,7 +175,7 @@ def test_stats_reports_global_counters_and_tubes(h):
     assert set(result["tubes"][0]) == {
         "tube", "ready", "reserved", "delayed", "buried", "parents", "tps", "avg",
         "throttle_size", "paused", "draining", "fair", "max_size", "expired_total", "buried_total",
-        "pause_time_left",
+        "pause_time_left", "concurrency",
     }
 
 

@@ -194,7 +194,7 @@ def test_stats_show_every_setting_of_a_tube(h):
         "tube": "fq-t", "ready": 0, "reserved": 0, "delayed": 0, "buried": 0, "parents": 1,
         "tps": 0.0, "avg": 0.0, "throttle_size": 7, "paused": True, "draining": True,
         "fair": "round_robin", "max_size": 100, "expired_total": 0, "buried_total": 0,
-        "pause_time_left": 0.0,
+        "pause_time_left": 0.0, "concurrency": 1,
     }
     plain = h.tube_stats("plain")
     assert (plain["throttle_size"], plain["paused"], plain["draining"], plain["fair"],

@@ -51,7 +51,9 @@ def test_the_concurrency_action_sets_a_tube_limit():
     for i in range(3):
         h.put(str(i), concurrency_key="k")
     assert len(h.get(count=10)) == 1
+    assert h.tube_stats("t")["concurrency"] == 1
     assert h.ok("concurrency", tube="t", limit=2) == {"tube": "t", "limit": 2}
+    assert h.tube_stats("t")["concurrency"] == 2
     assert len(h.get(count=10)) == 1
     assert h.error("concurrency", tube="t", limit=0)["code"] == "bad_request"
     assert h.ok("concurrency", tube="t") == {"tube": "t", "limit": 1}

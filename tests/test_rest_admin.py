@@ -27,7 +27,7 @@ class AdminTests(RestTestCase):
         self.assertEqual(server["server_name"], f"{self.link().server_id},{ADDRESS}")
         self.assertEqual(set(server), {"server_name", "action_count", "job_put", "job_get",
                                        "draining", "disk_full", "events", "events_unmatched",
-                                       "stats"})
+                                       "schedule_failures", "stats"})
         self.assertIs(server["disk_full"], False)
         self.assertGreater(server["action_count"], 1)
         self.assertEqual((server["job_put"], server["job_get"]), (1, 1))
@@ -36,7 +36,7 @@ class AdminTests(RestTestCase):
                                             "delayed": 0, "buried": 0, "parents": 0,
                                             "avg": 0.0, "tps": 0.0, "paused": False,
                                             "draining": False, "fair": None,
-                                            "max_size": None}])
+                                            "max_size": None, "concurrency": 1}])
 
     def test_stats_rounds_figures(self):
         """avg and tps are rounded to 2 decimals."""

@@ -97,6 +97,8 @@ class ConcurrencyTests(FeatureTestCase):
         reply = self.ok("PUT", "/concurrency?tube=t&limit=2")
         self.assertEqual(reply, {"action": "concurrency", "tube": "t", "limit": 2, "servers": 2})
         self.assertEqual([link.queue.concurrency("t") for link in links], [2, 2])
+        self.assertEqual([{t["tube"]: t for t in server["stats"]}["t"]["concurrency"]
+                          for server in self.ok("GET", "/stats")], [2, 2])
         (more,) = self.ok("GET", "/multiple_job?tube=t&count=10")["jobs"]
         self.assertEqual(more["body"], "a1")
         a0 = next(job for job in got if job["body"] == "a0")

@@ -124,6 +124,7 @@ def test_a_refused_put_is_counted_and_the_next_firing_still_comes(scheduled):
     scheduled.queue.set_tube_draining("t", True)
     scheduled.clock.advance(1)
     assert scheduled.service.failures == 1
+    assert scheduled.call("stats")["global"]["schedule_failures"] == 1
     scheduled.queue.set_tube_draining("t", False)
     scheduled.clock.advance(1)
     assert scheduled.ready() == [1]

@@ -406,6 +406,9 @@ def _schemas() -> dict:
                          "policy in force (round_robin, weighted) or null"},
                 "max_size": {"type": ["integer", "null"], "description": "the tube's bound "
                              "on this server, or null"},
+                "concurrency": {"type": "integer", "minimum": 1, "description": "jobs of "
+                                "one concurrency_key reserved at once (PUT /concurrency; "
+                                "default 1)"},
             },
         },
         "StatsResults": {
@@ -422,6 +425,9 @@ def _schemas() -> dict:
                 "disk_full": {"type": "boolean", "description": "the server's data "
                               "directory is full: it takes no changes (507 disk_full) until "
                               "space returns"},
+                "schedule_failures": {"type": "integer", "description": "schedule "
+                                      "firings whose put this server refused (a draining "
+                                      "or full tube), logged and skipped"},
                 "stats": {"type": "array", "items": _ref("schemas", "StatsTube")},
             },
         },

@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 
+from allq.vocabulary import DEFAULT_CONCURRENCY
 from allq.wire.bodies import decode_body
 
 
@@ -96,6 +97,8 @@ class TubeStats:
     fair: str | None = None
     max_size: int | None = None
     pause_time_left: float = 0.0
+    #: Jobs of one ``concurrency_key`` reserved at once (the tube's limit).
+    concurrency: int = DEFAULT_CONCURRENCY
 
 
 @attrs.frozen
@@ -123,7 +126,8 @@ class ServerStats:
                 tps=float(t["tps"]), avg=float(t["avg"]), throttle_size=t.get("throttle_size"),
                 paused=bool(t.get("paused", False)), draining=bool(t.get("draining", False)),
                 fair=t.get("fair"), max_size=t.get("max_size"),
-                pause_time_left=float(t.get("pause_time_left", 0.0)))
+                pause_time_left=float(t.get("pause_time_left", 0.0)),
+                concurrency=int(t.get("concurrency", DEFAULT_CONCURRENCY)))
             for t in reply["tubes"])
         return cls(address, reply["server_id"], reply["global"], tubes,
                    {**reply, "address": address})

@@ -51,6 +51,7 @@ def rest_stats(server: ServerStats) -> dict:
         entry["draining"] = tube.draining
         entry["fair"] = tube.fair
         entry["max_size"] = tube.max_size
+        entry["concurrency"] = tube.concurrency
         tubes.append(entry)
     totals = server.totals
     return {
@@ -62,6 +63,7 @@ def rest_stats(server: ServerStats) -> dict:
         "disk_full": bool(totals.get("disk_full", False)),
         "events": int(totals.get("events", 0)),
         "events_unmatched": int(totals.get("events_unmatched", 0)),
+        "schedule_failures": int(totals.get("schedule_failures", 0)),
         "stats": tubes,
     }
 

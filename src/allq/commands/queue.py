@@ -1,5 +1,6 @@
 """``allq put|get|done|peek|kick|bury|release|touch|stats|tubes|throttle|pause|unpause|
-drain|undrain|servers|dump``: the queue from the command line.
+drain|undrain|servers|dump|concurrency|event|interests|schedules``: the queue from the
+command line.
 
 Each command makes one or a few calls through the synchronous
 :class:`allq.worker.Client` (``--url``, else ``$ALLQ_URL``, else
@@ -87,7 +88,7 @@ def _progress_wanted(args: argparse.Namespace) -> bool:
 
 
 PUT_FIELDS = ("ttl", "delay", "priority", "expired_limit", "shard_key", "parent_id",
-              "idempotency_key")
+              "idempotency_key", "unique_key", "concurrency_key")
 
 
 def _put_options(args: argparse.Namespace) -> dict:
@@ -106,9 +107,13 @@ def _put(args, client: Client, out: TextIO) -> int:
     body = sys.stdin.read() if args.body == "-" else args.body
     job_id = client.put(args.tube, body, **options)
     if _json(args):
-        render.print_json(out, {"job_id": job_id})
+        render.print_json(out, {"job_id": job_id, **({"duplicate": True}
+                                                      if job_id.duplicate else {})})
     else:
         out.write(job_id + "\n")
+        if job_id.duplicate:  # stdout stays the id alone, for $(allq put ...)
+            sys.stderr.write(f"allq: unique key {args.unique_key!r} is held by live job "
+                             f"{job_id}: nothing stored\n")
     return EXIT_OK
 
 
@@ -166,11 +171,17 @@ def _put_file(args, client: Client, out: TextIO, options: dict) -> int:
         if batch:
             send()
     stored = [job_id for job_id in ids if isinstance(job_id, str)]
+    duplicates = [index for index, job_id in enumerate(ids)
+                  if isinstance(job_id, str) and job_id.duplicate]
     if _json(args):
-        render.print_json(out, {"put": len(stored), "failed": failures, "job_ids": [
-            job_id if isinstance(job_id, str) else None for job_id in ids]})
+        render.print_json(out, {"put": len(stored) - len(duplicates), "failed": failures,
+                                "job_ids": [job_id if isinstance(job_id, str) else None
+                                            for job_id in ids],
+                                **({"duplicates": duplicates} if duplicates else {})})
     else:
-        out.write(f"put {len(stored)} jobs from {args.from_file}\n")
+        out.write(f"put {len(stored) - len(duplicates)} jobs from {args.from_file}"
+                  + (f" ({len(duplicates)} duplicates of live unique keys)"
+                     if duplicates else "") + "\n")
     if failures:
         first = next(r for r in ids if isinstance(r, AllQError))
         return _fail(f"{failures} of {len(ids)} jobs failed (first: {first.code}: "
@@ -358,6 +369,63 @@ def _throttle(args, client: Client, out: TextIO) -> int:
     return EXIT_OK
 
 
+@_command
+def _concurrency(args, client: Client, out: TextIO) -> int:
+    reply = client.concurrency(args.tube, args.limit)
+    _setting(args, out, reply, f"concurrency {args.tube}: at most {args.limit} job(s) "
+             f"per concurrency key reserved at once")
+    return EXIT_OK
+
+
+EVENT_FIELDS = ("priority", "ttl", "delay", "expired_limit", "shard_key", "idempotency_key",
+                "scope", "unmatched")
+
+
+@_command
+def _event(args, client: Client, out: TextIO) -> int:
+    text = sys.stdin.read() if args.data == "-" else args.data
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise _Usage(f"DATA is not JSON ({e.msg})") from None
+    if not isinstance(data, dict):
+        raise _Usage("DATA must be a JSON object")
+    options = {name: getattr(args, name) for name in EVENT_FIELDS
+               if getattr(args, name) is not None}
+    reply = client.event(data, **options)
+    if _json(args):
+        render.print_json(out, reply)
+    else:
+        out.write(f"matched {reply['matched']} tube(s)\n")
+        for copy in reply["copies"]:
+            out.write(f"{copy['job_id']}  {copy['tube']}\n")
+    return EXIT_OK
+
+
+@_command
+def _interests(args, client: Client, out: TextIO) -> int:
+    interests = client.interests()
+    if _json(args):
+        render.print_json(out, interests)
+    elif not interests:
+        out.write("no interests\n")
+    else:
+        render.console(out).print(render.interests_table(interests))
+    return EXIT_OK
+
+
+@_command
+def _schedules(args, client: Client, out: TextIO) -> int:
+    schedules = client.schedules()
+    if _json(args):
+        render.print_json(out, schedules)
+    elif not schedules:
+        out.write("no schedules\n")
+    else:
+        render.console(out).print(render.schedules_table(schedules))
+    return EXIT_OK
+
+
 def _number(text: str) -> float:
     try:
         return float(text)
@@ -436,6 +504,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     put.add_argument("--shard-key", dest="shard_key")
     put.add_argument("--parent-id", dest="parent_id")
     put.add_argument("--idempotency-key", dest="idempotency_key")
+    put.add_argument("--unique-key", dest="unique_key",
+                     help="store nothing while a job of the tube with this key is live")
+    put.add_argument("--concurrency-key", dest="concurrency_key",
+                     help="jobs sharing it are reserved at most the tube's limit at once")
     _bulk(put)
 
     get = command("get", "reserve the next job(s) of a tube", _get)
@@ -483,6 +555,27 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                        _throttle)
     throttle.add_argument("tube", metavar="TUBE")
     throttle.add_argument("tps", metavar="TPS")
+
+    concurrency = command("concurrency", "at most LIMIT jobs of one concurrency key of a "
+                          "tube reserved at once (default 1)", _concurrency)
+    concurrency.add_argument("tube", metavar="TUBE")
+    concurrency.add_argument("limit", metavar="LIMIT", type=int)
+
+    event = command("event", "publish an event: a copy into every tube whose interests "
+                    "match DATA (a JSON object, - for stdin)", _event)
+    event.add_argument("data", metavar="DATA")
+    event.add_argument("--priority", type=int)
+    event.add_argument("--ttl", type=float)
+    event.add_argument("--delay", type=float)
+    event.add_argument("--expired-limit", dest="expired_limit", type=int)
+    event.add_argument("--shard-key", dest="shard_key")
+    event.add_argument("--idempotency-key", dest="idempotency_key")
+    event.add_argument("--scope", choices=("any", "all"))
+    event.add_argument("--unmatched", choices=("drop", "error"),
+                       help="error: fail (exit 1) when no tube is interested")
+
+    command("interests", "every tube's interests (interest routing)", _interests)
+    command("schedules", "the recurring schedules, with their next firing", _schedules)
 
     for action, method, flag, text in (
             ("pause", "pause", True, "stop handing out a tube's jobs"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any, TextIO
 
 from rich.console import Console
@@ -124,6 +125,45 @@ def servers_table(health: dict) -> Table:
         table.add_row(server.get("address", "?"), server.get("server_id") or "-", state,
                       server.get("reason") or "")
     return table
+
+
+def interests_table(interests: Sequence[dict]) -> Table:
+    """``allq interests``: each tube and what it listens to."""
+    table = Table(box=None, show_edge=False)
+    table.add_column("tube")
+    table.add_column("interests")
+    for entry in interests:
+        patterns = entry.get("interests")
+        shown = ("* (every event)" if patterns == "*" else
+                 ", ".join(f"{field}: {pattern}" for field, pattern in patterns.items()))
+        table.add_row(entry.get("tube", "?"), shown)
+    return table
+
+
+def schedules_table(schedules: Sequence[dict]) -> Table:
+    """``allq schedules``: when each fires, where it puts, how it went."""
+    table = Table(box=None, show_edge=False)
+    for name in ("name", "tube", "when", "next run", "fired", "missed"):
+        table.add_column(name, justify="right" if name in ("fired", "missed") else "left",
+                         no_wrap=name != "when")
+    for schedule in schedules:
+        when = (f"every {schedule['every']:g}s" if schedule.get("every") is not None
+                else f"{schedule.get('cron')} ({schedule.get('timezone')})")
+        next_run = "paused" if schedule.get("paused") else _local_time(
+            schedule.get("next_run_local"))
+        table.add_row(schedule.get("name", "?"), schedule.get("tube", "?"), when, next_run,
+                      f"{schedule.get('fired', 0):,}", f"{schedule.get('missed_total', 0):,}")
+    return table
+
+
+def _local_time(iso: str | None) -> str:
+    """``2026-12-04T09:00:00+01:00`` as ``2026-12-04 09:00 +0100`` (fits a table)."""
+    if not iso:
+        return "-"
+    try:
+        return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M %z")
+    except ValueError:
+        return iso
 
 
 def progress(out: TextIO, *, enabled: bool) -> Progress:

@@ -292,6 +292,8 @@ class Dispatcher:
                 "disk_full": self._disk_full(),
                 "events": self.interests.events,
                 "events_unmatched": self.interests.events_unmatched,
+                # Firings whose put the server refused (logged and skipped).
+                "schedule_failures": self._schedules.failures if self._schedules else 0,
             },
             "tubes": [
                 {
@@ -311,6 +313,7 @@ class Dispatcher:
                     "max_size": t.max_size,
                     "expired_total": t.expired_total,
                     "buried_total": t.buried_total,
+                    "concurrency": self._queue.concurrency(t.tube),
                 }
                 for t in self._queue.tube_stats(now)
             ],

@@ -25,10 +25,10 @@ exponential backoff and buries them with their error after
 :attr:`TubePolicy.max_failures`. It talks to the allq-client's REST API only.
 """
 
-from allq.worker.api import DEFAULT_URL, ENV_URL, BatchError, ClientUnreachable
+from allq.worker.api import DEFAULT_URL, ENV_URL, BatchError, ClientUnreachable, JobId
 from allq.worker.client import Client
 from allq.worker.jobs import Job, TubePolicy
 from allq.worker.worker import Worker, WorkerStats
 
 __all__ = ["DEFAULT_URL", "ENV_URL", "BatchError", "Client", "ClientUnreachable", "Job",
-           "TubePolicy", "Worker", "WorkerStats"]
+           "JobId", "TubePolicy", "Worker", "WorkerStats"]

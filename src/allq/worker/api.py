@@ -22,8 +22,10 @@ from allq.vocabulary import (
     MAX_BATCH,
     MAX_EXPIRED_LIMIT,
     MAX_RUN_AT,
+    check_concurrency,
     check_count,
     check_job_id,
+    check_job_key,
     check_priority,
     check_seconds,
     check_shard_key,
@@ -36,8 +38,29 @@ DEFAULT_URL = "http://127.0.0.1:8090"
 ENV_URL = "ALLQ_URL"
 #: The options a put takes (``POST /job``'s fields besides ``tube`` and ``body``).
 PUT_OPTIONS = frozenset({"ttl", "delay", "run_at", "priority", "expired_limit", "shard_key",
-                         "parent_id", "idempotency_key"})
+                         "parent_id", "idempotency_key", "unique_key", "concurrency_key"})
 _IDEMPOTENCY_KEY = re.compile(r"[!-~]{1,200}")
+
+
+class JobId(str):
+    """A put's job id (a ``str``). :attr:`duplicate` is true when the put's
+    ``unique_key`` found a live job of its tube: nothing was stored, and the id
+    is that job's."""
+
+    __slots__ = ()
+    duplicate = False
+
+
+class DuplicateJobId(JobId):
+    """The id of the live job a put's ``unique_key`` found (``duplicate`` true)."""
+
+    __slots__ = ()
+    duplicate = True
+
+
+def mark_id(text: str, duplicate: bool = False) -> JobId:
+    """A job id marked as new or as a duplicate."""
+    return DuplicateJobId(text) if duplicate else JobId(text)
 
 
 class ClientUnreachable(Unavailable):
@@ -157,12 +180,17 @@ def new_job(tube: str, body: str, options: Mapping[str, Any]) -> dict:
             check_shard_key(value)
         elif name == "parent_id":
             check_job_id(value, "parent_id")
+        elif name in ("unique_key", "concurrency_key"):
+            check_job_key(name, value)
         elif not isinstance(value, str) or not _IDEMPOTENCY_KEY.fullmatch(value):
             raise BadRequest("idempotency_key must be 1-200 printable ASCII characters, "
                              "no spaces")
         job[name] = value
     if job.get("delay") and job.get("run_at") is not None:
         raise BadRequest("give delay or run_at, not both")
+    if job.get("parent_id") and ("unique_key" in job or "concurrency_key" in job):
+        raise BadRequest("a child job goes to its parent's server: it cannot carry "
+                         "a unique_key or a concurrency_key")
     return job
 
 
@@ -186,6 +214,42 @@ def put_batch(jobs: list[dict]) -> Call:
     if not 1 <= len(jobs) <= MAX_BATCH:
         raise BadRequest(f"a batch holds 1 to {MAX_BATCH} jobs")
     return Call("POST", "/multiple_job", body={"jobs": jobs})
+
+
+def put_reply(reply: dict) -> JobId:
+    """The id a ``POST /job`` answered, marked as a duplicate when it was one."""
+    return mark_id(reply["job_id"], bool(reply.get("duplicate")))
+
+
+def concurrency(tube: str, limit: int) -> Call:
+    check_tube(tube)
+    check_concurrency(limit)
+    return Call("PUT", "/concurrency", _query(tube=tube, limit=limit))
+
+
+def event(data: Mapping[str, Any], options: Mapping[str, Any]) -> Call:
+    """``POST /event``: ``data`` and the event's options (``priority``, ``ttl``,
+    ``delay``, ``run_at``, ``expired_limit``, ``shard_key``, ``idempotency_key``,
+    ``scope``, ``unmatched``), checked by the allq-client."""
+    if not isinstance(data, Mapping):
+        raise BadRequest("an event's data must be a JSON object")
+    return Call("POST", "/event", body={"data": dict(data),
+                                        **{k: v for k, v in options.items() if v is not None}})
+
+
+def set_interest(tube: str, interests: Mapping[str, str] | str) -> Call:
+    check_tube(tube)
+    if interests != "*" and not isinstance(interests, Mapping):
+        raise BadRequest('interests must be "*" or a mapping of field: regex')
+    body = {"tube": tube, "interests": interests if interests == "*" else dict(interests)}
+    return Call("PUT", "/interest", body=body)
+
+
+def schedule(name: str, tube: str, fields: Mapping[str, Any]) -> Call:
+    """``POST /schedule``: ``every`` or ``cron`` (+ ``timezone``, ``missed``) and
+    the job's options, checked by the allq-client."""
+    return Call("POST", "/schedule", body={"name": name, "tube": tube,
+                                           **{k: v for k, v in fields.items() if v is not None}})
 
 
 def get(tube: str, count: int, *, wait: float = 0, delete: bool = False) -> Call:
@@ -266,6 +330,16 @@ def batch_outcomes(status: int, reply: object, count: int) -> list:
         return outcomes
     error = error_from(status, reply)
     return [error] * count
+
+
+def put_outcomes(status: int, reply: object, count: int) -> list:
+    """:func:`batch_outcomes` of a put batch, each id a :class:`JobId` (marked
+    when the reply's ``duplicates`` lists its index)."""
+    outcomes = batch_outcomes(status, reply, count)
+    duplicates = reply.get("duplicates") if isinstance(reply, dict) else None
+    marked = set(duplicates) if isinstance(duplicates, list) else set()
+    return [outcome if isinstance(outcome, AllQError) else mark_id(outcome, index in marked)
+            for index, outcome in enumerate(outcomes)]
 
 
 def raise_for_batch(outcomes: list, action: str) -> list[str]:

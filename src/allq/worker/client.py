@@ -59,12 +59,15 @@ class Client:
 
     # -- producing ---------------------------------------------------------------------
 
-    def put(self, tube: str, body: str, **options: Any) -> str:
-        """Put one job; its id. Puts made at about the same time (from several
-        threads) travel together in one batch.
+    def put(self, tube: str, body: str, **options: Any) -> api.JobId:
+        """Put one job; its id (a ``str`` whose ``duplicate`` is true when its
+        ``unique_key`` found a live job: nothing stored, the id is that job's).
+        Puts made at about the same time (from several threads) travel together
+        in one batch.
 
         :param options: ``ttl``, ``delay``, ``run_at``, ``priority``,
-            ``expired_limit``, ``shard_key``, ``parent_id``, ``idempotency_key``.
+            ``expired_limit``, ``shard_key``, ``parent_id``, ``idempotency_key``,
+            ``unique_key``, ``concurrency_key``.
         :raises BadRequest: a bad option (checked before anything is sent).
         """
         return self.put_async(tube, body, **options).result()
@@ -75,8 +78,9 @@ class Client:
         return self._puts.submit(api.new_job(tube, body, options))
 
     def put_many(self, jobs: Iterable[Mapping[str, Any] | str], tube: str | None = None,
-                 **defaults: Any) -> list[str]:
-        """Put many jobs in batches of up to 1,000; their ids, in order.
+                 **defaults: Any) -> list[api.JobId]:
+        """Put many jobs in batches of up to 1,000; their ids (:class:`JobId`,
+        with ``duplicate``), in order.
 
         :param jobs: ``NewJob`` mappings (``{"body": ..., "tube": ..., "ttl": ...}``)
             or plain bodies.
@@ -91,7 +95,7 @@ class Client:
             except api.ClientUnreachable as e:
                 results += [e] * len(chunk)
                 continue
-            results += api.batch_outcomes(status, reply, len(chunk))
+            results += api.put_outcomes(status, reply, len(chunk))
         return api.raise_for_batch(results, "put")
 
     # -- consuming -------------------------------------------------------------------------
@@ -172,6 +176,49 @@ class Client:
         """Stop (or resume) placing new jobs on a server (its id or ``host:port``)."""
         return self._value(api.tube_call("PUT", "/drain" if draining else "/undrain",
                                          server_id=server))
+
+    def concurrency(self, tube: str, limit: int) -> dict:
+        """Reserve at most ``limit`` jobs of one ``concurrency_key`` of a tube at once
+        (on every server); the allq-client's answer."""
+        return self._value(api.concurrency(tube, limit))
+
+    # -- interest routing and schedules -----------------------------------------------------
+
+    def event(self, data: Mapping[str, Any], **options: Any) -> dict:
+        """Publish an event (``POST /event``): a copy into every tube whose interests
+        match ``data``; the answer (``matched``, ``copies``: tube and job id each).
+
+        :param options: ``priority``, ``ttl``, ``delay``, ``run_at``,
+            ``expired_limit``, ``shard_key``, ``idempotency_key``, ``scope``,
+            ``unmatched`` (``"error"``: :class:`~allq.errors.NotFound` when none match).
+        """
+        return self._value(api.event(data, options))
+
+    def set_interest(self, tube: str, interests: Mapping[str, str] | str) -> dict:
+        """Register a tube's interests: ``"*"`` or ``{field: regex}`` (on every server)."""
+        return self._value(api.set_interest(tube, interests))
+
+    def delete_interest(self, tube: str) -> dict:
+        """Remove a tube's interests."""
+        return self._value(api.tube_call("DELETE", "/interest", tube=tube))
+
+    def interests(self) -> list[dict]:
+        """Every tube's interests (``{"tube", "interests"}`` each)."""
+        return self._value(api.Call("GET", "/interests"))["interests"]
+
+    def schedule(self, name: str, tube: str, **fields: Any) -> dict:
+        """Create or replace a recurring schedule: ``every=`` seconds or ``cron=``
+        (with ``timezone``, ``missed``), and the job's ``body``, ``priority``,
+        ``ttl``, ...; the schedule as stored (with ``next_run``)."""
+        return self._value(api.schedule(name, tube, fields))["schedule"]
+
+    def schedules(self) -> list[dict]:
+        """Every schedule of the reachable servers, with its next firing."""
+        return self._value(api.Call("GET", "/schedules"))["schedules"]
+
+    def delete_schedule(self, name: str) -> dict:
+        """Remove a schedule (jobs it already put stay)."""
+        return self._value(api.tube_call("DELETE", "/schedule", name=name))
 
     def stats(self) -> list[dict]:
         """Per server: its counters and per-tube counts (``GET /stats``)."""

@@ -121,7 +121,7 @@ class PutCoalescer:
         jobs = [job for job, _ in batch]
         try:
             status, reply = self._send(api.put_batch(jobs))
-            outcomes = api.batch_outcomes(status, reply, len(jobs))
+            outcomes = api.put_outcomes(status, reply, len(jobs))
         except AllQError as e:
             outcomes = [e] * len(jobs)
         except BaseException as e:  # a bug: every caller must still hear of it
@@ -139,6 +139,6 @@ class PutCoalescer:
 
     def _alone(self, job: dict) -> str | AllQError:
         try:
-            return api.value(*self._send(api.put(job)))["job_id"]
+            return api.put_reply(api.value(*self._send(api.put(job))))
         except AllQError as e:
             return e

@@ -197,7 +197,7 @@ class TxPutCoalescer:
         jobs = [job for job, _ in batch]
         try:
             status, reply = await self._send(api.put_batch(jobs))
-            outcomes = api.batch_outcomes(status, reply, len(jobs))
+            outcomes = api.put_outcomes(status, reply, len(jobs))
         except AllQError as e:
             outcomes = [e] * len(jobs)
         if len(batch) > 1 and isinstance(outcomes[0], BadRequest) and all(
@@ -211,7 +211,7 @@ class TxPutCoalescer:
 
     async def _alone(self, job: dict):
         try:
-            return api.value(*await self._send(api.put(job)))["job_id"]
+            return api.put_reply(api.value(*await self._send(api.put(job))))
         except AllQError as e:
             return e
 
@@ -257,7 +257,9 @@ class TxClient:
         return self._transport.call(call).addCallback(lambda answer: api.value(*answer))
 
     def put(self, tube: str, body: str, **options: Any) -> Deferred:
-        """Put one job (coalesced with the puts around it); fires with its id."""
+        """Put one job (coalesced with the puts around it); fires with its
+        :class:`~allq.worker.api.JobId` (``duplicate`` when its ``unique_key``
+        found a live job)."""
         try:
             job = api.new_job(tube, body, options)
         except BadRequest:
@@ -277,7 +279,7 @@ class TxClient:
             except api.ClientUnreachable as e:
                 results += [e] * len(chunk)
                 continue
-            results += api.batch_outcomes(status, reply, len(chunk))
+            results += api.put_outcomes(status, reply, len(chunk))
         return api.raise_for_batch(results, "put")
 
     def get_many(self, tube: str, count: int, *, wait: float = 0,
@@ -324,6 +326,46 @@ class TxClient:
 
     def stats(self) -> Deferred:
         return self._value(api.Call("GET", "/stats"))
+
+    def concurrency(self, tube: str, limit: int) -> Deferred:
+        """See :meth:`allq.worker.Client.concurrency`."""
+        try:
+            return self._value(api.concurrency(tube, limit))
+        except BadRequest:
+            return fail()
+
+    def event(self, data, **options: Any) -> Deferred:
+        """See :meth:`allq.worker.Client.event`."""
+        try:
+            return self._value(api.event(data, options))
+        except BadRequest:
+            return fail()
+
+    def set_interest(self, tube: str, interests) -> Deferred:
+        """See :meth:`allq.worker.Client.set_interest`."""
+        try:
+            return self._value(api.set_interest(tube, interests))
+        except BadRequest:
+            return fail()
+
+    def delete_interest(self, tube: str) -> Deferred:
+        return self._value(api.tube_call("DELETE", "/interest", tube=tube))
+
+    def interests(self) -> Deferred:
+        return self._value(api.Call("GET", "/interests")).addCallback(
+            lambda reply: reply["interests"])
+
+    def schedule(self, name: str, tube: str, **fields: Any) -> Deferred:
+        """See :meth:`allq.worker.Client.schedule`."""
+        return self._value(api.schedule(name, tube, fields)).addCallback(
+            lambda reply: reply["schedule"])
+
+    def schedules(self) -> Deferred:
+        return self._value(api.Call("GET", "/schedules")).addCallback(
+            lambda reply: reply["schedules"])
+
+    def delete_schedule(self, name: str) -> Deferred:
+        return self._value(api.tube_call("DELETE", "/schedule", name=name))
 
 
 class TxWorker:
