@@ -25,6 +25,7 @@ pytestmark = pytest.mark.integration
 TIMEOUT = 60.0
 PUTS = 10_000
 KILL_AFTER = 2_000  # acknowledged puts before the SIGKILL
+WINDOW = 500  # puts in flight at once
 RESTORED = r"restored (?P<total>\d+) jobs \((?P<ready>\d+) ready, (?P<delayed>\d+) delayed, " \
            r"(?P<buried>\d+) buried, (?P<waiting>\d+) waiting\) from \S+ in \S+ s; " \
            r"skipped (?P<skipped>\d+) corrupt records"
@@ -73,15 +74,20 @@ async def take_all(connection: ServerConnection, tube: str) -> list[dict]:
 
 
 async def put_until_killed(server: RunningServer, keys: KeySet) -> tuple[dict, float, dict]:
-    """Pipeline PUTS puts on one connection; SIGKILL the server once KILL_AFTER are
-    acknowledged.
+    """Pipeline PUTS puts on one connection, WINDOW at a time; SIGKILL the server once
+    KILL_AFTER are acknowledged, and send no more.
+
+    The window keeps the kill mid-way however fast the server is: with all PUTS
+    written at once, a fast server could answer every one before the signal lands.
 
     :returns: ``{body: (job_id, acknowledged at)}``, the kill time (monotonic), and
-        ``{"failed": n}`` for the puts that got no reply.
+        ``{"failed": n}`` for the puts that got no reply (sent or not).
     """
     connection = await open_connection(server, keys.client)
     acked: dict[str, tuple[str, float]] = {}
     killed = []
+    numbers = iter(range(PUTS))
+    requests = []
 
     def acknowledged(result, body):
         acked[body] = (result["job_id"], time.monotonic())
@@ -90,16 +96,20 @@ async def put_until_killed(server: RunningServer, keys: KeySet) -> tuple[dict, f
             server.daemon.process.send_signal(signal.SIGKILL)
         return result
 
-    requests = [
-        connection.request("put", {"tube": "t", "body": str(i)}).addCallback(acknowledged, str(i))
-        for i in range(PUTS)
-    ]
+    def send_next(_=None) -> None:
+        number = None if killed else next(numbers, None)
+        if number is not None:
+            d = connection.request("put", {"tube": "t", "body": str(number)})
+            requests.append(d.addCallback(acknowledged, str(number)).addCallback(send_next))
+
+    for _ in range(WINDOW):
+        send_next()
+    await connection.lost.addTimeout(TIMEOUT, reactor())
     outcomes = await DeferredList(requests, consumeErrors=True)
     failures = [r for ok, r in outcomes if not ok]
     assert all(f.check(ConnectionLost) for f in failures), failures[:1]
-    await connection.lost.addTimeout(TIMEOUT, reactor())
     assert server.daemon.process.wait(TIMEOUT) == -signal.SIGKILL
-    return acked, killed[0], {"failed": len(failures)}
+    return acked, killed[0], {"failed": PUTS - len(acked)}
 
 
 async def check_restart_after_kill(daemons, keys, server, data, fsync, acked):

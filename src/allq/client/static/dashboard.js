@@ -63,13 +63,17 @@
 
   async function call(method, path, params, retried) {
     const headers = { accept: "application/json" };
-    if (token) headers.authorization = "Bearer " + token;
+    const sent = token;
+    if (sent) headers.authorization = "Bearer " + sent;
     const response = await fetch(path + query(params), {
       method: method,
       headers: headers,
       cache: "no-store",
     });
-    if (response.status === 401 && !retried && (await askToken())) {
+    // Calls refused together ask once: one sent before the token was given retries
+    // with it instead of asking again.
+    if (response.status === 401 && !retried
+        && ((token && token !== sent) || (await askToken()))) {
       return call(method, path, params, true);
     }
     let body = null;
