@@ -11,8 +11,10 @@ from allq import vocabulary
 from allq.client.rest_requests import (
     _idempotency_key,
     check_keys,
+    field_expired_limit,
     field_int,
     field_seconds,
+    field_start,
     field_str,
 )
 from allq.errors import BadRequest
@@ -49,14 +51,8 @@ def event_body(obj: Mapping) -> dict:
     if unmatched not in vocabulary.EVENT_UNMATCHED:
         raise BadRequest('unmatched must be "drop" or "error"')
     priority = field_int(obj, "priority")
-    expired_limit = field_int(obj, "expired_limit")
-    if expired_limit is not None:
-        vocabulary.check_count("expired_limit", expired_limit,
-                               maximum=vocabulary.MAX_EXPIRED_LIMIT)
-    delay = field_seconds(obj, "delay") or 0
-    run_at = field_seconds(obj, "run_at", maximum=vocabulary.MAX_RUN_AT)
-    if run_at is not None and delay:
-        raise BadRequest("give delay or run_at, not both")
+    expired_limit = field_expired_limit(obj)
+    delay, run_at = field_start(obj)
     shard_key = field_str(obj, "shard_key") or None
     if shard_key is not None:
         vocabulary.check_shard_key(shard_key)

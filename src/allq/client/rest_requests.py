@@ -197,6 +197,36 @@ def field_seconds(obj: Mapping, name: str, *, positive: bool = False,
     return vocabulary.check_seconds(name, value, positive=positive, maximum=maximum)
 
 
+
+def field_body(obj: Mapping) -> str | bytes | None:
+    """``body`` (text) or ``body_base64`` (decoded to bytes), not both; ``None``
+    when neither is given."""
+    body = field_str(obj, "body")
+    binary = field_str(obj, "body_base64")
+    if binary is not None:
+        if body is not None:
+            raise BadRequest("give body or body_base64, not both")
+        body = decode_body(binary, BASE64)
+    return body
+
+
+def field_expired_limit(obj: Mapping) -> int | None:
+    """``expired_limit``, within the vocabulary's bound (``None``: the default)."""
+    expired_limit = field_int(obj, "expired_limit")
+    if expired_limit is not None:
+        vocabulary.check_count("expired_limit", expired_limit,
+                               maximum=vocabulary.MAX_EXPIRED_LIMIT)
+    return expired_limit
+
+
+def field_start(obj: Mapping) -> tuple[float, float | None]:
+    """``(delay, run_at)``: when a new job becomes ready, by one or the other."""
+    delay = field_seconds(obj, "delay") or 0
+    run_at = field_seconds(obj, "run_at", maximum=vocabulary.MAX_RUN_AT)
+    if run_at is not None and delay:
+        raise BadRequest("give delay or run_at, not both")
+    return delay, run_at
+
 def field_bool(obj: Mapping, name: str) -> bool | None:
     value = obj.get(name)
     if value is None or isinstance(value, bool):
@@ -216,22 +246,10 @@ def new_job(obj: Mapping, allowed: frozenset = NEW_JOB_KEYS) -> dict:
     """Validate the fields of a ``NewJob`` body; returns the federation put's arguments."""
     check_keys(obj, allowed)
     tube = vocabulary.check_tube(obj.get("tube"))
-    body = field_str(obj, "body")
-    binary = field_str(obj, "body_base64")
-    if binary is not None:
-        if body is not None:
-            raise BadRequest("give body or body_base64, not both")
-        body = decode_body(binary, BASE64)
+    body = field_body(obj)
     priority = field_int(obj, "priority")
-    expired_limit = field_int(obj, "expired_limit")
-    if expired_limit is not None:
-        vocabulary.check_count("expired_limit", expired_limit,
-                               maximum=vocabulary.MAX_EXPIRED_LIMIT)
-    delay = field_seconds(obj, "delay") or 0
-    run_at = field_seconds(obj, "run_at", maximum=vocabulary.MAX_RUN_AT)
-    if run_at is not None:
-        if delay:
-            raise BadRequest("give delay or run_at, not both")
+    expired_limit = field_expired_limit(obj)
+    delay, run_at = field_start(obj)
     # "" means "none" in AllQueue, and Swagger clients may send it.
     parent_id = field_str(obj, "parent_id") or None
     if parent_id is not None:

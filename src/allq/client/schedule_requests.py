@@ -8,9 +8,15 @@ core's), and come back as ``bad_request`` (400) with the reason.
 from collections.abc import Mapping
 
 from allq import vocabulary
-from allq.client.rest_requests import check_keys, field_int, field_seconds, field_str
+from allq.client.rest_requests import (
+    check_keys,
+    field_body,
+    field_expired_limit,
+    field_int,
+    field_seconds,
+    field_str,
+)
 from allq.errors import BadRequest
-from allq.wire.bodies import BASE64, decode_body
 
 NEW_SCHEDULE_KEYS = frozenset({
     "name", "cron", "every", "timezone", "missed", "tube", "body", "body_base64",
@@ -28,18 +34,10 @@ def new_schedule(obj: Mapping) -> dict:
         raise BadRequest("give exactly one of cron and every")
     if every is not None:
         every = vocabulary.check_every(every)
-    body = field_str(obj, "body")
-    binary = field_str(obj, "body_base64")
-    if binary is not None:
-        if body is not None:
-            raise BadRequest("give body or body_base64, not both")
-        body = decode_body(binary, BASE64)
+    body = field_body(obj)
     missed = obj.get("missed")
     priority = field_int(obj, "priority")
-    expired_limit = field_int(obj, "expired_limit")
-    if expired_limit is not None:
-        vocabulary.check_count("expired_limit", expired_limit,
-                               maximum=vocabulary.MAX_EXPIRED_LIMIT)
+    expired_limit = field_expired_limit(obj)
     return {
         "name": name, "tube": tube, "cron": cron, "every": every,
         "timezone": field_str(obj, "timezone"),
