@@ -50,7 +50,8 @@ from allq.worker.worker import (
     RETRY_DELAY,
     TOUCH_CHECK_INTERVAL,
     WorkerStats,
-    default_prefetch,
+    checked_tubes,
+    held_limit,
 )
 
 _JSON = {b"content-type": [b"application/json"], b"accept": [b"application/json"]}
@@ -386,19 +387,12 @@ class TxWorker:
                  policies: Mapping[str, TubePolicy] | None = None,
                  ack_interval: float = 0.005, ack_batch: int = 100, poll_wait: float = 2.0,
                  grace: float = 30.0) -> None:
-        self._tubes = [tubes] if isinstance(tubes, str) else list(tubes)
-        if not self._tubes:
-            raise ValueError("a worker needs at least one tube")
-        for tube in self._tubes:
-            api.check_tube(tube)
-        if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
+        self._tubes = checked_tubes(tubes, concurrency)
         self._reactor = reactor
         self._handler = handler
         self._client = client
         self._concurrency = concurrency
-        self._limit = concurrency + (default_prefetch(concurrency) if prefetch is None
-                                     else prefetch)
+        self._limit = held_limit(concurrency, prefetch)
         self._refill = max(1, self._limit // 2)
         self._policy = policy
         self._policies = dict(policies or {})

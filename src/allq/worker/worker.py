@@ -53,6 +53,24 @@ def default_prefetch(concurrency: int) -> int:
     return max(4 * concurrency, 100)
 
 
+def checked_tubes(tubes: str | Sequence[str], concurrency: int) -> list[str]:
+    """A worker's tubes as a list, each name checked, and its concurrency checked
+    (both flavours of worker take the same settings)."""
+    tubes = [tubes] if isinstance(tubes, str) else list(tubes)
+    if not tubes:
+        raise ValueError("a worker needs at least one tube")
+    for tube in tubes:
+        api.check_tube(tube)
+    if concurrency < 1:
+        raise ValueError("concurrency must be at least 1")
+    return tubes
+
+
+def held_limit(concurrency: int, prefetch: int | None) -> int:
+    """The most jobs a worker holds at once: those running plus those fetched ahead."""
+    return concurrency + (default_prefetch(concurrency) if prefetch is None else prefetch)
+
+
 @attrs.define(eq=False)
 class _Held:
     """A job this worker holds (fetched, not yet acknowledged or released)."""
@@ -101,21 +119,14 @@ class Worker:
                  policies: Mapping[str, TubePolicy] | None = None,
                  ack_interval: float = 0.005, ack_batch: int = 100, poll_wait: float = 2.0,
                  grace: float = 30.0) -> None:
-        self._tubes = [tubes] if isinstance(tubes, str) else list(tubes)
-        if not self._tubes:
-            raise ValueError("a worker needs at least one tube")
-        for tube in self._tubes:
-            api.check_tube(tube)
-        if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
+        self._tubes = checked_tubes(tubes, concurrency)
         if not 1 <= ack_batch <= MAX_BATCH:
             raise ValueError(f"ack_batch must be between 1 and {MAX_BATCH}")
         self._handler = handler
         self._own_client = client is None
         self._client = Client(url) if client is None else client
         self._concurrency = concurrency
-        self._limit = concurrency + (default_prefetch(concurrency) if prefetch is None
-                                     else prefetch)
+        self._limit = held_limit(concurrency, prefetch)
         self._refill = max(1, self._limit // 2)
         self._policy = policy
         self._policies = dict(policies or {})
