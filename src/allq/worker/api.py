@@ -9,6 +9,7 @@ of its jobs is malformed.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import urllib.parse
@@ -283,6 +284,15 @@ def tube_call(method: str, path: str, **params: object) -> Call:
 
 
 # -- replies ------------------------------------------------------------------------------
+
+
+def reply_json(data: bytes) -> object:
+    """A reply body's JSON, or ``None`` when it is empty or not JSON (its status
+    still says what happened)."""
+    try:
+        return json.loads(data) if data else None
+    except ValueError:
+        return None
 
 
 def error_from(status: int, reply: object) -> AllQError:

@@ -20,7 +20,7 @@ import json
 import threading
 import urllib.parse
 
-from allq.worker.api import Call, ClientUnreachable, error_from, should_fail_over
+from allq.worker.api import Call, ClientUnreachable, error_from, reply_json, should_fail_over
 
 #: Seconds a call may take beyond the long-poll wait it asked for.
 DEFAULT_TIMEOUT = 30.0
@@ -86,11 +86,7 @@ class Endpoint:
                     conn = None
             if conn is not None:
                 conn.close()
-        try:
-            reply = json.loads(data) if data else None
-        except ValueError:
-            reply = None
-        return response.status, reply
+        return response.status, reply_json(data)
 
     def close(self) -> None:
         with self._lock:

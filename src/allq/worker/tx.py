@@ -123,11 +123,7 @@ class TxTransport:
         except _UNREACHABLE as e:
             why = str(e) or type(e).__name__
             raise api.ClientUnreachable(f"allq-client {url}: {why}") from None
-        try:
-            reply = json.loads(data) if data else None
-        except ValueError:
-            reply = None
-        return response.code, reply
+        return response.code, api.reply_json(data)
 
     def close(self) -> Deferred:
         """Close the idle connections of the pool made here (an injected client's
