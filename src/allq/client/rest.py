@@ -281,13 +281,7 @@ max_body=max_body)
         parameter, or ``{"error"}`` as a JSON body: a traceback is too long for a URL),
         kept as the job's last error."""
         job_id = job_id_arg(request)
-        data = read_body(request, self._max_body)
-        error = None
-        if data.strip():
-            check_json_type(request)
-            obj = parse_json_object(data)
-            check_keys(obj, frozenset({"error"}))
-            error = field_str(obj, "error")
+        error = self._body_field(request, "error")
         if error is None:
             error = arg(request, "error")
         params = {} if error is None else {"error": check_error_text(error)}
@@ -544,18 +538,23 @@ max_body=max_body)
     @app.route("/add_server", methods=["POST"])
     def add_server(self, request: IRequest) -> bytes:
         """Add a server, from a ``{"server_url"}`` body or a ``server_url`` query parameter."""
-        data = read_body(request, self._max_body)
-        url = None
-        if data.strip():
-            check_json_type(request)
-            obj = parse_json_object(data)
-            check_keys(obj, frozenset({"server_url"}))
-            url = field_str(obj, "server_url")
+        url = self._body_field(request, "server_url")
         if url is None:
             url = required_arg(request, "server_url")
         url = check_server_ref("server_url", url)
         self._federation.add_server(url)
         return json_response(request, {"server_url": url})
+
+    def _body_field(self, request: IRequest, name: str) -> str | None:
+        """The one field ``name`` of an optional ``{name: text}`` JSON body (``None``
+        without a body): for routes that also take it as a query parameter."""
+        data = read_body(request, self._max_body)
+        if not data.strip():
+            return None
+        check_json_type(request)
+        obj = parse_json_object(data)
+        check_keys(obj, frozenset({name}))
+        return field_str(obj, name)
 
     @app.route("/openapi.json", methods=["GET"])
     def openapi_json(self, request: IRequest) -> bytes:
