@@ -154,7 +154,7 @@ def allq_worker(spec: dict, ready_q, go, go_at, result_q) -> None:
         common.use_source_tree()
         from twisted.internet.defer import gatherResults
 
-        from allq.client.connection import connect
+        from allq.peer.connection import connect
         from allq.client.keys import load_client_keys
 
         reactor = child.reactor

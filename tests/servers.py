@@ -193,7 +193,7 @@ class KeySet:
     """A key set written by ``allq keys generate``.
 
     :ivar directory: pass it as ``--keys`` to either daemon.
-    :ivar client: the client's keys, for :func:`allq.client.connection.connect`.
+    :ivar client: the client's keys, for :func:`allq.peer.connection.connect`.
     """
 
     directory: Path

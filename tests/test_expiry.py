@@ -1,10 +1,10 @@
-"""allq.client.expiry: many time limits on one timer, driven by task.Clock."""
+"""allq.expiry: many time limits on one timer, driven by task.Clock."""
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from allq.client.expiry import Expiry
+from allq.expiry import Expiry
 from allq.errors import Timeout
 
 

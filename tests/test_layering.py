@@ -23,9 +23,11 @@ LAYERS = {
     # re2: linear-time matching for interest routing (allq.core.interests).
     "core": ({"ground"}, {"attrs", "croniter", "re2"}),
     "wire": ({"ground"}, {"attrs", "nacl"}),
-    "server": ({"ground", "core", "wire"},
+    # allq.peer: the client end of the encrypted protocol (both daemons speak it).
+    "peer": ({"ground", "wire"}, {"attrs", "twisted", "zope", "nacl"}),
+    "server": ({"ground", "core", "wire", "peer"},
                {"attrs", "twisted", "zope", "prometheus_client", "nacl"}),
-    "client": ({"ground", "wire"},
+    "client": ({"ground", "wire", "peer"},
                {"attrs", "twisted", "zope", "prometheus_client", "klein", "werkzeug", "treq",
                 "nacl", "httptools"}),
     # allq.worker: the library for producers and workers; it speaks REST to an
@@ -46,7 +48,7 @@ def layer_of(module: str) -> str:
         return "entry"
     if parts[:2] == ["allq", "worker"]:  # the package's __init__ re-exports its modules
         return "worker"
-    if len(parts) > 2 and parts[1] in ("core", "wire", "server", "client", "worker"):
+    if len(parts) > 2 and parts[1] in ("core", "wire", "peer", "server", "client", "worker"):
         return parts[1]
     return "ground"
 
@@ -71,7 +73,7 @@ def imports(path: Path):
 def target_layer(name: str) -> str:
     """The layer an imported ``allq`` name belongs to (a package counts as its layer)."""
     parts = name.split(".")
-    if len(parts) == 2 and parts[1] in ("core", "wire", "server", "client", "worker"):
+    if len(parts) == 2 and parts[1] in ("core", "wire", "peer", "server", "client", "worker"):
         return parts[1]
     return layer_of(name)
 

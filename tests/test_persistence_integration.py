@@ -15,7 +15,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import DeferredList
 
-from allq.client.connection import ServerConnection, connect
+from allq.peer.connection import ServerConnection, connect
 from allq.errors import ConnectionLost, NotFound
 from allq.wire.keys import ClientKeys
 

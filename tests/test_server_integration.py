@@ -2,7 +2,7 @@
 
 Each test starts its own daemon through :mod:`tests.servers` (always stopped in the
 fixture's finalizer) and talks to it with the real client,
-:func:`allq.client.connection.connect`, on the real reactor (pytest-twisted).
+:func:`allq.peer.connection.connect`, on the real reactor (pytest-twisted).
 """
 
 import signal
@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 
-from allq.client.connection import ServerConnection, connect
+from allq.peer.connection import ServerConnection, connect
 from allq.errors import ConnectionLost, TooLarge
 from allq.wire.keys import ClientKeys
 

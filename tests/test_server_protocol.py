@@ -3,7 +3,7 @@
 The server side is the real :class:`ServerProtocol` built by its factory on a
 :class:`StringTransport`; the client side is driven by hand with the real
 handshake and :class:`Session` of :mod:`allq.wire.crypto`. The last part runs the
-real :class:`allq.client.connection.ServerConnection` against the real server
+real :class:`allq.peer.connection.ServerConnection` against the real server
 in memory over :mod:`twisted.test.iosim`.
 """
 
@@ -19,8 +19,8 @@ from twisted.test.iosim import FakeTransport, connect
 from twisted.trial.unittest import SynchronousTestCase
 
 from allq import __version__
-from allq.client import connection
-from allq.client.connection import ServerConnection
+from allq.peer import connection
+from allq.peer.connection import ServerConnection
 from allq.core.queue import Queue, QueueConfig
 from allq.errors import BadRequest, ConnectionLost, NotFound, Timeout, TooLarge, UnknownAction
 from allq.server.dispatch import Dispatcher
@@ -479,7 +479,7 @@ class CoalescingClientTests(SynchronousTestCase):
     def test_a_full_outbox_goes_out_at_once_and_loss_leaves_no_timer(self):
         """At MAX_COALESCED requests the frame leaves without waiting; losing the
         connection fails queued requests and cancels the flush."""
-        from allq.client.connection import MAX_COALESCED
+        from allq.peer.connection import MAX_COALESCED
 
         ds = [self.client.request("ping") for _ in range(MAX_COALESCED)]
         self.pump.flush()

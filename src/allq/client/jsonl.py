@@ -62,7 +62,7 @@ from zope.interface import implementer
 from allq.client import jsonl_replies as replies
 from allq.client import jsonl_requests as read
 from allq.client.event_requests import event_body, interest_body
-from allq.client.expiry import Expiry
+from allq.expiry import Expiry
 from allq.client.federation import Federation
 from allq.client.rest_requests import batch_items, job_ids_body, new_job, new_parent_job
 from allq.client.schedule_requests import new_schedule

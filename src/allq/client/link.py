@@ -38,7 +38,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from allq.client.connection import ServerConnection, ServerConnectionFactory
+from allq.peer.connection import ServerConnection, ServerConnectionFactory
 from allq.errors import AllQError, BadRequest, Timeout, Unavailable
 from allq.wire.keys import ClientKeys
 

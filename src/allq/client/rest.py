@@ -63,7 +63,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound as NoR
 from werkzeug.routing import RequestRedirect
 
 from allq.client import openapi
-from allq.client.expiry import Expiry
+from allq.expiry import Expiry
 from allq.client.fast_routes import FastRouter, request_path
 from allq.client.event_requests import event_body, interest_body
 from allq.client.federation import Federation

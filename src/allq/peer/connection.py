@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
-from allq.client.expiry import Expiry
+from allq.expiry import Expiry
 from allq.errors import (
     AllQError,
     BadRequest,
