@@ -112,6 +112,41 @@ class UnknownOutcome(Timeout):
         self.idempotency_key = idempotency_key
 
 
+class ReplicaUnavailable(Unavailable):
+    """A ``--replication strict`` server refused a change: its backup is unreachable
+    (docs/replication.md). Nothing was changed; another server may take it."""
+
+    code = "replica_unavailable"
+
+
+class Fenced(AllQError):
+    """A backup refused a primary's stream: it took the primary's jobs over at a
+    later epoch, so the primary must not serve them (docs/replication.md)."""
+
+    code = "fenced"
+    http_status = 409
+
+
+class ReplicaGap(BadRequest):
+    """A stream message came out of order (its ``seq`` is not the next one)."""
+
+    code = "replica_gap"
+
+
+class ReplicaIncomplete(AllQError):
+    """``promote`` of a replica whose snapshot never finished arriving."""
+
+    code = "replica_incomplete"
+    http_status = 409
+
+
+class PrimaryAlive(AllQError):
+    """``promote`` refused: the backup still hears from the primary."""
+
+    code = "primary_alive"
+    http_status = 409
+
+
 class ProtocolError(AllQError):
     """A frame could not be decoded into a known, well-typed request."""
 
@@ -135,6 +170,11 @@ _BY_CODE = {
         ConnectionLost,
         Timeout,
         UnknownOutcome,
+        ReplicaUnavailable,
+        Fenced,
+        ReplicaGap,
+        ReplicaIncomplete,
+        PrimaryAlive,
         ProtocolError,
     )
 }

@@ -62,7 +62,9 @@ class Dispatcher:
         self._queue.action_count += 1
         try:
             request = decode_request(obj)
-            handler = getattr(self, "_do_" + request.action)
+            handler = getattr(self, "_do_" + request.action, None)
+            if handler is None:  # a wire action another part of the server handles
+                raise UnknownAction(f"{request.action}: not handled on this connection")
             result = handler(self._clock.seconds(), **request.params)
             if self._log_jobs:
                 self._log_job(request.action, result)

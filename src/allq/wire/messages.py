@@ -270,6 +270,18 @@ ACTIONS.update({
     "schedule_remove": {"name": ("str", _REQUIRED)},
 })
 
+# Replication (docs/replication.md): a primary's stream to its backup (replicate,
+# replica_records, replica_synced), and what a client asks a backup in a failover.
+ACTIONS.update({
+    "replicate": {"primary": ("str", _REQUIRED), "epoch": ("int", None),
+                  "address": ("str", None)},
+    "replica_records": {"seq": ("int", _REQUIRED), "lines": ("str", _REQUIRED)},
+    "replica_synced": {"seq": ("int", _REQUIRED), "records": ("int", _REQUIRED)},
+    "replicas": {},
+    "promote": {"server_id": ("str", _REQUIRED)},
+    "serve_as": {"server_id": ("str", _REQUIRED)},
+})
+
 
 @attrs.frozen
 class Request:
