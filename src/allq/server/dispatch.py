@@ -56,6 +56,8 @@ class Dispatcher:
         self._clock = clock
         self._server_id = server_id
         self._idempotency = idempotency if idempotency is not None else IdempotencyKeys()
+        #: Extra top-level sections of the ``stats`` reply, by name (replication's).
+        self.stats_sections: dict[str, Callable[[], object]] = {}
 
     def handle(self, obj: object) -> dict:
         """Apply one request (a decoded JSON value) and return its reply object."""
@@ -280,7 +282,7 @@ class Dispatcher:
 
     def _do_stats(self, now):
         totals = self._queue.global_stats(now)
-        return {
+        reply = {
             "server_id": self._server_id(),
             "version": __version__,
             "global": {
@@ -320,6 +322,9 @@ class Dispatcher:
                 for t in self._queue.tube_stats(now)
             ],
         }
+        for name, section in self.stats_sections.items():
+            reply[name] = section()
+        return reply
 
     # -- interest routing (allq.core.interests, allq.server.events) -----------------
 
