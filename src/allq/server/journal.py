@@ -117,7 +117,6 @@ from allq.server.records import (
     frame,
     frame_deleted,
     generation_of,
-    has_settings,
     concurrency_record,
     error_record,
     keys_record,
@@ -128,6 +127,7 @@ from allq.server.records import (
     state_record,
     tube_record,
 )
+from allq.server.snapshot_records import job_lines, reservation_record, settings_lines
 
 MIB = 1024 * 1024
 MILLISECONDS = 0.001
@@ -155,6 +155,10 @@ _BURIED = JobState.BURIED
 #: ``fsync`` flushes data *and* the metadata needed to read it (the file size)
 #: with ``fdatasync``; macOS has no ``fdatasync``.
 _datasync = getattr(os, "fdatasync", os.fsync)
+
+
+class _StreamOnly(bytes):
+    """A framed record for the replication stream only, never written to the file."""
 
 
 class JournalError(Exception):
@@ -312,6 +316,10 @@ class Journal(Service):
         self.fsyncs = 0
         self.writes = 0
         self.compactions = 0
+        #: The replication hook (:meth:`stream_to`): ``None`` when nothing streams.
+        self._on_stream: Callable[[list[bytes], bool], None] | None = None
+        #: Stream-only (``r``) lines in the buffer, left out of the file.
+        self._stream_only = 0
 
     def attach(self, queue, keys=None, interests=None) -> None:
         """Follow ``queue``: it gives parents' counters and the jobs for snapshots;
@@ -345,6 +353,14 @@ class Journal(Service):
         the job instead of storing a duplicate."""
         self._buffer.append(frame(["k", key, job_id, expires]))
 
+    def stream_to(self, on_stream: Callable[[list[bytes], bool], None]) -> None:
+        """Hand each commit's lines to ``on_stream(lines, changed)`` before they are
+        written (replication: the journal is the change stream). The lines then
+        also carry stream-only ``["r", id, deadline]`` records for reservations, in
+        order among the others; ``changed`` is false when a commit holds nothing
+        but those (a get: nothing to wait for)."""
+        self._on_stream = on_stream
+
     # -- the core's hook ----------------------------------------------------------------
 
     def on_change(self, kind: str, subject: object) -> None:
@@ -353,7 +369,12 @@ class Journal(Service):
             job = subject
             state = job.state
             if state is _RESERVED:
-                return  # a restart gives reserved jobs back to ready: nothing to keep
+                # A restart gives reserved jobs back to ready: nothing to keep on
+                # disk. A backup needs the deadline (docs/replication.md).
+                if self._on_stream is not None:
+                    self._buffer.append(_StreamOnly(frame(reservation_record(job))))
+                    self._stream_only += 1
+                return
             if state is _DELETED:
                 self._buffer.append(frame_deleted(job.id))
                 return
@@ -395,6 +416,8 @@ class Journal(Service):
         :raises JournalError: the journal cannot be written; the caller must not
             acknowledge anything (the connection that triggered it is dropped).
         """
+        if self._on_stream is not None and self._buffer:
+            self._stream()
         if self._buffer or (self._unwritten and not self.disk_full):
             # While the disk is full a read that changed nothing (a get, a peek)
             # is not held up by what is still pending: the retry writes that.
@@ -406,8 +429,18 @@ class Journal(Service):
             # Not inside a protocol callback: the switch itself fsyncs.
             self._compaction_call = self._clock.callLater(0, self._scheduled_compaction)
 
+    def _stream(self) -> None:
+        """Hand the buffered lines to the replicator; keep the file's ones."""
+        lines, only = self._buffer, self._stream_only
+        self._on_stream(list(lines), len(lines) > only)
+        if only:
+            self._buffer = [line for line in lines if type(line) is bytes]
+            self._stream_only = 0
+
     def sync(self) -> None:
         """Write out and fsync everything now, whatever the policy."""
+        if self._on_stream is not None and self._buffer:
+            self._stream()
         if self._buffer or self._unwritten:
             self._flush()
         if self._written > self._synced:
@@ -755,21 +788,8 @@ class _Compaction:
             self._finish()
 
     def _write_chunk(self) -> None:
-        queue = self._queue
         end = min(self._position + self._journal._snapshot_chunk, len(self._jobs))
-        lines = []
-        for job in self._jobs[self._position:end]:
-            state = job.state
-            if state is _DELETED:
-                continue  # gone since the copy; journal G+1 says so
-            info = queue.parent_info(job.id) if state is _WAITING else None
-            lines.append(frame(job_record(job, info)))
-            keys = queue.job_keys(job.id)
-            if keys is not None:
-                lines.append(frame(keys_record(job.id, keys)))
-            error = queue.last_error(job.id)
-            if error is not None:
-                lines.append(frame(error_record(job.id, error)))
+        lines = job_lines(self._queue, self._jobs[self._position:end])
         self._position = end
         self._write(lines, records=len(lines))
 
@@ -780,23 +800,9 @@ class _Compaction:
         self._records += records
 
     def _finish(self) -> None:
-        queue = self._queue
-        lines = [frame(tube_record(queue.tube(name))) for name in queue.tube_names()
-                 if has_settings(queue.tube(name))]
-        lines += [frame(concurrency_record(name, limit))
-                  for name, limit in queue.concurrency_limits().items()]
-        lines.append(frame(["S", bool(queue.draining)]))
-        keys = self._journal._keys
-        if keys is not None:
-            lines += [frame(["k", key, job_id, expires])
-                      for key, job_id, expires in keys.entries()]
-        schedules = self._journal._schedules
-        if schedules is not None:
-            lines += [frame(schedule_record(schedule.spec.name, schedule))
-                      for schedule in schedules.all()]
-        interests = self._journal._interests
-        if interests is not None:
-            lines += [frame(["i", *entry.record()]) for entry in interests.entries()]
+        journal = self._journal
+        lines = settings_lines(self._queue, journal._keys, journal._schedules,
+                               journal._interests)
         self._write(lines, records=len(lines))
         self._write([frame(["end", self._records])], records=0)
         self._jobs = []

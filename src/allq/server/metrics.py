@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 
 import attrs
 from prometheus_client import CollectorRegistry, ProcessCollector
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
@@ -31,6 +31,7 @@ from twisted.web.server import Site
 
 from allq import __version__
 from allq.core.queue import Queue
+from allq.server.replication import STATES
 from allq.stats_metrics import stats_families
 
 #: An example ``--metrics`` value: loopback only.
@@ -49,8 +50,10 @@ class ServerMetrics:
 
     def __init__(self, queue: Queue, clock: IReactorTime,
                  server_id: Callable[[], str | None], *, process: bool = True,
-                 disk_full: Callable[[], bool] = lambda: False) -> None:
+                 disk_full: Callable[[], bool] = lambda: False,
+                 replication: Callable[[], dict] | None = None) -> None:
         self._queue = queue
+        self._replication = replication
         self._disk_full = disk_full
         self._clock = clock
         self._server_id = server_id
@@ -92,6 +95,28 @@ class ServerMetrics:
                                  labels=["version", "server"])
         info.add_metric([__version__, self._server_id() or ""], 1)
         yield info
+        if self._replication is not None:
+            yield from replication_families(self._replication(), self._server_id() or "")
+
+
+def replication_families(section: dict, server: str) -> Iterator[Metric]:
+    """A replicating primary's figures (its ``stats`` ``replication`` section)."""
+    state = GaugeMetricFamily("allq_replication_state",
+                              "1 for the replication state this primary is in.",
+                              labels=["server", "state"])
+    for name in STATES:
+        state.add_metric([server, name], 1 if section["state"] == name else 0)
+    yield state
+    for name, kind, text in (
+            ("lag_records", GaugeMetricFamily, "Records sent to the backup, not yet acknowledged."),
+            ("lag_seconds", GaugeMetricFamily, "Age of the oldest unacknowledged message."),
+            ("records_sent", CounterMetricFamily, "Records streamed to the backup."),
+            ("resyncs", CounterMetricFamily, "Re-syncs of the backup after the first sync."),
+            ("alone_changes", CounterMetricFamily,
+             "Reads whose changes were acknowledged without the backup.")):
+        family = kind(f"allq_replication_{name}", text, labels=["server"])
+        family.add_metric([server], section[name])
+        yield family
 
 
 class _QueueCollector:

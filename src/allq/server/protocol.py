@@ -120,9 +120,7 @@ class ServerProtocol(LineOnlyReceiver):
             # Not durable, so not acknowledged: drop the replies with the connection
             # (abortConnection discards the transport's buffer). The journal has
             # logged why; the client retries or fails over.
-            self._log.warn("dropping a connection with unacknowledged replies: {error}",
-                           error=e)
-            self.transport.abortConnection()
+            self._drop_unacknowledged(e)
             return
         partial = len(self._buffer)
         if partial != self._partial:
@@ -130,6 +128,11 @@ class ServerProtocol(LineOnlyReceiver):
             self._partial = partial
             if partial and factory.partial_bytes > factory.partial_budget:
                 self._refuse("busy", "too many unfinished frames on this server; retry later")
+
+    def _drop_unacknowledged(self, error: Exception) -> None:
+        self._log.warn("dropping a connection with unacknowledged replies: {error}",
+                       error=error)
+        self.transport.abortConnection()
 
     def close_session(self, code: str, message: str) -> None:
         """Close this connection with ``ERROR <code> <message>`` (e.g. its key was revoked)."""
@@ -158,7 +161,7 @@ class ServerProtocol(LineOnlyReceiver):
         factory.connection_authenticated(self)
         self._send(
             welcome(factory.server_id(), __version__, factory.max_job_size,
-                    factory.max_line_length)
+                    factory.max_line_length, **factory.welcome_extra())
         )
 
     def _frame(self, line: bytes) -> None:
@@ -245,6 +248,12 @@ class ServerFactory(Factory):
     """
 
     noisy = False
+    #: The connection class (:mod:`allq.server.held_replies` with a replica).
+    protocol = ServerProtocol
+    #: What a welcome adds (a replicating primary's epoch and backup).
+    welcome_extra: Callable[[], dict] = staticmethod(dict)
+    #: The :class:`allq.server.replication.Replicator` holding replies (``--replica``).
+    replicator = None
 
     def __init__(
         self,
@@ -274,7 +283,7 @@ class ServerFactory(Factory):
         self.sessions: dict[bytes, set[ServerProtocol]] = {}
 
     def buildProtocol(self, addr) -> ServerProtocol:
-        return ServerProtocol(self)
+        return self.protocol(self)
 
     def connection_authenticated(self, protocol: ServerProtocol) -> None:
         """Count ``protocol`` among its client key's sessions (its handshake succeeded)."""

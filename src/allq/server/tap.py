@@ -23,6 +23,7 @@ import socket
 import sys
 
 import attrs
+from nacl.public import PublicKey
 
 from twisted.application.service import MultiService
 from twisted.logger import Logger
@@ -57,7 +58,26 @@ from allq.server.journal import DEFAULT_FSYNC, FsyncPolicy, Journal
 from allq.server.metrics import ServerMetrics, metrics_site
 from allq.server.keyreload import AuthorizedKeysWatcher
 from allq.server.protocol import DEFAULT_IDLE_TIMEOUT, ServerFactory
-from allq.server.readonly import ReadOnlyDispatcher
+from allq.server.readonly import STRICT_ACTIONS, ReadOnlyDispatcher, replica_unavailable_error
+from allq.server.held_replies import HeldRepliesProtocol
+from allq.server.replication import (
+    DEFAULT_MAX_LAG,
+    DEFAULT_MODE,
+    MODES,
+    DEFAULT_TIMEOUT as DEFAULT_REPLICA_TIMEOUT,
+    Replicator,
+    ServeWhenReady,
+    backup_connector,
+    parse_peer,
+)
+from allq.server.replication_files import (
+    ReplicationFileError,
+    fenced_id,
+    read_epoch,
+    read_server_id,
+    set_aside,
+    write_epoch,
+)
 from allq.server.recovery import (
     DataDirError,
     recover,
@@ -70,7 +90,7 @@ from allq.server.schedules import ScheduleService
 from allq.server.timer import DeadlineTimer
 from allq.vocabulary import SERVER_ID
 from allq.wire.crypto import Authenticator
-from allq.wire.keys import suggested_setup_text
+from allq.wire.keys import ClientKeys, decode_key, suggested_setup_text
 from allq.wire.messages import max_line_length
 
 _log = Logger()
@@ -145,6 +165,23 @@ class Options(usage.Options):
         ["metrics", None, None,
          "Twisted endpoint serving Prometheus metrics over plain HTTP, e.g. "
          "tcp:9555:interface=127.0.0.1 [default: off; env ALLQ_METRICS]"],
+        ["replica", None, None,
+         "HOST:PORT of the allq-server that keeps a live copy of this server's jobs "
+         "(its backup; needs --data-dir) [default: none; env ALLQ_REPLICA]"],
+        ["replica-server-key", None, None,
+         "the backup's public server key (base64) or a file holding it [default: this "
+         "server's own public key, as for servers of one key directory; "
+         "env ALLQ_REPLICA_SERVER_KEY]"],
+        ["replication", None, None,
+         "strict (refuse changes while the backup is unreachable) or available (carry "
+         "on alone, re-sync it later) [default: available; env ALLQ_REPLICATION]"],
+        ["replica-timeout", None, None,
+         "seconds the backup may take to acknowledge before it is dropped and re-synced; "
+         "also how long start-up waits for it in available mode [default: 2; "
+         "env ALLQ_REPLICA_TIMEOUT]"],
+        ["replica-max-lag", None, None,
+         "bytes the backup may leave unacknowledged before it is dropped and re-synced "
+         "[default: 67108864 (64 MiB); env ALLQ_REPLICA_MAX_LAG]"],
     ]
 
     def postOptions(self) -> None:
@@ -197,11 +234,38 @@ class Options(usage.Options):
         self["max-jobs"] = None if max_jobs is None else positive_int("max-jobs", max_jobs)
         self["fair-prefix"] = resolve(self, "fair-prefix", env, "FQ_PREFIX") or DEFAULT_FAIR_PREFIX
         self["fair-suffix"] = resolve(self, "fair-suffix", env, "FQ_SUFFIX")
+        self._replication_options(env)
         fsync = resolve(self, "fsync", env, "ALLQ_FSYNC") or DEFAULT_FSYNC
         try:
             self["fsync"] = str(FsyncPolicy.parse(fsync))  # normalized: "interval:50"
         except ValueError as e:
             raise usage.UsageError(f"--fsync {e}") from None
+
+
+    def _replication_options(self, env) -> None:
+        replica = resolve(self, "replica", env, "ALLQ_REPLICA")
+        if replica is not None:
+            try:
+                parse_peer(replica)
+            except ValueError as e:
+                raise usage.UsageError(f"--replica {e}") from None
+            if self["data-dir"] is None:
+                raise usage.UsageError(
+                    "--replica needs --data-dir: the journal is what streams to the backup")
+        self["replica"] = replica
+        self["replica-server-key"] = resolve(self, "replica-server-key", env,
+                                             "ALLQ_REPLICA_SERVER_KEY")
+        mode = resolve(self, "replication", env, "ALLQ_REPLICATION") or DEFAULT_MODE
+        if mode not in MODES:
+            raise usage.UsageError(
+                f"--replication must be strict or available, got {mode[:40]!r}")
+        self["replication"] = mode
+        timeout = resolve(self, "replica-timeout", env, "ALLQ_REPLICA_TIMEOUT")
+        self["replica-timeout"] = (DEFAULT_REPLICA_TIMEOUT if timeout is None
+                                   else positive_float("replica-timeout", timeout))
+        lag = resolve(self, "replica-max-lag", env, "ALLQ_REPLICA_MAX_LAG")
+        self["replica-max-lag"] = (DEFAULT_MAX_LAG if lag is None
+                                   else positive_int("replica-max-lag", lag, minimum=1024))
 
 
 def _is_zero(text: str) -> bool:
@@ -233,11 +297,14 @@ class ServerIdentity:
 
 
 class DiskFullSwitch:
-    """Between the journal and the server factory: while the data directory is full,
-    the factory dispatches through a :class:`ReadOnlyDispatcher`."""
+    """Between the journal (and the replicator) and the server factory: while the
+    data directory is full, the factory dispatches through a
+    :class:`ReadOnlyDispatcher`; while a strict primary's backup is unreachable,
+    through one refusing changes with ``replica_unavailable``."""
 
     def __init__(self) -> None:
         self.full = False
+        self.replica_down = False
         self._factory: ServerFactory | None = None
         self._dispatcher = None
 
@@ -252,15 +319,39 @@ class DiskFullSwitch:
     def set(self, full: bool) -> None:
         """The journal's ``on_disk_full`` hook."""
         self.full = full
-        if self._factory is not None:
-            self._factory.dispatcher = (
-                ReadOnlyDispatcher(self._dispatcher) if full else self._dispatcher)
+        self._apply()
+
+    def set_replica_down(self, down: bool) -> None:
+        """The replicator's ``on_refusing`` hook."""
+        self.replica_down = down
+        self._apply()
+
+    def _apply(self) -> None:
+        if self._factory is None:
+            return
+        dispatcher = self._dispatcher
+        if self.replica_down:
+            dispatcher = ReadOnlyDispatcher(dispatcher, replica_unavailable_error,
+                                            STRICT_ACTIONS)
+        if self.full:
+            dispatcher = ReadOnlyDispatcher(dispatcher)
+        self._factory.dispatcher = dispatcher
 
 
 def _exit_nonzero() -> None:  # pragma: no cover - ends the process
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(1)
+
+
+#: The exit status of a primary its backup fenced (docs/replication.md).
+EXIT_FENCED = 3
+
+
+def _exit_fenced() -> None:  # pragma: no cover - ends the process
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_FENCED)
 
 
 @attrs.define
@@ -320,7 +411,7 @@ def makeService(config: Options, reactor=None) -> MultiService:
             switch=ANY_CLIENT_SWITCH, env=ENV_AUTHORIZED)
 
     # The holders first; the objects that use them next; then connect them.
-    identity = ServerIdentity(config["server-id"])
+    identity = ServerIdentity(_server_id(config))
     disk = DiskFullSwitch()
     fatal = FatalStop(reactor)
 
@@ -357,11 +448,12 @@ def makeService(config: Options, reactor=None) -> MultiService:
     scheduler = ScheduleService(
         schedules, queue, reactor, idempotency,
         after_fire=_after_firing(timer, journal))
+    dispatcher = Dispatcher(queue, reactor, identity.get, idempotency,
+                            log_jobs=config["log-jobs"], disk_full=disk.is_full,
+                            schedules=scheduler, interests=interests)
     factory = ServerFactory(
         authenticator=Authenticator(keys),
-        dispatcher=Dispatcher(queue, reactor, identity.get, idempotency,
-                              log_jobs=config["log-jobs"], disk_full=disk.is_full,
-                              schedules=scheduler, interests=interests),
+        dispatcher=dispatcher,
         clock=reactor,
         server_id=identity.get,
         max_job_size=config["max-job-size"],
@@ -371,6 +463,14 @@ def makeService(config: Options, reactor=None) -> MultiService:
         idle_timeout=config["idle-timeout"] or None,
     )
     disk.connect(factory)
+    replicator = None
+    if config["replica"] is not None:
+        replicator = _replicator(config, keys, reactor, identity, queue, journal,
+                                 idempotency, schedules, interests, disk)
+        factory.protocol = HeldRepliesProtocol
+        factory.replicator = replicator
+        factory.welcome_extra = replicator.welcome
+        dispatcher.stats_sections["replication"] = replicator.stats
     watcher = AuthorizedKeysWatcher(
         keys, load_keys, factory.set_authenticator,
         _authorized_keys_path(config), reactor, reactor=reactor)
@@ -393,25 +493,116 @@ def makeService(config: Options, reactor=None) -> MultiService:
         # queue and is stopped (flushed, fsynced) after the listener.
         journal.setServiceParent(service)
         reactor.addSystemEventTrigger("after", "shutdown", journal.close)
+    if replicator is not None:
+        replicator.setServiceParent(service)
     timer.setServiceParent(service)
     scheduler.setServiceParent(service)
     watcher.setServiceParent(service)
-    listening_service(reactor, with_backlog(config["listen"], config["backlog"]), factory,
-                      listening,
-                      setting=PortSetting("allq-server", "--listen", "SERVER_PORT")
-                      ).setServiceParent(service)
+    listener = listening_service(
+        reactor, with_backlog(config["listen"], config["backlog"]), factory, listening,
+        setting=PortSetting("allq-server", "--listen", "SERVER_PORT"))
+    if replicator is not None:
+        # Not before the backup answered: a primary it replaced must not serve.
+        listener = ServeWhenReady(replicator.ready_to_serve, listener)
+    listener.setServiceParent(service)
     if config["metrics"] is not None:
         def metrics_listening(port) -> None:
             address = port.getHost()
             _log.info("allq-server metrics at http://{host}:{port}/metrics",
                       host=address.host, port=address.port)
 
-        metrics = ServerMetrics(queue, reactor, identity.get, disk_full=disk.is_full)
+        metrics = ServerMetrics(queue, reactor, identity.get, disk_full=disk.is_full,
+                                replication=None if replicator is None else replicator.stats)
         listening_service(reactor, config["metrics"], metrics_site(metrics),
                           metrics_listening,
                           setting=PortSetting("allq-server", "--metrics", "ALLQ_METRICS")
                           ).setServiceParent(service)
     return service
+
+
+def _server_id(config: Options) -> str | None:
+    """The configured id; a fenced primary's own (its data directory's ``server-id``)
+    wins. A primary must know its id before it listens (it names it to its backup):
+    without --server-id it is derived from --listen's port."""
+    server_id = config["server-id"]
+    if config["data-dir"] is not None:
+        try:
+            kept = read_server_id(config["data-dir"])
+        except ReplicationFileError as e:
+            raise SystemExit(f"allq-server: {e}")
+        if kept is not None:
+            _log.info("using server id {server_id} from {directory} (this server was "
+                      "fenced by its backup earlier)", server_id=kept,
+                      directory=config["data-dir"])
+            return kept
+    if server_id is None and config["replica"] is not None:
+        port = re.match(r"tcp6?:(?:port=)?([0-9]{1,5})(?::|$)", config["listen"])
+        if port is None or int(port.group(1)) == 0:
+            raise SystemExit("allq-server: --replica needs --server-id when --listen does "
+                             "not name a fixed TCP port (the backup knows this server by it)")
+        server_id = derived_server_id(socket.gethostname(), int(port.group(1)))
+    return server_id
+
+
+def _replica_key(config: Options, keys):
+    """The backup's public key: --replica-server-key (base64 or a file), else ours."""
+    text = config["replica-server-key"]
+    if text is None:
+        return keys.public
+    source = "--replica-server-key"
+    if os.path.isfile(text):
+        try:
+            with open(text, encoding="utf-8") as f:
+                text, source = f.read().strip(), text
+        except OSError as e:
+            raise SystemExit(f"allq-server: --replica-server-key: cannot read {text}: {e}")
+    try:
+        return PublicKey(decode_key(text, source))
+    except KeyConfigError as e:
+        raise SystemExit(f"allq-server: --replica-server-key: {e}")
+
+
+def _replicator(config: Options, keys, reactor, identity: ServerIdentity, queue, journal,
+                idempotency, schedules, interests, disk: DiskFullSwitch) -> Replicator:
+    """The stream to the backup (docs/replication.md), hooked to the journal."""
+    directory = config["data-dir"]
+    host, port = parse_peer(config["replica"])
+    timeout = config["replica-timeout"]
+    try:
+        epoch = read_epoch(directory)
+    except ReplicationFileError as e:
+        raise SystemExit(f"allq-server: {e}")
+    stop = FatalStop(reactor, at_exit=_exit_fenced)
+
+    def fenced(epoch: int) -> None:
+        new_id = fenced_id(identity.get() or "allq", epoch)
+        try:
+            folder = set_aside(directory, epoch, reactor.seconds(), new_id)
+        except OSError as e:
+            _log.critical("could not set the fenced data aside: {error}", error=e)
+        else:
+            _log.critical("set this server's fenced jobs aside in {folder}; it starts "
+                          "again as a fresh server with id {server_id} (exit status 3)",
+                          folder=folder, server_id=new_id)
+        stop()
+
+    listen_port = re.match(r"tcp6?:(?:port=)?([0-9]{1,5})(?::|$)", config["listen"])
+    replicator = Replicator(
+        connect=backup_connector(reactor, host, port,
+                                 ClientKeys(keys.secret, _replica_key(config, keys)),
+                                 timeout),
+        peer=config["replica"], server_id=identity.get, queue=queue, clock=reactor,
+        mode=config["replication"], timeout=timeout, max_lag=config["replica-max-lag"],
+        epoch=epoch,
+        keep_epoch=lambda epoch, backup: write_epoch(directory, epoch, backup),
+        on_refusing=disk.set_replica_down, on_fenced=fenced,
+        address=None if listen_port is None
+        else f"{socket.gethostname()}:{int(listen_port.group(1))}",
+        keys=idempotency, schedules=schedules, interests=interests)
+    journal.stream_to(replicator.stream)
+    _log.info("replicating to backup {peer} ({mode}, epoch {epoch})",
+              peer=config["replica"], mode=config["replication"], epoch=epoch)
+    return replicator
 
 
 def _restore_schedules(schedules: Schedules, journal: Journal, recovered, now: float) -> None:

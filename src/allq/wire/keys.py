@@ -244,6 +244,8 @@ def _generated_files(keys: GeneratedKeys) -> list[tuple[str, str, int]]:
         "# Blank lines and lines starting with # are ignored; text after a key is a comment.\n"
         f"# {CLIENT_PUBLIC_FILE} (from `allq keys generate`):\n"
         f"{client_public}\n"
+        f"# {SERVER_PUBLIC_FILE}: servers of this key set may replicate to each other\n"
+        f"{server_public}\n"
     )
     return [
         (SERVER_SECRET_FILE, encode_key(keys.server_secret) + "\n", 0o600),

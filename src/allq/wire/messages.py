@@ -396,8 +396,13 @@ def error_reply(request_id: int | None, error: AllQError) -> dict:
     return {"id": request_id, "error": {"code": error.code, "message": error.message[:500]}}
 
 
-def welcome(server_id: str, version: str, max_job_size: int, max_line_length: int) -> dict:
-    """The first frame a server sends after the handshake."""
+def welcome(server_id: str, version: str, max_job_size: int, max_line_length: int,
+            **extra: object) -> dict:
+    """The first frame a server sends after the handshake.
+
+    :param extra: more fields (a replicating primary's ``epoch`` and ``replica``);
+        clients ignore the fields they do not know.
+    """
     return {
         "welcome": {
             "server_id": server_id,
@@ -405,6 +410,7 @@ def welcome(server_id: str, version: str, max_job_size: int, max_line_length: in
             "protocol": PROTOCOL_VERSION,
             "max_job_size": max_job_size,
             "max_line_length": max_line_length,
+            **extra,
         }
     }
 
