@@ -41,6 +41,11 @@ DEFAULTS = {
     "idle-timeout": 300.0,
     "allow-any-client": False,
     "import-allqueue": False,
+    "replica": None,
+    "replica-server-key": None,
+    "replication": "available",
+    "replica-timeout": 2.0,
+    "replica-max-lag": 64 * 1024 * 1024,
 }
 
 

@@ -153,7 +153,7 @@ class Replicator(Service):
         self._flush_call: IDelayedCall | None = None
         self._unacked: deque[_Sent] = deque()
         self._unacked_bytes = 0
-        self._acked = 0
+        self._acked_seq = 0
         self._last_send = 0.0
         self._held: deque[_Held] = deque()
         self._unassigned: list[_Held] = []
@@ -174,6 +174,7 @@ class Replicator(Service):
         self._heartbeat = LoopingCall(self._beat)
         self._heartbeat.clock = self._clock
         self._heartbeat.start(HEARTBEAT, now=False)
+        self._set_state("connecting")  # strict: refusing until the backup answers
         self._try_connect()
 
     def stopService(self) -> None:
@@ -278,7 +279,7 @@ class Replicator(Service):
         if self._synced_once:
             self.resyncs += 1
         self._next_seq = 1
-        self._acked = 0
+        self._acked_seq = 0
         self._last_send = self._clock.seconds()
         self._set_state("syncing")
         self._snapshot = self._queue.live_jobs()
@@ -387,8 +388,8 @@ class Replicator(Service):
         if connection is not self._connection:
             return result
         seq = result.get("seq") if isinstance(result, dict) else None
-        if type(seq) is int and seq > self._acked:
-            self._acked = seq
+        if type(seq) is int and seq > self._acked_seq:
+            self._acked_seq = seq
             while self._unacked and self._unacked[0].seq <= seq:
                 self._unacked_bytes -= self._unacked.popleft().size
             if self.state == "streaming":
@@ -477,7 +478,7 @@ class Replicator(Service):
 
     def _release_acked(self) -> None:
         held = self._held
-        acked = self._acked
+        acked = self._acked_seq
         while held and held[0].seq <= acked:
             entry = held.popleft()
             entry.connection.release(entry.lines)
