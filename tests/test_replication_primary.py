@@ -31,9 +31,8 @@ from allq.server.replication_files import (
     write_epoch,
 )
 from allq.server.tap import Options, _server_id, makeService
-from allq.wire.crypto import Authenticator
 from allq.wire.keys import ClientKeys
-from allq.wire.messages import max_line_length
+from tests.replica_fake import start_backup
 
 
 # -- a fake stream connection --------------------------------------------------------
@@ -373,46 +372,10 @@ def test_a_primary_without_a_fixed_port_needs_a_server_id(tmp_path):
 # -- end to end: a real primary, a fake backup over TCP ---------------------------------
 
 
-class RecordingBackup(Dispatcher):
-    """A test backup: acknowledges the stream and keeps what arrived."""
-
-    def __init__(self, *args, fence_at=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.streams = []
-        self.lines = []
-        self.synced = []
-        self.fence_at = fence_at
-
-    def _do_replicate(self, now, *, primary, epoch, address):
-        if self.fence_at is not None:
-            raise Fenced(f"primary {primary} was promoted here at epoch {self.fence_at}")
-        self.streams.append((primary, epoch))
-        self.lines = []
-        return {"backup": "backup-1", "epoch": epoch or 1}
-
-    def _do_replica_records(self, now, *, seq, lines):
-        self.lines.extend(lines.splitlines(True))
-        return {"seq": seq}
-
-    def _do_replica_synced(self, now, *, seq, records):
-        self.synced.append(records)
-        return {"seq": seq}
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def start_backup(keys_dir, **kwargs):
-    keys = load_server_keys(keys_dir, None, {})
-    backup = RecordingBackup(Queue(QueueConfig(), started=0.0), reactor, lambda: "backup-1",
-                             **kwargs)
-    factory = ServerFactory(Authenticator(keys), backup, reactor, lambda: "backup-1",
-                            1024 * 1024, max_line_length(1024 * 1024))
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-    return backup, port
 
 
 async def until(predicate, turns=2000):
@@ -515,3 +478,104 @@ async def test_a_fenced_primary_sets_its_data_aside_and_stops(tmp_path, monkeypa
         await service.stopService()
         await backup_port.stopListening()
         service.services[0].close()
+
+
+# -- held replies on a real connection object ------------------------------------------
+
+
+class PlainSession:
+    """Frames in clear text: the protocol's reply path without the crypto."""
+
+    peer_public = b"k" * 32
+
+    def open(self, line):
+        return line
+
+    def seal(self, data):
+        return data
+
+
+def held_setup(tmp_path, mode="strict"):
+    from twisted.internet.testing import StringTransport
+
+    from allq.server.held_replies import HeldRepliesProtocol
+
+    replicator, connection, clock, queue, _, _, _ = make(mode=mode)
+    journal = Journal(str(tmp_path), FsyncPolicy.parse("never"), clock)
+    queue._on_change = journal.on_change
+    journal.attach(queue)
+    journal.stream_to(replicator.stream)
+    journal.startService()
+    factory = ServerFactory(None, Dispatcher(queue, clock, lambda: "p1"), clock, lambda: "p1",
+                            1024, 4096, after_data=journal.commit)
+    factory.replicator = replicator
+    protocol = HeldRepliesProtocol(factory)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    transport.clear()
+    protocol._session = PlainSession()
+    protocol.MAX_LENGTH = 4096
+    replicator.startService()
+    sync(replicator, connection, clock)
+    return protocol, transport, connection, clock, replicator, journal
+
+
+def request(protocol, request_id, action, **params):
+    protocol.dataReceived(json.dumps({"id": request_id, "action": action,
+                                      "params": params}).encode() + b"\n")
+
+
+def test_a_reply_acknowledging_a_change_waits_for_the_backup_and_reads_do_not(tmp_path):
+    protocol, transport, connection, clock, replicator, journal = held_setup(tmp_path)
+    request(protocol, 1, "put", tube="t", body="x")
+    assert transport.value() == b""  # held
+    request(protocol, 2, "stats")
+    assert json.loads(transport.value())["id"] == 2  # changed nothing: not held
+    transport.clear()
+    clock.advance(0)
+    [(_, params, d)] = connection.take("replica_records")
+    assert '"x"' in params["lines"]
+    d.callback({"seq": params["seq"]})
+    assert json.loads(transport.value())["id"] == 1
+    transport.clear()
+    request(protocol, 3, "get", tube="t")  # a reservation: streamed, not waited for
+    assert json.loads(transport.value())["id"] == 3
+    clock.advance(0)
+    [(_, params, _)] = connection.take("replica_records")
+    assert params["lines"].count("\n") == 1 and '["r",' in params["lines"]
+    replicator.stopService()
+    journal.stopService()
+
+
+def test_strict_drops_the_connection_whose_changes_the_backup_lost(tmp_path):
+    protocol, transport, connection, clock, replicator, journal = held_setup(tmp_path)
+    request(protocol, 1, "put", tube="t", body="x")
+    clock.advance(0)
+    connection.close()
+    assert transport.value() == b"" and transport.disconnecting
+    replicator.stopService()
+    journal.stopService()
+
+
+def test_available_writes_held_replies_when_the_backup_goes(tmp_path):
+    protocol, transport, connection, clock, replicator, journal = held_setup(
+        tmp_path, mode="available")
+    request(protocol, 1, "put", tube="t", body="x")
+    clock.advance(0)
+    connection.close()
+    assert json.loads(transport.value())["id"] == 1
+    assert replicator.stats()["alone_changes"] == 1
+    replicator.stopService()
+    journal.stopService()
+
+
+def test_metrics_show_the_replication_section():
+    from allq.server.metrics import ServerMetrics
+
+    replicator, connection, clock, queue, _, _, _ = make()
+    metrics = ServerMetrics(queue, clock, lambda: "p1", process=False,
+                            replication=replicator.stats)
+    text = metrics.exposition()[0].decode()
+    assert 'allq_replication_state{server="p1",state="connecting"} 1.0' in text
+    assert 'allq_replication_records_sent_total{server="p1"} 0.0' in text
+    assert 'allq_replication_lag_seconds{server="p1"} 0.0' in text

@@ -282,6 +282,9 @@ class Replicator(Service):
         self._acked_seq = 0
         self._last_send = self._clock.seconds()
         self._set_state("syncing")
+        self._log.info("backup {peer} ({backup}) answered replicate (epoch {epoch}); "
+                       "sending a snapshot", peer=self.peer, backup=self.peer_id,
+                       epoch=self.epoch)
         self._snapshot = self._queue.live_jobs()
         self._snapshot_position = 0
         self._snapshot_records = 0
@@ -446,6 +449,11 @@ class Replicator(Service):
             return
         if self.mode == STRICT:
             self._set_state("refusing")
+            if self._answered and not self._warned:
+                self._warned = True
+                self._log.warn("backup {peer} is unreachable: refusing changes with "
+                               "replica_unavailable until it is back (--replication "
+                               "strict)", peer=self.peer)
         elif self._answered:
             self._set_state("alone")
             if not self._warned:
