@@ -5,11 +5,13 @@ arrived. In-process (:func:`start_backup`) or as its own process::
 
     python tests/replica_fake.py KEYS_DIR OUT_FILE PORT [FENCE_AT]
 
-prints ``listening on PORT`` and appends every line received to OUT_FILE (the
+prints ``listening on PORT`` and appends every line received to OUT_FILE (``-``:
+keep nothing, as ``bench/replication.py`` runs it until a real backup exists; the
 integration test's primary is a real ``twistd`` process that blocks nothing of
 ours); PORT 0 picks a free one. With FENCE_AT it answers every ``replicate`` with ``fenced`` at that epoch.
 """
 
+import os
 import sys
 
 from twisted.internet import reactor as global_reactor
@@ -68,10 +70,11 @@ def start_backup(keys_dir, reactor=global_reactor, port=0, **kwargs):
 
 
 def main(keys_dir: str, out: str, port: str, fence_at: str | None = None) -> None:
-    with open(out, "a", encoding="utf-8") as f:
+    with open(os.devnull if out == "-" else out, "a", encoding="utf-8") as f:
         def on_line(line):
-            f.write(line)
-            f.flush()
+            if out != "-":
+                f.write(line)
+                f.flush()
 
         _, port = start_backup(keys_dir, port=int(port), fence_at=None if fence_at is None else int(fence_at),
                                on_line=on_line)
