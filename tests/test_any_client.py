@@ -96,7 +96,7 @@ def test_without_the_switch_nothing_changes(tmp_path):
     """A listed key set loads as before: any_client stays off."""
     generate_keys(str(tmp_path))
     keys = load_server_keys(str(tmp_path), None, {})
-    assert not keys.any_client and len(keys.authorized) == 1
+    assert not keys.any_client and len(keys.authorized) == 2  # client.pub, server.pub
 
 
 # -- handshake --------------------------------------------------------------------

@@ -164,7 +164,8 @@ def test_generate_writes_key_set_with_safe_modes(tmp_path):
 
 
 def test_generated_files_hold_base64_keys(tmp_path):
-    """Every key file is the 44-char base64 key plus a newline; authorized_keys has client.pub."""
+    """Every key file is the 44-char base64 key plus a newline; authorized_keys has
+    client.pub, and server.pub (servers of one key set may replicate to each other)."""
     generated = generate_keys(str(tmp_path))
     assert (tmp_path / "server.key").read_text() == encode_key(generated.server_secret) + "\n"
     assert (tmp_path / "client.key").read_text() == encode_key(generated.client_secret) + "\n"
@@ -175,7 +176,7 @@ def test_generated_files_hold_base64_keys(tmp_path):
     authorized = (tmp_path / "authorized_keys").read_text()
     assert authorized.startswith("#") and client_pub + "\n" in authorized
     assert read_authorized_keys(str(tmp_path / "authorized_keys")) == (
-        generated.client_secret.public_key,
+        generated.client_secret.public_key, generated.server_secret.public_key,
     )
 
 
@@ -225,7 +226,7 @@ def test_load_both_sides_from_directory(tmp_path):
     server = load_server_keys(str(tmp_path), None, {})
     client = load_client_keys(str(tmp_path), {})
     assert bytes(server.secret) == bytes(generated.server_secret)
-    assert server.authorized == (client.public,)
+    assert server.authorized == (client.public, server.public)
     assert client.server_public == server.public
 
 
@@ -428,7 +429,7 @@ def test_suggested_setup_text_is_a_working_fresh_set():
     )
     server = load_server_keys(None, None, parse(server_part))
     client = load_client_keys(None, parse(client_part))
-    assert server.authorized == (client.public,)
+    assert server.authorized == (client.public, server.public)
     assert client.server_public == server.public
     assert suggested_setup_text() != text
 

@@ -293,7 +293,8 @@ def suggested_setup_text(directory_hint: str = "./keys") -> str:
         "    # allq-server\n"
         f"    export {ENV_SECRET}={encode_key(keys.server_secret)}\n"
         f"    export {ENV_PUBLIC}={server_public}\n"
-        f"    export {ENV_AUTHORIZED}={client_public}\n"
+        # The server's own key too: servers of one key set may replicate to each other.
+        f"    export {ENV_AUTHORIZED}={client_public},{server_public}\n"
         "\n"
         "    # allq-client\n"
         f"    export {ENV_SECRET}={encode_key(keys.client_secret)}\n"
