@@ -328,7 +328,7 @@ class Replicator(Service):
         """The journal's hook: one commit's records (``changed``: not only ``r``)."""
         if changed:
             self.changes += 1
-        if self._connection is not None:
+        if self._connection is not None and self.running:
             self._queue_lines(lines)
         # Else dropped: the next connection's snapshot carries their effect.
 
