@@ -269,6 +269,7 @@ def test_a_fenced_answer_calls_on_fenced_with_the_new_epoch_once():
     [(_, _, d)] = connection.take("replicate")
     d.errback(Fenced("primary p1 was promoted on this backup at epoch 2"))
     assert fenced == [2] and replicator.state == "fenced"
+    assert refusing == [True]  # even in available mode: its jobs are the backup's now
     clock.advance(10)
     assert connection.requests == []  # no reconnection
     replicator.stopService()
@@ -579,3 +580,16 @@ def test_metrics_show_the_replication_section():
     assert 'allq_replication_state{server="p1",state="connecting"} 1.0' in text
     assert 'allq_replication_records_sent_total{server="p1"} 0.0' in text
     assert 'allq_replication_lag_seconds{server="p1"} 0.0' in text
+
+
+def test_a_connection_lost_before_replicate_is_answered_is_retried():
+    replicator, connection, clock, _, _, _, _ = make(mode="strict")
+    replicator.startService()
+    [(_, _, d)] = connection.take("replicate")
+    d.errback(ConnectionLost("connection to the server was lost"))
+    assert connection.closed and replicator.state == "refusing"
+    fresh = FakeConnection()
+    replicator._connect = lambda: succeed(fresh)
+    clock.advance(0.1)
+    assert [action for action, _, _ in fresh.requests] == ["replicate"]
+    replicator.stopService()

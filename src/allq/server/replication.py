@@ -166,6 +166,7 @@ class Replicator(Service):
         self._gates: list[Deferred] = []
         self._gate_call: IDelayedCall | None = None
         self._answered = False
+        self._waiting_logged = False
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -235,8 +236,13 @@ class Replicator(Service):
         self._attempt = None
         if not self.running:
             return None
-        self._log.debug("connecting to backup {peer} failed: {error}", peer=self.peer,
-                        error=failure.getErrorMessage())
+        if self._answered or self._waiting_logged:
+            self._log.debug("connecting to backup {peer} failed: {error}", peer=self.peer,
+                            error=failure.getErrorMessage())
+        else:
+            self._waiting_logged = True
+            self._log.warn("waiting for backup {peer} before serving clients: {error}; "
+                           "retrying", peer=self.peer, error=failure.getErrorMessage())
         self._unreachable()
         self._retry_later()
         return None
@@ -261,10 +267,9 @@ class Replicator(Service):
     def _refused(self, failure, connection) -> None:
         if failure.check(Fenced):
             self._fenced(failure.value)
-        else:
-            self._log.warn("backup {peer} refused replicate: {error}", peer=self.peer,
-                           error=failure.getErrorMessage())
-            connection.close()
+            return
+        connection.close()
+        self._connect_failed(failure)
 
     def _replicating(self, result: dict, connection) -> None:
         if not self.running or connection.closed:
@@ -495,7 +500,8 @@ class Replicator(Service):
 
     def _set_state(self, state: str) -> None:
         self.state = state
-        refusing = self.mode == STRICT and state in ("connecting", "refusing", "fenced")
+        refusing = state == "fenced" or (
+            self.mode == STRICT and state in ("connecting", "refusing"))
         if refusing != self._refusing:
             self._refusing = refusing
             self._on_refusing(refusing)
