@@ -29,7 +29,7 @@ def test_keys_generate_writes_set_and_prints_instructions(tmp_path, capsys):
     assert "ALLQ_AUTHORIZED_KEYS" in out
     server = load_server_keys(directory, None, {})
     client = load_client_keys(directory, {})
-    assert server.authorized == (client.public,)
+    assert server.authorized == (client.public, server.public)  # server.pub: replication
     assert stat.S_IMODE(os.stat(os.path.join(directory, "server.key")).st_mode) == 0o600
 
 
