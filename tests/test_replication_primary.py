@@ -22,7 +22,8 @@ from allq.server.protocol import ServerFactory
 from allq.server.readonly import STRICT_ACTIONS, ReadOnlyDispatcher, replica_unavailable_error
 from allq.server.records import unframe
 from allq.server.recovery import Recovered, _apply, recover
-from allq.server.replication import Replicator, parse_peer
+from allq.server.replica_link import parse_peer
+from allq.server.replication import Replicator
 from allq.server.replication_files import (
     fenced_id,
     read_epoch,

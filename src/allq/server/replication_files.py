@@ -15,7 +15,6 @@ place synchronously (a few hundred bytes; the reactor waits microseconds).
 import json
 import os
 
-from allq.server.records import generation_of
 from allq.vocabulary import SERVER_ID
 
 REPLICATION_FILE = "replication"
@@ -98,7 +97,7 @@ def set_aside(directory: str, epoch: int, now: float, new_id: str) -> str:
     folder = os.path.join(directory, f"fenced-{epoch}-{int(now)}")
     os.makedirs(folder, exist_ok=True)
     for name in os.listdir(directory):
-        if generation_of(name) is not None or name.startswith(("journal.", "snapshot.")):
+        if name.startswith(("journal.", "snapshot.")):
             os.replace(os.path.join(directory, name), os.path.join(folder, name))
     _write_atomically(directory, SERVER_ID_FILE, new_id + "\n")
     write_epoch(directory, None, None)

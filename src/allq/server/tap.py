@@ -66,10 +66,8 @@ from allq.server.replication import (
     MODES,
     DEFAULT_TIMEOUT as DEFAULT_REPLICA_TIMEOUT,
     Replicator,
-    ServeWhenReady,
-    backup_connector,
-    parse_peer,
 )
+from allq.server.replica_link import ServeWhenReady, backup_connector, parse_peer
 from allq.server.replication_files import (
     ReplicationFileError,
     fenced_id,
@@ -536,12 +534,18 @@ def _server_id(config: Options) -> str | None:
                       directory=config["data-dir"])
             return kept
     if server_id is None and config["replica"] is not None:
-        port = re.match(r"tcp6?:(?:port=)?([0-9]{1,5})(?::|$)", config["listen"])
-        if port is None or int(port.group(1)) == 0:
+        port = _fixed_port(config["listen"])
+        if port is None:
             raise SystemExit("allq-server: --replica needs --server-id when --listen does "
                              "not name a fixed TCP port (the backup knows this server by it)")
-        server_id = derived_server_id(socket.gethostname(), int(port.group(1)))
+        server_id = derived_server_id(socket.gethostname(), port)
     return server_id
+
+
+def _fixed_port(listen: str) -> int | None:
+    """The TCP port ``--listen`` names (``None``: another endpoint, or port 0)."""
+    found = re.match(r"tcp6?:(?:port=)?([0-9]{1,5})(?::|$)", listen)
+    return int(found.group(1)) or None if found else None
 
 
 def _replica_key(config: Options, keys):
@@ -586,7 +590,7 @@ def _replicator(config: Options, keys, reactor, identity: ServerIdentity, queue,
                           folder=folder, server_id=new_id)
         stop()
 
-    listen_port = re.match(r"tcp6?:(?:port=)?([0-9]{1,5})(?::|$)", config["listen"])
+    listen_port = _fixed_port(config["listen"])
     replicator = Replicator(
         connect=backup_connector(reactor, host, port,
                                  ClientKeys(keys.secret, _replica_key(config, keys)),
@@ -596,8 +600,7 @@ def _replicator(config: Options, keys, reactor, identity: ServerIdentity, queue,
         epoch=epoch,
         keep_epoch=lambda epoch, backup: write_epoch(directory, epoch, backup),
         on_refusing=disk.set_replica_down, on_fenced=fenced,
-        address=None if listen_port is None
-        else f"{socket.gethostname()}:{int(listen_port.group(1))}",
+        address=None if listen_port is None else f"{socket.gethostname()}:{listen_port}",
         keys=idempotency, schedules=schedules, interests=interests)
     journal.stream_to(replicator.stream)
     _log.info("replicating to backup {peer} ({mode}, epoch {epoch})",
