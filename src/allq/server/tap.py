@@ -58,6 +58,7 @@ from allq.server.metrics import ServerMetrics, metrics_site
 from allq.server.keyreload import AuthorizedKeysWatcher
 from allq.server.protocol import DEFAULT_IDLE_TIMEOUT, ServerFactory
 from allq.server.readonly import ReadOnlyDispatcher
+from allq.server.replica_host import ReplicaHost
 from allq.server.recovery import (
     DataDirError,
     recover,
@@ -333,15 +334,16 @@ def makeService(config: Options, reactor=None) -> MultiService:
         _allqueue_files(config, now)
         journal, recovered = _open_data_dir(config, reactor, now, fatal, disk.set)
         first_id = max(first_id, recovered.max_id + 1)
+    queue_config = QueueConfig(
+        default_ttl=config["default-ttl"],
+        expired_limit=config["expiry-limit"],
+        max_job_size=config["max-job-size"],
+        fair_prefix=config["fair-prefix"],
+        fair_suffix=config["fair-suffix"],
+        max_jobs=config["max-jobs"],
+    )
     queue = Queue(
-        QueueConfig(
-            default_ttl=config["default-ttl"],
-            expired_limit=config["expiry-limit"],
-            max_job_size=config["max-job-size"],
-            fair_prefix=config["fair-prefix"],
-            fair_suffix=config["fair-suffix"],
-            max_jobs=config["max-jobs"],
-        ),
+        queue_config,
         first_id=first_id,
         started=now,
         on_change=None if journal is None else journal.on_change,
@@ -371,6 +373,7 @@ def makeService(config: Options, reactor=None) -> MultiService:
         idle_timeout=config["idle-timeout"] or None,
     )
     disk.connect(factory)
+    replica_host = _replica_host(config, reactor, identity, queue_config, factory, fatal, now)
     watcher = AuthorizedKeysWatcher(
         keys, load_keys, factory.set_authenticator,
         _authorized_keys_path(config), reactor, reactor=reactor)
@@ -395,6 +398,7 @@ def makeService(config: Options, reactor=None) -> MultiService:
         reactor.addSystemEventTrigger("after", "shutdown", journal.close)
     timer.setServiceParent(service)
     scheduler.setServiceParent(service)
+    replica_host.setServiceParent(service)
     watcher.setServiceParent(service)
     listening_service(reactor, with_backlog(config["listen"], config["backlog"]), factory,
                       listening,
@@ -412,6 +416,34 @@ def makeService(config: Options, reactor=None) -> MultiService:
                           setting=PortSetting("allq-server", "--metrics", "ALLQ_METRICS")
                           ).setServiceParent(service)
     return service
+
+
+def _replica_host(config: Options, reactor, identity: ServerIdentity,
+                  queue_config: QueueConfig, factory: ServerFactory, fatal: FatalStop,
+                  now: float) -> ReplicaHost:
+    """Make this server a backup for any primary that streams to it
+    (docs/replication.md): its promoted replicas live under ``--data-dir``."""
+    host = ReplicaHost(reactor, identity.get, queue_config, data_dir=config["data-dir"],
+                       fsync=FsyncPolicy.parse(config["fsync"]), on_failure=fatal,
+                       run_blocking=_thread_runner(reactor))
+    try:
+        host.load(now)
+    except (DataDirError, OSError) as e:
+        raise SystemExit(f"allq-server: cannot read the replicas in {config['data-dir']}: {e}")
+    # Before the journal starts, the factory's dispatcher is the real one (the
+    # disk-full switch wraps it later, and reaches these actions through it).
+    host.install(factory.dispatcher)
+    factory.choose_mode = host.choose_mode
+    return host
+
+
+def _thread_runner(reactor):
+    """Runs a blocking callable in the reactor's thread pool (journals' fsyncs)."""
+    def run_blocking(f):
+        from twisted.internet.threads import deferToThreadPool
+
+        return deferToThreadPool(reactor, reactor.getThreadPool(), f)
+    return run_blocking
 
 
 def _restore_schedules(schedules: Schedules, journal: Journal, recovered, now: float) -> None:
