@@ -501,8 +501,14 @@ class ReplicaHost(MultiService):
         if directory is not None and promoting:
             recovered.lock_fd = lock_directory(directory)
             recovered.snapshot_bytes = _write_snapshot(directory, recovered, now)
+        if directory is not None:
+            journal = Journal(
+                directory, self._fsync, self.clock, generation=recovered.generation,
+                snapshot_bytes=recovered.snapshot_bytes, max_id=recovered.max_id,
+                lock_fd=recovered.lock_fd, on_failure=self._on_failure,
+                **({} if self._run_blocking is None else {"run_blocking": self._run_blocking}))
         queue = Queue(self._config, first_id=max(recovered.max_id + 1, int(now * 1_000_000)),
-                      started=now)
+                      started=now, on_change=None if journal is None else journal.on_change)
         idempotency = IdempotencyKeys()
         schedules = Schedules()
         interests = InterestTable()
@@ -510,13 +516,7 @@ class ReplicaHost(MultiService):
         restore_keys(idempotency, recovered, now)
         restore_schedules(schedules, recovered, now)
         restore_interests(interests, recovered)
-        if directory is not None:
-            journal = Journal(
-                directory, self._fsync, self.clock, generation=recovered.generation,
-                snapshot_bytes=recovered.snapshot_bytes, max_id=recovered.max_id,
-                lock_fd=recovered.lock_fd, on_failure=self._on_failure,
-                **({} if self._run_blocking is None else {"run_blocking": self._run_blocking}))
-            queue.on_change = journal.on_change
+        if journal is not None:
             journal.attach(queue, idempotency, interests)
             journal.attach_schedules(schedules)
             journal.setServiceParent(self)
