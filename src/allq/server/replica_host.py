@@ -51,10 +51,11 @@ from allq.errors import (
     PrimaryAlive,
     ReplicaGap,
     ReplicaIncomplete,
+    Unavailable,
 )
 from allq.server.dispatch import Dispatcher
 from allq.server.journal import FsyncPolicy, Journal, JournalError, fsync_directory, write_all
-from allq.server.records import FORMAT_VERSION, frame, snapshot_name
+from allq.server.records import FORMAT_VERSION, frame, generation_of, snapshot_name
 from allq.server.recovery import (
     DataDirError,
     Recovered,
@@ -463,6 +464,8 @@ class ReplicaHost(MultiService):
         :raises ReplicaIncomplete: its snapshot never finished arriving.
         :raises PrimaryAlive: its primary was heard on its stream within
             :data:`PRIMARY_SILENCE` seconds.
+        :raises Unavailable: the promoted replica could not be written to disk
+            (nothing changed: a later ``promote`` tries again).
         """
         _check_server_id("promote", server_id)
         replica = self.replicas.get(server_id)
@@ -479,15 +482,19 @@ class ReplicaHost(MultiService):
             raise PrimaryAlive(
                 f"promote: {server_id} is alive (heard {now - replica.last_heard:.1f} s ago "
                 "on its stream); its clients' trouble is not a failover")
+        try:
+            promoted = self._build(replica, replica.state.recovered, now, promoting=True)
+        except (DataDirError, OSError) as e:
+            raise Unavailable(f"promote: cannot write the promoted replica of {server_id}: "
+                              f"{e}") from None
+        replica.promoted, replica.promoted_at = promoted, now
         replica.epoch += 1
         self._store_epoch(replica)
+        self._store_promoted(replica)
         if replica.stream is not None:
             stream, replica.stream = replica.stream, None
             stream.close("fenced", f"server {server_id} was replaced by its backup at "
                          f"epoch {replica.epoch}")
-        replica.promoted = self._build(replica, replica.state.recovered, now, promoting=True)
-        replica.promoted_at = now
-        self._store_promoted(replica)
         self._log.info("promoted the replica of {primary} at epoch {epoch}: serving its "
                        "{jobs} jobs", primary=server_id, epoch=replica.epoch,
                        jobs=len(replica.promoted.queue))
@@ -499,8 +506,13 @@ class ReplicaHost(MultiService):
         journal = None
         directory = self._replica_dir(replica.primary)
         if directory is not None and promoting:
-            recovered.lock_fd = lock_directory(directory)
-            recovered.snapshot_bytes = _write_snapshot(directory, recovered, now)
+            lock_fd = lock_directory(directory)
+            try:
+                recovered.snapshot_bytes = _write_snapshot(directory, recovered, now)
+            except OSError:
+                os.close(lock_fd)
+                raise
+            recovered.lock_fd = lock_fd
         if directory is not None:
             journal = Journal(
                 directory, self._fsync, self.clock, generation=recovered.generation,
@@ -664,6 +676,10 @@ def _write_snapshot(directory: str, recovered: Recovered, now: float) -> int:
     count += len(others)
     lines.append(frame(["end", count]))
     data = b"".join(lines)
+    for name in os.listdir(directory):
+        # What an earlier promotion that never finished (a crash) left behind.
+        if generation_of(name) is not None:
+            os.unlink(os.path.join(directory, name))
     tmp = os.path.join(directory, snapshot_name(1) + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
