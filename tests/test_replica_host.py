@@ -63,6 +63,7 @@ class Backup:
 
     def stop(self) -> None:
         self.host.stopService()
+        self.host.close()
 
 
 def error_code(reply: dict) -> str:
@@ -339,22 +340,22 @@ def test_a_damaged_epoch_file_is_a_clear_error(tmp_path):
 def test_a_promotion_that_cannot_be_written_changes_nothing(tmp_path, monkeypatch):
     """A disk error while writing the promoted replica: unavailable, same epoch,
     and a later promote (once the disk works) succeeds."""
-    from allq.server import replica_host
+    from allq.server import replica_files, replica_host
 
     backup = Backup(tmp_path)
     backup.synced_stream(put(1)).lose()
     backup.clock.advance(PRIMARY_SILENCE)
-    real = replica_host._write_snapshot
+    real = replica_files.write_snapshot
 
     def full(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(replica_host, "_write_snapshot", full)
+    monkeypatch.setattr(replica_host, "write_snapshot", full)
     reply = backup.request("promote", server_id=PRIMARY)
     assert error_code(reply) == "unavailable"
     assert "No space left" in reply["error"]["message"]
     (entry,) = backup.host.describe()
     assert (entry["state"], entry["epoch"]) == ("disconnected", 1)
-    monkeypatch.setattr(replica_host, "_write_snapshot", real)
+    monkeypatch.setattr(replica_host, "write_snapshot", real)
     assert backup.request("promote", server_id=PRIMARY)["result"]["epoch"] == 2
     backup.stop()

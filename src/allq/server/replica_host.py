@@ -54,8 +54,15 @@ from allq.errors import (
     Unavailable,
 )
 from allq.server.dispatch import Dispatcher
-from allq.server.journal import FsyncPolicy, Journal, JournalError, fsync_directory, write_all
-from allq.server.records import FORMAT_VERSION, frame, generation_of, snapshot_name
+from allq.server.journal import FsyncPolicy, Journal, JournalError
+from allq.server.replica_files import (
+    EPOCH_FILE,
+    PROMOTED_FILE,
+    REPLICAS_DIR,
+    read_number,
+    write_file,
+    write_snapshot,
+)
 from allq.server.recovery import (
     DataDirError,
     Recovered,
@@ -74,9 +81,6 @@ from allq.wire.messages import decode_request, error_reply, request_id_of, resul
 
 #: A primary heard from within this many seconds on its stream is alive: no promotion.
 PRIMARY_SILENCE = 3.0
-REPLICAS_DIR = "replicas"
-EPOCH_FILE = "epoch"
-PROMOTED_FILE = "promoted"
 #: The actions a stream connection carries after its ``replicate``.
 _STREAM_ACTIONS = ("replica_records", "replica_synced", "ping")
 #: Actions a promoted replica refuses: it takes no new jobs (clients drain it).
@@ -508,7 +512,7 @@ class ReplicaHost(MultiService):
         if directory is not None and promoting:
             lock_fd = lock_directory(directory)
             try:
-                recovered.snapshot_bytes = _write_snapshot(directory, recovered, now)
+                recovered.snapshot_bytes = write_snapshot(directory, recovered, now)
             except OSError:
                 os.close(lock_fd)
                 raise
@@ -560,12 +564,12 @@ class ReplicaHost(MultiService):
     def _store_epoch(self, replica: Replica) -> None:
         directory = self._replica_dir(replica.primary)
         if directory is not None:
-            _write_file(directory, EPOCH_FILE, f"{replica.epoch}\n")
+            write_file(directory, EPOCH_FILE, f"{replica.epoch}\n")
 
     def _store_promoted(self, replica: Replica) -> None:
         directory = self._replica_dir(replica.primary)
         if directory is not None:
-            _write_file(directory, PROMOTED_FILE, f"{replica.promoted_at!r}\n")
+            write_file(directory, PROMOTED_FILE, f"{replica.promoted_at!r}\n")
 
     def load(self, now: float) -> None:
         """Read back the epochs and promoted replicas a data directory holds (at
@@ -582,11 +586,11 @@ class ReplicaHost(MultiService):
             directory = os.path.join(root, primary)
             if not (SERVER_ID.fullmatch(primary) and os.path.isdir(directory)):
                 continue
-            epoch = _read_number(directory, EPOCH_FILE, int)
+            epoch = read_number(directory, EPOCH_FILE, int)
             if epoch is None:
                 continue
             replica = self.replicas[primary] = Replica(primary, epoch=epoch)
-            promoted_at = _read_number(directory, PROMOTED_FILE, float)
+            promoted_at = read_number(directory, PROMOTED_FILE, float)
             if promoted_at is not None:
                 recovered = recover(directory, now)
                 for note in recovered.damaged:
@@ -600,16 +604,12 @@ class ReplicaHost(MultiService):
         if self.replicas:
             self._show_in_stats()
 
-    def stopService(self):
-        d = super().stopService()
-
-        def close(result):
-            for replica in self.replicas.values():
-                if replica.promoted is not None and replica.promoted.journal is not None:
-                    replica.promoted.journal.close()
-            return result
-
-        return d.addBoth(close) if d is not None else close(None)
+    def close(self) -> None:
+        """Write, fsync and close the promoted replicas' journals and release their
+        directories (after the reactor stopped, as the server's own journal)."""
+        for replica in self.replicas.values():
+            if replica.promoted is not None and replica.promoted.journal is not None:
+                replica.promoted.journal.close()
 
 
 def _first_request_only(action: str):
@@ -623,70 +623,3 @@ def _stream_only(action: str):
         raise BadRequest(f"{action}: only a stream connection (one that began with "
                          "replicate) carries it")
     return refuse
-
-
-def _write_file(directory: str, name: str, text: str) -> None:
-    """Write a small file atomically and durably (tmp, fsync, rename, fsync dir)."""
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    tmp = os.path.join(directory, name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        write_all(fd, text.encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, os.path.join(directory, name))
-    fsync_directory(directory)
-
-
-def _read_number(directory: str, name: str, kind):
-    path = os.path.join(directory, name)
-    try:
-        with open(path, encoding="ascii") as f:
-            return kind(f.read().strip())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        raise DataDirError(f"cannot read {path}: {e}") from None
-
-
-def _write_snapshot(directory: str, recovered: Recovered, now: float) -> int:
-    """Write ``recovered`` as snapshot 1 of ``directory`` (a promoted replica's own
-    data directory); its size in bytes."""
-    lines = [frame(["snapshot", FORMAT_VERSION, 1, recovered.max_id + 1, now])]
-    count = 0
-    for job_id, record in recovered.jobs.items():
-        lines.append(frame(record))
-        count += 1
-        keys = recovered.job_keys.get(job_id)
-        if keys is not None:
-            lines.append(frame(["u", job_id, *keys]))
-            count += 1
-        error = recovered.errors.get(job_id)
-        if error is not None:
-            lines.append(frame(["e", job_id, error]))
-            count += 1
-    others = [*recovered.tubes.values(),
-              *(["c", tube, limit] for tube, limit in recovered.concurrency.items()),
-              ["S", bool(recovered.draining)], *recovered.keys.values(),
-              *recovered.schedules.values(),
-              *(["i", *record] for records in recovered.interests.values()
-                for record in records)]
-    lines += [frame(record) for record in others]
-    count += len(others)
-    lines.append(frame(["end", count]))
-    data = b"".join(lines)
-    for name in os.listdir(directory):
-        # What an earlier promotion that never finished (a crash) left behind.
-        if generation_of(name) is not None:
-            os.unlink(os.path.join(directory, name))
-    tmp = os.path.join(directory, snapshot_name(1) + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, os.path.join(directory, snapshot_name(1)))
-    fsync_directory(directory)
-    return len(data)

@@ -434,6 +434,7 @@ def _replica_host(config: Options, reactor, identity: ServerIdentity,
     # disk-full switch wraps it later, and reaches these actions through it).
     host.install(factory.dispatcher)
     factory.choose_mode = host.choose_mode
+    reactor.addSystemEventTrigger("after", "shutdown", host.close)
     return host
 
 
