@@ -359,3 +359,42 @@ def test_a_promotion_that_cannot_be_written_changes_nothing(tmp_path, monkeypatc
     monkeypatch.setattr(replica_host, "write_snapshot", real)
     assert backup.request("promote", server_id=PRIMARY)["result"]["epoch"] == 2
     backup.stop()
+
+
+# -- the daemon's wiring -------------------------------------------------------------------
+
+
+def test_make_service_makes_every_server_a_backup(tmp_path):
+    """makeService installs the replica host: connection modes and the actions."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from allq.cli import generate_keys
+    from allq.server.tap import makeService
+    from tests.test_server_tap import parse
+
+    generate_keys(str(tmp_path / "keys"))
+    reactor = MemoryReactorClock()
+    service = makeService(parse(["--keys", str(tmp_path / "keys"), "--server-id", "b1",
+                                 "--data-dir", str(tmp_path / "data")]), reactor=reactor)
+    service.startService()
+    [(_, factory, _, _)] = reactor.tcpServers
+    assert factory.choose_mode is not None
+    reply = factory.dispatcher.handle({"id": 1, "action": "replicas"})
+    assert reply == {"id": 1, "result": {"replicas": []}}
+    service.stopService()
+
+
+def test_make_service_names_an_unreadable_replica(tmp_path):
+    """A damaged replicas/ entry stops the start-up with a message naming it."""
+    from allq.cli import generate_keys
+    from allq.server.tap import makeService
+    from twisted.internet.testing import MemoryReactorClock
+    from tests.test_server_tap import parse
+
+    generate_keys(str(tmp_path / "keys"))
+    directory = tmp_path / "data" / "replicas" / PRIMARY
+    os.makedirs(directory)
+    (directory / "epoch").write_text("?\n")
+    with pytest.raises(SystemExit, match="cannot read the replicas.*epoch"):
+        makeService(parse(["--keys", str(tmp_path / "keys"), "--data-dir",
+                           str(tmp_path / "data")]), reactor=MemoryReactorClock())
