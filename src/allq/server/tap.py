@@ -334,16 +334,15 @@ def makeService(config: Options, reactor=None) -> MultiService:
         _allqueue_files(config, now)
         journal, recovered = _open_data_dir(config, reactor, now, fatal, disk.set)
         first_id = max(first_id, recovered.max_id + 1)
-    queue_config = QueueConfig(
-        default_ttl=config["default-ttl"],
-        expired_limit=config["expiry-limit"],
-        max_job_size=config["max-job-size"],
-        fair_prefix=config["fair-prefix"],
-        fair_suffix=config["fair-suffix"],
-        max_jobs=config["max-jobs"],
-    )
     queue = Queue(
-        queue_config,
+        QueueConfig(
+            default_ttl=config["default-ttl"],
+            expired_limit=config["expiry-limit"],
+            max_job_size=config["max-job-size"],
+            fair_prefix=config["fair-prefix"],
+            fair_suffix=config["fair-suffix"],
+            max_jobs=config["max-jobs"],
+        ),
         first_id=first_id,
         started=now,
         on_change=None if journal is None else journal.on_change,
@@ -373,7 +372,7 @@ def makeService(config: Options, reactor=None) -> MultiService:
         idle_timeout=config["idle-timeout"] or None,
     )
     disk.connect(factory)
-    replica_host = _replica_host(config, reactor, identity, queue_config, factory, fatal, now)
+    replica_host = _replica_host(config, reactor, identity, queue.config, factory, fatal, now)
     watcher = AuthorizedKeysWatcher(
         keys, load_keys, factory.set_authenticator,
         _authorized_keys_path(config), reactor, reactor=reactor)
