@@ -823,7 +823,8 @@ class Queue:
 
     def restore(self, job: Job, *, now: float, parent: ParentInfo | None = None,
                 last_error: str | None = None, unique_key: str | None = None,
-                concurrency_key: str | None = None) -> Job:
+                concurrency_key: str | None = None,
+                reserved_until: float | None = None) -> Job:
         """Place a job read back from storage directly in its stored state.
 
         For recovery at start-up: no size limit or drain flag applies and
@@ -838,8 +839,12 @@ class Queue:
         :param parent: what a waiting parent waits for (required for ``WAITING``).
         :param last_error: the error a bury recorded on the job, if any.
         :param unique_key: its unique key; :param concurrency_key: its concurrency key.
-        :raises BadRequest: the id is taken, the state is ``DELETED``, or a
-            waiting parent comes without ``parent`` or a deadline.
+        :param reserved_until: for a ``RESERVED`` job only: keep it reserved until
+            then, so its worker's ``done``/``touch``/``release`` still work and it comes
+            back (as a ttl expiry) after that (a promoted replica's reserved jobs).
+        :raises BadRequest: the id is taken, the state is ``DELETED``, a
+            waiting parent comes without ``parent`` or a deadline, or
+            ``reserved_until`` is given for a job that is not reserved.
         """
         if job.id in self._jobs:
             raise BadRequest(f"job {job.id} already exists")
@@ -853,6 +858,8 @@ class Queue:
             raise BadRequest(f"job {job.id} is deleted")
         if state is JobState.WAITING and (parent is None or deadline is None):
             raise BadRequest(f"waiting parent {job.id} needs its parent info and deadline")
+        if reserved_until is not None and state is not JobState.RESERVED:
+            raise BadRequest(f"job {job.id} is {state.value}: only a reserved job stays reserved")
         tube = self._tubes.get(job.tube)
         if tube is None:
             tube = self._tube(check_tube(job.tube))
@@ -872,6 +879,12 @@ class Queue:
             self._deadlines.schedule(job, deadline, was_scheduled=False)
         elif state is JobState.BURIED:
             self._bury(job, tube)
+        elif reserved_until is not None:
+            job.reserved_at = now
+            tube.reserved_count += 1
+            if self._keyed:
+                self._keyed.reserved(job)
+            self._deadlines.schedule(job, reserved_until, was_scheduled=False)
         else:  # ready, reserved, or delayed and due
             self._make_ready(job, tube)
         return job

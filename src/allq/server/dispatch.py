@@ -58,6 +58,9 @@ class Dispatcher:
         self._idempotency = idempotency if idempotency is not None else IdempotencyKeys()
         #: Extra top-level sections of the ``stats`` reply, by name (replication's).
         self.stats_sections: dict[str, Callable[[], object]] = {}
+        #: Wire actions another part of the server handles, by name (a backup's
+        #: ``replicas`` and ``promote``): called as ``handler(now, **params)``.
+        self.actions: dict[str, Callable[..., dict]] = {}
 
     def handle(self, obj: object) -> dict:
         """Apply one request (a decoded JSON value) and return its reply object."""
@@ -66,7 +69,9 @@ class Dispatcher:
             request = decode_request(obj)
             handler = getattr(self, "_do_" + request.action, None)
             if handler is None:  # a wire action another part of the server handles
-                raise UnknownAction(f"{request.action}: not handled on this connection")
+                handler = self.actions.get(request.action)
+                if handler is None:
+                    raise UnknownAction(f"{request.action}: not handled on this connection")
             result = handler(self._clock.seconds(), **request.params)
             if self._log_jobs:
                 self._log_job(request.action, result)

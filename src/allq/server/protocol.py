@@ -19,6 +19,13 @@ Bounds on what a connection may hold (STYLE.md rule 11):
   unfinished lines: the connection whose read goes over it is closed with
   ``ERROR busy`` (a few clients each sending the start of a maximal frame
   cannot make the server hold gigabytes).
+
+Connection modes: the factory's ``choose_mode`` hook sees a connection's first
+frame and may turn the connection into a special one for good (a primary's
+replication stream, a ``serve_as`` link to a promoted replica:
+:mod:`allq.server.replica_host`). Such a connection's frames go to its mode's
+``handle_frame`` instead of the dispatcher; the mode may ask for the connection
+to be closed once its reply is sent (:meth:`ServerProtocol.close_after_reply`).
 """
 
 from collections.abc import Callable
@@ -54,6 +61,8 @@ PARTIAL_LINES_BUDGET = 32
 #: client has proved its key it must not make us buffer a whole max_line_length.
 HELLO_MAX_LENGTH = 1024
 MAX_BATCH = 1000
+#: A connection whose first frame has not arrived yet (its mode is not chosen).
+_UNDECIDED = object()
 _FRAME_ERROR_CODES = {
     MalformedFrame: "malformed_frame",
     ReplayedFrame: "replayed_frame",
@@ -77,6 +86,10 @@ class ServerProtocol(LineOnlyReceiver):
         self._last_read = 0.0
         #: Bytes of an unfinished line this connection counts in the factory's budget.
         self._partial = 0
+        #: This connection's mode (``None``: an ordinary client connection); see
+        #: the module docstring.
+        self.mode = _UNDECIDED if getattr(factory, "choose_mode", None) is not None else None
+        self._close_after: tuple[str, str] | None = None
 
     @property
     def client_key(self) -> bytes | None:
@@ -106,6 +119,9 @@ class ServerProtocol(LineOnlyReceiver):
         if self._session is not None:
             factory.connection_closed(self)
         self._session = None
+        mode, self.mode = self.mode, None
+        if mode is not None and mode is not _UNDECIDED:
+            mode.connection_lost()
 
     def dataReceived(self, data: bytes) -> None:
         factory = self._factory
@@ -137,6 +153,11 @@ class ServerProtocol(LineOnlyReceiver):
     def close_session(self, code: str, message: str) -> None:
         """Close this connection with ``ERROR <code> <message>`` (e.g. its key was revoked)."""
         self._refuse(code, message)
+
+    def close_after_reply(self, code: str, message: str) -> None:
+        """From a mode's ``handle_frame``: close with ``ERROR <code> <message>`` right
+        after the reply it is returning has been sent."""
+        self._close_after = (code, message)
 
     def lineReceived(self, line: bytes) -> None:
         if self._session is None:
@@ -178,6 +199,13 @@ class ServerProtocol(LineOnlyReceiver):
             self._send(error_reply(None, e))
             return
         factory = self._factory
+        mode = self.mode
+        if mode is not None:
+            if mode is _UNDECIDED:
+                mode = self.mode = factory.choose_mode(self, obj)
+            if mode is not None:
+                self._mode_frame(mode, obj)
+                return
         try:
             reply = factory.dispatcher.handle_frame(obj)
         except Exception:
@@ -190,6 +218,19 @@ class ServerProtocol(LineOnlyReceiver):
         # may leave only after dataReceived's journal commit.
         self.sendLine(self._session.seal(dumps(reply)))
         factory.after_frame()
+
+    def _mode_frame(self, mode, obj: object) -> None:
+        """A frame of a connection in a mode: its mode answers it (or not: ``None``)."""
+        try:
+            reply = mode.handle_frame(obj)
+        except Exception:
+            self._log.failure("handling a frame failed")
+            reply = error_reply(None, AllQError("internal error handling the frame"))
+        if reply is not None and self._session is not None:
+            self._send(reply)
+        closing, self._close_after = self._close_after, None
+        if closing is not None and self._session is not None:
+            self._refuse(*closing)
 
     def _check_idle(self) -> None:
         """The idle timer fired: close the connection, or re-arm for the time left.
@@ -243,6 +284,10 @@ class ServerFactory(Factory):
         (``None`` or 0: forever).
     :param partial_budget: bytes of unfinished lines all connections may buffer
         together (default: :data:`PARTIAL_LINES_BUDGET` maximal lines).
+    :param choose_mode: given a connection and its first frame, the mode that
+        handles that connection's frames from then on (``handle_frame(obj)`` ->
+        reply or ``None``, ``connection_lost()``), or ``None`` for an ordinary
+        connection (see the module docstring).
     :ivar sessions: the authenticated connections by client public key, so a
         revoked key's connections can be closed (:meth:`close_sessions`).
     """
@@ -267,6 +312,7 @@ class ServerFactory(Factory):
         after_data: Callable[[], None] = lambda: None,
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         partial_budget: int | None = None,
+        choose_mode: Callable[["ServerProtocol", object], object | None] | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.dispatcher = dispatcher
@@ -280,6 +326,7 @@ class ServerFactory(Factory):
         self.partial_budget = (PARTIAL_LINES_BUDGET * max_line_length
                                if partial_budget is None else partial_budget)
         self.partial_bytes = 0
+        self.choose_mode = choose_mode
         self.sessions: dict[bytes, set[ServerProtocol]] = {}
 
     def buildProtocol(self, addr) -> ServerProtocol:

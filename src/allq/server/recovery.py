@@ -39,6 +39,7 @@ from allq.server.records import (
 #: Field positions in a ``j`` record.
 _MUTABLE = slice(10, 15)  # state, deadline, expireds, releases, parent
 _STATES = {state.value: state for state in JobState}
+_RESERVED = JobState.RESERVED
 
 
 @contextlib.contextmanager
@@ -110,10 +111,12 @@ class Restored:
     buried: int = 0
     waiting: int = 0
     invalid: int = 0
+    #: Kept reserved (``keep_reserved`` only).
+    reserved: int = 0
 
     @property
     def total(self) -> int:
-        return self.ready + self.delayed + self.buried + self.waiting
+        return self.ready + self.delayed + self.buried + self.waiting + self.reserved
 
 
 def lock_directory(directory: str) -> int:
@@ -288,6 +291,15 @@ def _check_header(record: list, kind: str, path: str) -> list:
     return record
 
 
+def apply_record(state: Recovered, record: list) -> bool:
+    """Apply one journal record to ``state``; ``False``: not a known record.
+
+    Public for a backup's replicas (:mod:`allq.server.replica_state`), which apply
+    the primary's streamed records the way recovery replays a journal.
+    """
+    return _apply(state, record)
+
+
 def _apply(state: Recovered, record: list) -> bool:
     """Apply one record to the replayed state; ``False``: not a known record."""
     kind = record[0]
@@ -378,12 +390,17 @@ def _expiry(record: list) -> float:
     return expires if isinstance(expires, int | float) else 0.0
 
 
-def restore_queue(queue, recovered: Recovered, now: float) -> Restored:
+def restore_queue(queue, recovered: Recovered, now: float,
+                  keep_reserved: bool = False) -> Restored:
     """Place what was recovered into an empty ``queue``.
 
     Tube settings come first (a fair setting decides how ready jobs line up),
     then jobs in put order, then the drain flag. A record the core refuses
     (it would take a bug to write one) is counted in ``invalid``, not fatal.
+
+    :param keep_reserved: a job recorded ``reserved`` stays reserved until its
+        recorded deadline (a promoted replica: its workers may still finish it);
+        by default it becomes ready (a restart: its workers are gone).
     """
     for name, (_, _, throttle, paused, draining, fair, max_size) in recovered.tubes.items():
         try:
@@ -396,7 +413,8 @@ def restore_queue(queue, recovered: Recovered, now: float) -> Restored:
             queue.restore_concurrency(name, limit)
         except AllQError:
             pass
-    counts = {JobState.READY: 0, JobState.DELAYED: 0, JobState.BURIED: 0, JobState.WAITING: 0}
+    counts = {JobState.READY: 0, JobState.DELAYED: 0, JobState.BURIED: 0, JobState.WAITING: 0,
+              _RESERVED: 0}
     invalid = 0
     restore = queue.restore
     errors = recovered.errors
@@ -412,9 +430,12 @@ def restore_queue(queue, recovered: Recovered, now: float) -> Restored:
                           shard_key=shard_key, parent_id=parent_id)
                 unique_key, concurrency_key = (job_keys.get(job_id, (None, None))
                                                if job_keys else (None, None))
+                reserved_until = (deadline if keep_reserved and job.state is _RESERVED
+                                  and deadline is not None else None)
                 restore(job, now=now, parent=None if parent is None else ParentInfo(*parent),
                         last_error=errors.get(job_id) if errors else None,
-                        unique_key=unique_key, concurrency_key=concurrency_key)
+                        unique_key=unique_key, concurrency_key=concurrency_key,
+                        reserved_until=reserved_until)
             except (AllQError, TypeError, ValueError, KeyError):
                 invalid += 1
                 continue
@@ -422,4 +443,4 @@ def restore_queue(queue, recovered: Recovered, now: float) -> Restored:
     queue.draining = recovered.draining
     return Restored(ready=counts[JobState.READY], delayed=counts[JobState.DELAYED],
                     buried=counts[JobState.BURIED], waiting=counts[JobState.WAITING],
-                    invalid=invalid)
+                    invalid=invalid, reserved=counts[_RESERVED])

@@ -76,6 +76,7 @@ from allq.server.replication_files import (
     set_aside,
     write_epoch,
 )
+from allq.server.replica_host import ReplicaHost
 from allq.server.recovery import (
     DataDirError,
     recover,
@@ -469,6 +470,7 @@ def makeService(config: Options, reactor=None) -> MultiService:
         factory.replicator = replicator
         factory.welcome_extra = replicator.welcome
         dispatcher.stats_sections["replication"] = replicator.stats
+    replica_host = _replica_host(config, reactor, identity, queue.config, factory, fatal, now)
     watcher = AuthorizedKeysWatcher(
         keys, load_keys, factory.set_authenticator,
         _authorized_keys_path(config), reactor, reactor=reactor)
@@ -495,6 +497,7 @@ def makeService(config: Options, reactor=None) -> MultiService:
         replicator.setServiceParent(service)
     timer.setServiceParent(service)
     scheduler.setServiceParent(service)
+    replica_host.setServiceParent(service)
     watcher.setServiceParent(service)
     listener = listening_service(
         reactor, with_backlog(config["listen"], config["backlog"]), factory, listening,
@@ -606,6 +609,35 @@ def _replicator(config: Options, keys, reactor, identity: ServerIdentity, queue,
     _log.info("replicating to backup {peer} ({mode}, epoch {epoch})",
               peer=config["replica"], mode=config["replication"], epoch=epoch)
     return replicator
+
+
+def _replica_host(config: Options, reactor, identity: ServerIdentity,
+                  queue_config: QueueConfig, factory: ServerFactory, fatal: FatalStop,
+                  now: float) -> ReplicaHost:
+    """Make this server a backup for any primary that streams to it
+    (docs/replication.md): its promoted replicas live under ``--data-dir``."""
+    host = ReplicaHost(reactor, identity.get, queue_config, data_dir=config["data-dir"],
+                       fsync=FsyncPolicy.parse(config["fsync"]), on_failure=fatal,
+                       run_blocking=_thread_runner(reactor))
+    try:
+        host.load(now)
+    except (DataDirError, OSError) as e:
+        raise SystemExit(f"allq-server: cannot read the replicas in {config['data-dir']}: {e}")
+    # Before the journal starts, the factory's dispatcher is the real one (the
+    # disk-full switch wraps it later, and reaches these actions through it).
+    host.install(factory.dispatcher)
+    factory.choose_mode = host.choose_mode
+    reactor.addSystemEventTrigger("after", "shutdown", host.close)
+    return host
+
+
+def _thread_runner(reactor):
+    """Runs a blocking callable in the reactor's thread pool (journals' fsyncs)."""
+    def run_blocking(f):
+        from twisted.internet.threads import deferToThreadPool
+
+        return deferToThreadPool(reactor, reactor.getThreadPool(), f)
+    return run_blocking
 
 
 def _restore_schedules(schedules: Schedules, journal: Journal, recovered, now: float) -> None:
