@@ -21,6 +21,7 @@ class FakeConnection:
         self.lost = Deferred()
         self.closed = False
         self.server_id = server_id
+        self.welcome = {"server_id": server_id}
         self.requests = []
 
     def request(self, action, params):
