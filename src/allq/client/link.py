@@ -275,6 +275,13 @@ class ServerLink(Service):
             self._failures = 0
             self._schedule()
 
+    def refuse_if_fenced(self) -> None:
+        """Close the connection if its welcome is now fenced (a promotion this
+        client just saw): the reconnect then refuses it, saying why."""
+        if (self.up and self._fences is not None and self.serving_as is None
+                and self._fences.why_fenced(self.welcome) is not None):
+            self.connection.close()
+
     def _ping(self) -> None:
         if self.up:
             self.connection.request("ping", {}).addErrback(self._ping_failed)
