@@ -283,3 +283,57 @@ def test_failover_after_parses(text, seconds):
 def test_failover_after_refuses_nonsense(text):
     with pytest.raises(ValueError, match="--failover-after"):
         parse_failover_after(text)
+
+
+REPLICATION = {"role": "primary", "mode": "available", "peer": BACKUP, "peer_id": "b",
+               "state": "streaming", "epoch": 1, "lag_records": 3, "lag_seconds": 0.25,
+               "last_sync": 100.0, "records_sent": 1234, "resyncs": 0, "alone_changes": 0}
+
+
+def test_stats_health_and_metrics_show_replication_and_failovers():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from allq.client.metrics import ClientMetrics
+    from allq.client.rest_replies import rest_stats
+
+    clock = Clock()
+    federation, (primary, backup), _ = cluster(clock)
+    primary.server.dispatcher.stats_sections["replication"] = lambda: dict(REPLICATION)
+    backup.server.dispatcher.stats_sections["replicas"] = (
+        lambda: [r.entry() for r in backup.server.replicas.values()])
+    metrics = ClientMetrics(clock, health=federation.health, process=False)
+    metrics.update_stats(ensureDeferred(federation.stats()).result)
+    shown = {s["server_name"]: s for s in map(rest_stats, metrics_servers(federation))}
+    assert shown[f"{primary.server_id},{PRIMARY}"]["replication"] == REPLICATION
+    [entry] = shown[f"{backup.server_id},{BACKUP}"]["replicas"]
+    assert (entry["primary"], entry["state"]) == (primary.server_id, "synced")
+    assert "replication" not in shown[f"{backup.server_id},{BACKUP}"]
+
+    def samples():
+        text = metrics.exposition()[0].decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    before = samples()
+    assert before[("allq_failovers_total", ())] == 0
+    server = (("server", primary.server_id),)
+    assert before[("allq_replication_lag_records", server)] == 3
+    assert before[("allq_replication_lag_seconds", server)] == 0.25
+    assert before[("allq_replication_state", (*server, ("state", "streaming")))] == 1
+    assert before[("allq_replication_state", (*server, ("state", "alone")))] == 0
+    assert federation.health()["failovers"] == []
+    kill(primary, backup)
+    advance(clock, AFTER + 1)
+    health = federation.health()
+    assert health["failovers"] == [{"server_id": primary.server_id,
+                                    "backup": backup.server_id, "epoch": 2,
+                                    "at": health["failovers"][0]["at"]}]
+    assert samples()[("allq_failovers_total", ())] == 1
+    # The replica link's stats come under the primary's id at the backup's address.
+    names = {s["server_name"] for s in map(rest_stats, metrics_servers(federation))}
+    assert f"{primary.server_id},{BACKUP}" in names
+    federation.stopService()
+
+
+def metrics_servers(federation):
+    return ensureDeferred(federation.stats()).result
