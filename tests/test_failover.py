@@ -111,7 +111,10 @@ def test_the_backup_is_found_from_replicas_when_the_welcome_names_none():
     assert primary.backup_address is None
     kill(primary, backup)
     advance(clock, AFTER + 1)
-    assert [a for a, _ in backup.server.replication_requests] == ["replicas", "promote"]
+    # One "replicas" when the backup's link came up (nothing promoted to adopt), one
+    # to find the down server's backup, then the promotion.
+    assert [a for a, _ in backup.server.replication_requests] == [
+        "replicas", "replicas", "promote"]
     assert federation.failovers()[0]["backup"] == backup.server_id
     federation.stopService()
 
@@ -190,6 +193,29 @@ def test_two_clients_promoting_at_once_get_one_epoch():
     assert [f["epoch"] for f in one.failovers()] == [2]
     assert [f["epoch"] for f in two.failovers()] == [2]
     assert two.job_action("delete", job).result == job
+    one.stopService()
+    two.stopService()
+
+
+def test_a_client_started_after_a_failover_adopts_the_promoted_replica():
+    clock = Clock()
+    one, (primary, backup), servers = cluster(clock)
+    job = primary.call("put", tube="t", body="x")["job_id"]
+    kill(primary, backup)
+    advance(clock, AFTER + 1)
+    # The primary is back as a fresh server under a new id before client two starts.
+    old_id = primary.server_id
+    fresh = type(primary.server)(PRIMARY, clock)
+    fresh.server_id = f"{old_id}-e2"
+    servers[PRIMARY] = fresh
+    two, (p2, b2), _ = cluster(clock, servers)
+    assert p2.server_id == fresh.server_id
+    advance(clock, 1)
+    [replica] = two.health()["replica_links"]
+    assert (replica["server_id"], replica["epoch"], replica["up"]) == (old_id, 2, True)
+    assert two.job_action("delete", job).result == job
+    assert len(promotes(b2)) == 1  # client one's: client two promoted nothing
+    assert two.failovers() == []
     one.stopService()
     two.stopService()
 

@@ -19,6 +19,12 @@ handshake and then acts for the primary's id (job operations by id, gets,
 stats, peeks, kicks, clears; no new puts: it drains). A link that then shows
 the primary's id at an older epoch is fenced: never used.
 
+A client also *adopts* promotions it did not make: each time one of its links
+connects (or its server id changes) it asks that server ``replicas`` once, and
+adds a replica link for every ``promoted`` entry it has none for. So a client
+started after a failover, or one whose primary came back under a new id before
+it noticed, still reaches the promoted jobs.
+
 Decides nothing about jobs; schedules one looping watch on the clock, cancelled
 on stop with every promotion in flight.
 """
@@ -125,6 +131,8 @@ class Failover(Service):
         #: One ``{"server_id", "backup", "epoch", "at"}`` per failover this client made.
         self.failovers: list[dict] = []
         self._attempts: dict[str, _Attempt] = {}
+        #: The server id each link's server was last asked ``replicas`` under.
+        self._asked: dict[str, str | None] = {}
         self._in_flight: set[Deferred] = set()
         self._loop = LoopingCall(self._watch)
         self._loop.clock = clock
@@ -150,6 +158,9 @@ class Failover(Service):
     def _watch(self) -> None:
         now = self._clock.seconds()
         for link in self._servers.links():
+            if link.up and self._asked.get(link.address) != link.server_id:
+                self._asked[link.address] = link.server_id
+                self._track(Deferred.fromCoroutine(self._adopt(link)), link)
             if link.up or link.down_since is None:
                 self._attempts.pop(link.address, None)
                 continue
@@ -161,13 +172,17 @@ class Failover(Service):
                                           for r in self._servers.replica_links()):
                 continue  # failed over already: the replica link reconnects by itself
             attempt.busy = True
-            d = Deferred.fromCoroutine(self._fail_over(link, attempt))
-            self._in_flight.add(d)
-            d.addErrback(self._bug, link)
-            d.addBoth(self._settled, d, attempt)
+            d = self._track(Deferred.fromCoroutine(self._fail_over(link, attempt)), link)
+            d.addBoth(self._settled, attempt)
 
-    def _settled(self, _, d: Deferred, attempt: _Attempt) -> None:
-        self._in_flight.discard(d)
+    def _track(self, d: Deferred, link: ServerLink) -> Deferred:
+        """``d``, cancelled on stop, its unexpected failure logged."""
+        self._in_flight.add(d)
+        d.addErrback(self._bug, link)
+        d.addBoth(lambda _: self._in_flight.discard(d))
+        return d
+
+    def _settled(self, _, attempt: _Attempt) -> None:
         attempt.busy = False
 
     def _bug(self, failure: Failure, link: ServerLink) -> None:
@@ -196,6 +211,28 @@ class Failover(Service):
         self._fence_stale(server_id)
         attempt.done, attempt.failures, attempt.logged = server_id, 0, None
         self._servers.add_replica(self._make_replica_link(backup, server_id))
+
+    async def _adopt(self, backup: ServerLink) -> None:
+        """Use the replicas ``backup`` says it promoted (whoever asked it to)."""
+        try:
+            reply = await backup.request("replicas", {})
+        except AllQError:
+            return  # an older server (unknown_action), or gone again: nothing to adopt
+        entries = reply.get("replicas") if isinstance(reply, dict) else None
+        for entry in entries if isinstance(entries, list) else ():
+            if not (isinstance(entry, dict) and entry.get("state") == "promoted"
+                    and isinstance(entry.get("primary"), str)
+                    and type(entry.get("epoch")) is int and backup.server_id is not None):
+                continue
+            server_id = entry["primary"]
+            if any(r.serving_as == server_id for r in self._servers.replica_links()):
+                continue
+            self._fences.promoted(Promotion(server_id, backup.server_id, entry["epoch"]))
+            self._fence_stale(server_id)
+            self._log.info("server {backup} serves the jobs of {server_id} (promoted at "
+                           "epoch {epoch}): reaching them there", backup=backup.server_id,
+                           server_id=server_id, epoch=entry["epoch"])
+            self._servers.add_replica(self._make_replica_link(backup.address, server_id))
 
     async def _find_backup(self, link: ServerLink) -> tuple[str, str]:
         """The backup's address and the primary's id, for a down link.
