@@ -363,3 +363,17 @@ def test_stats_health_and_metrics_show_replication_and_failovers():
 
 def metrics_servers(federation):
     return ensureDeferred(federation.stats()).result
+
+
+def test_a_replica_link_goes_with_its_backup_only():
+    clock = Clock()
+    federation, (primary, backup), _ = cluster(clock)
+    kill(primary, backup)
+    advance(clock, AFTER + 1)
+    federation.update_servers([PRIMARY, BACKUP, "127.0.0.1:7713"])
+    federation.update_servers([BACKUP])  # the dead primary's address is dropped: kept
+    assert [l.serving_as for l in federation._servers.replica_links()] == [primary.server_id]
+    federation.update_servers(["127.0.0.1:7713"])
+    assert federation._servers.replica_links() == []
+    assert "replica_links" not in federation.health()
+    federation.stopService()

@@ -110,12 +110,13 @@ class Membership(MultiService):
         if not addresses:
             raise BadRequest("server_urls must name at least one host:port")
         wanted = dict.fromkeys(normalize_address(address) for address in addresses)
+        removed = set(self._links) - set(wanted)
         for address in list(self._links):
             if address not in wanted:
                 self._links.pop(address).disownServiceParent()
                 self._log.info("dropped server {address}", address=address)
         for server_id, link in list(self._replicas.items()):
-            if link.address not in wanted:  # its backup is no longer one of ours
+            if link.address in removed:  # its backup is no longer one of ours
                 self._replicas.pop(server_id).disownServiceParent()
         for address in wanted:
             self.add(address)
