@@ -377,3 +377,21 @@ def test_a_replica_link_goes_with_its_backup_only():
     assert federation._servers.replica_links() == []
     assert "replica_links" not in federation.health()
     federation.stopService()
+
+
+def test_a_malformed_promote_reply_is_not_now():
+    clock = Clock()
+    federation, (primary, backup), _ = cluster(clock)
+    kill(primary, backup)
+    backup.server._promote = lambda server_id: ["not", "a", "dict"]
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        advance(clock, AFTER + 3.25)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    said = [e["code"] for e in events if "not failed over yet" in e.get("log_format", "")]
+    assert said == ["protocol_error"]
+    assert len(promotes(backup)) == 3  # at 5 s, then after 1 s and 2 s of backoff
+    assert federation.failovers() == [] and federation.health().get("replica_links") is None
+    federation.stopService()

@@ -45,7 +45,7 @@ from twisted.python.failure import Failure
 from allq.client.fencing import Fences, Promotion
 from allq.client.link import HANDSHAKE_TIMEOUT, ServerLink, normalize_address, parse_address
 from allq.client.membership import Membership
-from allq.errors import AllQError, BadRequest, NotFound
+from allq.errors import AllQError, BadRequest, NotFound, ProtocolError
 from allq.peer.connection import connect as connect_peer
 
 #: ``--failover-after``'s default: seconds a server is down before its backup is promoted.
@@ -198,9 +198,15 @@ class Failover(Service):
         except _NOT_NOW as e:
             self._not_now(link, attempt, e)
             return
-        epoch = reply.get("epoch")
+        except CancelledError:
+            raise
+        except Exception as e:  # a bug, not an outage: say so loudly, and back off
+            self._log.failure("failover of {address} failed", address=link.address)
+            self._not_now(link, attempt, e)
+            return
+        epoch = reply["epoch"]
         backup_id = str(reply.get("backup") or backup_id)
-        if type(epoch) is int and self._fences.promoted(Promotion(server_id, backup_id, epoch)):
+        if self._fences.promoted(Promotion(server_id, backup_id, epoch)):
             self.failovers.append({"server_id": server_id, "backup": backup_id,
                                    "epoch": epoch, "at": self._clock.seconds()})
             self._log.warn(
@@ -258,10 +264,10 @@ class Failover(Service):
         params = {"server_id": server_id}
         for known in self._servers.healthy():
             if known.address == backup:
-                return await known.request("promote", params), known.server_id
+                return _promoted(await known.request("promote", params)), known.server_id
         connection = await self._connect(backup)
         try:
-            return await connection.request("promote", params), connection.server_id
+            return _promoted(await connection.request("promote", params)), connection.server_id
         finally:
             connection.close()
 
@@ -283,6 +289,16 @@ class Failover(Service):
         for link in self._servers.links():
             if link.server_id == server_id and link.up:
                 link.refuse_if_fenced()
+
+
+def _promoted(reply: object) -> dict:
+    """A ``promote`` reply, checked: ``{"server_id", "epoch", "backup"}``.
+
+    :raises ProtocolError: anything else (another version's backup, or a bug).
+    """
+    if not (isinstance(reply, dict) and type(reply.get("epoch")) is int):
+        raise ProtocolError(f"promote: malformed reply {str(reply)[:120]}")
+    return reply
 
 
 def _names(entry: dict, link: ServerLink) -> bool:
