@@ -89,8 +89,7 @@ class MemoryReplica:
     def entry(self) -> dict:
         return {"primary": self.primary.server_id, "address": self.primary.address,
                 "epoch": self.epoch, "state": self.state, "records": 0,
-                "jobs": len(self.primary.queue.jobs) if hasattr(self.primary.queue, "jobs")
-                else 0, "last_record": None, "last_sync": None,
+                "jobs": 0, "last_record": None, "last_sync": None,
                 "promoted_at": self.promoted_at}
 
 
