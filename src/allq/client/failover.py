@@ -278,7 +278,9 @@ class Failover(Service):
         code = getattr(error, "code", type(error).__name__)
         if code != attempt.logged:
             attempt.logged = code
-            self._log.warn(
+            # No backup anywhere is the usual case without replication: not a warning.
+            say = self._log.info if isinstance(error, NoBackup) else self._log.warn
+            say(
                 "server {address} down for {after:g} s or more, not failed over yet: "
                 "{code}: {error}; trying again with backoff",
                 address=link.address, after=self.after, code=code,
