@@ -25,6 +25,14 @@ the real server's deadline timer would have applied them by then. Server ids
 are derived from ``host:port`` as the real server derives its own
 (:func:`allq.server.tap.derived_server_id`).
 
+Replication's client side (docs/replication.md) has fakes too: a server's
+:attr:`MemoryServer.welcome` may name a backup and an epoch, and a server
+answers ``replicas``, ``promote`` and ``serve_as`` for the primaries it backs up
+(:meth:`MemoryServer.back_up`). Its replica of a primary is that primary's own
+queue (as if every change had been replicated), served under the primary's id
+once promoted, draining. Two federations can share servers
+(``start_federation(servers=...)``), as two clients share real ones.
+
 Nothing here schedules anything on the clock, so a test can assert
 ``clock.getDelayedCalls() == []`` about the federation alone.
 """
@@ -38,10 +46,22 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
+import attrs
+from twisted.internet import error as net_error
+
 from allq.client.federation import Federation
-from allq.client.link import NotConnected, normalize_address, parse_address
+from allq.client.fencing import Fences
+from allq.client.link import NotConnected, normalize_address, parse_address, welcome_backup
 from allq.core.queue import Queue, QueueConfig
-from allq.errors import ConnectionLost, Unavailable, error_for_code
+from allq.errors import (
+    AllQError,
+    ConnectionLost,
+    NotFound,
+    PrimaryAlive,
+    ReplicaIncomplete,
+    Unavailable,
+    error_for_code,
+)
 from allq.core.idempotency import IdempotencyKeys
 from allq.core.schedules import Schedules
 from allq.server.dispatch import Dispatcher
@@ -53,8 +73,28 @@ from allq.wire.messages import encode_request
 FLUSH_STEP = 0.05
 
 
-class MemoryLink(Service):
-    """A server link whose server is an in-process queue and dispatcher.
+@attrs.define
+class MemoryReplica:
+    """A backup's replica of one primary: the primary's own server state."""
+
+    primary: "MemoryServer"
+    epoch: int = 1
+    #: ``syncing`` (promote: ``replica_incomplete``), ``synced`` or ``promoted``.
+    state: str = "synced"
+    #: The backup still hears the primary (promote: ``primary_alive``).
+    primary_alive: bool = True
+    promoted_at: float | None = None
+    promotions: int = 0
+
+    def entry(self) -> dict:
+        return {"primary": self.primary.server_id, "address": self.primary.address,
+                "epoch": self.epoch, "state": self.state, "records": 0,
+                "jobs": 0, "last_record": None, "last_sync": None,
+                "promoted_at": self.promoted_at}
+
+
+class MemoryServer:
+    """One pretend allq server: a real queue and dispatcher, and the replicas it holds.
 
     :param address: ``host:port`` (or ``[v6]:port``) of the pretend server.
     :param clock: the test clock; the server's ``now``.
@@ -73,10 +113,117 @@ class MemoryLink(Service):
                                      schedules=self.schedules)
         self._clock = clock
         self._request_ids = count(1)
-        #: Whether the link has a live connection; ``False``: requests fail at once.
-        self.up = True
-        #: This client places no new jobs here (set by ``Federation.drain_server``).
-        self.draining = False
+        #: What the welcome says besides ``server_id`` (``epoch``, ``replica``).
+        self.welcome_extra: dict = {}
+        #: The replicas this server holds as a backup, by primary id.
+        self.replicas: dict[str, MemoryReplica] = {}
+        #: Whether a new connection (a short-lived one, for ``promote``) gets through.
+        self.reachable = True
+        #: ``(action, params)`` of the replication requests received, any connection.
+        self.replication_requests: list[tuple[str, dict]] = []
+
+    @property
+    def welcome(self) -> dict:
+        return {"server_id": self.server_id, **self.welcome_extra}
+
+    def back_up(self, primary: "MemoryServer", epoch: int = 1,
+                named: bool = True) -> MemoryReplica:
+        """Become ``primary``'s backup (its welcome names this one when ``named``)."""
+        replica = self.replicas[primary.server_id] = MemoryReplica(primary, epoch)
+        primary.welcome_extra["epoch"] = epoch
+        if named:
+            primary.welcome_extra["replica"] = {"address": self.address}
+        return replica
+
+    def handle(self, action: str, params: dict,
+               serve_as: str | None = None) -> dict | BaseException:
+        """Apply one request; on a ``serve_as`` connection, for that primary."""
+        if action in ("replicas", "promote", "serve_as"):
+            self.replication_requests.append((action, params))
+            try:
+                return getattr(self, "_" + action)(**params)
+            except AllQError as e:
+                return e
+        if serve_as is not None:
+            replica = self.replicas.get(serve_as)
+            if replica is None or replica.state != "promoted":
+                return NotFound(f"no promoted replica of {serve_as}")
+            return replica.primary.handle(action, params)
+        self.queue.expire(self._clock.seconds())
+        reply = self.dispatcher.handle(encode_request(next(self._request_ids), action, params))
+        if "error" in reply:
+            return error_for_code(reply["error"]["code"], reply["error"]["message"])
+        return reply["result"]
+
+    def _replicas(self) -> dict:
+        return {"replicas": [replica.entry() for replica in self.replicas.values()]}
+
+    def _promote(self, server_id: str) -> dict:
+        replica = self.replicas.get(server_id)
+        if replica is None:
+            raise NotFound(f"no replica of {server_id}")
+        if replica.state != "promoted":
+            if replica.state != "synced":
+                raise ReplicaIncomplete(f"the replica of {server_id} is not synced yet")
+            if replica.primary_alive:
+                raise PrimaryAlive(f"{server_id} still streams to this backup")
+            replica.epoch += 1
+            replica.state = "promoted"
+            replica.promoted_at = self._clock.seconds()
+            replica.promotions += 1
+            replica.primary.handle("drain", {})  # a promoted replica takes no new jobs
+        return {"server_id": server_id, "epoch": replica.epoch, "backup": self.server_id}
+
+    def _serve_as(self, server_id: str) -> dict:
+        replica = self.replicas.get(server_id)
+        if replica is None or replica.state != "promoted":
+            raise NotFound(f"no promoted replica of {server_id}")
+        return {"server_id": server_id, "epoch": replica.epoch, "backup": self.server_id}
+
+
+class MemoryConnection:
+    """A short-lived connection to a :class:`MemoryServer` (``request``, ``close``)."""
+
+    def __init__(self, server: MemoryServer) -> None:
+        self.server = server
+        self.server_id = server.server_id
+        self.welcome = server.welcome
+        self.closed = False
+
+    def request(self, action: str, params: dict) -> Deferred:
+        outcome = self.server.handle(action, params)
+        return fail(outcome) if isinstance(outcome, BaseException) else succeed(outcome)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class MemoryLink(Service):
+    """A server link whose server is an in-process queue and dispatcher.
+
+    :param address: ``host:port`` (or ``[v6]:port``) of the pretend server.
+    :param clock: the test clock; the server's ``now``.
+    :param config: the server's queue defaults and limits.
+    :param server: the server behind it (default: a new one), shared by the
+        links of several clients.
+    :param fences: the client's promotions: a fenced welcome keeps it down.
+    :param serve_as: a replica link acting for that primary id on ``server``.
+    """
+
+    def __init__(self, address: str, clock: Clock, config: QueueConfig | None = None,
+                 server: MemoryServer | None = None, fences: Fences | None = None,
+                 serve_as: str | None = None) -> None:
+        self.server = server or MemoryServer(address, clock, config)
+        self.address = self.server.address
+        self.serving_as = serve_as
+        self.server_id = serve_as or self.server.server_id
+        self._fences = fences
+        self._clock = clock
+        self.down_since: float | None = None
+        self._up = True
+        #: This client places no new jobs here (set by ``Federation.drain_server``;
+        #: always for a replica link).
+        self.draining = serve_as is not None
         #: The server's disk is full (set from its stats, as the real link's).
         self.disk_full = False
         #: ``(action, params)`` of every request sent, batch items included, in order.
@@ -97,11 +244,59 @@ class MemoryLink(Service):
     def __repr__(self) -> str:
         return f"<MemoryLink {self.address} id={self.server_id} up={self.up}>"
 
+    # The server's state, as the tests knew it when a link was the server.
+    queue = property(lambda self: self.server.queue)
+    schedules = property(lambda self: self.server.schedules)
+    dispatcher = property(lambda self: self.server.dispatcher,
+                          lambda self, value: setattr(self.server, "dispatcher", value))
+
+    @property
+    def up(self) -> bool:
+        """Whether the link has a live connection; ``False``: requests fail at once.
+        A replica link is up only while its backup serves the primary's id, and
+        a link whose welcome is fenced never is."""
+        return self._up and self._refusal() is None
+
+    @up.setter
+    def up(self, up: bool) -> None:
+        if up:
+            self.down_since = None
+        elif self.down_since is None:
+            self.down_since = self._clock.seconds()
+        self._up = up
+
     @property
     def down_reason(self) -> str | None:
         """Why the link is down, as a real link says it (``None`` while up)."""
-        return None if self.up else "connection refused (test switch)"
+        if not self._up:
+            return "connection refused (test switch)"
+        return self._refusal()
 
+    @property
+    def welcome(self) -> dict:
+        return self.server.welcome
+
+    @property
+    def epoch(self) -> int | None:
+        if self.serving_as is not None:
+            replica = self.server.replicas.get(self.serving_as)
+            return None if replica is None else replica.epoch
+        return self.server.welcome_extra.get("epoch")
+
+    @property
+    def backup_address(self) -> str | None:
+        return welcome_backup(self.welcome)
+
+    def refuse_if_fenced(self) -> None:
+        """As the real link's: the next look at :attr:`up` applies the fence."""
+
+    def _refusal(self) -> str | None:
+        if self.serving_as is not None:
+            replica = self.server.replicas.get(self.serving_as)
+            if replica is None or replica.state != "promoted":
+                return f"the backup does not serve {self.serving_as}"
+            return None
+        return None if self._fences is None else self._fences.why_fenced(self.welcome)
     # -- test switches ---------------------------------------------------------
 
     def fail_next(self, error: BaseException | None) -> None:
@@ -167,11 +362,7 @@ class MemoryLink(Service):
     # -- internals -------------------------------------------------------------
 
     def _handle(self, action: str, params: dict) -> dict | BaseException:
-        self.queue.expire(self._clock.seconds())
-        reply = self.dispatcher.handle(encode_request(next(self._request_ids), action, params))
-        if "error" in reply:
-            return error_for_code(reply["error"]["code"], reply["error"]["message"])
-        return reply["result"]
+        return self.server.handle(action, params, self.serving_as)
 
     def _apply(self, action: str, params: dict) -> dict | BaseException:
         if self._failures:
@@ -216,6 +407,8 @@ def start_federation(
     addresses: Iterable[str],
     *,
     config: QueueConfig | None = None,
+    servers: dict[str, MemoryServer] | None = None,
+    failover_after: float | None = None,
     **federation_kwargs: Any,
 ) -> tuple[Federation, list[MemoryLink]]:
     """A started real :class:`Federation` over one :class:`MemoryLink` per address.
@@ -223,19 +416,44 @@ def start_federation(
     :param clock: the test clock (the federation's and every server's).
     :param addresses: the servers to start with.
     :param config: every server's queue config (e.g. a small ``max_job_size``).
+    :param servers: the servers by address, shared with other federations
+        (filled with the ones made here); default: this federation's own.
+    :param failover_after: turn failover on (:mod:`allq.client.failover`).
     :param federation_kwargs: passed on, e.g. ``retry_budget=1.0``.
     :returns: the federation, and a list of every link it makes, in order: links
         made later (``add_server``, ``update_servers``) are appended to it, and
         links dropped stay in it.
     """
     made: list[MemoryLink] = []
+    servers = {} if servers is None else servers
+    fences = Fences()
+
+    def server(address: str) -> MemoryServer:
+        address = normalize_address(address)
+        if address not in servers:
+            servers[address] = MemoryServer(address, clock, config)
+        return servers[address]
 
     def make_link(address: str) -> MemoryLink:
-        link = MemoryLink(address, clock, config)
+        link = MemoryLink(address, clock, server=server(address), fences=fences)
         made.append(link)
         return link
 
+    def make_replica_link(address: str, server_id: str) -> MemoryLink:
+        link = MemoryLink(address, clock, server=server(address), fences=fences,
+                          serve_as=server_id)
+        made.append(link)
+        return link
+
+    def connect(address: str) -> Deferred:
+        target = servers.get(address)
+        if target is None or not target.reachable:
+            return fail(net_error.ConnectionRefusedError(address))
+        return succeed(MemoryConnection(target))
+
     federation = Federation(list(addresses), make_link, clock, **federation_kwargs)
+    if failover_after is not None:
+        federation.fail_over(failover_after, fences, make_replica_link, connect)
     federation.startService()
     return federation, made
 

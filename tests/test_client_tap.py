@@ -64,6 +64,9 @@ def test_environment_fallbacks_and_flags_win():
     ([], {"ALLQ_HTTP_PARSER": "fast"}, "--http-parser"),
     ([], {"CL_PORT": "x"}, "--jsonl"),
     (["--jsonl-idle-timeout", "0"], {}, "--jsonl-idle-timeout"),
+    (["--failover-after", "0"], {}, "--failover-after"),
+    (["--failover-after", "soon"], {}, "--failover-after"),
+    ([], {"ALLQ_FAILOVER_AFTER": "-5"}, "--failover-after"),
 ])
 def test_bad_values_name_the_option(args, env, named):
     """A bad value stops start-up with a message naming the option."""
@@ -194,3 +197,33 @@ def test_bad_token_is_refused_without_quoting_it(token):
     with pytest.raises(usage.UsageError, match="--admin-token: the token must be") as raised:
         parse(["--admin-token", token])
     assert token not in str(raised.value)
+
+
+def test_failover_option_and_its_wiring(tmp_path):
+    """Failover is on after 5 s by default; --failover-after or ALLQ_FAILOVER_AFTER
+    change it, ``off`` turns it off; the links share the failover's fences, and
+    the --workers processes get the same setting."""
+    from allq.client.tap import _federation, _worker_options
+    from allq.client.keys import load_client_keys
+
+    assert parse()["failover-after"] == 5.0
+    assert parse(["--failover-after", "2.5"])["failover-after"] == 2.5
+    assert parse(environ={"ALLQ_FAILOVER_AFTER": "off"})["failover-after"] is None
+    assert parse(["--failover-after", "9"],
+                 environ={"ALLQ_FAILOVER_AFTER": "off"})["failover-after"] == 9.0
+    generate_keys(str(tmp_path / "keys"))
+    reactor = MemoryReactorClock()
+    keys = load_client_keys(str(tmp_path / "keys"), {})
+    config = parse(["--keys", str(tmp_path / "keys"), "--failover-after", "3"])
+    federation = _federation(config, keys, reactor)
+    assert federation._failover.after == 3.0
+    [link] = federation.links()
+    assert link._fences is federation._failover._fences
+    assert "failovers" in federation.health()
+    options = _worker_options(config, federation, "127.0.0.1", 8090, 1024)
+    assert options[options.index("--failover-after") + 1] == "3.0"
+    off = parse(["--keys", str(tmp_path / "keys"), "--failover-after", "off"])
+    federation = _federation(off, keys, reactor)
+    assert federation._failover is None and "failovers" not in federation.health()
+    options = _worker_options(off, federation, "127.0.0.1", 8090, 1024)
+    assert options[options.index("--failover-after") + 1] == "off"

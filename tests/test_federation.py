@@ -546,6 +546,7 @@ class StubConnection:
 
     def __init__(self, server_id: str) -> None:
         self.server_id = server_id
+        self.welcome = {"server_id": server_id}
         self.closed = False
         self.ready = succeed(self)
         self.lost = Deferred()

@@ -6,8 +6,9 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 
+from allq.client.fencing import Fences, Promotion
 from allq.client.link import HANDSHAKE_TIMEOUT, KEEPALIVE_INTERVAL, NotConnected, ServerLink
-from allq.errors import ConnectionLost
+from allq.errors import ConnectionLost, NotFound
 from allq.wire.keys import ClientKeys
 
 
@@ -16,16 +17,20 @@ FIRST_RETRY_AT_MOST = 1.2
 
 
 class FakeConnection:
-    def __init__(self, server_id="srv"):
+    def __init__(self, server_id="srv", **welcome):
         self.ready = Deferred()
         self.lost = Deferred()
         self.closed = False
         self.server_id = server_id
+        self.welcome = {"server_id": server_id, **welcome}
         self.requests = []
+        #: Replies by action (an exception: that error), else ``{}``.
+        self.replies = {}
 
     def request(self, action, params):
         self.requests.append(action)
-        return succeed({})
+        reply = self.replies.get(action, {})
+        return fail(reply) if isinstance(reply, Exception) else succeed(reply)
 
     def close(self):
         if not self.closed:
@@ -48,11 +53,11 @@ class FakeEndpoint:
         return fail(outcome) if isinstance(outcome, Exception) else succeed(outcome)
 
 
-def make_link():
+def make_link(**kwargs):
     clock = MemoryReactorClock()
     link = ServerLink("127.0.0.1:5555", ClientKeys(PrivateKey.generate(),
                                                    PrivateKey.generate().public_key),
-                      clock, request_timeout=1)
+                      clock, request_timeout=1, **kwargs)
     link._endpoint = endpoint = FakeEndpoint()
     return link, endpoint, clock
 
@@ -147,3 +152,80 @@ def test_stopping_while_waiting_to_retry_leaves_no_timer():
     link.stopService()
     assert clock.getDelayedCalls() == []
     assert link.down_reason == "client stopping"
+
+
+def test_the_welcome_says_the_epoch_and_the_backup():
+    link, endpoint, clock = make_link()
+    connection = FakeConnection("p1", epoch=3, replica={"address": "backup.example:5556"})
+    endpoint.outcomes = [connection]
+    link.startService()
+    connection.ready.callback(connection)
+    assert (link.epoch, link.backup_address) == (3, "backup.example:5556")
+    connection.close()
+    # Still known while the server is down: that is when a failover needs it.
+    assert (link.epoch, link.backup_address) == (3, "backup.example:5556")
+    link.stopService()
+
+
+def test_a_welcome_naming_no_usable_backup_names_none():
+    link, endpoint, clock = make_link()
+    connection = FakeConnection("p1", epoch="1", replica={"address": "no port"})
+    endpoint.outcomes = [connection]
+    link.startService()
+    connection.ready.callback(connection)
+    assert link.up and (link.epoch, link.backup_address) == (None, None)
+    link.stopService()
+
+
+def test_a_replica_link_says_serve_as_first_and_acts_for_the_primary():
+    link, endpoint, clock = make_link(serve_as="p1")
+    assert link.server_id == "p1" and link.draining and not link.up
+    refusing, serving = FakeConnection("b1"), FakeConnection("b1")
+    refusing.replies["serve_as"] = NotFound("no promoted replica of p1")
+    serving.replies["serve_as"] = {"server_id": "p1", "epoch": 2, "backup": "b1"}
+    endpoint.outcomes = [refusing, serving]
+    link.startService()
+    refusing.ready.callback(refusing)
+    assert not link.up and refusing.closed
+    assert link.down_reason == ("the backup does not serve p1: not_found: "
+                                "no promoted replica of p1")
+    clock.advance(FIRST_RETRY_AT_MOST)
+    serving.ready.callback(serving)
+    assert link.up and serving.requests == ["serve_as"]
+    assert (link.server_id, link.epoch, link.welcome["server_id"]) == ("p1", 2, "b1")
+    link.stopService()
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_welcome_at_an_epoch_older_than_a_promotion_seen_is_fenced():
+    fences = Fences()
+    link, endpoint, clock = make_link(fences=fences)
+    up, stale, fresh = (FakeConnection("p1", epoch=1), FakeConnection("p1", epoch=1),
+                        FakeConnection("p1-e2"))
+    endpoint.outcomes = [up, stale, fresh]
+    link.startService()
+    up.ready.callback(up)
+    assert link.up
+    fences.promoted(Promotion("p1", "b1", 2))
+    link.refuse_if_fenced()  # a connection already open is dropped
+    assert up.closed and not link.up
+    clock.advance(FIRST_RETRY_AT_MOST)
+    stale.ready.callback(stale)
+    assert stale.closed and not link.up
+    assert link.down_reason == "fenced: taken over by b1 at epoch 2"
+    assert link.server_id == "p1"
+    clock.advance(4.0)
+    fresh.ready.callback(fresh)  # back as a fresh server, under a new id
+    assert link.up and link.server_id == "p1-e2"
+    link.stopService()
+
+
+def test_fences_keep_the_highest_epoch():
+    fences = Fences()
+    assert fences.promoted(Promotion("p1", "b1", 2))
+    assert not fences.promoted(Promotion("p1", "b1", 2))
+    assert not fences.promoted(Promotion("p1", "b9", 1))
+    assert fences.epoch("p1") == 2 and fences.epoch("p2") is None
+    assert fences.why_fenced({"server_id": "p1", "epoch": 2}) is None
+    assert fences.why_fenced({"server_id": "p1"}) == "fenced: taken over by b1 at epoch 2"
+    assert fences.why_fenced({"server_id": "p2", "epoch": 1}) is None

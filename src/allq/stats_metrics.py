@@ -118,3 +118,41 @@ def stats_families(servers: Iterable[Mapping]) -> Iterator[Metric]:
 
     yield from (jobs, tps, avg, paused, draining, throttle, max_size, *counters.values(),
                 held, max_jobs, put, got, actions, uptime, server_draining, disk_full)
+
+
+#: A primary's replication states (docs/replication.md), each a sample of
+#: ``allq_replication_state`` (1 for the current one).
+REPLICATION_STATES = ("connecting", "syncing", "streaming", "alone", "refusing", "fenced")
+
+
+def replication_families(servers: Iterable[Mapping]) -> Iterator[Metric]:
+    """Metric families of the primaries' ``replication`` stats sections
+    (servers without one, or an older server, add no sample).
+
+    :param servers: ``stats`` replies, as for :func:`stats_families`.
+    """
+    lag_records = GaugeMetricFamily(
+        "allq_replication_lag_records",
+        "Records a primary sent its backup that the backup has not acknowledged yet.",
+        labels=["server"])
+    lag_seconds = GaugeMetricFamily(
+        "allq_replication_lag_seconds",
+        "Age of the oldest record a primary's backup has not acknowledged.",
+        labels=["server"])
+    state = GaugeMetricFamily(
+        "allq_replication_state",
+        "1 for a primary's replication state (connecting, syncing, streaming, alone, "
+        "refusing, fenced), 0 for the others.", labels=["server", "state"])
+    for server in servers:
+        section = server.get("replication")
+        if not isinstance(section, Mapping):
+            continue
+        server_id = str(server["server_id"])
+        if isinstance(section.get("lag_records"), (int, float)):
+            lag_records.add_metric([server_id], float(section["lag_records"]))
+        if isinstance(section.get("lag_seconds"), (int, float)):
+            lag_seconds.add_metric([server_id], float(section["lag_seconds"]))
+        current = str(section.get("state"))
+        for name in dict.fromkeys((*REPLICATION_STATES, current)):
+            state.add_metric([server_id, name], float(name == current))
+    yield from (lag_records, lag_seconds, state)

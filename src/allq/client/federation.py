@@ -16,6 +16,10 @@ The rest lives here, each rule in one method:
 * **job operations** go to the server named by the job id's prefix; when that
   server is down they fail fast with :class:`Unavailable`.
 * **stats / clear / kick by tube / peek** fan out over the healthy servers.
+* **failover** (:mod:`allq.client.failover`, when :meth:`Federation.fail_over`
+  turns it on): a server down long enough has its backup promoted; gets, job
+  operations, stats, peeks, kicks and clears then reach its jobs there, on a
+  replica link acting for its server id (no puts: it drains).
 * **tube settings** (pause, drain, fair queuing, maximum size, throttle) are
   sent to every healthy server. A throttle of ``tps`` jobs per second gives each
   of the N healthy servers ``tps / N``, so the federation hands out at most
@@ -49,6 +53,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from allq.client.chains import own_result
+from allq.client.failover import Failover
+from allq.client.fencing import Fences
 from allq.client.link import ServerLink
 from allq.client.longpoll import LongPolls
 from allq.client.membership import Membership
@@ -98,6 +104,8 @@ class Federation(MultiService):
         self._schedules = ScheduleRouter(self._servers)
         self._routing = InterestRouting(self._servers, clock, self._each,
                                         self._placement.store, self._event_unmatched)
+        self._clock = clock
+        self._failover: Failover | None = None
 
     def _syncing(self, make_link: Callable[[str], ServerLink]) -> Callable[[str], ServerLink]:
         """``make_link``, whose links sync the servers' interests on each connection."""
@@ -120,8 +128,29 @@ class Federation(MultiService):
         return self._servers.links()
 
     def health(self) -> dict:
-        """Which servers are up, for ``GET /health``."""
-        return self._servers.health()
+        """Which servers are up, for ``GET /health`` (with failover on, also the
+        failovers this client made, ``failovers``)."""
+        report = self._servers.health()
+        if self._failover is not None:
+            report["failovers"] = list(self._failover.failovers)
+        return report
+
+    def fail_over(self, after: float, fences: Fences,
+                  make_replica_link: Callable[[str, str], ServerLink],
+                  connect: Callable[[str], Deferred]) -> Failover:
+        """Promote the backup of a server down for ``after`` seconds and reach its
+        jobs there (:class:`allq.client.failover.Failover`); call before starting.
+
+        :param fences: the promotions seen, shared with the links ``make_link`` makes.
+        """
+        self._failover = Failover(self._servers, self._clock, after, fences,
+                                  make_replica_link, connect)
+        self._failover.setServiceParent(self)
+        return self._failover
+
+    def failovers(self) -> list[dict]:
+        """The failovers this client made (``[]`` with failover off)."""
+        return [] if self._failover is None else list(self._failover.failovers)
 
     def add_server(self, address: str) -> None:
         """Start using one more server (no-op if already known)."""
@@ -368,7 +397,7 @@ class Federation(MultiService):
         Otherwise :meth:`_get_passes` asks the others, in random order.
         """
         deadline = self._retries.deadline()
-        links = self._servers.healthy()
+        links = self._servers.healthy(replicas=True)
         if not links:
             return Deferred.fromCoroutine(
                 self._get_passes(tube, count, delete, deadline, [], [], False))
@@ -415,7 +444,7 @@ class Federation(MultiService):
             if answered:
                 return jobs
             attempt = await self._retries.backoff(attempt, deadline, "get")
-            links, jobs = self._servers.healthy(), []
+            links, jobs = self._servers.healthy(replicas=True), []
 
     async def _give_back(self, jobs: list[FetchedJob]) -> None:
         for job in jobs:
@@ -511,11 +540,11 @@ class Federation(MultiService):
 
     # -- fan-out ---------------------------------------------------------------
 
-    async def _each(self, action: str, params: dict,
-                    links: list[ServerLink] | None = None) -> list[tuple[ServerLink, dict]]:
-        """Send one request to every healthy server (or to ``links``); keep the
-        answers that came."""
-        links = self._servers.healthy() if links is None else links
+    async def _each(self, action: str, params: dict, links: list[ServerLink] | None = None,
+                    replicas: bool = False) -> list[tuple[ServerLink, dict]]:
+        """Send one request to every healthy server (or to ``links``; with
+        ``replicas``, the replica links too); keep the answers that came."""
+        links = self._servers.healthy(replicas) if links is None else links
         if not links:
             raise self._unreachable()
         outcomes = await DeferredList(
@@ -577,14 +606,15 @@ class Federation(MultiService):
     async def stats(self) -> list[ServerStats]:
         """Every reachable server's stats (which also tell each link whether its
         server's disk is full, for ``/health``)."""
-        answers = await self._each("stats", {})
+        answers = await self._each("stats", {}, replicas=True)
         for link, result in answers:
             link.disk_full = bool(result["global"].get("disk_full", False))
         return [ServerStats.from_reply(link.address, result) for link, result in answers]
 
     def clear(self, tube: str, state: str = "all") -> Deferred:
         """Clear a tube on every reachable server; fires with how many jobs went."""
-        d = Deferred.fromCoroutine(self._each("clear", {"tube": tube, "state": state}))
+        d = Deferred.fromCoroutine(self._each("clear", {"tube": tube, "state": state},
+                                              replicas=True))
         d.addCallback(lambda answers: sum(result["cleared"] for _, result in answers))
         return self._observed("clear", d).addCallback(self._counted, "clear", tube, int)
 
@@ -600,7 +630,7 @@ class Federation(MultiService):
         skipped (what others kicked is still reported), none answering is 503."""
         kicked: list[str] = []
         answered = False
-        for link in self._servers.healthy():
+        for link in self._servers.healthy(replicas=True):
             if len(kicked) >= count:
                 break
             try:
@@ -623,7 +653,7 @@ class Federation(MultiService):
                    offset: int = 0) -> FetchedJob | None:
         """The job ``offset`` places into the tube's ready (or buried) line, counting
         servers in id order."""
-        links = sorted(self._servers.healthy(), key=lambda l: l.server_id or "")
+        links = sorted(self._servers.healthy(replicas=True), key=lambda l: l.server_id or "")
         if not links:
             raise self._unreachable()
         for link in links:
@@ -641,7 +671,7 @@ class Federation(MultiService):
         """A page of a tube's jobs in one state, each with its server's id, and how
         many the reachable servers hold in that state: the servers' lists one after
         another in server-id order (as :meth:`peek` counts), ``offset`` into that."""
-        links = sorted(self._servers.healthy(), key=lambda l: l.server_id or "")
+        links = sorted(self._servers.healthy(replicas=True), key=lambda l: l.server_id or "")
         if not links:
             raise self._unreachable()
         page: list[tuple[str, FetchedJob]] = []
@@ -662,14 +692,14 @@ class Federation(MultiService):
     async def peek_most_urgent(self, tube: str) -> FetchedJob | None:
         """The ready job of a tube with the lowest priority number over every
         reachable server (each server's next; ties: the first server's)."""
-        answers = await self._each("peek", {"tube": tube})
+        answers = await self._each("peek", {"tube": tube}, replicas=True)
         jobs = [FetchedJob.from_reply(result["job"]) for _, result in answers
                 if result["job"] is not None]
         return min(jobs, key=lambda job: job.priority, default=None)
 
     async def peek_delayed(self, tube: str) -> FetchedJob | None:
         """The delayed job of a tube due soonest over every reachable server."""
-        answers = await self._each("peek", {"tube": tube, "delayed": True})
+        answers = await self._each("peek", {"tube": tube, "delayed": True}, replicas=True)
         best: tuple[float, FetchedJob] | None = None
         for link, result in answers:
             if result["job"] is None:

@@ -23,6 +23,14 @@ The link also remembers a server drain asked through this client
 tells the server ``drain`` again as soon as the handshake is done, so a server
 that restarted without its drain flag is drained again; an undrain that could
 not be sent is sent on the next connection.
+
+Replication (docs/replication.md) adds two things. Every link remembers its
+server's welcome: its ``epoch`` and the backup it names (``replica.address``),
+which :mod:`allq.client.failover` reads; a welcome whose server id this client
+saw promoted at a later epoch is refused (:mod:`allq.client.fencing`). And a
+*replica link* (``serve_as``) is a link to a backup that sends ``serve_as
+{server_id}`` right after the handshake and from then on acts for that primary's
+server id: it is up only once the backup accepted, and it always drains.
 """
 
 import re
@@ -38,8 +46,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from allq.client.fencing import Fences
 from allq.peer.connection import ServerConnection, ServerConnectionFactory
-from allq.errors import AllQError, BadRequest, Timeout, Unavailable
+from allq.errors import AllQError, BadRequest, Fenced, Timeout, Unavailable
 from allq.wire.keys import ClientKeys
 
 _ADDRESS = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9_.-]+)):([0-9]{1,5})")
@@ -89,7 +98,12 @@ class ServerLink(Service):
     :param reactor: reactor providing TCP and time.
     :param request_timeout: seconds a request may wait for its reply.
     :param retry_policy: seconds to wait before reconnect attempt N.
+    :param fences: the promotions this client saw: a welcome they fence is refused.
+    :param serve_as: make this a replica link acting for that primary server id.
     :ivar down_reason: why the link is down (``None`` while up).
+    :ivar down_since: when the link last went down (``None`` while up).
+    :ivar welcome: the server's last welcome (empty before the first).
+    :ivar epoch: the server's epoch (a replica link's: the one ``serve_as`` said).
     """
 
     _log = Logger()
@@ -101,18 +115,27 @@ class ServerLink(Service):
         reactor,
         request_timeout: float,
         retry_policy=None,
+        fences: Fences | None = None,
+        serve_as: str | None = None,
     ) -> None:
         host, port = parse_address(address)
         self.address = normalize_address(address)
-        self.server_id: str | None = None
-        #: This client places no new jobs here (set by ``Federation.drain_server``).
-        self.draining = False
+        #: The primary server id this replica link acts for (``None``: an ordinary link).
+        self.serving_as = serve_as
+        self.server_id: str | None = serve_as
+        #: This client places no new jobs here (set by ``Federation.drain_server``;
+        #: always for a replica link: a promoted replica drains).
+        self.draining = serve_as is not None
+        self.welcome: dict = {}
+        self.epoch: int | None = None
+        self._fences = fences
         #: The server-wide drain flag to tell the server on the next connection:
         #: ``True`` while a drain is wanted, ``False`` for an undrain not yet
         #: acknowledged, ``None`` for nothing to tell.
         self._drain_to_tell: bool | None = None
         self.connection: ServerConnection | None = None
         self.down_reason: str | None = "not connected yet"
+        self.down_since: float | None = reactor.seconds()
         #: The server said its data directory is full (its last stats, or a refusal).
         self.disk_full = False
         self._clock = reactor
@@ -130,7 +153,13 @@ class ServerLink(Service):
         self._logged: tuple[bool, str] | None = None
 
     def __repr__(self) -> str:
-        return f"<ServerLink {self.address} id={self.server_id} up={self.up}>"
+        role = "" if self.serving_as is None else " replica"
+        return f"<ServerLink{role} {self.address} id={self.server_id} up={self.up}>"
+
+    @property
+    def backup_address(self) -> str | None:
+        """The backup the server's welcome names (``replica.address``), if any."""
+        return welcome_backup(self.welcome)
 
     @property
     def up(self) -> bool:
@@ -187,9 +216,38 @@ class ServerLink(Service):
         return d.addCallbacks(self._connected, self._refused, errbackArgs=(connection,))
 
     def _connected(self, connection: ServerConnection) -> Deferred | None:
+        welcome = dict(connection.welcome)
+        why = None if self._fences is None else self._fences.why_fenced(welcome)
+        if why is not None:
+            if self.serving_as is None:
+                self.welcome, self.server_id = welcome, connection.server_id
+            connection.close()
+            raise Fenced(why)
+        if self.serving_as is None:
+            self.welcome, self.epoch = welcome, _epoch(welcome)
+            return self._up(connection)
+        d = connection.request("serve_as", {"server_id": self.serving_as})
+        return d.addCallbacks(self._served, self._not_served,
+                              callbackArgs=(connection,), errbackArgs=(connection,))
+
+    def _served(self, reply: dict, connection: ServerConnection) -> Deferred | None:
+        self.welcome, self.epoch = dict(connection.welcome), _epoch(reply)
+        return self._up(connection)
+
+    def _not_served(self, failure: Failure, connection: ServerConnection) -> None:
+        connection.close()
+        failure.trap(AllQError)
+        raise Unavailable(f"the backup does not serve {self.serving_as}: "
+                          f"{failure.value.code}: {failure.getErrorMessage()[:160]}")
+
+    def _up(self, connection: ServerConnection) -> Deferred | None:
         self.connection = connection
-        self.server_id = connection.server_id
-        self._mark(True, f"server id {self.server_id}")
+        if self.serving_as is None:
+            self.server_id = connection.server_id
+            self._mark(True, f"server id {self.server_id}")
+        else:
+            self._mark(True, f"serving {self.serving_as} for this client "
+                             f"(epoch {self.epoch})")
         connection.lost.addCallback(self._lost, connection)
         if self.running and not self._keepalive.running:
             self._keepalive.start(KEEPALIVE_INTERVAL, now=False)
@@ -216,6 +274,13 @@ class ServerLink(Service):
         if self.running and self._retry is None and self._attempt is None:
             self._failures = 0
             self._schedule()
+
+    def refuse_if_fenced(self) -> None:
+        """Close the connection if its welcome is now fenced (a promotion this
+        client just saw): the reconnect then refuses it, saying why."""
+        if (self.up and self._fences is not None and self.serving_as is None
+                and self._fences.why_fenced(self.welcome) is not None):
+            self.connection.close()
 
     def _ping(self) -> None:
         if self.up:
@@ -292,6 +357,10 @@ class ServerLink(Service):
 
     def _mark(self, up: bool, why: str) -> None:
         """Record the link's state; log a line when it (or why it is down) changes."""
+        if up:
+            self.down_since = None
+        elif self.down_since is None:
+            self.down_since = self._clock.seconds()
         self.down_reason = None if up else why
         if (up, "" if up else why) == self._logged:
             return
@@ -300,6 +369,24 @@ class ServerLink(Service):
             self._log.info("server {address} up ({why})", address=self.address, why=why)
         else:
             self._log.warn("server {address} down: {why}", address=self.address, why=why)
+
+
+def welcome_backup(welcome: dict) -> str | None:
+    """The backup address a welcome names (``replica.address``), normalized;
+    ``None`` when it names none, or not as ``host:port``."""
+    replica = welcome.get("replica")
+    address = replica.get("address") if isinstance(replica, dict) else None
+    if not isinstance(address, str):
+        return None
+    try:
+        return normalize_address(address)
+    except BadRequest:
+        return None
+
+
+def _epoch(reply: dict) -> int | None:
+    epoch = reply.get("epoch")
+    return epoch if type(epoch) is int else None
 
 
 def _why(failure: Failure) -> str:

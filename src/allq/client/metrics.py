@@ -41,7 +41,7 @@ from allq.client.metrics_http import MetricsResource, RouteNames, TimedResource
 from allq.client.observers import FederationObserver
 from allq.client.records import FetchedJob, ServerStats
 from allq.errors import AllQError
-from allq.stats_metrics import stats_families
+from allq.stats_metrics import replication_families, stats_families
 
 SECONDS = 1.0
 #: How often the servers' stats are fetched for ``/metrics``.
@@ -177,6 +177,7 @@ class ClientMetrics:
 
     def _collect_snapshot(self) -> Iterator[Metric]:
         yield from stats_families(self._snapshot)
+        yield from replication_families(self._snapshot)
         age = GaugeMetricFamily(
             "allq_client_stats_age_seconds",
             "Seconds since the servers' stats (allq_tube_*, allq_server_*) were fetched.")
@@ -197,13 +198,19 @@ class ClientMetrics:
         draining = GaugeMetricFamily(
             "allq_client_server_draining", "1 when this client places no new jobs on the server.",
             labels=["address", "server"])
+        failovers = CounterMetricFamily(
+            "allq_failovers", "Servers whose backup this client promoted to serve their "
+            "jobs (docs/replication.md).")
         if self._health is not None:
-            for server in self._health()["servers"]:
+            health = self._health()
+            for server in health["servers"]:
                 labels = [str(server["address"]), str(server.get("server_id") or "")]
                 up.add_metric(labels, float(bool(server["up"])))
                 draining.add_metric(labels, float(bool(server.get("draining", False))))
+            failovers.add_metric([], float(len(health.get("failovers", ()))))
         yield up
         yield draining
+        yield failovers
         if self.workers is not None:
             running, restarts = self.workers()
             yield GaugeMetricFamily(

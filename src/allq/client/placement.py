@@ -10,7 +10,13 @@
   server once it is back (the key makes that retry return the first job id
   instead of storing a duplicate); while that server stays down it fails over
   to the others (at-least-once: a duplicate is possible only if the lost server
-  had stored the job and comes back with it).
+  had stored the job and comes back with it). "The same server" is the same
+  server *id*: when the server's welcome named a backup and failover is on
+  (:mod:`allq.client.failover`), the put waits, within its retry budget, for
+  that id to be back, on the server or on its backup's replica link, and never
+  goes elsewhere with a key the backup may already hold. The promoted replica
+  answers a key it knows with its job id, and refuses any other put as draining
+  (it stored nothing: the put moves on).
 * A server that answers ``draining``, ``full`` or ``disk_full`` did not store the
   job: the put moves on, and fails with that error only when every reachable
   server refused.
@@ -244,6 +250,8 @@ class Placement:
         while True:
             if candidates is None:
                 only = holder or pinned
+                if only is not None and not only.up:  # its id may be served by its backup
+                    only = self._servers.serving(only.server_id) or only
                 candidates = [only] if only is not None else self._candidates(unsure, refused)
             for link in candidates:
                 try:
@@ -256,7 +264,7 @@ class Placement:
                     # Refused before storing (an earlier try of this key would have
                     # been answered with its job id), so another server may take it.
                     refused[link] = e
-                    if link is unsure:
+                    if unsure is not None and link.server_id == unsure.server_id:
                         unsure = None
                     pinned = None
                     continue
@@ -299,7 +307,11 @@ class Placement:
         links = self._servers.links()
         for link in links:
             if link.server_id == server_id:
-                return link, {**params, "idempotency_key": inner}
+                return (self._servers.serving(server_id) or link,
+                        {**params, "idempotency_key": inner})
+        replica = self._servers.serving(server_id)  # its server now has another id
+        if replica is not None:
+            return replica, {**params, "idempotency_key": inner}
         if any(link.server_id is None for link in links):
             raise Unavailable("the server holding this job (its idempotency_key names it) "
                               "is not connected")
@@ -307,8 +319,12 @@ class Placement:
 
     def _candidates(self, unsure: ServerLink | None,
                     refused: dict[ServerLink, AllQError]) -> list[ServerLink]:
-        if unsure is not None and unsure.up:
-            return [unsure]
+        if unsure is not None:
+            live = self._servers.serving(unsure.server_id)
+            if live is not None:
+                return [live]
+            if self._servers.backed_up(unsure):
+                return []  # wait for its id to come back, here or on its backup
         links = [l for l in self._servers.healthy() if not l.draining and l not in refused]
         if not links:
             return []

@@ -65,6 +65,9 @@ def rest_stats(server: ServerStats) -> dict:
         "events_unmatched": int(totals.get("events_unmatched", 0)),
         "schedule_failures": int(totals.get("schedule_failures", 0)),
         "stats": tubes,
+        # Replication (docs/replication.md): a primary's and a backup's sections, as sent.
+        **{name: server.reply[name] for name in ("replication", "replicas")
+           if name in server.reply},
     }
 
 

@@ -29,7 +29,9 @@ from allq.client.discovery import (
     system_lookup,
 )
 from allq.client.fast_http import PARSERS, http_factory
+from allq.client.failover import DEFAULT_FAILOVER_AFTER, connector, parse_failover_after
 from allq.client.federation import Federation
+from allq.client.fencing import Fences
 from allq.client.graceful import GracefulClient, InFlight
 from allq.client.admin_token import check_admin_token, needs_token
 from allq.client.http_guard import HostGuard, parse_allowed_hosts
@@ -140,6 +142,10 @@ class Options(usage.Options):
         ["unix", None, None,
          f"UNIX socket path for the JSON-lines API (mode 0600), or none [default: "
          f"{DEFAULT_UNIX_PATH}; env ALLQ_UNIX_SOCKET]"],
+        ["failover-after", None, None,
+         f"seconds a server must be unreachable before its backup (docs/replication.md) "
+         f"is promoted to serve its jobs, or off [default: {DEFAULT_FAILOVER_AFTER:g}; "
+         f"env ALLQ_FAILOVER_AFTER]"],
         ["jsonl-idle-timeout", None, None,
          f"seconds a JSON-lines connection with nothing pending may stay silent before "
          f"it is closed [default: {DEFAULT_IDLE_TIMEOUT:g}; env ALLQ_JSONL_IDLE_TIMEOUT]"],
@@ -191,6 +197,12 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--http-parser must be one of {', '.join(PARSERS)}, "
                 f"not {self['http-parser'][:40]!r}")
+        try:
+            self["failover-after"] = parse_failover_after(
+                resolve(self, "failover-after", env, "ALLQ_FAILOVER_AFTER")
+                or str(DEFAULT_FAILOVER_AFTER))
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
         self["workers"] = positive_int("workers", resolve(self, "workers", env, "ALLQ_WORKERS") or 1)
         _beanstalk_options(self, env)
         self._local_api_options(env)
@@ -418,12 +430,19 @@ def _client_keys(config: Options):
 
 def _federation(config: Options, keys, reactor) -> Federation:
     timeout = config["request-timeout"]
+    fences = Fences()
     federation = Federation(
         config["servers"],
-        lambda address: ServerLink(address, keys, reactor, timeout),
+        lambda address: ServerLink(address, keys, reactor, timeout, fences=fences),
         reactor,
         retry_budget=config["retry-budget"],
     )
+    if config["failover-after"] is not None:
+        federation.fail_over(
+            config["failover-after"], fences,
+            lambda address, server_id: ServerLink(address, keys, reactor, timeout,
+                                                  fences=fences, serve_as=server_id),
+            connector(reactor, keys, timeout))
     if config["log-jobs"]:
         federation.observe(JobLog())
     return federation
@@ -466,6 +485,8 @@ def _worker_options(config: Options, federation: Federation, interface: str, por
         "--retry-budget", repr(config["retry-budget"]),
         "--max-body", str(config["max-body"]),
         "--http-parser", config["http-parser"],
+        "--failover-after", ("off" if config["failover-after"] is None
+                             else repr(config["failover-after"])),
     ]
     if config["keys"] is not None:
         options += ["--keys", config["keys"]]

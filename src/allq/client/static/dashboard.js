@@ -15,7 +15,7 @@
   const STATES = ["ready", "reserved", "delayed", "buried", "parents"];
 
   const byId = (id) => document.getElementById(id);
-  const serverRows = new Map(); // address -> {row, cells}
+  const serverRows = new Map(); // address (or "replica:<id>") -> {row, cells}
   const tubeRows = new Map(); // tube -> {row, cells, buttons, data}
   let timer = null;
   let toastTimer = null;
@@ -113,66 +113,115 @@
 
   // -- servers ----------------------------------------------------------------
 
-  function serverRow(address) {
-    let entry = serverRows.get(address);
+  // A configured server's row is keyed by its address; a replica link's (the
+  // primary's id served by its backup, at the backup's address) by that id.
+  function serverRow(address, replicaOf) {
+    const key = replicaOf ? "replica:" + replicaOf : address;
+    let entry = serverRows.get(key);
     if (entry) return entry;
     const row = el("tr");
-    row.dataset.server = address;
+    if (replicaOf) row.dataset.replica = replicaOf;
+    else row.dataset.server = address;
     const cells = {};
     const status = el("td");
     cells.status = el("span", "status");
     status.appendChild(cells.status);
     row.appendChild(status);
     for (const [field, className] of [["address", "mono"], ["server_id", "mono muted"],
-      ["jobs", "num"], ["job_put", "num"], ["job_get", "num"], ["placement", ""]]) {
+      ["jobs", "num"], ["job_put", "num"], ["job_get", "num"], ["placement", ""],
+      ["replication", ""]]) {
       cells[field] = el("td", className);
       cells[field].dataset.field = field;
       row.appendChild(cells[field]);
     }
     entry = { row: row, cells: cells };
-    serverRows.set(address, entry);
+    serverRows.set(key, entry);
     return entry;
+  }
+
+  // What a server's stats say of replication (docs/replication.md), in a few words.
+  function replicationText(server) {
+    const parts = [];
+    const own = server && server.replication;
+    if (own && typeof own === "object") {
+      let text = "primary · " + own.state + " → " + (own.peer || "?");
+      if (own.lag_records != null) {
+        text += " · lag " + numbers.format(Number(own.lag_records) || 0) + " rec / " +
+          (Number(own.lag_seconds) || 0).toFixed(2) + " s";
+      }
+      parts.push(text);
+    }
+    const replicas = server && Array.isArray(server.replicas) ? server.replicas : [];
+    if (replicas.length) {
+      parts.push("backup of " + replicas.map((r) => r.primary + " (" + r.state + ")").join(", "));
+    }
+    return parts.length ? parts.join(" · ") : "—";
+  }
+
+  function renderServerRow(entry, server, address, known) {
+    const up = Boolean(server.up);
+    entry.row.dataset.up = up ? "true" : "false";
+    setText(entry.cells.status, up ? "up" : "down");
+    entry.cells.status.dataset.state = up ? "up" : "down";
+    entry.cells.status.title = up ? "" : String(server.reason || "");
+    setText(entry.cells.address, address);
+    setText(entry.cells.jobs, known ? numbers.format(known.jobs) : "—");
+    setText(entry.cells.job_put, known ? numbers.format(known.server.job_put) : "—");
+    setText(entry.cells.job_get, known ? numbers.format(known.server.job_get) : "—");
   }
 
   function renderServers(health, stats) {
     const tbody = byId("servers").tBodies[0];
-    const byAddress = new Map();
+    // Stats by "<server_id>,<address>": a replica link's entry shares its
+    // backup's address, under the primary's id.
+    const byName = new Map();
     for (const server of stats) {
-      const name = String(server.server_name || "");
-      const comma = name.indexOf(",");
-      const address = comma >= 0 ? name.slice(comma + 1) : name;
       let jobs = 0;
       for (const tube of server.stats || []) {
         for (const state of STATES) jobs += Number(tube[state]) || 0;
       }
-      byAddress.set(address, { server: server, jobs: jobs });
+      byName.set(String(server.server_name || ""), { server: server, jobs: jobs });
     }
     const seen = new Set();
     for (const server of health.servers || []) {
       const address = String(server.address);
       seen.add(address);
       const entry = serverRow(address);
-      const known = byAddress.get(address);
-      const up = Boolean(server.up);
-      entry.row.dataset.up = up ? "true" : "false";
-      setText(entry.cells.status, up ? "up" : "down");
-      entry.cells.status.dataset.state = up ? "up" : "down";
-      setText(entry.cells.address, address);
+      const known = server.server_id ? byName.get(server.server_id + "," + address) : undefined;
+      renderServerRow(entry, server, address, known);
       setText(entry.cells.server_id, server.server_id || "—");
-      setText(entry.cells.jobs, known ? numbers.format(known.jobs) : "—");
-      setText(entry.cells.job_put, known ? numbers.format(known.server.job_put) : "—");
-      setText(entry.cells.job_get, known ? numbers.format(known.server.job_get) : "—");
       const draining = server.draining || (known && known.server.draining);
-      setText(entry.cells.placement, draining ? "draining" : up ? "taking jobs" : "—");
+      setText(entry.cells.placement, draining ? "draining" : server.up ? "taking jobs" : "—");
       entry.cells.placement.className = draining ? "warn" : "muted";
+      setText(entry.cells.replication, known ? replicationText(known.server) : "—");
       if (entry.row.parentNode !== tbody) tbody.appendChild(entry.row);
     }
-    for (const [address, entry] of serverRows) {
-      if (!seen.has(address)) {
+    for (const replica of health.replica_links || []) {
+      const address = String(replica.address);
+      const key = "replica:" + replica.server_id;
+      seen.add(key);
+      const entry = serverRow(address, String(replica.server_id));
+      const known = byName.get(replica.server_id + "," + address);
+      renderServerRow(entry, replica, address, known);
+      setText(entry.cells.server_id, replica.server_id + " (replica)");
+      setText(entry.cells.placement, "draining");
+      entry.cells.placement.className = "warn";
+      setText(entry.cells.replication, "served by " + (replica.served_by || address) +
+        " since epoch " + (replica.epoch == null ? "?" : replica.epoch));
+      if (entry.row.parentNode !== tbody) tbody.appendChild(entry.row);
+    }
+    for (const [key, entry] of serverRows) {
+      if (!seen.has(key)) {
         entry.row.remove();
-        serverRows.delete(address);
+        serverRows.delete(key);
       }
     }
+    const failovers = Array.isArray(health.failovers) ? health.failovers : [];
+    byId("failovers-box").hidden = failovers.length === 0;
+    renderList("failovers", failovers, (item) => [
+      String(item.server_id), String(item.backup), String(item.epoch),
+      new Date(Number(item.at) * 1000).toLocaleString("en-GB"),
+    ]);
   }
 
   // -- tubes ------------------------------------------------------------------
@@ -531,7 +580,7 @@
 
   // -- interests and schedules (read only) --------------------------------------
 
-  const shown = { interests: null, schedules: null };
+  const shown = { interests: null, schedules: null, failovers: null };
 
   async function refreshLists() {
     const [interests, schedules] = await Promise.all([
