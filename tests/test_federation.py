@@ -715,6 +715,22 @@ def test_a_server_whose_disk_is_full_is_skipped_for_puts(clock):
         result(run(federation.put("t", "x")))
 
 
+def test_a_strict_primary_without_its_backup_is_skipped_for_puts(clock):
+    """replica_unavailable is a definite refusal (nothing stored), not a lost
+    connection: the put moves on at once, and answers replica_unavailable only when
+    every reachable server refused so."""
+    from allq.errors import ReplicaUnavailable
+
+    federation, links = make(clock, n=2)
+    for _ in range(8):
+        links[0].fail_next(ReplicaUnavailable("its backup is unreachable"))
+    for _ in range(4):
+        assert owner(links, result(run(federation.put("t", "x")))) is links[1]
+    links[1].fail_next(ReplicaUnavailable("its backup is unreachable"))
+    with pytest.raises(ReplicaUnavailable, match="every reachable server refused"):
+        result(run(federation.put("t", "x")))
+
+
 def test_health_shows_a_full_disk_from_the_last_stats(clock):
     federation, links = make(clock, n=2)
     links[1].dispatcher = type(links[1].dispatcher)(

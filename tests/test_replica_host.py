@@ -256,6 +256,17 @@ def test_a_promoted_replica_takes_no_new_jobs(backup):
     assert peer.request("stats")["result"]["global"]["jobs"] == 1
 
 
+def test_a_retried_put_the_primary_stored_gets_its_job_id(backup):
+    """A put retried with the idempotency key of a put the primary stored (its reply
+    was lost with the primary) is answered with that job, not refused, not stored again."""
+    peer = promoted(backup, put(1), ["k", "retry-me", 1, T0 + 3600])
+    reply = peer.request("put", tube="t", body="again", idempotency_key="retry-me")
+    assert reply["result"] == {"job_id": f"{PRIMARY},1"}
+    reply = peer.request("put", tube="t", body="new", idempotency_key="never-seen")
+    assert error_code(reply) == "draining"
+    assert peer.request("stats")["result"]["global"]["jobs"] == 1
+
+
 def test_a_reserved_job_stays_reserved_for_its_worker(backup):
     """An r record newer than the job's state: reserved until its deadline; the
     original worker's done works."""

@@ -112,11 +112,13 @@ class UnknownOutcome(Timeout):
         self.idempotency_key = idempotency_key
 
 
-class ReplicaUnavailable(Unavailable):
+class ReplicaUnavailable(AllQError):
     """A ``--replication strict`` server refused a change: its backup is unreachable
-    (docs/replication.md). Nothing was changed; another server may take it."""
+    (docs/replication.md). A definite answer, not a lost connection: nothing was
+    changed, and another server may take a put."""
 
     code = "replica_unavailable"
+    http_status = 503
 
 
 class Fenced(AllQError):

@@ -17,7 +17,8 @@
   goes elsewhere with a key the backup may already hold. The promoted replica
   answers a key it knows with its job id, and refuses any other put as draining
   (it stored nothing: the put moves on).
-* A server that answers ``draining``, ``full`` or ``disk_full`` did not store the
+* A server that answers ``draining``, ``full``, ``disk_full`` or ``replica_unavailable``
+  (a strict primary without its backup) did not store the
   job: the put moves on, and fails with that error only when every reachable
   server refused.
 * A put naming a parent (``parent_id``) goes to the parent's server and nowhere
@@ -57,12 +58,13 @@ from allq.errors import (
     DiskFull,
     Draining,
     QueueFull,
+    ReplicaUnavailable,
     Unavailable,
     UnknownOutcome,
 )
 
 #: Answers of a server that did not store the job: another server may take it.
-_REFUSALS = (Draining, QueueFull, DiskFull)
+_REFUSALS = (Draining, QueueFull, DiskFull, ReplicaUnavailable)
 from allq.vocabulary import SERVER_ID
 
 #: Idempotency keys: a random prefix per client process, then a counter. Unique
@@ -346,6 +348,10 @@ class Placement:
         if disk_full:
             return DiskFull("every reachable server's disk is full "
                             f"({disk_full[0].message[:200]})")
+        without_backup = [e for e in errors if isinstance(e, ReplicaUnavailable)]
+        if without_backup and len(without_backup) == len(errors):
+            return ReplicaUnavailable("every reachable server refused: no backup "
+                                      f"({without_backup[0].message[:200]})")
         if errors:
             return Draining(f"every reachable server is draining ({errors[0].message[:200]})")
         return Draining("every reachable server is drained by this client")

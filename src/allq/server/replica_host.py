@@ -108,10 +108,21 @@ class PromotedDispatcher(Dispatcher):
 
     def handle(self, obj: object) -> dict:
         if isinstance(obj, dict) and obj.get("action") in _NEW_JOB_ACTIONS:
+            if self._stored_before(obj):
+                # A retry of a put the primary stored (same idempotency key): the
+                # dispatcher answers it with that job's id, storing nothing.
+                return super().handle(obj)
             error = Draining(f"{obj['action']}: this is a promoted replica of server "
                              f"{self._server_id()}; it takes no new jobs")
             return error_reply(request_id_of(obj), error)
         return super().handle(obj)
+
+
+    def _stored_before(self, obj: dict) -> bool:
+        params = obj.get("params")
+        key = params.get("idempotency_key") if isinstance(params, dict) else None
+        return (obj["action"] in ("put", "put_parent") and isinstance(key, str)
+                and self._idempotency.lookup(key, self._clock.seconds()) is not None)
 
 
 @attrs.define(eq=False)
