@@ -16,10 +16,10 @@ same fsync policy without replication, and allq / beanstalkd for the matching
 policy.
 
 The backup: a real ``allq-server`` (``--keys`` of the same key directory, whose
-``authorized_keys`` holds ``server.pub``) once the backup side
-(``allq.server.replica_host``) exists in this checkout; until then
-``tests/replica_fake.py``, a stand-in that acknowledges every stream message
-without applying it (``--backup standin`` forces it; the report says which ran).
+``authorized_keys`` holds ``server.pub``); ``--backup standin`` uses
+``tests/replica_fake.py`` instead, a stand-in that acknowledges every stream message
+without applying it, to tell the primary's own cost from the backup's (the report
+says which ran).
 A primary is measured only once its log says the backup holds a full replica.
 
 Client processes and measurement: ``server_cycles.py`` / ``persistence.py``;
@@ -30,7 +30,6 @@ stopped by PID in a ``finally``; temporary directories are removed.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import multiprocessing as mp
 import re
 import statistics
@@ -112,17 +111,13 @@ def parse_args(argv=None):
     parser.add_argument("--bs-procs", type=int, default=8, help="greenstalk processes (8)")
     parser.add_argument("--modes", default="pipelined",
                         help="comma-separated subset of pipelined,lockstep (pipelined)")
-    parser.add_argument("--backup", choices=("auto", "real", "standin"), default="auto",
-                        help="the backup: a real allq-server (once the backup side "
-                             "exists) or tests/replica_fake.py (auto)")
+    parser.add_argument("--backup", choices=("real", "standin"), default="real",
+                        help="the backup: a real allq-server, or tests/replica_fake.py "
+                             "that acknowledges without applying (real)")
     args = parser.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not args.modes or set(args.modes) - {"pipelined", "lockstep"}:
         parser.error("--modes: pipelined and/or lockstep")
-    if args.backup == "auto":
-        sys.path.insert(0, str(ROOT / "src"))
-        args.backup = ("real" if importlib.util.find_spec("allq.server.replica_host")
-                       else "standin")
     common.settle_window_options(args, quick_warmup=0.3)
     return args
 
