@@ -527,21 +527,30 @@ def request(protocol, request_id, action, **params):
                                       "params": params}).encode() + b"\n")
 
 
+def replies(transport) -> list[int]:
+    """The ids of the replies written so far, in order."""
+    return [json.loads(line)["id"] for line in transport.value().splitlines()]
+
+
 def test_a_reply_acknowledging_a_change_waits_for_the_backup_and_reads_do_not(tmp_path):
     protocol, transport, connection, clock, replicator, journal = held_setup(tmp_path)
-    request(protocol, 1, "put", tube="t", body="x")
-    assert transport.value() == b""  # held
-    request(protocol, 2, "stats")
-    assert json.loads(transport.value())["id"] == 2  # changed nothing: not held
+    request(protocol, 1, "stats")
+    assert replies(transport) == [1]  # changed nothing, nothing before it: not held
     transport.clear()
+    request(protocol, 2, "put", tube="t", body="x")
+    assert transport.value() == b""  # held
+    # Changed nothing, but sealed after a held reply: frames leave in the order
+    # they were sealed (the client checks their sequence numbers), so it waits.
+    request(protocol, 3, "stats")
+    assert transport.value() == b""
     clock.advance(0)
     [(_, params, d)] = connection.take("replica_records")
     assert '"x"' in params["lines"]
     d.callback({"seq": params["seq"]})
-    assert json.loads(transport.value())["id"] == 1
+    assert replies(transport) == [2, 3]
     transport.clear()
-    request(protocol, 3, "get", tube="t")  # a reservation: streamed, not waited for
-    assert json.loads(transport.value())["id"] == 3
+    request(protocol, 4, "get", tube="t")  # a reservation: streamed, not waited for
+    assert replies(transport) == [4]
     clock.advance(0)
     [(_, params, _)] = connection.take("replica_records")
     assert params["lines"].count("\n") == 1 and '["r",' in params["lines"]

@@ -104,6 +104,10 @@ class _Attempt:
     done: str | None = None
 
 
+#: The longest time between two looks at the links (seconds).
+WATCH_INTERVAL = 0.25
+
+
 class Failover(Service):
     """Promotes the backups of servers down for ``after`` seconds.
 
@@ -136,8 +140,9 @@ class Failover(Service):
         self._in_flight: set[Deferred] = set()
         self._loop = LoopingCall(self._watch)
         self._loop.clock = clock
-        #: Seconds between two looks at the links.
-        self.interval = min(1.0, after / 4)
+        #: Seconds between two looks at the links: a failover starts at most this
+        #: late (a look is a walk over a few links: cheap even this often).
+        self.interval = min(WATCH_INTERVAL, after / 4)
 
     def startService(self) -> None:
         super().startService()

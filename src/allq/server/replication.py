@@ -66,8 +66,8 @@ STATES = ("connecting", "syncing", "streaming", "alone", "refusing", "fenced")
 class _Held:
     """Replies of one read, waiting for the backup to acknowledge ``seq``."""
 
-    connection: object  # HeldReplies: release(lines) / drop()
-    lines: list[bytes]
+    connection: object  # HeldRepliesProtocol: release(replies) / drop()
+    replies: object  # what the connection hands back to itself on release
     seq: int | None = None  # assigned when its records leave
 
 
@@ -476,25 +476,26 @@ class Replicator(Service):
             held.connection.drop()
         else:
             self.alone_changes += 1
-            held.connection.release(held.lines)
+            held.connection.release(held.replies)
 
     # -- held replies -----------------------------------------------------------------
 
-    def hold(self, connection, lines: list[bytes]) -> None:
-        """Write ``lines`` (a read's replies, acknowledging changes just streamed)
-        on ``connection`` once the backup has their records."""
+    def hold(self, connection, replies: object) -> None:
+        """Have ``connection`` write ``replies`` (a read's, acknowledging changes just
+        streamed) once the backup has their records: ``connection.release(replies)``,
+        or ``connection.drop()`` when they can never be sent."""
         state = self.state
         if state == "streaming" or (state == "syncing" and self.mode == STRICT):
-            self._unassigned.append(_Held(connection, lines))
+            self._unassigned.append(_Held(connection, replies))
         else:
-            self._give_up_on(_Held(connection, lines))
+            self._give_up_on(_Held(connection, replies))
 
     def _release_acked(self) -> None:
         held = self._held
         acked = self._acked_seq
         while held and held[0].seq <= acked:
             entry = held.popleft()
-            entry.connection.release(entry.lines)
+            entry.connection.release(entry.replies)
 
     # -- state ------------------------------------------------------------------------
 
