@@ -130,8 +130,9 @@ def filesystem_of(path: str) -> str:
     return f"{best[0]} ({best[1]})"
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def cycle_options(description: str) -> argparse.ArgumentParser:
+    """The options of a cycles benchmark (this one, ``replication.py``)."""
+    parser = argparse.ArgumentParser(description=description)
     common.add_window_options(parser, quick_warmup=0.3)
     parser.add_argument("--connections", type=int, default=8, help="allq connections (8)")
     parser.add_argument("--depth", type=int, default=64, help="chains per connection (64)")
@@ -139,12 +140,21 @@ def parse_args(argv=None):
     parser.add_argument("--bs-procs", type=int, default=8, help="greenstalk processes (8)")
     parser.add_argument("--modes", default="pipelined",
                         help="comma-separated subset of pipelined,lockstep (pipelined)")
+    return parser
+
+
+def settle_cycle_options(parser: argparse.ArgumentParser, argv=None):
+    """Parse and check what :func:`cycle_options` (and a caller) defined."""
     args = parser.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not args.modes or set(args.modes) - {"pipelined", "lockstep"}:
         parser.error("--modes: pipelined and/or lockstep")
     common.settle_window_options(args, quick_warmup=0.3)
     return args
+
+
+def parse_args(argv=None):
+    return settle_cycle_options(cycle_options(__doc__.split("\n\n")[0]), argv)
 
 
 def main(argv=None) -> int:

@@ -29,7 +29,6 @@ stopped by PID in a ``finally``; temporary directories are removed.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import re
 import statistics
@@ -103,23 +102,11 @@ def report(args, runs: dict, bs_version: str, backup: str) -> str:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    common.add_window_options(parser, quick_warmup=0.3)
-    parser.add_argument("--connections", type=int, default=8, help="allq connections (8)")
-    parser.add_argument("--depth", type=int, default=64, help="chains per connection (64)")
-    parser.add_argument("--allq-procs", type=int, default=2, help="allq client processes (2)")
-    parser.add_argument("--bs-procs", type=int, default=8, help="greenstalk processes (8)")
-    parser.add_argument("--modes", default="pipelined",
-                        help="comma-separated subset of pipelined,lockstep (pipelined)")
+    parser = persistence.cycle_options(__doc__.split("\n\n")[0])
     parser.add_argument("--backup", choices=("real", "standin"), default="real",
                         help="the backup: a real allq-server, or tests/replica_fake.py "
                              "that acknowledges without applying (real)")
-    args = parser.parse_args(argv)
-    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if not args.modes or set(args.modes) - {"pipelined", "lockstep"}:
-        parser.error("--modes: pipelined and/or lockstep")
-    common.settle_window_options(args, quick_warmup=0.3)
-    return args
+    return persistence.settle_cycle_options(parser, argv)
 
 
 def main(argv=None) -> int:

@@ -11,10 +11,9 @@ import pytest
 import pytest_twisted
 
 from allq.errors import Draining, Fenced, NotFound, ReplicaIncomplete
-from allq.peer.connection import ServerConnection, connect
-from allq.wire.keys import ClientKeys
 
 from tests.replicas import lines, put
+from tests.test_persistence_integration import close, open_connection
 from tests.servers import LOCALHOST, Daemons, KeySet, RunningServer
 
 pytestmark = pytest.mark.integration
@@ -22,26 +21,10 @@ TIMEOUT = 30.0
 PRIMARY = "dead-primary"
 
 
-def reactor():
-    from twisted.internet import reactor
-
-    return reactor
-
-
 def start(daemons: Daemons, keys: KeySet, data, port: int = 0) -> RunningServer:
     return daemons.start_server(
         keys, ["--data-dir", str(data), "--fsync", "always",
                "--listen", f"tcp:{port}:interface={LOCALHOST}"])
-
-
-async def open_connection(server: RunningServer, client_keys: ClientKeys) -> ServerConnection:
-    d = connect(reactor(), server.endpoint, client_keys, request_timeout=TIMEOUT)
-    return await d.addTimeout(TIMEOUT, reactor())
-
-
-async def close(connection: ServerConnection) -> None:
-    connection.close()
-    await connection.lost.addTimeout(TIMEOUT, reactor())
 
 
 async def expect(error_class, d):
