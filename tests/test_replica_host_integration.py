@@ -17,7 +17,6 @@ from tests.test_persistence_integration import close, open_connection
 from tests.servers import LOCALHOST, Daemons, KeySet, RunningServer
 
 pytestmark = pytest.mark.integration
-TIMEOUT = 30.0
 PRIMARY = "dead-primary"
 
 
