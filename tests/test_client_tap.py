@@ -206,7 +206,7 @@ def test_failover_option_and_its_wiring(tmp_path):
     from allq.client.tap import _federation, _worker_options
     from allq.client.keys import load_client_keys
 
-    assert parse()["failover-after"] == 5.0
+    assert parse()["failover-after"] == 3.0
     assert parse(["--failover-after", "2.5"])["failover-after"] == 2.5
     assert parse(environ={"ALLQ_FAILOVER_AFTER": "off"})["failover-after"] is None
     assert parse(["--failover-after", "9"],

@@ -49,7 +49,7 @@ from allq.errors import AllQError, BadRequest, NotFound, ProtocolError
 from allq.peer.connection import connect as connect_peer
 
 #: ``--failover-after``'s default: seconds a server is down before its backup is promoted.
-DEFAULT_FAILOVER_AFTER = 5.0
+DEFAULT_FAILOVER_AFTER = 3.0
 #: Seconds before the first retry of a refused or failed promotion; doubled each
 #: time up to :data:`MAX_RETRY`.
 FIRST_RETRY = 1.0
