@@ -449,3 +449,35 @@ def test_network_cut_between_primary_and_backup(daemons, keys, tmp_path, proxy_f
     mine = stats_of(api, primary.server_id)
     assert held["jobs"] == sum(t["ready"] + t["reserved"] + t["delayed"] + t["buried"]
                                for t in mine["stats"])
+
+
+def test_two_strict_servers_backing_each_other_up_both_start(daemons, keys, tmp_path):
+    """A backs B up while B backs A up, both strict: each answers the other's stream
+    while it waits for its own backup, so neither waits for ever."""
+    port_a, port_b = free_ports(2)
+
+    def spawn(name, port, peer):
+        return daemons.spawn("allq-server", [
+            "--keys", str(keys.directory), "--listen", f"tcp:{port}:interface={LOCALHOST}",
+            "--data-dir", str(tmp_path / name), "--replica", address(peer),
+            "--replication", "strict"], name=name)
+
+    servers = []
+    for daemon, port in ((spawn("a", port_a, port_b), port_a),
+                         (spawn("b", port_b, port_a), port_b)):
+        match = daemon.wait_for_log(SERVER_LISTENING, timeout=30)
+        server = RunningServer(daemon, match["host"], port, match["server_id"])
+        wait_for_greeting(server)
+        servers.append(server)
+    api = start_client(daemons, keys, servers, "--failover-after", "off")
+    api.wait_until(lambda health: health["up"] == 2)
+    for server in servers:
+        wait_for(lambda: replication_of(api, server.server_id),
+                 lambda state: state and state["state"] == "streaming",
+                 what=f"{server.server_id} streaming", timeout=30)
+    ids = [api.put("t", f"job-{n}") for n in range(6)]
+    assert {job_id.split(",")[0] for job_id in ids} == {s.server_id for s in servers}
+    for server, other in (servers, servers[::-1]):
+        (held,) = [r for r in replicas_on(api, server.server_id)
+                   if r["primary"] == other.server_id]
+        assert held["state"] == "synced" and held["jobs"] == 3, held

@@ -603,3 +603,66 @@ def test_a_connection_lost_before_replicate_is_answered_is_retried():
     clock.advance(0.1)
     assert [action for action, _, _ in fresh.requests] == ["replicate"]
     replicator.stopService()
+
+
+# -- the start-up hold ---------------------------------------------------------------------
+
+
+class FactoryStub:
+    """What :class:`DiskFullSwitch` swaps: the factory's dispatcher."""
+
+    def __init__(self, dispatcher) -> None:
+        self.dispatcher = dispatcher
+
+
+def code_of(reply: dict) -> str | None:
+    return reply.get("error", {}).get("code")
+
+
+def test_a_starting_primary_holds_its_jobs_back_but_answers_as_a_backup():
+    """Until its backup answered, a primary serves none of its jobs (it may have been
+    replaced), but answers stats and what it answers as a backup itself: two servers
+    backing each other up must each reach the other to start."""
+    from allq.server.replica_link import HoldUntilConfirmed
+    from allq.server.tap import DiskFullSwitch
+
+    clock = task.Clock()
+    queue = Queue(QueueConfig(), first_id=1, started=0.0)
+    queue.put("t", "old job", now=0.0)
+    factory = FactoryStub(Dispatcher(queue, clock, lambda: "p1"))
+    switch = DiskFullSwitch()
+    switch.connect(factory)
+    confirmed = Deferred()
+    hold = HoldUntilConfirmed(lambda: confirmed, switch.set_starting)
+    hold.startService()
+
+    def ask(action, **params):
+        return factory.dispatcher.handle({"id": 1, "action": action, "params": params})
+
+    for action, params in (("get", {"tube": "t"}), ("put", {"tube": "t", "body": "x"}),
+                           ("peek", {"tube": "t"}), ("pause", {"tube": "t"})):
+        reply = ask(action, **params)
+        assert code_of(reply) == ReplicaUnavailable.code, action
+        assert "backup confirmed" in reply["error"]["message"]
+    assert "result" in ask("stats")
+    # A backup's own requests are not held (this dispatcher has no replica host, so
+    # they are unknown here, not refused).
+    assert code_of(ask("replicas")) == "unknown_action"
+    confirmed.callback(None)
+    (job,) = ask("get", tube="t")["result"]["jobs"]
+    assert job["body"] == "old job"
+    hold.stopService()
+
+
+def test_a_primary_stopped_before_its_backup_answered_leaves_nothing_behind():
+    from allq.server.replica_link import HoldUntilConfirmed
+
+    replicator, connection, clock, *_ = make(mode="strict")
+    held = []
+    hold = HoldUntilConfirmed(replicator.ready_to_serve, held.append)
+    replicator.startService()
+    hold.startService()
+    hold.stopService()
+    replicator.stopService()
+    assert held == [True]
+    assert not clock.getDelayedCalls()

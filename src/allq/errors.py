@@ -112,13 +112,13 @@ class UnknownOutcome(Timeout):
         self.idempotency_key = idempotency_key
 
 
-class ReplicaUnavailable(AllQError):
-    """A ``--replication strict`` server refused a change: its backup is unreachable
-    (docs/replication.md). A definite answer, not a lost connection: nothing was
-    changed, and another server may take a put."""
+class ReplicaUnavailable(Unavailable):
+    """A primary refused a request (docs/replication.md): ``--replication strict``
+    without its backup, or starting before its backup answered. A definite answer,
+    not a lost connection: nothing was changed, another server may take a put, and a
+    get moves on to the other servers."""
 
     code = "replica_unavailable"
-    http_status = 503
 
 
 class Fenced(AllQError):

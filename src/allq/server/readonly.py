@@ -38,6 +38,10 @@ STRICT_ACTIONS = frozenset({"get", "get_any", "reserve_job", "job_stats", "peek_
                             "schedule_list", "find_parent", "replicate",
                             "replica_records", "replica_synced", "replicas", "promote",
                             "serve_as"})
+#: What a primary takes before its backup confirmed it was not replaced (start-up):
+#: no job of its own, only what it answers about itself and as a backup.
+STARTING_ACTIONS = frozenset({"stats", "ping", "replicate", "replica_records",
+                              "replica_synced", "replicas", "promote", "serve_as"})
 #: Actions of :data:`STRICT_ACTIONS` that change the queue when asked to delete.
 _DELETING_READS = frozenset({"get", "get_any"})
 
@@ -53,6 +57,12 @@ def replica_unavailable_error(action: str) -> AllQError:
         f"{action[:40]}: this server's backup is unreachable and it runs with "
         "--replication strict: it takes no changes until the backup is back "
         "(gets and peeks work)")
+
+
+def starting_error(action: str) -> AllQError:
+    return ReplicaUnavailable(
+        f"{action[:40]}: this server is starting: it serves its jobs once its backup "
+        "confirmed it was not replaced (--replica)")
 
 
 class ReadOnlyDispatcher:

@@ -3,8 +3,8 @@
 :func:`parse_peer` reads ``--replica HOST:PORT``; :func:`backup_connector` is the
 :class:`allq.server.replication.Replicator`'s ``connect`` (a TCP connection and
 handshake through :mod:`allq.peer.connection`, the primary's own key pair as the
-client key); :class:`ServeWhenReady` starts the client listener only once the
-backup answered (docs/replication.md, *Start-up*).
+client key); :class:`HoldUntilConfirmed` keeps the server's own jobs back until the backup
+answered (docs/replication.md, *Start-up*).
 """
 
 from collections.abc import Callable
@@ -49,30 +49,37 @@ def backup_connector(reactor, host: str, port: int, keys, timeout: float):
     return connect
 
 
-class ServeWhenReady(Service):
-    """Starts ``inner`` (the client listener) once ``ready()`` fires: a primary does
-    not serve clients before its backup answered (docs/replication.md, *Start-up*)."""
+class HoldUntilConfirmed(Service):
+    """Holds a primary's own jobs back until ``ready()`` fires (its backup answered
+    ``replicate``; docs/replication.md, *Start-up*): a primary its backup replaced
+    must never serve its old jobs.
 
-    def __init__(self, ready: Callable[[], Deferred], inner) -> None:
+    The server listens meanwhile, and ``hold(True)`` makes it refuse every request
+    but ``stats``, ``ping`` and what it answers as a backup itself (stream,
+    ``replicas``, ``promote``, ``serve_as``): two servers that back each other up
+    must each reach the other to start.
+
+    :param ready: gives the Deferred that fires once the jobs may be served.
+    :param hold: called with ``True`` at start, ``False`` once ``ready`` fired.
+    """
+
+    def __init__(self, ready: Callable[[], Deferred], hold: Callable[[bool], None]) -> None:
         self._ready = ready
-        self._inner = inner
+        self._hold = hold
         self._waiting: Deferred | None = None
 
     def startService(self) -> None:
         super().startService()
+        self._hold(True)
         self._waiting = self._ready()
-        self._waiting.addCallbacks(self._start, lambda failure: failure.trap(CancelledError))
+        self._waiting.addCallbacks(self._confirmed, lambda failure: failure.trap(CancelledError))
 
-    def _start(self, _) -> None:
+    def _confirmed(self, _) -> None:
         self._waiting = None
-        if self.running:
-            self._inner.startService()
+        self._hold(False)
 
     def stopService(self):
         super().stopService()
         if self._waiting is not None:
             waiting, self._waiting = self._waiting, None
             waiting.cancel()
-        if self._inner.running:
-            return self._inner.stopService()
-        return None

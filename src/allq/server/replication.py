@@ -221,7 +221,8 @@ class Replicator(Service):
         self._gate_call = None
         gates, self._gates = self._gates, []
         for d in gates:
-            d.callback(None)
+            if not d.called:  # a gate given up on (cancelled at shutdown) stays so
+                d.callback(None)
 
     # -- connecting -------------------------------------------------------------------
 

@@ -58,7 +58,13 @@ from allq.server.journal import DEFAULT_FSYNC, FsyncPolicy, Journal
 from allq.server.metrics import ServerMetrics, metrics_site
 from allq.server.keyreload import AuthorizedKeysWatcher
 from allq.server.protocol import DEFAULT_IDLE_TIMEOUT, ServerFactory
-from allq.server.readonly import STRICT_ACTIONS, ReadOnlyDispatcher, replica_unavailable_error
+from allq.server.readonly import (
+    STARTING_ACTIONS,
+    STRICT_ACTIONS,
+    ReadOnlyDispatcher,
+    replica_unavailable_error,
+    starting_error,
+)
 from allq.server.held_replies import HeldRepliesProtocol
 from allq.server.replication import (
     DEFAULT_MAX_LAG,
@@ -67,7 +73,7 @@ from allq.server.replication import (
     DEFAULT_TIMEOUT as DEFAULT_REPLICA_TIMEOUT,
     Replicator,
 )
-from allq.server.replica_link import ServeWhenReady, backup_connector, parse_peer
+from allq.server.replica_link import HoldUntilConfirmed, backup_connector, parse_peer
 from allq.server.replication_files import (
     ReplicationFileError,
     fenced_id,
@@ -299,11 +305,13 @@ class DiskFullSwitch:
     """Between the journal (and the replicator) and the server factory: while the
     data directory is full, the factory dispatches through a
     :class:`ReadOnlyDispatcher`; while a strict primary's backup is unreachable,
-    through one refusing changes with ``replica_unavailable``."""
+    through one refusing changes with ``replica_unavailable``; while a primary
+    starts, through one refusing all but stats and its backup role."""
 
     def __init__(self) -> None:
         self.full = False
         self.replica_down = False
+        self.starting = False
         self._factory: ServerFactory | None = None
         self._dispatcher = None
 
@@ -325,11 +333,18 @@ class DiskFullSwitch:
         self.replica_down = down
         self._apply()
 
+    def set_starting(self, starting: bool) -> None:
+        """A primary's start-up hold (:class:`HoldUntilConfirmed`)."""
+        self.starting = starting
+        self._apply()
+
     def _apply(self) -> None:
         if self._factory is None:
             return
         dispatcher = self._dispatcher
-        if self.replica_down:
+        if self.starting:
+            dispatcher = ReadOnlyDispatcher(dispatcher, starting_error, STARTING_ACTIONS)
+        elif self.replica_down:
             dispatcher = ReadOnlyDispatcher(dispatcher, replica_unavailable_error,
                                             STRICT_ACTIONS)
         if self.full:
@@ -499,13 +514,14 @@ def makeService(config: Options, reactor=None) -> MultiService:
     scheduler.setServiceParent(service)
     replica_host.setServiceParent(service)
     watcher.setServiceParent(service)
-    listener = listening_service(
-        reactor, with_backlog(config["listen"], config["backlog"]), factory, listening,
-        setting=PortSetting("allq-server", "--listen", "SERVER_PORT"))
     if replicator is not None:
-        # Not before the backup answered: a primary it replaced must not serve.
-        listener = ServeWhenReady(replicator.ready_to_serve, listener)
-    listener.setServiceParent(service)
+        # No job served before the backup answered: a primary it replaced must not.
+        HoldUntilConfirmed(replicator.ready_to_serve, disk.set_starting
+                           ).setServiceParent(service)
+    listening_service(reactor, with_backlog(config["listen"], config["backlog"]), factory,
+                      listening,
+                      setting=PortSetting("allq-server", "--listen", "SERVER_PORT")
+                      ).setServiceParent(service)
     if config["metrics"] is not None:
         def metrics_listening(port) -> None:
             address = port.getHost()
