@@ -206,3 +206,24 @@ def test_the_command_reads_allq_url(allq_url):
     assert done.returncode == 1 and done.stderr.startswith("allq: error: client_unreachable")
     with Client(allq_url) as client:
         assert tube_counts(client, tube)["ready"] == 1
+
+
+def test_stats_and_servers_show_replication():
+    """`allq stats` names each server's stream to its backup and the replicas it holds;
+    `allq servers` lists the servers served by their backups after a failover."""
+    from allq.commands import render
+
+    table = render.stats_table([
+        {"server_name": "p1,127.0.0.1:5555", "job_put": 3, "job_get": 1, "stats": [],
+         "replication": {"peer": "127.0.0.1:5556", "state": "streaming", "lag_records": 12}},
+        {"server_name": "b1,127.0.0.1:5556", "job_put": 0, "job_get": 0, "stats": [],
+         "replicas": [{"primary": "p1", "state": "synced"}]}])
+    assert "replica 127.0.0.1:5556 STREAMING lag 12" in table.caption
+    assert "backup of p1 (synced)" in table.caption
+    table = render.servers_table({"up": 1, "total": 2, "servers": [
+        {"address": "127.0.0.1:5555", "server_id": "p1", "up": False, "reason": "refused"}],
+        "replica_links": [{"server_id": "p1", "served_by": "b1", "address": "127.0.0.1:5556",
+                           "epoch": 2, "up": True}]})
+    rows = list(zip(*(column._cells for column in table.columns)))
+    assert rows[1] == ("127.0.0.1:5556", "p1", "up, served by backup b1",
+                       "failed over (epoch 2)")

@@ -97,8 +97,22 @@ def stats_table(servers: Sequence[dict]) -> Table:
             f"got {server.get('job_get', 0):,}"
             + (" DRAINING" if server.get("draining") else "")
             + (" DISK FULL" if server.get("disk_full") else "")
+            + _replication(server)
             for server in servers)
     return table
+
+
+def _replication(server: dict) -> str:
+    """A server's replication in a few words (docs/replication.md): its stream to its
+    backup, and the replicas it holds as a backup."""
+    words = ""
+    stream = server.get("replication")
+    if isinstance(stream, dict):
+        words += (f" replica {stream.get('peer', '?')} {str(stream.get('state', '?')).upper()}"
+                  f" lag {stream.get('lag_records', 0):,}")
+    for replica in server.get("replicas") or ():
+        words += f" backup of {replica.get('primary', '?')} ({replica.get('state', '?')})"
+    return words
 
 
 def tubes_table(servers: Sequence[dict]) -> Table:
@@ -124,6 +138,12 @@ def servers_table(health: dict) -> Table:
             state += ", disk full"
         table.add_row(server.get("address", "?"), server.get("server_id") or "-", state,
                       server.get("reason") or "")
+    # The servers failed over to their backups: their jobs, served there.
+    for link in health.get("replica_links", ()):
+        state = "up" if link.get("up") else "DOWN"
+        table.add_row(link.get("address", "?"), link.get("server_id") or "-",
+                      f"{state}, served by backup {link.get('served_by') or '?'}",
+                      f"failed over (epoch {link.get('epoch', '?')})")
     return table
 
 
