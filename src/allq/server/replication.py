@@ -149,7 +149,6 @@ class Replicator(Service):
         self._synced_once = False
         self._next_seq = 1
         self._outbox: list[bytes] = []
-        self._outbox_records = 0
         self._flush_call: IDelayedCall | None = None
         self._unacked: deque[_Sent] = deque()
         self._unacked_bytes = 0
@@ -340,7 +339,6 @@ class Replicator(Service):
 
     def _queue_lines(self, lines: list[bytes]) -> None:
         self._outbox.extend(lines)
-        self._outbox_records += len(lines)
         if self._flush_call is None:
             self._flush_call = self._clock.callLater(0, self._flush)
 
@@ -349,7 +347,6 @@ class Replicator(Service):
         self._flush_call = None
         connection = self._connection
         outbox, self._outbox = self._outbox, []
-        self._outbox_records = 0
         if connection is None:
             return
         start = 0
@@ -507,11 +504,6 @@ class Replicator(Service):
         if refusing != self._refusing:
             self._refusing = refusing
             self._on_refusing(refusing)
-
-    @property
-    def refusing(self) -> bool:
-        """Whether changes are refused now (strict, backup unreachable)."""
-        return self._refusing
 
     def lag(self) -> tuple[int, float]:
         """Records sent and not yet acknowledged, and the age of the oldest."""
