@@ -223,6 +223,21 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+def write_durably(directory: str, name: str, data: bytes) -> None:
+    """Put ``data`` in ``directory/name`` atomically and durably: written to
+    ``name.tmp`` (which recovery removes if a crash leaves it), fsynced, renamed
+    into place, the directory fsynced. Blocking: for small or rare files."""
+    tmp = os.path.join(directory, name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, os.path.join(directory, name))
+    fsync_directory(directory)
+
+
 # -- the journal service -----------------------------------------------------------------
 
 

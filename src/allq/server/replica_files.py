@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from allq.server.journal import fsync_directory, write_all
+from allq.server.journal import write_durably
 from allq.server.records import FORMAT_VERSION, frame, generation_of, snapshot_name
 from allq.server.recovery import DataDirError, Recovered
 
@@ -21,17 +21,9 @@ PROMOTED_FILE = "promoted"
 
 
 def write_file(directory: str, name: str, text: str) -> None:
-    """Write a small file atomically and durably (tmp, fsync, rename, fsync dir)."""
+    """Write a small file atomically and durably, creating ``directory`` if needed."""
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    tmp = os.path.join(directory, name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        write_all(fd, text.encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, os.path.join(directory, name))
-    fsync_directory(directory)
+    write_durably(directory, name, text.encode("ascii"))
 
 
 def read_number(directory: str, name: str, kind):
@@ -79,13 +71,5 @@ def write_snapshot(directory: str, recovered: Recovered, now: float) -> int:
         # What an earlier promotion that never finished (a crash) left behind.
         if generation_of(name) is not None:
             os.unlink(os.path.join(directory, name))
-    tmp = os.path.join(directory, snapshot_name(1) + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, os.path.join(directory, snapshot_name(1)))
-    fsync_directory(directory)
+    write_durably(directory, snapshot_name(1), data)
     return len(data)

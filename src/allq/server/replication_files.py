@@ -9,12 +9,14 @@
   aside (kept for forensics, never served).
 
 Small files written once per connection or fencing: written and renamed into
-place synchronously (a few hundred bytes; the reactor waits microseconds).
+place synchronously (:func:`allq.server.journal.write_durably`; a few hundred
+bytes, the reactor waits microseconds).
 """
 
 import json
 import os
 
+from allq.server.journal import write_durably
 from allq.vocabulary import SERVER_ID
 
 REPLICATION_FILE = "replication"
@@ -23,21 +25,6 @@ SERVER_ID_FILE = "server-id"
 
 class ReplicationFileError(Exception):
     """The data directory's replication files cannot be read or are malformed."""
-
-
-def _write_atomically(directory: str, name: str, text: str) -> None:
-    path = os.path.join(directory, name)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_epoch(directory: str) -> int | None:
@@ -58,8 +45,8 @@ def read_epoch(directory: str) -> int | None:
 
 def write_epoch(directory: str, epoch: int | None, backup: str | None) -> None:
     """Keep ``epoch`` (and the backup's id that handed it out) in ``directory``."""
-    _write_atomically(directory, REPLICATION_FILE,
-                      json.dumps({"epoch": epoch, "backup": backup}) + "\n")
+    write_durably(directory, REPLICATION_FILE,
+                  (json.dumps({"epoch": epoch, "backup": backup}) + "\n").encode("utf-8"))
 
 
 def read_server_id(directory: str) -> str | None:
@@ -99,6 +86,6 @@ def set_aside(directory: str, epoch: int, now: float, new_id: str) -> str:
     for name in os.listdir(directory):
         if name.startswith(("journal.", "snapshot.")):
             os.replace(os.path.join(directory, name), os.path.join(folder, name))
-    _write_atomically(directory, SERVER_ID_FILE, new_id + "\n")
+    write_durably(directory, SERVER_ID_FILE, (new_id + "\n").encode("utf-8"))
     write_epoch(directory, None, None)
     return folder
