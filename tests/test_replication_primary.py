@@ -21,7 +21,7 @@ from allq.server.keys import load_server_keys
 from allq.server.protocol import ServerFactory
 from allq.server.readonly import STRICT_ACTIONS, ReadOnlyDispatcher, replica_unavailable_error
 from allq.server.records import unframe
-from allq.server.recovery import Recovered, _apply, recover
+from allq.server.recovery import Recovered, apply_record, recover
 from allq.server.replica_link import parse_peer
 from allq.server.replication import Replicator
 from allq.server.replication_files import (
@@ -394,7 +394,7 @@ def replay(lines) -> Recovered:
         record = unframe(line.encode("utf-8"))
         assert record is not None, line
         if record[0] != "r":  # stream-only: a promoted replica's business
-            _apply(state, record)
+            apply_record(state, record)
     return state
 
 

@@ -213,11 +213,11 @@ def test_a_full_disk_refuses_schedule_changes_but_lists(scheduled):
 
 
 def test_an_unreadable_schedule_record_is_counted_not_fatal():
-    from allq.server.recovery import Recovered, _apply
+    from allq.server.recovery import Recovered, apply_record
 
     state = Recovered("unused")
-    assert _apply(state, ["R", "bad", {"tube": "t"}]) is True
-    assert _apply(state, ["R", "worse", 7]) is False
+    assert apply_record(state, ["R", "bad", {"tube": "t"}]) is True
+    assert apply_record(state, ["R", "worse", 7]) is False
     schedules = Schedules()
     assert restore_schedules(schedules, state, START) == 1
     assert len(schedules) == 0

@@ -223,7 +223,7 @@ def _load_snapshot(state: Recovered, path: str) -> None:
             if record[0] == "end":
                 end = record
                 continue
-            if _apply(state, record):
+            if apply_record(state, record):
                 loaded += 1
                 continue
         skipped += 1
@@ -248,7 +248,7 @@ def _replay_journal(state: Recovered, path: str, now: float) -> None:
                 header = _check_header(record, "journal", path)
                 good = offset + len(line)
                 continue
-            if _apply(state, record):
+            if apply_record(state, record):
                 state.records += 1
                 good = offset + len(line)
                 continue
@@ -292,16 +292,11 @@ def _check_header(record: list, kind: str, path: str) -> list:
 
 
 def apply_record(state: Recovered, record: list) -> bool:
-    """Apply one journal record to ``state``; ``False``: not a known record.
+    """Apply one journal record to the replayed state; ``False``: not a known record.
 
-    Public for a backup's replicas (:mod:`allq.server.replica_state`), which apply
-    the primary's streamed records the way recovery replays a journal.
+    Also how a backup's replicas (:mod:`allq.server.replica_state`) apply the
+    primary's streamed records: the way recovery replays a journal.
     """
-    return _apply(state, record)
-
-
-def _apply(state: Recovered, record: list) -> bool:
-    """Apply one record to the replayed state; ``False``: not a known record."""
     kind = record[0]
     size = len(record)
     if kind == "j" and size == 15 and type(record[1]) is int:
