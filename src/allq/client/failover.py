@@ -229,11 +229,9 @@ class Failover(Service):
             reply = await backup.request("replicas", {})
         except AllQError:
             return  # an older server (unknown_action), or gone again: nothing to adopt
-        entries = reply.get("replicas") if isinstance(reply, dict) else None
-        for entry in entries if isinstance(entries, list) else ():
-            if not (isinstance(entry, dict) and entry.get("state") == "promoted"
-                    and isinstance(entry.get("primary"), str)
-                    and type(entry.get("epoch")) is int and backup.server_id is not None):
+        for entry in _replica_entries(reply):
+            if not (entry.get("state") == "promoted" and type(entry.get("epoch")) is int
+                    and backup.server_id is not None):
                 continue
             server_id = entry["primary"]
             if any(r.serving_as == server_id for r in self._servers.replica_links()):
@@ -257,10 +255,9 @@ class Failover(Service):
         answers = await DeferredList([l.request("replicas", {}) for l in asked],
                                      consumeErrors=True)
         for backup, (ok, value) in zip(asked, answers):
-            entries = value.get("replicas") if ok and isinstance(value, dict) else None
-            for entry in entries if isinstance(entries, list) else ():
-                if isinstance(entry, dict) and _names(entry, link):
-                    return backup.address, str(entry["primary"])
+            for entry in _replica_entries(value) if ok else ():
+                if _names(entry, link):
+                    return backup.address, entry["primary"]
         who = link.server_id or link.address
         raise NoBackup(f"no server this client knows holds a replica of {who}")
 
@@ -308,10 +305,18 @@ def _promoted(reply: object) -> dict:
     return reply
 
 
+def _replica_entries(reply: object) -> list[dict]:
+    """The well-formed entries of a ``replicas`` reply: objects naming their primary
+    (anything else, from another version or a bug, is skipped)."""
+    entries = reply.get("replicas") if isinstance(reply, dict) else None
+    if not isinstance(entries, list):
+        return []
+    return [entry for entry in entries
+            if isinstance(entry, dict) and isinstance(entry.get("primary"), str)]
+
+
 def _names(entry: dict, link: ServerLink) -> bool:
     """Whether a ``replicas`` entry is the replica of ``link``'s server."""
-    if not isinstance(entry.get("primary"), str):
-        return False
     if link.server_id is not None and entry["primary"] == link.server_id:
         return True
     address = entry.get("address")
