@@ -5,29 +5,13 @@ import json
 
 import pytest
 
-from allq.cli import main
 from allq.commands import render
 from allq.worker import Client
 
 from tests.allq_daemons import fresh_tube
+from tests.test_cli_queue import allq, ok  # noqa: F401  (allq: the fixture)
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def allq(allq_url, capsys):
-    def run(*args, url=allq_url):
-        status = main([*args, "--url", url])
-        captured = capsys.readouterr()
-        return status, captured.out, captured.err
-
-    return run
-
-
-def ok(result):
-    status, out, err = result
-    assert status == 0, err
-    return out
 
 
 def test_keyed_puts_and_concurrency(allq, allq_url, tmp_path):
