@@ -22,7 +22,9 @@ def send_email(job: Job) -> None:
     """The work: yours goes here. An exception fails the job (retried, buried at last)."""
     if not job.body.strip():
         raise ValueError("empty email body")
-    print(f"sent: {job.body}", flush=True)
+    # One write per line: handlers run in threads, and print() writes the text and
+    # its newline apart, so two threads' lines could run into each other.
+    print(f"sent: {job.body}\n", end="", flush=True)
 
 
 def main() -> None:
